@@ -1,0 +1,278 @@
+"""The ``cw`` command: one click group; ``python -m cw.master``/``cw.worker`` and
+the top-level ``mp.py`` are the same commands under other names.
+
+Only the CLI configures logging; the library just logs.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import click
+
+from .errors import CWError
+from .protocol import DEFAULT_PORT, PROTOCOL_VERSION
+
+LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+
+
+def _friendly(func: Callable) -> Callable:
+    """A cw failure is a one-line error, not a traceback."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CWError as e:
+            raise click.ClickException(str(e)) from e
+    return wrapper
+
+
+class Procs(click.ParamType):
+    """A positive number of executor processes, or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        from .worker import cpus_available
+
+        if isinstance(value, int):
+            n = value
+        elif str(value).strip().lower() == "auto":
+            return cpus_available()
+        else:
+            try:
+                n = int(value)
+            except ValueError:
+                self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+        if n < 1:
+            self.fail(f"{n} is not at least 1", param, ctx)
+        return n
+
+
+PORT = click.IntRange(0, 65535)
+cluster_option = click.option("--cluster", envvar="CW_CLUSTER", default=None,
+                              help="Cluster name: its directory is $CW_HOME/NAME [default: default].")
+log_option = click.option("--log-level", envvar="CW_LOG_LEVEL", type=LOG_LEVELS, default="info",
+                          show_default=True, help="Logging verbosity.")
+heartbeat_options = [
+    click.option("--heartbeat", type=click.FloatRange(0.01, 3600), default=1.0, show_default=True,
+                 help="Seconds between heartbeats."),
+    click.option("--liveness", type=click.IntRange(2, 10_000), default=10, show_default=True,
+                 help="Missed heartbeats after which a peer is presumed gone."),
+]
+
+
+def _options(options: list) -> Callable:
+    def apply(func: Callable) -> Callable:
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return apply
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cw", message="cw %(version)s")
+def main() -> None:
+    """cw: run many Python function calls on a cluster of workers."""
+
+
+@main.command("master")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")
+@click.option("--port", type=PORT, envvar="CW_PORT", default=DEFAULT_PORT, show_default=True,
+              help="Port to bind; 0 picks a free one (recorded in master.json).")
+@cluster_option
+@_options(heartbeat_options)
+@log_option
+@_friendly
+def master_command(host: str, port: int, cluster: Optional[str], heartbeat: float,
+                   liveness: int, log_level: str) -> None:
+    """Run a master: route jobs from clients to workers until SIGINT/SIGTERM."""
+    import zmq
+
+    from .cluster import advertised_host, cluster_dir, read_json, write_json
+    from .master import Master
+
+    _setup_logging(log_level)
+    cdir = cluster_dir(cluster, create=True)
+    try:
+        master = Master(host, port, heartbeat=heartbeat, liveness=liveness)
+    except zmq.ZMQError as e:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {e}; is another master running? try --port 0"
+        ) from e
+
+    def on_signal(signum: int, frame: Any) -> None:
+        master.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    mjson = cdir / "master.json"
+    write_json(mjson, {"host": advertised_host(host), "port": master.port, "pid": os.getpid(),
+                       "protocol": PROTOCOL_VERSION, "hostname": socket.gethostname(),
+                       "started": time.time()})
+    logging.getLogger("cw.master").info("master listening on %s:%d (%s)", host, master.port, mjson)
+    try:
+        master.run()
+    finally:
+        master.close()
+        if (read_json(mjson) or {}).get("pid") == os.getpid():
+            mjson.unlink(missing_ok=True)
+        logging.getLogger("cw.master").info("master stopped")
+
+
+@main.command("worker")
+@click.argument("host", required=False)
+@click.option("--port", type=PORT, envvar="CW_PORT", default=None,
+              help="Master port [default: from master.json, else 5494].")
+@click.option("--procs", type=Procs(), default="1", show_default=True,
+              help="Executor processes; 'auto' = the CPUs this worker may use.")
+@click.option("--slurm", is_flag=True, help="Find the master through SLURM's queue.")
+@click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Seconds a running job may take to finish on SIGTERM.")
+@cluster_option
+@_options(heartbeat_options)
+@log_option
+@click.option("--executor", hidden=True, default=None)
+@click.option("--supervisor", hidden=True, default="")
+@_friendly
+def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
+                   grace: float, cluster: Optional[str], heartbeat: float, liveness: int,
+                   log_level: str, executor: Optional[str], supervisor: str) -> None:
+    """Run a worker for the master at HOST [default: from the cluster directory]."""
+    from .cluster import find_master
+    from .worker import Executor, Supervisor
+
+    _setup_logging(log_level)
+    if slurm and host is None:
+        from .slurm import master_host
+
+        host = master_host(cluster, wait=True)
+    host, port = find_master(host, port, cluster)
+    if executor is not None:
+        _run_executor(f"tcp://{host}:{port}", executor, supervisor, heartbeat, liveness)
+        return
+    sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        sup.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sup.run()
+
+
+def _run_executor(address: str, ident: str, supervisor: str, heartbeat: float, liveness: int) -> None:
+    from .worker import Executor
+
+    try:
+        identity = bytes.fromhex(ident)
+    except ValueError as e:
+        raise click.BadParameter("not hex", param_hint="--executor") from e
+    executor = Executor(address, identity, supervisor, heartbeat, liveness)
+
+    def on_term(signum: int, frame: Any) -> None:
+        executor.stopping = True
+
+    # The supervisor decides when executors stop; a Ctrl-C in its terminal
+    # must not kill a job halfway.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_term)
+    executor.run()
+
+
+# -- local clusters -------------------------------------------------------------
+local_options = [
+    click.option("-n", "--nworkers", type=click.IntRange(0), default=1, show_default=True,
+                 help="Worker processes to start."),
+    click.option("-M", "--no-master", is_flag=True, help="Do not start a master (use the running one)."),
+    click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
+    click.option("--procs-per-worker", type=Procs(), default="1", show_default=True,
+                 help="Executor processes per worker; 'auto' = CPUs."),
+    click.option("--host", default="127.0.0.1", show_default=True, help="Address the master binds."),
+    click.option("--port", type=PORT, envvar="CW_PORT", default=DEFAULT_PORT, show_default=True,
+                 help="Master port; 0 picks a free one."),
+    click.option("--timeout", type=click.FloatRange(1), default=60.0, show_default=True,
+                 help="Seconds to wait for the master and workers to come up."),
+    cluster_option,
+]
+
+
+def _local(action: str, nworkers: int, no_master: bool, no_workers: bool, procs_per_worker: int,
+           host: str, port: int, timeout: float, cluster: Optional[str]) -> None:
+    from .launch import local
+
+    if action == "start":
+        info = local.start(nworkers, master=not no_master, workers=not no_workers, cluster=cluster,
+                           host=host, port=port, procs=procs_per_worker, timeout=timeout)
+        click.echo(f"cluster {info['cluster']}: master at {info['host']}:{info['port']}, "
+                   f"{len(info['worker_pids'])} worker(s) started")
+    elif action == "stop":
+        n = local.stop(cluster)
+        click.echo(f"stopped {n} process(es)")
+    else:
+        click.echo(json.dumps(local.status(cluster), indent=2))
+
+
+@main.group("local")
+def local_group() -> None:
+    """Start and stop a cluster of processes on this machine."""
+
+
+for _action in ("start", "stop", "status"):
+    def _make(action: str) -> Callable:
+        @_options(local_options)
+        @_friendly
+        def command(**kwargs: Any) -> None:
+            _local(action, **kwargs)
+        command.__doc__ = f"{action.capitalize()} the local cluster."
+        return command
+    local_group.command(_action)(_make(_action))
+
+
+@click.command("mp.py", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("action", type=click.Choice(["start", "stop", "status"]))
+@_options(local_options)
+@_friendly
+def mp_command(action: str, **kwargs: Any) -> None:
+    """Start, stop or show a cluster of local processes (ACTION: start|stop|status)."""
+    _local(action, **kwargs)
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON snapshot.")
+@cluster_option
+@_friendly
+def status_command(as_json: bool, cluster: Optional[str]) -> None:
+    """Show the master, its workers, clients and queue."""
+    from .cluster import find_master
+    from .launch import query_status
+
+    host, port = find_master(None, None, cluster)
+    snap = query_status(host, port)
+    if as_json:
+        click.echo(json.dumps(snap, indent=2))
+        return
+    click.echo(f"master {host}:{port}  up {snap['uptime']:.0f} s  "
+               f"queued {snap['queued']}  running {snap['running']}")
+    for w in snap["workers"]:
+        click.echo(f"  worker {w['host']} pid {w['pid']}: {w['executors']} executor(s)")
+    for c in snap["clients"]:
+        click.echo(f"  client {c['host']} pid {c['pid']}: {c['jobs']} unfinished, {c['done']} done")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Clients: ``ClusterExecutor`` (concurrent.futures) and ``ClientThread`` (callbacks).
+
+Both stand on one I/O core (``cw.iocore``): a background thread owning the
+master socket. Pickling happens in the caller's thread, so an unpicklable
+function or argument raises at ``submit``; results are unpickled in the I/O
+thread and handed to futures or callbacks.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+import time
+from collections import deque
+from concurrent import futures
+from typing import Any, Callable, Hashable, Iterable, Iterator, Optional, Union
+
+from .cluster import find_master
+from .errors import MasterUnavailableError, RemoteException, WorkerLostError
+from .iocore import IOCore
+from .protocol import Status
+from .serialize import context_frame, dumps_call, error_text, loads_error
+
+__all__ = ["ClusterExecutor", "ClientThread", "SlurmExecutor", "RemoteException"]
+
+DEFAULT_MAX_PENDING = 10_000
+
+
+class _Context:
+    """The client's cwd and sys.path as a frame, rebuilt only when they change."""
+
+    def __init__(self) -> None:
+        self.key: tuple = ("", [])
+        self.frame = b""
+
+    def __call__(self) -> bytes:
+        cwd = os.getcwd()
+        if cwd != self.key[0] or sys.path != self.key[1]:
+            self.key = (cwd, list(sys.path))
+            self.frame = context_frame(cwd, self.key[1])
+        return self.frame
+
+
+def _outcome(status: Status, payload: tuple, error: Union[str, BaseException, None],
+             jobid: object) -> tuple[bool, Any]:
+    """(ok, value or exception) for a job's RESULT."""
+    import pickle
+
+    if isinstance(error, BaseException):
+        return False, error
+    if status is Status.OK:
+        try:
+            return True, pickle.loads(payload[0])
+        except Exception as e:
+            return False, RemoteException(f"cannot unpickle the result of job {jobid!r}: {e!r}", jobid)
+    if status is Status.ERROR:
+        return False, loads_error(payload[0], jobid)
+    if status is Status.TIMEOUT:
+        return False, TimeoutError(error or f"job {jobid!r} ran past its timeout")
+    if status is Status.CANCELLED:
+        return False, futures.CancelledError()
+    return False, WorkerLostError(error or f"job {jobid!r} was lost")
+
+
+def _connect(host: Optional[str], port: Optional[int], cluster: Optional[str],
+             connect_timeout: float, on_result, on_started) -> IOCore:
+    host, port = find_master(host, port, cluster)
+    core = IOCore(host, port, on_result=on_result, on_started=on_started,
+                  connect_timeout=connect_timeout)
+    core.start()
+    if not core.connected.wait(connect_timeout):
+        error = core.unavailable()
+        core.close(timeout=5)
+        raise error
+    return core
+
+
+class _Future(futures.Future):
+    def __init__(self, core: IOCore, jid: int) -> None:
+        super().__init__()
+        self._cw = (core, jid)
+        self._cw_running = False
+
+    def cancel(self) -> bool:
+        """Cancel a job not yet given to a worker: it leaves the master's queue."""
+        if super().cancel():
+            core, jid = self._cw
+            try:
+                core.cancel(jid)
+            except RuntimeError:
+                pass  # client closed: nothing left to tell the master
+            return True
+        return False
+
+
+class ClusterExecutor(futures.Executor):
+    """A ``concurrent.futures.Executor`` whose calls run on cw workers."""
+
+    def __init__(self, host: Optional[str] = None, port: Optional[int] = None, *,
+                 connect_timeout: float = 30, max_pending: int = DEFAULT_MAX_PENDING,
+                 retries: int = 2, cluster: Optional[str] = None) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self.max_pending = max_pending
+        self.retries = retries
+        self._futures: dict[int, _Future] = {}
+        self._ids = itertools.count(1)
+        self._context = _Context()
+        self._shutdown = False
+        self._core = _connect(host, port, cluster, connect_timeout, self._on_result, self._on_started)
+
+    @property
+    def address(self) -> str:
+        return self._core.address
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
+        if self._shutdown:
+            raise RuntimeError("cannot submit after shutdown")
+        call = dumps_call(fn, args, kwargs)
+        jid = next(self._ids)
+        fut = _Future(self._core, jid)
+        self._futures[jid] = fut
+        self._core.submit(jid, (self._context(), call), self.retries)
+        return fut
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator:
+        """Like ``Executor.map``, but lazy: at most ``max_pending`` items in flight.
+
+        The first window is submitted at once; each result taken lets one more
+        item in, so a map over ten million items holds a bounded number.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        end = None if timeout is None else time.monotonic() + timeout
+        items = zip(*iterables)
+        if chunksize > 1:
+            chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
+            source = (self.submit(_run_chunk, fn, chunk) for chunk in chunks)
+            window_size = max(1, self.max_pending // chunksize)
+        else:
+            source = (self.submit(fn, *args) for args in items)
+            window_size = self.max_pending
+        window = deque(itertools.islice(source, window_size))
+        return self._results(window, source, end, chunked=chunksize > 1)
+
+    @staticmethod
+    def _results(window: deque, source: Iterator, end: Optional[float], chunked: bool) -> Iterator:
+        try:
+            while window:
+                fut = window.popleft()
+                window.extend(itertools.islice(source, 1))
+                value = fut.result(None if end is None else max(0.0, end - time.monotonic()))
+                if chunked:
+                    yield from value
+                else:
+                    yield value
+        finally:
+            for fut in window:
+                fut.cancel()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        if cancel_futures:
+            for fut in list(self._futures.values()):
+                fut.cancel()
+        if wait:
+            futures.wait(list(self._futures.values()))
+        self._core.close(timeout=10)
+
+    # -- called in the I/O thread -------------------------------------------
+    def _on_started(self, ids: list) -> None:
+        for jid in ids:
+            fut = self._futures.get(jid)
+            if fut is not None and not fut._cw_running:
+                fut._cw_running = True
+                fut.set_running_or_notify_cancel()
+
+    def _on_result(self, jid: int, status: Status, payload: tuple, error) -> None:
+        fut = self._futures.pop(jid, None)
+        if fut is None:
+            return
+        if not fut._cw_running:
+            fut._cw_running = True
+            if not fut.set_running_or_notify_cancel():
+                return  # cancelled by the user meanwhile
+        ok, value = _outcome(status, payload, error, jid)
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+def _run_chunk(fn: Callable, chunk: list) -> list:
+    return [fn(*args) for args in chunk]
+
+
+class SlurmExecutor(ClusterExecutor):
+    """A ``ClusterExecutor`` on the master of a cw cluster running under SLURM."""
+
+    def __init__(self, cluster: Optional[str] = None, **kwargs: Any) -> None:
+        from . import slurm
+
+        host = kwargs.pop("host", None) or slurm.master_host(cluster, wait=True)
+        super().__init__(host, cluster=cluster, **kwargs)
+
+
+class ClientThread:
+    """The original cluster-workers client: submit jobs, get callbacks.
+
+    ``callback(jobid, result)`` runs in the client's I/O thread for each
+    successful job. The first failed job makes ``wait()`` raise
+    ``RemoteException`` holding the remote traceback.
+    """
+
+    def __init__(self, callback: Callable[[Hashable, Any], Any], host: Optional[str] = None,
+                 port: Optional[int] = None, *, connect_timeout: float = 30,
+                 max_pending: int = DEFAULT_MAX_PENDING, retries: int = 2,
+                 cluster: Optional[str] = None) -> None:
+        self.callback = callback
+        self.host, self.port, self.cluster = host, port, cluster
+        self.connect_timeout = connect_timeout
+        self.max_pending = max_pending
+        self.retries = retries
+        self.remote_exception: Optional[BaseException] = None
+        self._jobids: dict[int, Hashable] = {}
+        self._ids = itertools.count(1)
+        self._context = _Context()
+        self._cond = threading.Condition()
+        self._core: Optional[IOCore] = None
+
+    def start(self) -> None:
+        self._core = _connect(self.host, self.port, self.cluster, self.connect_timeout,
+                              self._on_result, lambda ids: None)
+
+    def submit(self, jobid: Hashable, func: Callable, *args: Any, **kwargs: Any) -> None:
+        if self._core is None:
+            raise RuntimeError("call start() (or use `with ClientThread(...)`) before submit")
+        call = dumps_call(func, args, kwargs, jobid)
+        with self._cond:
+            # Back-pressure, except inside a callback: blocking the I/O thread
+            # would stop the very results that free the window.
+            if threading.current_thread() is not self._core:
+                self._cond.wait_for(lambda: len(self._jobids) < self.max_pending)
+            jid = next(self._ids)
+            self._jobids[jid] = jobid
+        self._core.submit(jid, (self._context(), call), self.retries)
+
+    def wait(self) -> None:
+        """Block until every submitted job has finished; raise the first error."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._jobids or self.remote_exception is not None)
+            if self.remote_exception is not None:
+                raise self.remote_exception
+
+    def stop(self) -> None:
+        if self._core is not None:
+            self._core.close(timeout=10)
+
+    def __enter__(self) -> "ClientThread":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+        finally:
+            self.stop()
+
+    def _on_result(self, jid: int, status: Status, payload: tuple, error) -> None:
+        jobid = self._jobids.get(jid)
+        ok, value = _outcome(status, payload, error, jobid)
+        failure = None if ok else _as_remote(value, jobid)
+        if ok:
+            try:
+                self.callback(jobid, value)
+            except Exception as e:  # the user's callback failed: wait() raises it as is
+                failure = e
+        with self._cond:
+            del self._jobids[jid]
+            if failure is not None and self.remote_exception is None:
+                self.remote_exception = failure
+            self._cond.notify_all()
+
+
+def _as_remote(exc: BaseException, jobid: Hashable) -> BaseException:
+    if isinstance(exc, (RemoteException, MasterUnavailableError, WorkerLostError)):
+        return exc
+    err = RemoteException(f"job {jobid!r} failed:\n{error_text(exc)}", jobid)
+    err.__cause__ = exc
+    return err

@@ -1,0 +1,116 @@
+"""The cluster directory: where a cluster's master, launchers and clients meet.
+
+``$CW_HOME/<cluster>`` (default ``~/.cw/default``, mode 0700) lives on the
+shared filesystem and holds::
+
+    master.json     host, port, pid, protocol version of the running master
+    pids/*.json     processes a launcher started: pid and create time
+    logs/           master and worker logs
+
+Also here: how a client or worker finds its master when given no host.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Optional
+
+import psutil
+
+from .errors import ClusterError
+from .protocol import DEFAULT_PORT
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def home() -> Path:
+    return Path(os.environ.get("CW_HOME") or "~/.cw").expanduser()
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ClusterError(
+            f"invalid cluster name {name!r}: use letters, digits, '_', '.', '-' (at most 64)"
+        )
+    return name
+
+
+def cluster_name(name: Optional[str] = None) -> str:
+    return check_name(name or os.environ.get("CW_CLUSTER") or "default")
+
+
+def cluster_dir(name: Optional[str] = None, create: bool = False) -> Path:
+    path = home() / cluster_name(name)
+    if create:
+        for sub in (path, path / "pids", path / "logs"):
+            sub.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+    return path
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_master(name: Optional[str] = None) -> Optional[dict]:
+    """master.json of a cluster, or None if absent or left by a dead master here."""
+    info = read_json(cluster_dir(name) / "master.json")
+    if info is None or not isinstance(info.get("port"), int):
+        return None
+    if info.get("hostname") == socket.gethostname() and not pid_alive(info.get("pid")):
+        return None  # stale: its master ran on this host and is gone
+    return info
+
+
+def pid_alive(pid: object, create_time: Optional[float] = None) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 0.01:
+            return False  # the pid was reused by another process
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def find_master(
+    host: Optional[str] = None, port: Optional[int] = None, cluster: Optional[str] = None
+) -> tuple[str, int]:
+    """Where the master is: arguments, environment, master.json, SLURM, localhost."""
+    info = read_master(cluster) if host is None or port is None else None
+    if host is None:
+        host = os.environ.get("CW_MASTER_ADDRESS") or (info or {}).get("host")
+    if host is None:
+        from . import slurm
+
+        host = slurm.master_host(cluster, wait=False) if slurm.available() else None
+    if port is None:
+        env_port = os.environ.get("CW_PORT")
+        if env_port and not (env_port.isdigit() and 0 < int(env_port) < 65536):
+            raise ClusterError(f"CW_PORT={env_port!r} is not a port number (1-65535)")
+        port = int(env_port) if env_port else (info or {}).get("port", DEFAULT_PORT)
+    return host or "127.0.0.1", int(port)
+
+
+def advertised_host(bind_host: str) -> str:
+    """The address peers should dial for a master bound to ``bind_host``."""
+    if bind_host in ("0.0.0.0", "*", "", "::"):
+        return socket.getfqdn()
+    return bind_host

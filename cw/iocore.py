@@ -1,0 +1,241 @@
+"""The client's I/O core: one background thread that owns the master socket.
+
+::
+
+    user threads ──submit/cancel──► commands (deque) + wake-up pipe
+                                          │
+    I/O thread: DEALER ◄──────────────────┘──► master
+        HELLO → WELCOME → SUBMIT every held job; RESULT → on_result(id, ...)
+
+ZeroMQ sockets are not thread-safe, so only the I/O thread touches the
+socket; a user thread appends a command to a deque (atomic) and writes one
+byte to a pipe to wake the poller. The core holds every unfinished job's
+frames until its result arrives, so after a reconnect (a restarted master,
+a network cut) it resubmits them: the client is the source of truth.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import threading
+import time
+from collections import deque
+from typing import Callable, Optional, Union
+
+import zmq
+
+from .errors import MasterUnavailableError
+from .protocol import ErrorCode, Kind, Message, Status, versions
+
+log = logging.getLogger(__name__)
+
+RECV_BATCH = 1000
+
+# on_result(job id, status, payload frames, error): the error is the master's
+# text for a failed job, or an exception when the client itself gave up.
+ResultHandler = Callable[[int, Status, tuple, Union[str, BaseException, None]], None]
+
+
+class IOCore(threading.Thread):
+    def __init__(self, host: str, port: int, *, on_result: ResultHandler,
+                 on_started: Callable[[list], None], connect_timeout: float = 30.0,
+                 heartbeat: float = 1.0, liveness: int = 10) -> None:
+        super().__init__(name=f"cw-client-{host}:{port}", daemon=True)
+        self.address = f"tcp://{host}:{port}"
+        self.on_result = on_result
+        self.on_started = on_started
+        self.connect_timeout = connect_timeout
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.identity = b"c" + os.urandom(8)
+        self.commands: deque = deque()
+        # A socket pair, not os.pipe(): once closed, a late write fails
+        # cleanly instead of hitting a reused file descriptor.
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.waking = False
+        self.connected = threading.Event()
+        self.pending: dict[int, tuple] = {}  # id -> (payload frames, retries)
+        self.session: Optional[str] = None
+        self.sock: Optional[zmq.Socket] = None
+        self.closing = False
+        self.lost_since = time.monotonic()
+        self.last_sent = self.last_heard = 0.0
+
+    # -- called from user threads ------------------------------------------
+    def submit(self, jid: int, payload: tuple, retries: int) -> None:
+        self._command(("submit", jid, payload, retries))
+
+    def cancel(self, jid: int) -> None:
+        self._command(("cancel", jid))
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        self._command(("close",))
+        if threading.current_thread() is not self:
+            self.join(timeout)
+
+    def _command(self, cmd: tuple) -> None:
+        self.commands.append(cmd)
+        # The flag saves a syscall per command; the I/O thread clears it
+        # *before* draining, so a command never waits unseen.
+        if not self.waking:
+            self.waking = True
+            try:
+                self.wake_w.send(b"x")
+            except BlockingIOError:
+                pass  # full of wake-ups already
+            except OSError as e:
+                raise RuntimeError("this cw client is closed") from e
+
+    # -- the I/O thread ------------------------------------------------------
+    def run(self) -> None:
+        poller = zmq.Poller()
+        wake_fd = self.wake_r.fileno()  # zmq's poller reports plain sockets by fd
+        poller.register(wake_fd, zmq.POLLIN)
+        self.reset_socket(poller)
+        try:
+            while not self.closing:
+                events = dict(poller.poll(self.heartbeat * 250))
+                if wake_fd in events:
+                    self.drain_commands()
+                if self.sock in events:
+                    self.drain_socket()
+                self.keep_alive(poller)
+        except Exception:  # a bug here must not hang the user's futures
+            log.exception("client I/O thread failed")
+            self.fail_pending(MasterUnavailableError("the cw client I/O thread failed; see the log"))
+        finally:
+            self.shutdown()
+
+    def reset_socket(self, poller: zmq.Poller) -> None:
+        """(Re)connect: a fresh socket, then HELLO; WELCOME resubmits held jobs."""
+        if self.sock is not None:
+            poller.unregister(self.sock)
+            self.sock.close(linger=0)
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.identity = self.identity
+        self.sock.linger = 0
+        self.sock.sndhwm = self.sock.rcvhwm = 0
+        self.sock.connect(self.address)
+        poller.register(self.sock, zmq.POLLIN)
+        self.connected.clear()
+        self.last_heard = time.monotonic()
+        self.send_hello()
+
+    def send_hello(self) -> None:
+        hello = {"session": self.identity.hex(), "host": socket.gethostname(),
+                 "pid": os.getpid(), **versions()}
+        self.send(Message(Kind.HELLO, hello))
+
+    def send(self, msg: Message) -> None:
+        assert self.sock is not None
+        self.sock.send_multipart(msg.to_frames(), copy=False)
+        self.last_sent = time.monotonic()
+
+    def send_job(self, jid: int, payload: tuple, retries: int) -> None:
+        self.send(Message(Kind.SUBMIT, {"id": jid, "retries": retries}, payload))
+
+    def drain_commands(self) -> None:
+        try:
+            while self.wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        self.waking = False
+        while self.commands:
+            cmd = self.commands.popleft()
+            if cmd[0] == "submit":
+                _, jid, payload, retries = cmd
+                self.pending[jid] = (payload, retries)
+                if self.connected.is_set():
+                    self.send_job(jid, payload, retries)
+            elif cmd[0] == "cancel":
+                if self.pending.pop(cmd[1], None) is not None and self.connected.is_set():
+                    self.send(Message(Kind.CANCEL, {"id": cmd[1]}))
+            else:
+                self.closing = True
+
+    def drain_socket(self) -> None:
+        assert self.sock is not None
+        for _ in range(RECV_BATCH):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.last_heard = time.monotonic()
+            try:
+                msg = Message.from_frames(frames)
+            except Exception as e:
+                log.warning("dropped a bad message from the master: %s", e)
+                continue
+            self.handle(msg)
+
+    def handle(self, msg: Message) -> None:
+        if msg.kind is Kind.RESULT:
+            jid = msg.header["id"]
+            if self.pending.pop(jid, None) is not None:  # else a duplicate: drop it
+                self.on_result(jid, Status(msg.header["status"]), msg.payload, msg.header.get("error"))
+        elif msg.kind is Kind.STARTED:
+            self.on_started(msg.header["ids"])
+        elif msg.kind is Kind.WELCOME:
+            self.welcome(msg.header)
+        elif msg.kind is Kind.ERROR:
+            if msg.header.get("code") == ErrorCode.UNKNOWN_PEER.value:
+                if self.connected.is_set():  # one HELLO per loss, not one per refused job
+                    self.connected.clear()
+                    self.send_hello()
+            else:
+                log.warning("the master refused a message: %s", msg.header["error"])
+
+    def welcome(self, header: dict) -> None:
+        if header["python"].split(".")[:2] != platform.python_version().split(".")[:2]:
+            log.warning("master runs Python %s, this client %s",
+                        header["python"], platform.python_version())
+        if self.session is not None and header["session"] != self.session:
+            log.warning("master restarted: resubmitting %d unfinished job(s)", len(self.pending))
+        self.session = header["session"]
+        self.heartbeat = min(self.heartbeat, header["heartbeat"])
+        # The master drops resubmissions of jobs it still holds, so resending
+        # everything is safe after any reconnect.
+        for jid, (payload, retries) in self.pending.items():
+            self.send_job(jid, payload, retries)
+        self.connected.set()
+
+    def keep_alive(self, poller: zmq.Poller) -> None:
+        now = time.monotonic()
+        if self.connected.is_set():
+            self.lost_since = now
+            if now - self.last_heard > self.heartbeat * self.liveness:
+                log.warning("master at %s silent for %.0f s; reconnecting",
+                            self.address, now - self.last_heard)
+                self.reset_socket(poller)
+            elif now - self.last_sent >= self.heartbeat:
+                self.send(Message(Kind.HEARTBEAT))
+        elif now - self.lost_since > self.connect_timeout:
+            self.fail_pending(self.unavailable())
+            self.lost_since = now
+
+    def unavailable(self) -> MasterUnavailableError:
+        return MasterUnavailableError(
+            f"no cw master answered at {self.address} within {self.connect_timeout:g} s; "
+            "start one (`cw local start`) or pass host=/port= (see `cw status`)"
+        )
+
+    def fail_pending(self, error: Exception) -> None:
+        pending, self.pending = self.pending, {}
+        for jid in pending:
+            self.on_result(jid, Status.LOST, (), error)
+
+    def shutdown(self) -> None:
+        if self.sock is not None:
+            if self.connected.is_set():
+                try:
+                    self.send(Message(Kind.BYE))
+                except zmq.ZMQError:
+                    pass
+            self.sock.close(linger=200 if self.connected.is_set() else 0)
+        self.wake_r.close()
+        self.wake_w.close()

@@ -1,0 +1,67 @@
+"""Launchers start and stop masters and workers; they hold no job logic.
+
+``query_status`` and ``wait_for_workers`` are shared by all of them: a
+launcher returns only once the master answers and the workers registered.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Optional
+
+import zmq
+
+from ..errors import ClusterError, MasterUnavailableError
+from ..protocol import Kind, Message
+
+
+def query_status(host: str, port: int, timeout: float = 5.0) -> dict:
+    """Ask a master for its STATUS snapshot; ``MasterUnavailableError`` if it is silent."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.identity = b"q" + os.urandom(8)
+    try:
+        sock.connect(f"tcp://{host}:{port}")
+        sock.send_multipart(Message(Kind.STATUS).to_frames())
+        deadline = time.monotonic() + timeout
+        while sock.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            try:
+                msg = Message.from_frames(sock.recv_multipart())
+            except Exception:
+                continue
+            if msg.kind is Kind.STATUS:
+                return msg.header
+            if msg.kind is Kind.ERROR:
+                raise ClusterError(f"master at {host}:{port} refused STATUS: {msg.header['error']}")
+        raise MasterUnavailableError(f"no cw master answered at tcp://{host}:{port} within {timeout:g} s")
+    finally:
+        sock.close()
+
+
+def wait_until(check: Callable[[], Optional[dict]], timeout: float, poll: float = 0.1) -> Optional[dict]:
+    """Call ``check`` until it returns a value or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value is not None or time.monotonic() > deadline:
+            return value
+        time.sleep(poll)
+
+
+def wait_for_workers(host: str, port: int, pids: set, procs: int, timeout: float) -> dict:
+    """Wait until the workers with these supervisor pids and their executors registered."""
+    def registered() -> Optional[dict]:
+        try:
+            snap = query_status(host, port, timeout=2)
+        except MasterUnavailableError:
+            return None
+        have = {w["pid"] for w in snap["workers"] if w["executors"] >= procs}
+        return snap if pids <= have else None
+
+    snap = wait_until(registered, timeout, poll=0.2)
+    if snap is None:
+        raise ClusterError(
+            f"workers did not all register with the master at {host}:{port} "
+            f"within {timeout:g} s; see their logs"
+        )
+    return snap

@@ -1,0 +1,172 @@
+"""Local launcher: master and workers as processes on this machine.
+
+Every process it starts is recorded in ``<cluster>/pids/<role>-<pid>.json``
+with its create time; ``stop`` ends exactly those processes and their
+children (executors), checked with psutil, never by matching command lines.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import psutil
+
+from ..cluster import cluster_dir, cluster_name, pid_alive, read_json, read_master, write_json
+from ..errors import ClusterError, MasterUnavailableError
+from ..protocol import DEFAULT_PORT
+from . import query_status, wait_for_workers, wait_until
+
+log = logging.getLogger(__name__)
+
+
+def _spawn(role: str, args: list, cluster: str) -> psutil.Process:
+    cdir = cluster_dir(cluster, create=True)
+    logfile = cdir / "logs" / f"{role}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    # posix_spawn rather than Popen: the cluster outlives this process, so no
+    # Popen object should linger to warn about a child still running. A new
+    # session keeps a Ctrl-C in the starting shell from reaching the cluster.
+    pid = os.posix_spawn(
+        sys.executable, [sys.executable, "-m", f"cw.{role}", *args],
+        {**os.environ, "CW_CLUSTER": cluster},
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(logfile), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ],
+        setsid=True,
+    )
+    proc = psutil.Process(pid)
+    record = {"pid": pid, "create_time": proc.create_time(), "role": role, "log": str(logfile)}
+    write_json(cdir / "pids" / f"{role}-{pid}.json", record)
+    return proc
+
+
+def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
+          cluster: Optional[str] = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+          procs: int = 1, timeout: float = 60.0) -> dict:
+    """Start a local cluster; return once the master answers and workers registered."""
+    name = cluster_name(cluster)
+    if nworkers < 0 or procs < 1:
+        raise ClusterError("need nworkers >= 0 and procs >= 1")
+    if master:
+        info = _start_master(name, host, port, timeout)
+    else:
+        info = read_master(name)
+        if info is None:
+            raise ClusterError(f"no master running for cluster {name!r} (no master.json); "
+                               "start one, or drop -M")
+    started = []
+    if workers and nworkers:
+        args = [info["host"], "--port", str(info["port"]), "--procs", str(procs)]
+        started = [_spawn("worker", args, name) for _ in range(nworkers)]
+        wait_for_workers(info["host"], info["port"], {p.pid for p in started}, procs, timeout)
+    return {"cluster": name, "host": info["host"], "port": info["port"],
+            "master_pid": info.get("pid"), "worker_pids": [p.pid for p in started]}
+
+
+def _start_master(name: str, host: str, port: int, timeout: float) -> dict:
+    running = read_master(name)
+    if running is not None:
+        raise ClusterError(
+            f"cluster {name!r} already has a master (pid {running.get('pid')}, "
+            f"{running['host']}:{running['port']}); stop it first or use -M"
+        )
+    proc = _spawn("master", ["--host", host, "--port", str(port)], name)
+    mjson = cluster_dir(name) / "master.json"
+
+    def ready() -> Optional[dict]:
+        if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+            raise ClusterError(f"the master exited at start; see {_log_of(name, proc.pid)}")
+        info = read_json(mjson)
+        return info if info and info.get("pid") == proc.pid else None
+
+    info = wait_until(ready, timeout)
+    if info is None:
+        raise ClusterError(f"the master did not start within {timeout:g} s; see {_log_of(name, proc.pid)}")
+    try:
+        query_status(info["host"], info["port"], timeout=timeout)
+    except MasterUnavailableError as e:
+        raise ClusterError(f"{e}; see {_log_of(name, proc.pid)}") from e
+    return info
+
+
+def _log_of(name: str, pid: int) -> str:
+    record = read_json(cluster_dir(name) / "pids" / f"master-{pid}.json") or {}
+    return str(record.get("log", cluster_dir(name) / "logs"))
+
+
+def _records(name: str) -> list[tuple[Path, dict]]:
+    pids = cluster_dir(name) / "pids"
+    out = []
+    for path in sorted(pids.glob("*.json")) if pids.is_dir() else []:
+        record = read_json(path)
+        if record is None or not isinstance(record.get("pid"), int):
+            path.unlink(missing_ok=True)
+            continue
+        out.append((path, record))
+    # Workers first, so they leave while the master can still hear them.
+    return sorted(out, key=lambda item: item[1].get("role") == "master")
+
+
+def stop(cluster: Optional[str] = None, timeout: float = 30.0) -> int:
+    """Stop the processes this cluster's launcher started; return how many."""
+    name = cluster_name(cluster)
+    stopped = 0
+    for role in ("worker", "master"):
+        group = [(path, rec) for path, rec in _records(name) if rec.get("role") == role]
+        procs = []
+        for path, rec in group:
+            if pid_alive(rec["pid"], rec.get("create_time")):
+                procs.append(psutil.Process(rec["pid"]))
+            else:
+                _reap(rec["pid"])
+            path.unlink(missing_ok=True)
+        stopped += len(procs)
+        _terminate_trees(procs, timeout)
+    master = read_json(cluster_dir(name) / "master.json")
+    if master and not pid_alive(master.get("pid")):
+        (cluster_dir(name) / "master.json").unlink(missing_ok=True)
+    return stopped
+
+
+def _reap(pid: int) -> None:
+    """Collect a dead child of ours (a cluster started in this process)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _terminate_trees(procs: list, timeout: float) -> None:
+    """SIGTERM each process, wait, then SIGKILL what is left of its tree."""
+    tree = list(procs)
+    for proc in procs:
+        try:
+            tree += proc.children(recursive=True)
+        except psutil.Error:
+            pass
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for proc in alive:
+        try:
+            log.warning("pid %d did not stop within %g s; killing it", proc.pid, timeout)
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def status(cluster: Optional[str] = None) -> dict:
+    name = cluster_name(cluster)
+    info = read_master(name)
+    if info is None:
+        raise ClusterError(f"cluster {name!r} has no running master")
+    return query_status(info["host"], info["port"])

@@ -1,0 +1,435 @@
+"""The master: routes jobs first-in, first-out from clients to executors.
+
+::
+
+    client ──SUBMIT──► ROUTER ──► Job appended to ClientState.queue
+                         │        (clients with queued jobs take turns in `ready`)
+                         ▼
+    dispatch(): next ready client's oldest job ──TASK──► a free executor slot (`free`)
+    executor ──RESULT──► master: Job leaves ExecutorState.running ──RESULT──► client
+    supervisor ──DIED──► master: the dead executor's jobs go back to the front of
+                         their client's queue, or fail as lost after `retries` deaths
+
+One thread, one socket, one poll loop, no locks. Payload frames are routed as
+opaque bytes: nothing a peer sends is ever unpickled here. ``step(now)`` is
+one turn of the loop; ``run()`` only repeats it. Heartbeats go both ways; a
+peer silent for ``heartbeat * liveness`` seconds is presumed gone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import zmq
+
+from .errors import ProtocolError
+from .protocol import ErrorCode, Kind, Message, Status, versions
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRIES = 2
+RECV_BATCH = 1000  # messages handled per step before dispatching
+
+
+@dataclass(eq=False)
+class Job:
+    tid: int
+    client: bytes
+    cid: int  # the id the client gave it
+    payload: tuple
+    retries: int
+    deaths: int = 0
+    cancelled: bool = False
+    executor: Optional[bytes] = None
+
+
+@dataclass(eq=False)
+class ClientState:
+    identity: bytes
+    info: dict
+    last_seen: float
+    queue: deque = field(default_factory=deque)
+    jobs: dict = field(default_factory=dict)  # cid -> Job, queued or running
+    started: list = field(default_factory=list)  # cids to announce as STARTED
+    in_ready: bool = False
+    done: int = 0
+
+
+@dataclass(eq=False)
+class ExecutorState:
+    identity: bytes
+    info: dict
+    last_seen: float
+    capacity: int
+    running: dict = field(default_factory=dict)  # tid -> Job
+    done: int = 0
+
+
+class Master:
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 5494,
+        *,
+        heartbeat: float = 1.0,
+        liveness: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.session = uuid.uuid4().hex
+        self.started_at = time.time()
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer takes its name back
+        self.sock.sndhwm = self.sock.rcvhwm = 0
+        if port == 0:
+            self.port = self.sock.bind_to_random_port(f"tcp://{host}")
+        else:
+            self.sock.bind(f"tcp://{host}:{port}")
+            self.port = port
+        self.host = host
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.clients: dict[bytes, ClientState] = {}
+        self.executors: dict[bytes, ExecutorState] = {}
+        self.supervisors: dict[bytes, ExecutorState] = {}
+        self.jobs: dict[int, Job] = {}
+        self.ready: deque[bytes] = deque()
+        self.free: deque[bytes] = deque()
+        self.next_tid = 1
+        self.next_beat = 0.0
+        self.stopping = False
+        self.malformed: dict[bytes, int] = {}
+        self.counts = {"submitted": 0, "done": 0, "lost": 0, "requeued": 0, "malformed": 0}
+        self.handlers = {
+            Kind.HELLO: self.on_hello,
+            Kind.SUBMIT: self.on_submit,
+            Kind.CANCEL: self.on_cancel,
+            Kind.READY: self.on_ready,
+            Kind.RESULT: self.on_result,
+            Kind.DIED: self.on_died,
+            Kind.HEARTBEAT: self.on_heartbeat,
+            Kind.BYE: self.on_bye,
+            Kind.STATUS: self.on_status,
+        }
+
+    # -- the loop ---------------------------------------------------------
+    def run(self) -> None:
+        while not self.stopping:
+            self.step(timeout=min(self.heartbeat, 0.5))
+
+    def step(self, timeout: float = 0.0, now: Optional[float] = None) -> None:
+        """One turn: receive what is there, dispatch, heartbeat, purge."""
+        if self.poller.poll(timeout * 1000):
+            for _ in range(RECV_BATCH):
+                try:
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self.handle(frames, self.clock() if now is None else now)
+        self.dispatch()
+        now = self.clock() if now is None else now
+        if now >= self.next_beat:
+            self.next_beat = now + self.heartbeat
+            self.beat(now)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    # -- receiving --------------------------------------------------------
+    def handle(self, frames: list, now: float) -> None:
+        identity = frames[0].bytes
+        try:
+            msg = Message.from_frames(frames[1:])
+            handler = self.handlers.get(msg.kind)
+            if handler is None:
+                raise ProtocolError(f"{msg.kind.name} is not a message for the master")
+            handler(identity, msg, now)
+        except ProtocolError as e:
+            self.refuse(identity, str(e))
+
+    def refuse(self, identity: bytes, reason: str, jid: Optional[int] = None,
+               code: ErrorCode = ErrorCode.MALFORMED) -> None:
+        """Count and drop a bad message; tell the peer why; log once per peer."""
+        self.counts["malformed"] += 1
+        if identity not in self.malformed:
+            if len(self.malformed) > 10_000:
+                self.malformed.clear()
+            log.warning("dropped message from peer %s: %s", identity.hex()[:16], reason)
+        self.malformed[identity] = self.malformed.get(identity, 0) + 1
+        header = {"error": reason[:1000], "code": code.value}
+        if jid is not None:
+            header["id"] = jid
+        self.send(identity, Message(Kind.ERROR, header))
+
+    def send(self, identity: bytes, msg: Message) -> None:
+        try:
+            self.sock.send_multipart([identity, *msg.to_frames()], copy=False)
+        except zmq.ZMQError as e:  # peer gone: it will reconnect or be purged
+            log.debug("send to %s failed: %s", identity.hex()[:16], e)
+
+    def touch(self, identity: bytes, now: float) -> bool:
+        peer = (
+            self.clients.get(identity)
+            or self.executors.get(identity)
+            or self.supervisors.get(identity)
+        )
+        if peer is None:
+            return False
+        peer.last_seen = now
+        return True
+
+    def on_hello(self, identity: bytes, msg: Message, now: float) -> None:
+        client = self.clients.get(identity)
+        if client is None:
+            client = self.clients[identity] = ClientState(identity, msg.header, now)
+            log.info("client %s:%s connected", msg.header["host"], msg.header["pid"])
+        client.last_seen = now
+        self.check_python(msg.header)
+        welcome = {"session": self.session, "heartbeat": float(self.heartbeat), **versions()}
+        self.send(identity, Message(Kind.WELCOME, welcome))
+
+    def check_python(self, header: dict) -> None:
+        theirs = header["python"].split(".")[:2]
+        if theirs != platform.python_version().split(".")[:2]:
+            log.warning(
+                "peer %s:%s runs Python %s, master %s",
+                header["host"], header["pid"], header["python"], platform.python_version(),
+            )
+
+    def on_submit(self, identity: bytes, msg: Message, now: float) -> None:
+        client = self.clients.get(identity)
+        if client is None:
+            self.refuse(identity, "unknown client: send HELLO first", None, ErrorCode.UNKNOWN_PEER)
+            return
+        client.last_seen = now
+        cid = msg.header["id"]
+        if cid in client.jobs:
+            return  # a resubmission of a job we hold: keep the first
+        job = Job(self.next_tid, identity, cid, msg.payload,
+                  msg.header.get("retries", DEFAULT_RETRIES))
+        self.next_tid += 1
+        self.jobs[job.tid] = job
+        client.jobs[cid] = job
+        client.queue.append(job)
+        self.counts["submitted"] += 1
+        self.mark_ready(client)
+
+    def on_cancel(self, identity: bytes, msg: Message, now: float) -> None:
+        client = self.clients.get(identity)
+        job = client.jobs.get(msg.header["id"]) if client else None
+        if job is None:
+            return  # finished meanwhile: the client drops the late result
+        client.last_seen = now
+        job.cancelled = True
+        if job.executor is None:  # still queued: drop it from the queue lazily
+            self.forget(job)
+            self.reply(job, Status.CANCELLED)
+
+    def on_ready(self, identity: bytes, msg: Message, now: float) -> None:
+        capacity = msg.header["capacity"]
+        self.check_python(msg.header)
+        if capacity == 0:
+            if identity not in self.supervisors:
+                log.info("worker %s:%s registered", msg.header["host"], msg.header["pid"])
+            self.supervisors[identity] = ExecutorState(identity, msg.header, now, 0)
+            return
+        state = self.executors.get(identity)
+        if state is not None:  # re-registered: whatever it ran is gone
+            self.requeue(state, "executor re-registered")
+        state = self.executors[identity] = ExecutorState(identity, msg.header, now, capacity)
+        self.free.extend([identity] * capacity)
+
+    def on_result(self, identity: bytes, msg: Message, now: float) -> None:
+        state = self.executors.get(identity)
+        if state is None:
+            self.refuse(identity, "unknown executor: send READY first", None, ErrorCode.UNKNOWN_PEER)
+            return
+        state.last_seen = now
+        job = state.running.pop(msg.header["id"], None)
+        self.free.append(identity)
+        if job is None:
+            return  # a late duplicate of a job that was requeued
+        state.done += 1
+        self.forget(job)
+        if not job.cancelled:
+            status = Status(msg.header["status"])
+            self.reply(job, status, msg.payload, msg.header.get("error"))
+
+    def on_died(self, identity: bytes, msg: Message, now: float) -> None:
+        self.touch(identity, now)
+        try:
+            executor = bytes.fromhex(msg.header["executor"])
+        except ValueError as e:
+            raise ProtocolError("DIED.executor is not hex") from e
+        state = self.executors.pop(executor, None)
+        if state is not None:
+            sig = msg.header.get("signal", 0)
+            reason = f"signal {sig}" if sig else f"exit code {msg.header['exitcode']}"
+            self.requeue(state, reason, count=True)
+
+    def on_heartbeat(self, identity: bytes, msg: Message, now: float) -> None:
+        if not self.touch(identity, now):
+            self.refuse(identity, "unknown peer: send HELLO or READY first", None, ErrorCode.UNKNOWN_PEER)
+
+    def on_bye(self, identity: bytes, msg: Message, now: float) -> None:
+        if identity in self.clients:
+            self.drop_client(self.clients.pop(identity), "said goodbye")
+        elif identity in self.executors:
+            self.requeue(self.executors.pop(identity), "executor left")
+        elif self.supervisors.pop(identity, None) is not None:
+            log.info("worker %s left", identity.hex()[:16])
+
+    def on_status(self, identity: bytes, msg: Message, now: float) -> None:
+        self.send(identity, Message(Kind.STATUS, self.snapshot()))
+
+    # -- scheduling -------------------------------------------------------
+    def mark_ready(self, client: ClientState) -> None:
+        if not client.in_ready:
+            client.in_ready = True
+            self.ready.append(client.identity)
+
+    def dispatch(self) -> None:
+        """Give queued jobs to free executor slots, one client at a time."""
+        while self.free and self.ready:
+            executor = self.executors.get(self.free[0])
+            if executor is None or len(executor.running) >= executor.capacity:
+                self.free.popleft()  # stale slot of a gone or full executor
+                continue
+            client = self.clients.get(self.ready.popleft())
+            job = self.next_job(client) if client is not None else None
+            if job is None:
+                if client is not None:
+                    client.in_ready = False
+                continue
+            self.free.popleft()
+            self.ready.append(client.identity)  # round-robin: back of the line
+            job.executor = executor.identity
+            executor.running[job.tid] = job
+            client.started.append(job.cid)
+            self.send(executor.identity, Message(Kind.TASK, {"id": job.tid}, job.payload))
+        self.flush_started()
+
+    @staticmethod
+    def next_job(client: ClientState) -> Optional[Job]:
+        while client.queue:
+            job = client.queue.popleft()
+            if not job.cancelled:
+                return job
+        return None
+
+    def flush_started(self) -> None:
+        for client in self.clients.values():
+            if client.started:
+                self.send(client.identity, Message(Kind.STARTED, {"ids": client.started}))
+                client.started = []
+
+    def reply(self, job: Job, status: Status, payload: tuple = (), error: Optional[str] = None) -> None:
+        header = {"id": job.cid, "status": status.value}
+        if error:
+            header["error"] = error
+        client = self.clients.get(job.client)
+        if client is not None:
+            client.done += 1
+        self.counts["done" if status is not Status.LOST else "lost"] += 1
+        self.send(job.client, Message(Kind.RESULT, header, payload))
+
+    def forget(self, job: Job) -> None:
+        self.jobs.pop(job.tid, None)
+        client = self.clients.get(job.client)
+        if client is not None:
+            client.jobs.pop(job.cid, None)
+
+    def requeue(self, state: ExecutorState, reason: str, count: bool = False) -> None:
+        """Put a gone executor's jobs back at the front of their queues."""
+        for job in state.running.values():
+            job.executor = None
+            client = self.clients.get(job.client)
+            if job.cancelled or client is None:
+                self.forget(job)
+                continue
+            job.deaths += count
+            if job.deaths > job.retries:
+                self.forget(job)
+                info = state.info
+                error = (f"worker {info['host']} pid {info['pid']} died running this job "
+                         f"{job.deaths} times ({reason}); raise retries= to allow more")
+                self.reply(job, Status.LOST, (), error)
+                continue
+            self.counts["requeued"] += 1
+            client.queue.appendleft(job)
+            self.mark_ready(client)
+        if state.running:
+            log.warning("executor %s:%s gone (%s): %d job(s) requeued",
+                        state.info["host"], state.info["pid"], reason, len(state.running))
+        state.running = {}
+
+    def drop_client(self, client: ClientState, reason: str) -> None:
+        log.info("client %s:%s %s", client.info["host"], client.info["pid"], reason)
+        for job in list(client.jobs.values()):
+            job.cancelled = True
+            self.jobs.pop(job.tid, None)
+        client.jobs.clear()
+        client.queue.clear()
+
+    # -- liveness ---------------------------------------------------------
+    def beat(self, now: float) -> None:
+        limit = now - self.heartbeat * self.liveness
+        for ident, client in list(self.clients.items()):
+            if client.last_seen < limit:
+                self.drop_client(self.clients.pop(ident), "missed its heartbeats")
+        for ident, state in list(self.executors.items()):
+            if state.last_seen < limit:
+                self.requeue(self.executors.pop(ident), "missed its heartbeats", count=True)
+        for ident, state in list(self.supervisors.items()):
+            if state.last_seen < limit:
+                del self.supervisors[ident]
+                log.warning("worker %s:%s missed its heartbeats", state.info["host"], state.info["pid"])
+        beat = Message(Kind.HEARTBEAT)
+        for ident in [*self.clients, *self.executors, *self.supervisors]:
+            self.send(ident, beat)
+
+    def snapshot(self) -> dict:
+        """A JSON-able picture of the cluster for STATUS requests."""
+        def peer(state, **extra):
+            return {"host": state.info.get("host"), "pid": state.info.get("pid"), **extra}
+
+        per_worker: dict[str, int] = {}
+        for e in self.executors.values():
+            sup = e.info.get("supervisor", "")
+            per_worker[sup] = per_worker.get(sup, 0) + 1
+
+        return {
+            "session": self.session,
+            "pid": os.getpid(),
+            "port": self.port,
+            "uptime": time.time() - self.started_at,
+            "workers": [peer(s, procs=s.info.get("procs", 0),
+                             executors=per_worker.get(s.identity.hex(), 0))
+                        for s in self.supervisors.values()],
+            "executors": [peer(s, running=len(s.running), done=s.done) for s in self.executors.values()],
+            "clients": [peer(c, queued=len(c.queue), jobs=len(c.jobs), done=c.done)
+                        for c in self.clients.values()],
+            "queued": sum(len(c.queue) for c in self.clients.values()),
+            "running": sum(len(s.running) for s in self.executors.values()),
+            "counts": dict(self.counts),
+        }
+
+
+def main(argv: Optional[list] = None) -> None:
+    from .cli import master_command
+
+    master_command.main(args=argv, prog_name="python -m cw.master")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Wire protocol: message kinds, frame layout, encode/decode, validation.
+
+Every message is a ZeroMQ multipart message::
+
+    [b"CW" + version byte] [kind: 1 ascii byte] [header: compact JSON] [payload ...]
+
+Headers are JSON objects (never pickle) and are validated against a small
+schema per kind, so a malformed or hostile message can at worst be dropped.
+Payload frames are opaque bytes: the master routes them without looking.
+"""
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAGIC = b"CW" + bytes([PROTOCOL_VERSION])
+DEFAULT_PORT = 5494
+MAX_HEADER_BYTES = 64 * 1024
+MAX_STRING = 16 * 1024
+MAX_INT = 2**62
+
+Frame = Union[bytes, memoryview, Any]  # bytes or zmq.Frame
+
+
+class Kind(enum.Enum):
+    """One ASCII byte naming what a message is."""
+
+    HELLO = b"H"  # client -> master: who I am, versions
+    WELCOME = b"W"  # master -> client: accepted, master session
+    SUBMIT = b"S"  # client -> master: a job (payload: context, pickled call)
+    CANCEL = b"C"  # client -> master: drop a queued job
+    STARTED = b"A"  # master -> client: these jobs went to a worker
+    RESULT = b"R"  # executor -> master -> client
+    READY = b"Y"  # executor -> master: registered, capacity
+    TASK = b"T"  # master -> executor: run this job
+    DIED = b"D"  # supervisor -> master: an executor died (exit code)
+    HEARTBEAT = b"B"  # both ways
+    BYE = b"X"  # any peer -> master: leaving
+    STATUS = b"?"  # request (empty header) and reply (JSON snapshot)
+    ERROR = b"E"  # master -> peer: your message was refused, and why
+
+
+class Status(str, enum.Enum):
+    """How a job ended, as carried in a RESULT header."""
+
+    OK = "ok"
+    ERROR = "error"
+    LOST = "lost"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+
+
+_STATUSES = frozenset(s.value for s in Status)
+
+
+class ErrorCode(str, enum.Enum):
+    """Why the master refused a message, as carried in an ERROR header."""
+
+    UNKNOWN_PEER = "unknown-peer"  # say HELLO / READY (again): the master forgot you
+    MALFORMED = "malformed"  # the message broke the protocol and was dropped
+
+# field -> (type, required); "int" values are also range-checked.
+_VERSIONS = {"v": (int, True), "python": (str, True), "cloudpickle": (str, True)}
+_PEER = {"host": (str, True), "pid": (int, True), **_VERSIONS}
+SCHEMAS: dict[Kind, dict[str, tuple[type, bool]]] = {
+    Kind.HELLO: {"session": (str, True), **_PEER},
+    Kind.WELCOME: {"session": (str, True), "heartbeat": (float, True), **_VERSIONS},
+    Kind.SUBMIT: {"id": (int, True), "retries": (int, False)},
+    Kind.CANCEL: {"id": (int, True)},
+    Kind.STARTED: {"ids": (list, True)},
+    Kind.RESULT: {"id": (int, True), "status": (str, True), "error": (str, False)},
+    Kind.READY: {"capacity": (int, True), "supervisor": (str, False), "procs": (int, False), **_PEER},
+    Kind.TASK: {"id": (int, True)},
+    Kind.DIED: {"executor": (str, True), "exitcode": (int, True), "signal": (int, False)},
+    Kind.HEARTBEAT: {},
+    Kind.BYE: {},
+    Kind.STATUS: {},
+    Kind.ERROR: {"error": (str, True), "code": (str, False), "id": (int, False)},
+}
+# Kinds that carry exactly these numbers of payload frames.
+PAYLOAD_FRAMES: dict[Kind, tuple[int, ...]] = {
+    Kind.SUBMIT: (2,),
+    Kind.TASK: (2,),
+    Kind.RESULT: (0, 1),
+}
+# Reply headers are free-form JSON snapshots: only their type is checked.
+FREE_FORM = frozenset({Kind.STATUS})
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decoded message: its kind, its JSON header, its opaque payload."""
+
+    kind: Kind
+    header: dict = field(default_factory=dict)
+    payload: tuple = ()
+
+    def to_frames(self) -> list:
+        head = json.dumps(self.header, separators=(",", ":")).encode()
+        return [MAGIC, self.kind.value, head, *self.payload]
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[Frame]) -> "Message":
+        """Decode and validate; any defect raises ``ProtocolError``."""
+        if len(frames) < 3:
+            raise ProtocolError(f"expected at least 3 frames, got {len(frames)}")
+        magic = bytes(frames[0])
+        if magic[:2] != b"CW" or len(magic) != 3:
+            raise ProtocolError("not a cw message (bad magic frame)")
+        if magic != MAGIC:
+            raise ProtocolError(
+                f"protocol version {magic[2]} spoken by peer, {PROTOCOL_VERSION} here"
+            )
+        try:
+            kind = Kind(bytes(frames[1]))
+        except ValueError as e:
+            raise ProtocolError(f"unknown message kind {bytes(frames[1])[:8]!r}") from e
+        header = decode_header(bytes(frames[2]))
+        payload = tuple(frames[3:])
+        validate(kind, header, len(payload))
+        return cls(kind, header, payload)
+
+
+def decode_header(raw: bytes) -> dict:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"header is not JSON: {e}") from e
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a JSON object")
+    return header
+
+
+def validate(kind: Kind, header: dict, npayload: int) -> None:
+    """Check a header against its kind's schema (types, ranges, sizes)."""
+    allowed = PAYLOAD_FRAMES.get(kind, (0,))
+    if npayload not in allowed:
+        raise ProtocolError(f"{kind.name} carries {npayload} payload frames, expected {allowed}")
+    if kind in FREE_FORM:
+        return
+    for name, (typ, required) in SCHEMAS[kind].items():
+        if name not in header:
+            if required:
+                raise ProtocolError(f"{kind.name} header lacks {name!r}")
+            continue
+        _check_value(kind, name, header[name], typ)
+    if kind is Kind.RESULT and header["status"] not in _STATUSES:
+        raise ProtocolError(f"unknown job status {header['status'][:32]!r}")
+
+
+def _check_value(kind: Kind, name: str, value: Any, typ: type) -> None:
+    where = f"{kind.name}.{name}"
+    if typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, typ) and not isinstance(value, bool)
+    if not ok:
+        raise ProtocolError(f"{where} must be {typ.__name__}, got {type(value).__name__}")
+    if typ is int and not 0 <= value < MAX_INT:
+        raise ProtocolError(f"{where} out of range")
+    if typ is float and not 0 <= value < 1e9:
+        raise ProtocolError(f"{where} out of range")
+    if typ is str and len(value) > MAX_STRING:
+        raise ProtocolError(f"{where} longer than {MAX_STRING} characters")
+    if typ is list:
+        if len(value) > 1_000_000 or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_INT for i in value
+        ):
+            raise ProtocolError(f"{where} must be a list of job ids")
+
+
+def versions() -> dict:
+    """The version fields every HELLO/READY/WELCOME carries."""
+    import platform
+
+    import cloudpickle
+
+    return {
+        "v": PROTOCOL_VERSION,
+        "python": platform.python_version(),
+        "cloudpickle": cloudpickle.__version__,
+    }

@@ -1,0 +1,255 @@
+"""Workers: a supervisor process and the executor processes it keeps alive.
+
+::
+
+    supervisor ── spawns N ──► executor ──DEALER──► master ROUTER
+        │                        READY → TASK → run job → RESULT → TASK ...
+        └─ DEALER ─► master: READY(capacity 0), HEARTBEAT, DIED(executor, exit code)
+
+An executor runs one job at a time, inside the client's cwd with the
+client's sys.path in front, and restores both afterwards. When an executor
+dies (segfault, ``os._exit``, SIGKILL), the supervisor tells the master at
+once, so its job is requeued, and starts a new one. Executors die with their
+supervisor (PR_SET_PDEATHSIG, and a parent check in their loop), so a killed
+worker leaves no orphans.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import zmq
+
+from .protocol import Kind, Message, Status, versions
+from .serialize import dumps_error, dumps_value, loads_call
+
+log = logging.getLogger(__name__)
+
+
+def cpus_available() -> int:
+    """CPUs this process may use: affinity, cgroup quota and SLURM's allocation."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    for var in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            n = min(n, int(value))
+            break
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def _peer_header(capacity: int, **extra) -> dict:
+    return {"capacity": capacity, "host": socket.gethostname(), "pid": os.getpid(),
+            **versions(), **extra}
+
+
+class _Peer:
+    """A DEALER connection to the master with heartbeats both ways."""
+
+    def __init__(self, address: str, identity: bytes, heartbeat: float, liveness: int) -> None:
+        self.address = address
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.identity = identity
+        self.sock.linger = 0
+        self.sock.sndhwm = self.sock.rcvhwm = 0
+        self.sock.connect(address)
+        self.last_sent = self.last_heard = time.monotonic()
+
+    def send(self, msg: Message) -> None:
+        self.sock.send_multipart(msg.to_frames(), copy=False)
+        self.last_sent = time.monotonic()
+
+    def recv(self, timeout: float) -> Optional[Message]:
+        if not self.sock.poll(timeout * 1000):
+            return None
+        frames = self.sock.recv_multipart(copy=False)
+        self.last_heard = time.monotonic()
+        try:
+            return Message.from_frames(frames)
+        except Exception as e:
+            log.warning("bad message from master: %s", e)
+            return None
+
+    def tick(self) -> bool:
+        """Heartbeat if due; False when the master has been silent too long."""
+        now = time.monotonic()
+        if now - self.last_sent >= self.heartbeat:
+            self.send(Message(Kind.HEARTBEAT))
+        return now - self.last_heard < self.heartbeat * self.liveness
+
+
+class Executor:
+    """Runs jobs one at a time for the master; one per executor process."""
+
+    def __init__(self, address: str, identity: bytes, supervisor: str,
+                 heartbeat: float = 1.0, liveness: int = 10) -> None:
+        self.peer = _Peer(address, identity, heartbeat, liveness)
+        self.supervisor = supervisor
+        self.parent = os.getppid()
+        self.stopping = False
+        self._ctx_raw = b""
+        self._ctx: dict = {}
+
+    def register(self) -> None:
+        self.peer.send(Message(Kind.READY, _peer_header(1, supervisor=self.supervisor)))
+
+    def run(self) -> None:
+        self.register()
+        while not self.stopping and os.getppid() == self.parent:
+            msg = self.peer.recv(self.peer.heartbeat)
+            if msg is not None:
+                if msg.kind is Kind.TASK:
+                    self.peer.send(self.run_task(msg))
+                elif msg.kind is Kind.ERROR:  # the master does not know us (restarted)
+                    self.register()
+            if not self.peer.tick():
+                self.peer.last_heard = time.monotonic()
+                self.register()
+        self.peer.send(Message(Kind.BYE))
+        self.peer.sock.close(linger=1000)
+
+    def context(self, raw: bytes) -> dict:
+        import json
+
+        if raw != self._ctx_raw:
+            self._ctx, self._ctx_raw = json.loads(raw), raw
+        return self._ctx
+
+    def run_task(self, msg: Message) -> Message:
+        jid = msg.header["id"]
+        ctx = self.context(bytes(msg.payload[0]))
+        old_cwd, old_path = os.getcwd(), sys.path[:]
+        try:
+            try:
+                os.chdir(ctx["cwd"])
+            except OSError as e:
+                log.warning("job %s: cannot enter the client's directory: %s", jid, e)
+            path = ctx["path"]
+            sys.path[:] = path + [p for p in old_path if p not in path]
+            func, args, kwargs = loads_call(msg.payload[1])
+            value = dumps_value(func(*args, **kwargs))
+            return Message(Kind.RESULT, {"id": jid, "status": Status.OK.value}, (value,))
+        except BaseException as exc:  # a job's failure, whatever it is, is its result
+            frame, summary = dumps_error(exc)
+            header = {"id": jid, "status": Status.ERROR.value, "error": summary}
+            return Message(Kind.RESULT, header, (frame,))
+        finally:
+            sys.path[:] = old_path
+            try:
+                os.chdir(old_cwd)
+            except OSError:
+                pass
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it when the supervisor dies."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the executor's own parent check covers it
+
+
+class Supervisor:
+    """Keeps ``procs`` executors running and reports the ones that die."""
+
+    def __init__(self, host: str, port: int, procs: int = 1, *,
+                 heartbeat: float = 1.0, liveness: int = 10, grace: float = 30.0) -> None:
+        self.host, self.port, self.procs = host, port, procs
+        self.address = f"tcp://{host}:{port}"
+        self.grace = grace
+        self.peer = _Peer(self.address, b"s" + os.urandom(8), heartbeat, liveness)
+        self.slots: list[Optional[subprocess.Popen]] = [None] * procs
+        self.ids: list[bytes] = [b""] * procs
+        self.restart_at = [0.0] * procs
+        self.failures = [0] * procs
+        self.stopping = False
+
+    def spawn(self, i: int) -> None:
+        ident = b"e" + os.urandom(8)
+        cmd = [sys.executable, "-m", "cw.worker", self.host, "--port", str(self.port),
+               "--executor", ident.hex(), "--supervisor", self.peer.sock.identity.hex(),
+               "--heartbeat", str(self.peer.heartbeat), "--liveness", str(self.peer.liveness)]
+        self.slots[i] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+        self.ids[i] = ident
+        self.started_at = time.monotonic()
+
+    def register(self) -> None:
+        self.peer.send(Message(Kind.READY, _peer_header(0, procs=self.procs)))
+
+    def run(self) -> None:
+        self.register()
+        log.info("worker pid %d: %d executor(s) for %s", os.getpid(), self.procs, self.address)
+        while not self.stopping:
+            self.check_children()
+            msg = self.peer.recv(0.1)
+            if msg is not None and msg.kind is Kind.ERROR:
+                self.register()
+            if not self.peer.tick():
+                self.peer.last_heard = time.monotonic()
+                self.register()
+        self.shutdown()
+
+    def check_children(self) -> None:
+        now = time.monotonic()
+        for i, proc in enumerate(self.slots):
+            if proc is None:
+                if now >= self.restart_at[i]:
+                    self.spawn(i)
+                continue
+            code = proc.poll()
+            if code is None:
+                continue
+            log.warning("executor pid %d died with %s; restarting it", proc.pid, _describe(code))
+            died = {"executor": self.ids[i].hex(), "exitcode": max(code, 0), "signal": max(-code, 0)}
+            self.peer.send(Message(Kind.DIED, died))
+            self.slots[i] = None
+            # A slot that keeps dying at start (broken environment) backs off.
+            self.failures[i] = self.failures[i] + 1 if now - self.started_at < 2 else 0
+            self.restart_at[i] = now + min(10.0, 0.1 * 2 ** self.failures[i]) if self.failures[i] else now
+
+    def shutdown(self) -> None:
+        live = [p for p in self.slots if p is not None and p.poll() is None]
+        for proc in live:
+            proc.terminate()
+        deadline = time.monotonic() + self.grace
+        for proc in live:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("executor pid %d still busy after %.0f s; killing it", proc.pid, self.grace)
+                proc.kill()
+                proc.wait()
+        self.peer.send(Message(Kind.BYE))
+        self.peer.sock.close(linger=1000)
+        log.info("worker pid %d stopped", os.getpid())
+
+
+def _describe(code: int) -> str:
+    return f"signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}"
+
+
+def main(argv: Optional[list] = None) -> None:
+    from .cli import worker_command
+
+    worker_command.main(args=argv, prog_name="python -m cw.worker")
+
+
+if __name__ == "__main__":
+    main()

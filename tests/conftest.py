@@ -1,0 +1,149 @@
+"""Fixtures that start real cw processes on 127.0.0.1 and always clean them up."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/jobs.py for clients
+
+
+def wait_for(check, timeout=20.0, interval=0.02, what="condition"):
+    """Poll ``check`` until truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def cw_home(tmp_path, monkeypatch):
+    home = tmp_path / "cwhome"
+    monkeypatch.setenv("CW_HOME", str(home))
+    for var in ("CW_CLUSTER", "CW_PORT", "CW_MASTER_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+class Processes:
+    """Starts cw processes and guarantees that none outlives the test."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.popens: list[subprocess.Popen] = []
+        self.seen: dict[int, float] = {}  # every pid ever observed in our trees
+
+    def spawn(self, *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.DEVNULL)
+        self.popens.append(proc)
+        self.observe()
+        return proc
+
+    def master(self, *extra: str, cluster: str = "default") -> tuple[subprocess.Popen, int]:
+        proc = self.spawn("-m", "cw.master", "--host", "127.0.0.1", "--port", "0",
+                          "--cluster", cluster, *extra)
+        mjson = self.home / cluster / "master.json"
+
+        def ready():
+            assert proc.poll() is None, "master exited at start"
+            try:
+                info = json.loads(mjson.read_text())
+            except (OSError, ValueError):
+                return None
+            return info if info.get("pid") == proc.pid else None
+
+        info = wait_for(ready, what="master.json")
+        return proc, info["port"]
+
+    def worker(self, port: int, *extra: str, procs: int = 1) -> subprocess.Popen:
+        return self.spawn("-m", "cw.worker", "127.0.0.1", "--port", str(port),
+                          "--procs", str(procs), *extra)
+
+    def observe(self) -> None:
+        for popen in self.popens:
+            try:
+                proc = psutil.Process(popen.pid)
+                for p in [proc, *proc.children(recursive=True)]:
+                    self.seen.setdefault(p.pid, p.create_time())
+            except psutil.Error:
+                pass
+
+    def cleanup(self) -> list[int]:
+        """Kill every tree we started; return pids that were still alive."""
+        self.observe()
+        procs = []
+        for pid, created in self.seen.items():
+            try:
+                p = psutil.Process(pid)
+                if abs(p.create_time() - created) < 0.01:
+                    procs.append(p)
+            except psutil.Error:
+                pass
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        for popen in self.popens:
+            try:
+                popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        return [p.pid for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.fixture
+def procs(cw_home):
+    ps = Processes(cw_home)
+    yield ps
+    ps.cleanup()
+
+
+@pytest.fixture
+def cluster(procs):
+    """A master and ``n`` single-executor workers; returns the master port."""
+    def start(n: int = 2, *, worker_args: tuple = (), master_args: tuple = ()) -> int:
+        _, port = procs.master(*master_args)
+        for _ in range(n):
+            procs.worker(port, *worker_args)
+        if n:
+            wait_workers(port, n)
+        return port
+
+    return start
+
+
+def wait_workers(port: int, n: int, executors: int | None = None) -> dict:
+    from cw.launch import query_status
+
+    want = n if executors is None else executors
+    return wait_for(
+        lambda: (lambda s: s if len(s["workers"]) >= n and len(s["executors"]) >= want else None)(
+            query_status("127.0.0.1", port)),
+        what=f"{n} workers",
+    )
+
+
+def stop_gracefully(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=timeout)
+
+
+def descendants(pid: int) -> list[int]:
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []

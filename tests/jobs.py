@@ -1,0 +1,53 @@
+"""Job functions for the tests: importable by workers through the client's sys.path."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b=0):
+    return a + b
+
+
+def where():
+    return os.getcwd(), list(sys.path)
+
+
+def sleep(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def pid():
+    return os.getpid()
+
+
+class CustomError(Exception):
+    def __init__(self, code):
+        super().__init__(f"custom failure {code}")
+        self.code = code
+
+
+def fail(code=7):
+    raise CustomError(code)
+
+
+def exit_hard(code=3):
+    os._exit(code)
+
+
+def return_lock():
+    return threading.Lock()
+
+
+def fail_unpicklable():
+    class Local(Exception):
+        pass
+
+    raise Local("a class the client cannot import")

@@ -1,0 +1,184 @@
+"""The master's scheduling, driven one ``step()`` at a time with real sockets on loopback."""
+import os
+
+import pytest
+import zmq
+
+from cw.master import Master
+from cw.protocol import ErrorCode, Kind, Message, Status, versions
+
+PEER = {"host": "test", "pid": 1, **versions()}
+
+
+@pytest.fixture
+def master():
+    m = Master("127.0.0.1", 0, heartbeat=1000.0)  # heartbeats out of the way
+    m.test_peers = []
+    yield m
+    for peer in m.test_peers:
+        peer.sock.close()
+    m.close()
+
+
+class Peer:
+    def __init__(self, master: Master, prefix: bytes) -> None:
+        self.master = master
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.identity = prefix + os.urandom(4)
+        self.sock.linger = 0
+        self.sock.connect(f"tcp://127.0.0.1:{master.port}")
+        master.test_peers.append(self)
+
+    def send(self, kind: Kind, header: dict | None = None, *payload: bytes) -> None:
+        self.sock.send_multipart(Message(kind, header or {}, payload).to_frames())
+
+    def send_raw(self, frames: list) -> None:
+        self.sock.send_multipart(frames)
+
+    def recv(self, kinds=None) -> Message:
+        """Step the master until this peer gets a message (of one of ``kinds``)."""
+        for _ in range(500):
+            self.master.step(timeout=0.01)
+            while self.sock.poll(0):
+                msg = Message.from_frames(self.sock.recv_multipart())
+                if kinds is None or msg.kind in kinds:
+                    return msg
+        raise AssertionError("no message arrived")
+
+    def nothing(self, kinds) -> bool:
+        for _ in range(20):
+            self.master.step(timeout=0.005)
+            while self.sock.poll(0):
+                if Message.from_frames(self.sock.recv_multipart()).kind in kinds:
+                    return False
+        return True
+
+
+def client(master):
+    peer = Peer(master, b"c")
+    peer.send(Kind.HELLO, {"session": "s", **PEER})
+    assert peer.recv().kind is Kind.WELCOME
+    return peer
+
+
+def executor(master, capacity=1):
+    peer = Peer(master, b"e")
+    peer.send(Kind.READY, {"capacity": capacity, "supervisor": "", **PEER})
+    return peer
+
+
+def submit(peer, jid, retries=2):
+    peer.send(Kind.SUBMIT, {"id": jid, "retries": retries}, b"ctx", f"call{jid}".encode())
+
+
+def run(ex, status="ok", value=b"v"):
+    """Receive one TASK on an executor and answer it; return its payload."""
+    task = ex.recv({Kind.TASK})
+    ex.send(Kind.RESULT, {"id": task.header["id"], "status": status}, value)
+    return bytes(task.payload[1])
+
+
+def test_jobs_run_first_in_first_out(master):
+    c = client(master)
+    for jid in range(1, 6):
+        submit(c, jid)
+    ex = executor(master)
+    assert [run(ex) for _ in range(5)] == [f"call{j}".encode() for j in range(1, 6)]
+    got = [c.recv({Kind.RESULT}).header["id"] for _ in range(5)]
+    assert got == [1, 2, 3, 4, 5]
+
+
+def test_clients_take_turns(master):
+    a, b = client(master), client(master)
+    for jid in range(1, 5):
+        submit(a, jid)
+    submit(b, 100)
+    ex = executor(master)
+    order = [run(ex) for _ in range(5)]
+    assert order.index(b"call100") == 1  # b's one job does not wait for all of a's
+
+
+def test_result_payload_is_routed_untouched_and_started_is_announced(master):
+    c = client(master)
+    submit(c, 9)
+    ex = executor(master)
+    assert c.recv({Kind.STARTED}).header["ids"] == [9]
+    run(ex, value=b"\x00opaque\xff")
+    res = c.recv({Kind.RESULT})
+    assert res.header == {"id": 9, "status": "ok"} and res.payload[0] == b"\x00opaque\xff"
+
+
+def test_cancel_removes_a_queued_job(master):
+    c = client(master)
+    submit(c, 1)
+    submit(c, 2)
+    c.send(Kind.CANCEL, {"id": 1})
+    res = c.recv({Kind.RESULT})
+    assert res.header == {"id": 1, "status": Status.CANCELLED.value}
+    ex = executor(master)
+    assert run(ex) == b"call2"
+    assert c.recv({Kind.RESULT}).header["id"] == 2
+    assert master.snapshot()["queued"] == 0
+
+
+def test_dead_executor_job_is_requeued_then_lost_after_retries(master):
+    c = client(master)
+    submit(c, 1, retries=1)
+    for death in range(2):
+        ex = executor(master)
+        ex.recv({Kind.TASK})
+        sup = Peer(master, b"s")
+        sup.send(Kind.DIED, {"executor": ex.sock.identity.hex(), "exitcode": 0, "signal": 9})
+    res = c.recv({Kind.RESULT})
+    assert res.header["status"] == "lost" and "signal 9" in res.header["error"]
+    assert master.counts["requeued"] == 1
+
+
+def test_late_duplicate_result_is_dropped(master):
+    c = client(master)
+    submit(c, 1)
+    ex1 = executor(master)
+    task = ex1.recv({Kind.TASK})
+    Peer(master, b"s").send(Kind.DIED, {"executor": ex1.sock.identity.hex(), "exitcode": 1})
+    ex2 = executor(master)
+    run(ex2)
+    assert c.recv({Kind.RESULT}).header["id"] == 1
+    ex1.send(Kind.RESULT, {"id": task.header["id"], "status": "ok"}, b"late")
+    assert c.nothing({Kind.RESULT})
+
+
+def test_resubmitted_job_is_kept_once(master):
+    c = client(master)
+    submit(c, 1)
+    submit(c, 1)
+    c.nothing({Kind.RESULT})
+    assert master.snapshot()["queued"] == 1
+
+
+def test_malformed_message_is_counted_and_answered(master):
+    c = client(master)
+    c.send_raw([b"CW\x01", b"S", b"{oops"])
+    err = c.recv({Kind.ERROR})
+    assert err.header["code"] == ErrorCode.MALFORMED.value and "JSON" in err.header["error"]
+    c.send_raw([b"garbage"])
+    c.recv({Kind.ERROR})
+    assert master.counts["malformed"] == 2
+    submit(c, 1)
+    run(executor(master))
+    assert c.recv({Kind.RESULT}).header["status"] == "ok"
+
+
+def test_submit_from_unknown_peer_asks_for_hello(master):
+    stranger = Peer(master, b"c")
+    submit(stranger, 1)
+    assert stranger.recv().header["code"] == ErrorCode.UNKNOWN_PEER.value
+    assert master.snapshot()["queued"] == 0
+
+
+def test_silent_client_is_dropped_and_its_queue_cleared(master):
+    c = client(master)
+    submit(c, 1)
+    c.nothing({Kind.RESULT})
+    now = master.clock() + master.heartbeat * (master.liveness + 1)
+    master.beat(now)
+    assert master.clients == {} and master.jobs == {}

@@ -1,0 +1,91 @@
+"""Frame encoding and decoding, and every way a message can be malformed."""
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cw.errors import ProtocolError
+from cw.protocol import MAGIC, MAX_HEADER_BYTES, Kind, Message, validate
+
+
+def frames(kind: bytes, header, *payload, magic=MAGIC):
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return [magic, kind, head, *payload]
+
+
+def test_round_trip_keeps_kind_header_and_payload():
+    msg = Message(Kind.SUBMIT, {"id": 5, "retries": 1}, (b"ctx", b"call"))
+    back = Message.from_frames(msg.to_frames())
+    assert back == msg
+    assert msg.to_frames()[:2] == [b"CW\x01", b"S"]
+
+
+def test_header_is_compact_json():
+    assert Message(Kind.CANCEL, {"id": 1}).to_frames()[2] == b'{"id":1}'
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ([MAGIC, b"S"], "at least 3 frames"),
+        (frames(b"S", {"id": 1}, b"a", b"b", magic=b"XX\x01"), "not a cw message"),
+        (frames(b"S", {"id": 1}, b"a", b"b", magic=b"CW\x09"), "protocol version 9"),
+        (frames(b"Z", {}), "unknown message kind"),
+        (frames(b"S", b"{not json", b"a", b"b"), "not JSON"),
+        (frames(b"S", b"\xff\xfe", b"a", b"b"), "not JSON"),
+        (frames(b"S", [1, 2], b"a", b"b"), "not a JSON object"),
+        (frames(b"S", {}, b"a", b"b"), "lacks 'id'"),
+        (frames(b"S", {"id": "7"}, b"a", b"b"), "must be int"),
+        (frames(b"S", {"id": True}, b"a", b"b"), "must be int"),
+        (frames(b"S", {"id": -1}, b"a", b"b"), "out of range"),
+        (frames(b"S", {"id": 2**70}, b"a", b"b"), "out of range"),
+        (frames(b"S", {"id": 1}, b"only one"), "payload frames"),
+        (frames(b"R", {"id": 1, "status": "weird"}), "unknown job status"),
+        (frames(b"H", {"session": "x" * 20000, "host": "h", "pid": 1, "v": 1,
+                       "python": "3", "cloudpickle": "3"}), "longer than"),
+        (frames(b"A", {"ids": [1, "two"]}), "list of job ids"),
+        (frames(b"W", {"session": "s", "heartbeat": "fast", "v": 1, "python": "3",
+                       "cloudpickle": "3"}), "must be float"),
+        (frames(b"S", b" " * (MAX_HEADER_BYTES + 1), b"a", b"b"), "exceeds"),
+    ],
+)
+def test_malformed_frames_raise_protocol_error(raw, message):
+    with pytest.raises(ProtocolError, match=message):
+        Message.from_frames(raw)
+
+
+def test_optional_fields_are_checked_when_present():
+    with pytest.raises(ProtocolError, match="retries"):
+        validate(Kind.SUBMIT, {"id": 1, "retries": "many"}, 2)
+    validate(Kind.SUBMIT, {"id": 1}, 2)
+
+
+def test_unknown_extra_fields_are_tolerated():
+    # Newer peers may add fields; the master ignores what it does not know.
+    Message.from_frames(frames(b"C", {"id": 1, "future": [1, 2]}))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=6))
+def test_random_frames_never_raise_anything_but_protocol_error(raw):
+    try:
+        Message.from_frames(raw)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([k.value for k in Kind]),
+    st.dictionaries(st.sampled_from(["id", "ids", "status", "host", "pid", "v", "capacity",
+                                     "session", "error", "executor", "exitcode", "heartbeat"]),
+                    st.one_of(st.integers(), st.text(max_size=8), st.none(), st.booleans(),
+                              st.floats(allow_nan=True), st.lists(st.integers(), max_size=3))),
+    st.lists(st.binary(max_size=8), max_size=3),
+)
+def test_mutated_headers_never_raise_anything_but_protocol_error(kind, header, payload):
+    try:
+        Message.from_frames([MAGIC, kind, json.dumps(header).encode(), *payload])
+    except ProtocolError:
+        pass
