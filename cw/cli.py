@@ -123,7 +123,7 @@ def master_command(host: str, port: int, cluster: Optional[str], heartbeat: floa
     mjson = cdir / "master.json"
     write_json(mjson, {"host": advertised_host(host), "port": master.port, "pid": os.getpid(),
                        "protocol": PROTOCOL_VERSION, "hostname": socket.gethostname(),
-                       "started": time.time()})
+                       "started": time.time(), "slurm_job": os.environ.get("SLURM_JOB_ID")})
     logging.getLogger("cw.master").info("master listening on %s:%d (%s)", host, master.port, mjson)
     try:
         master.run()

@@ -77,21 +77,38 @@ def _connect(host: Optional[str], port: Optional[int], cluster: Optional[str],
 
 
 class _Future(futures.Future):
-    def __init__(self, core: IOCore, jid: int) -> None:
+    def __init__(self, core: IOCore, jid: int, registry: dict) -> None:
         super().__init__()
-        self._cw = (core, jid)
+        self._cw = (core, jid, registry)
         self._cw_running = False
 
     def cancel(self) -> bool:
         """Cancel a job not yet given to a worker: it leaves the master's queue."""
-        if super().cancel():
-            core, jid = self._cw
+        core, jid, registry = self._cw
+        with self._condition:  # the Future's own (reentrant) lock: see _mark_running
+            if not super().cancel():
+                return False
+            first = not self._cw_running
+            if first:
+                self._cw_running = True
+                # Waiters (concurrent.futures.wait, as_completed) count a
+                # cancelled future as done only once it is notified.
+                self.set_running_or_notify_cancel()
+        if first:
+            registry.pop(jid, None)
             try:
                 core.cancel(jid)
             except RuntimeError:
                 pass  # client closed: nothing left to tell the master
-            return True
-        return False
+        return True
+
+    def _mark_running(self) -> bool:
+        """In the I/O thread: RUNNING once; False if the user cancelled first."""
+        with self._condition:
+            if self._cw_running:
+                return not self.cancelled()
+            self._cw_running = True
+            return self.set_running_or_notify_cancel()
 
 
 class ClusterExecutor(futures.Executor):
@@ -119,7 +136,7 @@ class ClusterExecutor(futures.Executor):
             raise RuntimeError("cannot submit after shutdown")
         call = dumps_call(fn, args, kwargs)
         jid = next(self._ids)
-        fut = _Future(self._core, jid)
+        fut = _Future(self._core, jid, self._futures)
         self._futures[jid] = fut
         self._core.submit(jid, (self._context(), call), self.retries)
         return fut
@@ -173,18 +190,13 @@ class ClusterExecutor(futures.Executor):
     def _on_started(self, ids: list) -> None:
         for jid in ids:
             fut = self._futures.get(jid)
-            if fut is not None and not fut._cw_running:
-                fut._cw_running = True
-                fut.set_running_or_notify_cancel()
+            if fut is not None:
+                fut._mark_running()
 
     def _on_result(self, jid: int, status: Status, payload: tuple, error) -> None:
         fut = self._futures.pop(jid, None)
-        if fut is None:
-            return
-        if not fut._cw_running:
-            fut._cw_running = True
-            if not fut.set_running_or_notify_cancel():
-                return  # cancelled by the user meanwhile
+        if fut is None or not fut._mark_running():
+            return  # cancelled by the user meanwhile
         ok, value = _outcome(status, payload, error, jid)
         if ok:
             fut.set_result(value)

@@ -102,11 +102,18 @@ def find_master(
 
         host = slurm.master_host(cluster, wait=False) if slurm.available() else None
     if port is None:
-        env_port = os.environ.get("CW_PORT")
-        if env_port and not (env_port.isdigit() and 0 < int(env_port) < 65536):
-            raise ClusterError(f"CW_PORT={env_port!r} is not a port number (1-65535)")
-        port = int(env_port) if env_port else (info or {}).get("port", DEFAULT_PORT)
+        port = env_port() or (info or {}).get("port", DEFAULT_PORT)
     return host or "127.0.0.1", int(port)
+
+
+def env_port() -> Optional[int]:
+    """``CW_PORT`` as a number; None when unset or 0 (0 = the master picks one)."""
+    value = os.environ.get("CW_PORT", "").strip()
+    if not value:
+        return None
+    if not (value.isdigit() and 0 <= int(value) < 65536):
+        raise ClusterError(f"CW_PORT={value!r} is not a port number (0-65535)")
+    return int(value) or None
 
 
 def advertised_host(bind_host: str) -> str:

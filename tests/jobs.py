@@ -46,8 +46,14 @@ def return_lock():
     return threading.Lock()
 
 
-def fail_unpicklable():
-    class Local(Exception):
-        pass
+def _refuse_to_rebuild():
+    raise RuntimeError("this exception cannot be rebuilt")
 
-    raise Local("a class the client cannot import")
+
+class Unrebuildable(Exception):
+    def __reduce__(self):
+        return (_refuse_to_rebuild, ())
+
+
+def fail_unpicklable():
+    raise Unrebuildable("an exception the client cannot rebuild")

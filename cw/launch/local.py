@@ -15,7 +15,7 @@ from typing import Optional
 
 import psutil
 
-from ..cluster import cluster_dir, cluster_name, pid_alive, read_json, read_master, write_json
+from ..cluster import cluster_dir, cluster_name, env_port, pid_alive, read_json, read_master, write_json
 from ..errors import ClusterError, MasterUnavailableError
 from ..protocol import DEFAULT_PORT
 from . import query_status, wait_for_workers, wait_until
@@ -46,10 +46,16 @@ def _spawn(role: str, args: list, cluster: str) -> psutil.Process:
 
 
 def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
-          cluster: Optional[str] = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+          cluster: Optional[str] = None, host: str = "127.0.0.1", port: Optional[int] = None,
           procs: int = 1, timeout: float = 60.0) -> dict:
-    """Start a local cluster; return once the master answers and workers registered."""
+    """Start a local cluster; return once the master answers and workers registered.
+
+    ``port`` defaults to ``$CW_PORT``, else 5494; 0 lets the master pick a free one.
+    """
     name = cluster_name(cluster)
+    if port is None:
+        env_port()  # a bad CW_PORT is a clear error, not a ValueError
+        port = int(os.environ.get("CW_PORT", "").strip() or DEFAULT_PORT)
     if nworkers < 0 or procs < 1:
         raise ClusterError("need nworkers >= 0 and procs >= 1")
     if master:
