@@ -154,7 +154,7 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
                    log_level: str, executor: Optional[str], supervisor: str) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
     from .cluster import find_master
-    from .worker import Executor, Supervisor
+    from .worker import Supervisor
 
     _setup_logging(log_level)
     if slurm and host is None:

@@ -98,7 +98,7 @@ class IOCore(threading.Thread):
         self.reset_socket(poller)
         try:
             while not self.closing:
-                events = dict(poller.poll(self.heartbeat * 250))
+                events = dict(poller.poll(int(self.heartbeat * 250)))
                 if wake_fd in events:
                     self.drain_commands()
                 if self.sock in events:
@@ -116,9 +116,10 @@ class IOCore(threading.Thread):
             poller.unregister(self.sock)
             self.sock.close(linger=0)
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.identity = self.identity
-        self.sock.linger = 0
-        self.sock.sndhwm = self.sock.rcvhwm = 0
+        self.sock.setsockopt(zmq.IDENTITY, self.identity)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.connect(self.address)
         poller.register(self.sock, zmq.POLLIN)
         self.connected.clear()
@@ -148,7 +149,7 @@ class IOCore(threading.Thread):
         while self.commands:
             cmd = self.commands.popleft()
             if cmd[0] == "submit":
-                _, jid, payload, retries = cmd
+                jid, payload, retries = cmd[1:]
                 self.pending[jid] = (payload, retries)
                 if self.connected.is_set():
                     self.send_job(jid, payload, retries)

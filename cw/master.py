@@ -86,11 +86,12 @@ class Master:
         self.liveness = liveness
         self.session = uuid.uuid4().hex
         self.started_at = time.time()
-        self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.linger = 0
+        self.sock: zmq.Socket = zmq.Context.instance().socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer takes its name back
-        self.sock.sndhwm = self.sock.rcvhwm = 0
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.port: int
         if port == 0:
             self.port = self.sock.bind_to_random_port(f"tcp://{host}")
         else:
@@ -129,7 +130,7 @@ class Master:
 
     def step(self, timeout: float = 0.0, now: Optional[float] = None) -> None:
         """One turn: receive what is there, dispatch, heartbeat, purge."""
-        if self.poller.poll(timeout * 1000):
+        if self.poller.poll(int(timeout * 1000)):
             for _ in range(RECV_BATCH):
                 try:
                     frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -166,7 +167,7 @@ class Master:
                 self.malformed.clear()
             log.warning("dropped message from peer %s: %s", identity.hex()[:16], reason)
         self.malformed[identity] = self.malformed.get(identity, 0) + 1
-        header = {"error": reason[:1000], "code": code.value}
+        header: dict = {"error": reason[:1000], "code": code.value}
         if jid is not None:
             header["id"] = jid
         self.send(identity, Message(Kind.ERROR, header))
@@ -227,7 +228,7 @@ class Master:
     def on_cancel(self, identity: bytes, msg: Message, now: float) -> None:
         client = self.clients.get(identity)
         job = client.jobs.get(msg.header["id"]) if client else None
-        if job is None:
+        if client is None or job is None:
             return  # finished meanwhile: the client drops the late result
         client.last_seen = now
         job.cancelled = True
@@ -306,10 +307,11 @@ class Master:
                 self.free.popleft()  # stale slot of a gone or full executor
                 continue
             client = self.clients.get(self.ready.popleft())
-            job = self.next_job(client) if client is not None else None
+            if client is None:
+                continue  # dropped since it queued
+            job = self.next_job(client)
             if job is None:
-                if client is not None:
-                    client.in_ready = False
+                client.in_ready = False
                 continue
             self.free.popleft()
             self.ready.append(client.identity)  # round-robin: back of the line

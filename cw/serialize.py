@@ -14,7 +14,7 @@ import os
 import pickle
 import sys
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import cloudpickle
 
@@ -73,8 +73,8 @@ def dumps_error(exc: BaseException) -> tuple[bytes, str]:
     """Pickle a job's exception with its traceback; return (frame, summary)."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        inner: bytes | None = cloudpickle.dumps(exc, protocol=PROTOCOL)
-        pickle.loads(inner)  # an exception that pickles but won't unpickle
+        inner: Optional[bytes] = cloudpickle.dumps(exc, protocol=PROTOCOL)
+        pickle.loads(inner)  # type: ignore[arg-type]  # one that pickles but won't unpickle
     except Exception:
         inner = None
     summary = traceback.format_exception_only(type(exc), exc)[-1].strip()[:1000]
@@ -102,7 +102,7 @@ def loads_error(frame: bytes, jobid: object = None) -> BaseException:
         inner, text = pickle.loads(frame)
     except Exception as e:
         return RemoteException(f"undecodable error from worker: {e}", jobid)
-    if inner is not None:
+    if isinstance(inner, bytes):
         try:
             exc = pickle.loads(inner)
         except Exception:

@@ -65,10 +65,11 @@ class _Peer:
         self.address = address
         self.heartbeat = heartbeat
         self.liveness = liveness
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.identity = identity
-        self.sock.linger = 0
-        self.sock.sndhwm = self.sock.rcvhwm = 0
+        self.sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, identity)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.connect(address)
         self.last_sent = self.last_heard = time.monotonic()
 
@@ -77,7 +78,7 @@ class _Peer:
         self.last_sent = time.monotonic()
 
     def recv(self, timeout: float) -> Optional[Message]:
-        if not self.sock.poll(timeout * 1000):
+        if not self.sock.poll(int(timeout * 1000)):
             return None
         frames = self.sock.recv_multipart(copy=False)
         self.last_heard = time.monotonic()
@@ -174,7 +175,8 @@ class Supervisor:
         self.host, self.port, self.procs = host, port, procs
         self.address = f"tcp://{host}:{port}"
         self.grace = grace
-        self.peer = _Peer(self.address, b"s" + os.urandom(8), heartbeat, liveness)
+        self.identity = b"s" + os.urandom(8)
+        self.peer = _Peer(self.address, self.identity, heartbeat, liveness)
         self.slots: list[Optional[subprocess.Popen]] = [None] * procs
         self.ids: list[bytes] = [b""] * procs
         self.restart_at = [0.0] * procs
@@ -184,7 +186,7 @@ class Supervisor:
     def spawn(self, i: int) -> None:
         ident = b"e" + os.urandom(8)
         cmd = [sys.executable, "-m", "cw.worker", self.host, "--port", str(self.port),
-               "--executor", ident.hex(), "--supervisor", self.peer.sock.identity.hex(),
+               "--executor", ident.hex(), "--supervisor", self.identity.hex(),
                "--heartbeat", str(self.peer.heartbeat), "--liveness", str(self.peer.liveness)]
         self.slots[i] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
         self.ids[i] = ident

@@ -17,14 +17,14 @@ from ..protocol import Kind, Message
 
 def query_status(host: str, port: int, timeout: float = 5.0) -> dict:
     """Ask a master for its STATUS snapshot; ``MasterUnavailableError`` if it is silent."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.linger = 0
-    sock.identity = b"q" + os.urandom(8)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, b"q" + os.urandom(8))
     try:
         sock.connect(f"tcp://{host}:{port}")
         sock.send_multipart(Message(Kind.STATUS).to_frames())
         deadline = time.monotonic() + timeout
-        while sock.poll(max(0.0, deadline - time.monotonic()) * 1000):
+        while sock.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
             try:
                 msg = Message.from_frames(sock.recv_multipart())
             except Exception:

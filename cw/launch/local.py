@@ -61,10 +61,11 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
     if master:
         info = _start_master(name, host, port, timeout)
     else:
-        info = read_master(name)
-        if info is None:
+        found = read_master(name)
+        if found is None:
             raise ClusterError(f"no master running for cluster {name!r} (no master.json); "
                                "start one, or drop -M")
+        info = found
     started = []
     if workers and nworkers:
         args = [info["host"], "--port", str(info["port"]), "--procs", str(procs)]

@@ -1,14 +1,13 @@
 """ClusterExecutor and ClientThread against real master and worker processes."""
-import os
 import sys
 import threading
 import time
 from concurrent.futures import CancelledError, wait
 
-import pytest
-
 import jobs
-from conftest import wait_for, wait_workers
+import pytest
+from conftest import wait_for
+
 from cw import RemoteException, UnpicklableError
 from cw.client import ClientThread, ClusterExecutor
 from cw.errors import MasterUnavailableError

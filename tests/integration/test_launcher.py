@@ -3,17 +3,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 
+import jobs
 import psutil
 import pytest
+from conftest import ROOT
 
 import cw
 import cw.mp
-import jobs
-from conftest import ROOT
 from cw.client import ClusterExecutor
-from cw.errors import ClusterError
 
 
 def run(*args, timeout=120, **env):
@@ -118,7 +116,8 @@ def test_randid_is_random():
 @pytest.mark.parametrize("example, expect", [
     ("square.py", [f"the square for job {i} is {i * i}" for i in range(10)]),
     ("with.py", [f"the square for job {i} is {i * i}" for i in range(10)]),
-    ("executor.py", ["the square for job 9 is 81", "2**4 = 16", "sum of squares below 100000: 333328333350000"]),
+    ("executor.py", ["the square for job 9 is 81", "2**4 = 16",
+                     "sum of squares below 100000: 333328333350000"]),
 ])
 def test_examples_print_what_the_originals_print(cw_home, example, expect):
     done = run(f"examples/{example}", CW_PORT="0")

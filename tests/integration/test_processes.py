@@ -6,12 +6,12 @@ import socket
 import subprocess
 import sys
 
+import jobs
 import psutil
 import pytest
 import zmq
-
-import jobs
 from conftest import ROOT, descendants, stop_gracefully, wait_for, wait_workers
+
 from cw.client import ClusterExecutor
 from cw.errors import WorkerLostError
 from cw.launch import query_status
@@ -119,3 +119,15 @@ def test_bad_command_line_values_are_one_line_errors(cw_home, args, env, message
                           env={**os.environ, **env}, timeout=60)
     assert done.returncode in (1, 2)
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_worker_started_before_its_master_registers_when_it_comes(procs, cw_home):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs.worker(port)
+    procs.spawn("-m", "cw.master", "--host", "127.0.0.1", "--port", str(port))
+    wait_for(lambda: (cw_home / "default" / "master.json").exists(), what="master.json")
+    wait_workers(port, 1)
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        assert ex.submit(jobs.square, 8).result(30) == 64

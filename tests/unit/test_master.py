@@ -124,7 +124,7 @@ def test_cancel_removes_a_queued_job(master):
 def test_dead_executor_job_is_requeued_then_lost_after_retries(master):
     c = client(master)
     submit(c, 1, retries=1)
-    for death in range(2):
+    for _ in range(2):
         ex = executor(master)
         ex.recv({Kind.TASK})
         sup = Peer(master, b"s")

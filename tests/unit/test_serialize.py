@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from cw.errors import RemoteException, UnpicklableError
-from cw.serialize import dumps_call, dumps_error, error_text, loads_call, loads_error, RemoteTraceback
+from cw.serialize import RemoteTraceback, dumps_call, dumps_error, error_text, loads_call, loads_error
 
 
 def test_closure_and_lambda_round_trip():
