@@ -9,9 +9,11 @@ from .client import ClientThread, ClusterExecutor, SlurmExecutor
 from .errors import (
     ClusterError,
     CWError,
+    JobRejectedError,
     MasterUnavailableError,
     ProtocolError,
     RemoteException,
+    SecurityError,
     UnpicklableError,
     WorkerLostError,
 )
@@ -25,6 +27,8 @@ __all__ = [
     "SlurmExecutor",
     "CWError",
     "ClusterError",
+    "JobRejectedError",
+    "SecurityError",
     "MasterUnavailableError",
     "ProtocolError",
     "RemoteException",

@@ -68,6 +68,11 @@ cluster_option = click.option("--cluster", envvar="CW_CLUSTER", default=None,
                               help="Cluster name: its directory is $CW_HOME/NAME [default: default].")
 log_option = click.option("--log-level", envvar="CW_LOG_LEVEL", type=LOG_LEVELS, default="info",
                           show_default=True, help="Logging verbosity.")
+insecure_option = click.option(
+    "--insecure", is_flag=True, envvar="CW_INSECURE",
+    help="Turn CURVE authentication and encryption off (both ends must agree). "
+         "Only on an isolated, trusted network.")
+SIZE = click.IntRange(1)
 heartbeat_options = [
     click.option("--heartbeat", type=click.FloatRange(0.01, 3600), default=1.0, show_default=True,
                  help="Seconds between heartbeats."),
@@ -95,21 +100,33 @@ def main() -> None:
 @click.option("--port", type=PORT, envvar="CW_PORT", default=DEFAULT_PORT, show_default=True,
               help="Port to bind; 0 picks a free one (recorded in master.json).")
 @cluster_option
+@insecure_option
+@click.option("--max-message-size", type=SIZE, default=1 << 30, show_default=True,
+              help="Largest message in bytes; bigger ones are dropped.")
+@click.option("--max-jobs-per-client", type=SIZE, default=1_000_000, show_default=True,
+              help="Unfinished jobs the master holds for one client.")
+@click.option("--max-bytes-per-client", type=SIZE, default=4 << 30, show_default=True,
+              help="Payload bytes the master holds for one client.")
 @_options(heartbeat_options)
 @log_option
 @_friendly
-def master_command(host: str, port: int, cluster: Optional[str], heartbeat: float,
-                   liveness: int, log_level: str) -> None:
+def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
+                   max_message_size: int, max_jobs_per_client: int, max_bytes_per_client: int,
+                   heartbeat: float, liveness: int, log_level: str) -> None:
     """Run a master: route jobs from clients to workers until SIGINT/SIGTERM."""
     import zmq
 
     from .cluster import advertised_host, cluster_dir, read_json, write_json
-    from .master import Master
+    from .master import Limits, Master
+    from .security import master_keys
 
     _setup_logging(log_level)
     cdir = cluster_dir(cluster, create=True)
+    keys = None if insecure else master_keys(cdir)
+    limits = Limits(max_message_size, max_jobs_per_client, max_bytes_per_client)
     try:
-        master = Master(host, port, heartbeat=heartbeat, liveness=liveness)
+        master = Master(host, port, heartbeat=heartbeat, liveness=liveness, keys=keys,
+                        cluster_dir=cdir, limits=limits)
     except zmq.ZMQError as e:
         raise click.ClickException(
             f"cannot listen on {host}:{port}: {e}; is another master running? try --port 0"
@@ -123,7 +140,8 @@ def master_command(host: str, port: int, cluster: Optional[str], heartbeat: floa
     mjson = cdir / "master.json"
     write_json(mjson, {"host": advertised_host(host), "port": master.port, "pid": os.getpid(),
                        "protocol": PROTOCOL_VERSION, "hostname": socket.gethostname(),
-                       "started": time.time(), "slurm_job": os.environ.get("SLURM_JOB_ID")})
+                       "started": time.time(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
+                       "cluster": cdir.name, "secure": keys is not None})
     logging.getLogger("cw.master").info("master listening on %s:%d (%s)", host, master.port, mjson)
     try:
         master.run()
@@ -144,28 +162,32 @@ def master_command(host: str, port: int, cluster: Optional[str], heartbeat: floa
 @click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
               help="Seconds a running job may take to finish on SIGTERM.")
 @cluster_option
+@insecure_option
 @_options(heartbeat_options)
 @log_option
 @click.option("--executor", hidden=True, default=None)
 @click.option("--supervisor", hidden=True, default="")
 @_friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
-                   grace: float, cluster: Optional[str], heartbeat: float, liveness: int,
-                   log_level: str, executor: Optional[str], supervisor: str) -> None:
+                   grace: float, cluster: Optional[str], insecure: bool, heartbeat: float,
+                   liveness: int, log_level: str, executor: Optional[str], supervisor: str) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
-    from .cluster import find_master
+    from .cluster import cluster_dir, cluster_name, find_master
+    from .security import client_keys
     from .worker import Supervisor
 
     _setup_logging(log_level)
+    keys = None if insecure else client_keys(cluster_dir(cluster))
     if slurm and host is None:
         from .slurm import master_host
 
         host = master_host(cluster, wait=True)
     host, port = find_master(host, port, cluster)
     if executor is not None:
-        _run_executor(f"tcp://{host}:{port}", executor, supervisor, heartbeat, liveness)
+        _run_executor(f"tcp://{host}:{port}", executor, supervisor, heartbeat, liveness, keys)
         return
-    sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace)
+    sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
+                     keys=keys, cluster=cluster_name(cluster))
 
     def on_signal(signum: int, frame: Any) -> None:
         sup.stopping = True
@@ -173,16 +195,18 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     sup.run()
+    sys.exit(sup.exit_code)
 
 
-def _run_executor(address: str, ident: str, supervisor: str, heartbeat: float, liveness: int) -> None:
+def _run_executor(address: str, ident: str, supervisor: str, heartbeat: float, liveness: int,
+                  keys: Any) -> None:
     from .worker import Executor
 
     try:
         identity = bytes.fromhex(ident)
     except ValueError as e:
         raise click.BadParameter("not hex", param_hint="--executor") from e
-    executor = Executor(address, identity, supervisor, heartbeat, liveness)
+    executor = Executor(address, identity, supervisor, heartbeat, liveness, keys)
 
     def on_term(signum: int, frame: Any) -> None:
         executor.stopping = True
@@ -208,23 +232,25 @@ local_options = [
     click.option("--timeout", type=click.FloatRange(1), default=60.0, show_default=True,
                  help="Seconds to wait for the master and workers to come up."),
     cluster_option,
+    insecure_option,
 ]
 
 
 def _local(action: str, nworkers: int, no_master: bool, no_workers: bool, procs_per_worker: int,
-           host: str, port: int, timeout: float, cluster: Optional[str]) -> None:
+           host: str, port: int, timeout: float, cluster: Optional[str], insecure: bool) -> None:
     from .launch import local
 
     if action == "start":
         info = local.start(nworkers, master=not no_master, workers=not no_workers, cluster=cluster,
-                           host=host, port=port, procs=procs_per_worker, timeout=timeout)
+                           host=host, port=port, procs=procs_per_worker, timeout=timeout,
+                           insecure=insecure)
         click.echo(f"cluster {info['cluster']}: master at {info['host']}:{info['port']}, "
                    f"{len(info['worker_pids'])} worker(s) started")
     elif action == "stop":
         n = local.stop(cluster)
         click.echo(f"stopped {n} process(es)")
     else:
-        click.echo(json.dumps(local.status(cluster), indent=2))
+        click.echo(json.dumps(local.status(cluster, insecure), indent=2))
 
 
 @main.group("local")
@@ -255,14 +281,15 @@ def mp_command(action: str, **kwargs: Any) -> None:
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON snapshot.")
 @cluster_option
+@insecure_option
 @_friendly
-def status_command(as_json: bool, cluster: Optional[str]) -> None:
+def status_command(as_json: bool, cluster: Optional[str], insecure: bool) -> None:
     """Show the master, its workers, clients and queue."""
     from .cluster import find_master
     from .launch import query_status
 
     host, port = find_master(None, None, cluster)
-    snap = query_status(host, port)
+    snap = query_status(host, port, cluster=cluster, insecure=insecure)
     if as_json:
         click.echo(json.dumps(snap, indent=2))
         return
@@ -272,6 +299,75 @@ def status_command(as_json: bool, cluster: Optional[str]) -> None:
         click.echo(f"  worker {w['host']} pid {w['pid']}: {w['executors']} executor(s)")
     for c in snap["clients"]:
         click.echo(f"  client {c['host']} pid {c['pid']}: {c['jobs']} unfinished, {c['done']} done")
+
+
+# -- keys ------------------------------------------------------------------------
+@main.group("keys")
+def keys_group() -> None:
+    """Admit, list and remove the public keys the master accepts."""
+
+
+def _authorized(cluster: Optional[str]):
+    from .cluster import cluster_dir
+    from .security import ensure_keys
+
+    return ensure_keys(cluster_dir(cluster, create=True)) / "authorized"
+
+
+@keys_group.command("list")
+@cluster_option
+@_friendly
+def keys_list(cluster: Optional[str]) -> None:
+    """List the admitted keys: NAME and public key."""
+    from .security import load_public
+
+    for path in sorted(_authorized(cluster).glob("*.key")):
+        click.echo(f"{path.stem}\t{load_public(path).decode()}")
+
+
+@keys_group.command("add")
+@click.argument("name")
+@click.argument("keyfile", type=click.Path(exists=True, dir_okay=False))
+@cluster_option
+@_friendly
+def keys_add(name: str, keyfile: str, cluster: Optional[str]) -> None:
+    """Admit the public key in KEYFILE (a client.key) under NAME."""
+    import shutil
+    from pathlib import Path
+
+    from .cluster import check_name
+    from .security import load_public
+
+    check_name(name)
+    load_public(Path(keyfile))  # refuse what is not a key file
+    target = _authorized(cluster) / f"{name}.key"
+    if target.exists():
+        raise click.ClickException(f"a key named {name!r} is already admitted; remove it first")
+    shutil.copy(keyfile, target)
+    os.chmod(target, 0o644)
+    click.echo(f"admitted {name}; a running master picks it up within a second")
+
+
+@keys_group.command("remove")
+@click.argument("name")
+@cluster_option
+@_friendly
+def keys_remove(name: str, cluster: Optional[str]) -> None:
+    """Stop admitting the key NAME (running connections keep going until they reconnect)."""
+    target = _authorized(cluster) / f"{name}.key"
+    if not target.exists():
+        names = ", ".join(sorted(p.stem for p in target.parent.glob("*.key"))) or "none"
+        raise click.ClickException(f"no admitted key named {name!r}; admitted: {names}")
+    target.unlink()
+    click.echo(f"removed {name}")
+
+
+@keys_group.command("show")
+@cluster_option
+@_friendly
+def keys_show(cluster: Optional[str]) -> None:
+    """Print the path of this user's public client key, to send to a cluster's owner."""
+    click.echo(str(_authorized(cluster).parent / "client.key"))
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ from collections import deque
 from concurrent import futures
 from typing import Any, Callable, Hashable, Iterable, Iterator, Optional, Union
 
-from .cluster import find_master
-from .errors import MasterUnavailableError, RemoteException, WorkerLostError
+from .cluster import cluster_dir, find_master
+from .errors import JobRejectedError, MasterUnavailableError, RemoteException, WorkerLostError
 from .iocore import IOCore
 from .protocol import Status
+from .security import client_keys, insecure_default
 from .serialize import context_frame, dumps_call, error_text, loads_error
 
 __all__ = ["ClusterExecutor", "ClientThread", "SlurmExecutor", "RemoteException"]
@@ -55,6 +56,8 @@ def _outcome(status: Status, payload: tuple, error: Union[str, BaseException, No
         except Exception as e:
             return False, RemoteException(f"cannot unpickle the result of job {jobid!r}: {e!r}", jobid)
     if status is Status.ERROR:
+        if not payload:  # refused by the master itself: nothing ran
+            return False, JobRejectedError(f"job {jobid!r} refused by the master: {error}")
         return False, loads_error(payload[0], jobid)
     if status is Status.TIMEOUT:
         return False, TimeoutError(error or f"job {jobid!r} ran past its timeout")
@@ -64,13 +67,14 @@ def _outcome(status: Status, payload: tuple, error: Union[str, BaseException, No
 
 
 def _connect(host: Optional[str], port: Optional[int], cluster: Optional[str],
-             connect_timeout: float, on_result, on_started) -> IOCore:
+             insecure: Optional[bool], connect_timeout: float, on_result, on_started) -> IOCore:
     host, port = find_master(host, port, cluster)
+    keys = None if insecure_default(insecure) else client_keys(cluster_dir(cluster))
     core = IOCore(host, port, on_result=on_result, on_started=on_started,
-                  connect_timeout=connect_timeout)
+                  connect_timeout=connect_timeout, keys=keys)
     core.start()
-    if not core.connected.wait(connect_timeout):
-        error = core.unavailable()
+    if not core.settled.wait(connect_timeout) or core.fatal is not None:
+        error = core.fatal or core.unavailable()
         core.close(timeout=5)
         raise error
     return core
@@ -116,7 +120,8 @@ class ClusterExecutor(futures.Executor):
 
     def __init__(self, host: Optional[str] = None, port: Optional[int] = None, *,
                  connect_timeout: float = 30, max_pending: int = DEFAULT_MAX_PENDING,
-                 retries: int = 2, cluster: Optional[str] = None) -> None:
+                 retries: int = 2, cluster: Optional[str] = None,
+                 insecure: Optional[bool] = None) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         self.max_pending = max_pending
@@ -125,7 +130,8 @@ class ClusterExecutor(futures.Executor):
         self._ids = itertools.count(1)
         self._context = _Context()
         self._shutdown = False
-        self._core = _connect(host, port, cluster, connect_timeout, self._on_result, self._on_started)
+        self._core = _connect(host, port, cluster, insecure, connect_timeout,
+                              self._on_result, self._on_started)
 
     @property
     def address(self) -> str:
@@ -137,8 +143,12 @@ class ClusterExecutor(futures.Executor):
         call = dumps_call(fn, args, kwargs)
         jid = next(self._ids)
         fut = _Future(self._core, jid, self._futures)
-        self._futures[jid] = fut
-        self._core.submit(jid, (self._context(), call), self.retries)
+        self._futures[jid] = fut  # before the I/O thread can see the job
+        try:
+            self._core.submit(jid, (self._context(), call), self.retries)
+        except BaseException:
+            del self._futures[jid]
+            raise
         return fut
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
@@ -229,8 +239,9 @@ class ClientThread:
     def __init__(self, callback: Callable[[Hashable, Any], Any], host: Optional[str] = None,
                  port: Optional[int] = None, *, connect_timeout: float = 30,
                  max_pending: int = DEFAULT_MAX_PENDING, retries: int = 2,
-                 cluster: Optional[str] = None) -> None:
+                 cluster: Optional[str] = None, insecure: Optional[bool] = None) -> None:
         self.callback = callback
+        self.insecure = insecure
         self.host, self.port, self.cluster = host, port, cluster
         self.connect_timeout = connect_timeout
         self.max_pending = max_pending
@@ -243,8 +254,8 @@ class ClientThread:
         self._core: Optional[IOCore] = None
 
     def start(self) -> None:
-        self._core = _connect(self.host, self.port, self.cluster, self.connect_timeout,
-                              self._on_result, lambda ids: None)
+        self._core = _connect(self.host, self.port, self.cluster, self.insecure,
+                              self.connect_timeout, self._on_result, lambda ids: None)
 
     def submit(self, jobid: Hashable, func: Callable, *args: Any, **kwargs: Any) -> None:
         if self._core is None:
@@ -257,7 +268,12 @@ class ClientThread:
                 self._cond.wait_for(lambda: len(self._jobids) < self.max_pending)
             jid = next(self._ids)
             self._jobids[jid] = jobid
-        self._core.submit(jid, (self._context(), call), self.retries)
+        try:
+            self._core.submit(jid, (self._context(), call), self.retries)
+        except BaseException:
+            with self._cond:
+                del self._jobids[jid]
+            raise
 
     def wait(self) -> None:
         """Block until every submitted job has finished; raise the first error."""

@@ -25,8 +25,17 @@ class WorkerLostError(CWError):
     """The worker running a job died more times than the job's retries allow."""
 
 
+class JobRejectedError(CWError):
+    """The master refused a job (a limit reached, a malformed message); it did not run."""
+
+
 class UnpicklableError(CWError, pickle.PicklingError):
     """A function or argument given to ``submit`` cannot be pickled."""
+
+
+class SecurityError(CWError):
+    """Keys are missing or unsafe, the two ends disagree on CURVE, or the
+    master refused this peer's key."""
 
 
 class ClusterError(CWError):

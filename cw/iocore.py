@@ -26,8 +26,9 @@ from typing import Callable, Optional, Union
 
 import zmq
 
-from .errors import MasterUnavailableError
-from .protocol import ErrorCode, Kind, Message, Status, versions
+from .errors import CWError, JobRejectedError, MasterUnavailableError, ProtocolError, SecurityError
+from .protocol import MAGIC, PROTOCOL_VERSION, ErrorCode, Kind, Message, Status, versions
+from .security import Keys, apply_client, monitor, read_monitor
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ ResultHandler = Callable[[int, Status, tuple, Union[str, BaseException, None]], 
 class IOCore(threading.Thread):
     def __init__(self, host: str, port: int, *, on_result: ResultHandler,
                  on_started: Callable[[list], None], connect_timeout: float = 30.0,
-                 heartbeat: float = 1.0, liveness: int = 10) -> None:
+                 heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None) -> None:
         super().__init__(name=f"cw-client-{host}:{port}", daemon=True)
+        self.keys = keys
         self.address = f"tcp://{host}:{port}"
         self.on_result = on_result
         self.on_started = on_started
@@ -58,6 +60,11 @@ class IOCore(threading.Thread):
         self.wake_w.setblocking(False)
         self.waking = False
         self.connected = threading.Event()
+        self.settled = threading.Event()  # connected, or failed for good
+        self.fatal: Optional[CWError] = None
+        self.max_message_size = 1 << 62  # until the master tells its own
+        self.hello_due = False
+        self.monitor: Optional[zmq.Socket] = None
         self.pending: dict[int, tuple] = {}  # id -> (payload frames, retries)
         self.session: Optional[str] = None
         self.sock: Optional[zmq.Socket] = None
@@ -67,6 +74,11 @@ class IOCore(threading.Thread):
 
     # -- called from user threads ------------------------------------------
     def submit(self, jid: int, payload: tuple, retries: int) -> None:
+        size = sum(len(f) for f in payload)
+        if size > self.max_message_size:
+            raise JobRejectedError(
+                f"a job of {size} bytes exceeds the master's --max-message-size "
+                f"{self.max_message_size}; pass big data through files, or raise the limit")
         self._command(("submit", jid, payload, retries))
 
     def cancel(self, jid: int) -> None:
@@ -78,6 +90,8 @@ class IOCore(threading.Thread):
             self.join(timeout)
 
     def _command(self, cmd: tuple) -> None:
+        if self.fatal is not None:
+            raise self.fatal
         self.commands.append(cmd)
         # The flag saves a syscall per command; the I/O thread clears it
         # *before* draining, so a command never waits unseen.
@@ -103,6 +117,10 @@ class IOCore(threading.Thread):
                     self.drain_commands()
                 if self.sock in events:
                     self.drain_socket()
+                if self.monitor is not None and self.monitor in events:
+                    error = read_monitor(self.monitor, self.address, self.keys is not None)
+                    if error:
+                        self.die(SecurityError(error))
                 self.keep_alive(poller)
         except Exception:  # a bug here must not hang the user's futures
             log.exception("client I/O thread failed")
@@ -112,29 +130,62 @@ class IOCore(threading.Thread):
 
     def reset_socket(self, poller: zmq.Poller) -> None:
         """(Re)connect: a fresh socket, then HELLO; WELCOME resubmits held jobs."""
-        if self.sock is not None:
-            poller.unregister(self.sock)
-            self.sock.close(linger=0)
+        self.close_socket(poller)
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        apply_client(self.sock, self.keys)
         self.sock.setsockopt(zmq.IDENTITY, self.identity)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.monitor = monitor(self.sock)
         self.sock.connect(self.address)
         poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         self.connected.clear()
         self.last_heard = time.monotonic()
         self.send_hello()
 
+    def close_socket(self, poller: Optional[zmq.Poller] = None, linger: int = 0) -> None:
+        if self.sock is None:
+            return
+        if self.monitor is not None:
+            if poller is not None:
+                poller.unregister(self.monitor)
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
+        if poller is not None:
+            poller.unregister(self.sock)
+        self.sock.close(linger=linger)
+        self.sock = None
+
+    def die(self, error: CWError) -> None:
+        """A failure no retry can fix: fail every job and stop."""
+        log.error("%s", error)
+        self.fatal = error
+        self.fail_pending(error)
+        self.closing = True
+        self.settled.set()
+
     def send_hello(self) -> None:
         hello = {"session": self.identity.hex(), "host": socket.gethostname(),
                  "pid": os.getpid(), **versions()}
-        self.send(Message(Kind.HELLO, hello))
+        self.hello_due = not self.send(Message(Kind.HELLO, hello))
 
-    def send(self, msg: Message) -> None:
+    def send(self, msg: Message) -> bool:
+        """Send without blocking; False when there is no connection to queue on.
+
+        (A DEALER whose handshake failed has no pipe, and a blocking send
+        would hang this thread.) A job not sent stays in ``pending`` and goes
+        out again after the next WELCOME.
+        """
         assert self.sock is not None
-        self.sock.send_multipart(msg.to_frames(), copy=False)
+        try:
+            self.sock.send_multipart(msg.to_frames(), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
         self.last_sent = time.monotonic()
+        return True
 
     def send_job(self, jid: int, payload: tuple, retries: int) -> None:
         self.send(Message(Kind.SUBMIT, {"id": jid, "retries": retries}, payload))
@@ -169,7 +220,13 @@ class IOCore(threading.Thread):
             self.last_heard = time.monotonic()
             try:
                 msg = Message.from_frames(frames)
-            except Exception as e:
+            except ProtocolError as e:
+                magic = frames[0].bytes
+                if len(magic) == 3 and magic[:2] == b"CW" and magic != MAGIC:
+                    self.die(ProtocolError(
+                        f"the master at {self.address} speaks cw protocol {magic[2]}, this client "
+                        f"{PROTOCOL_VERSION}: install the same cw version on every machine"))
+                    return
                 log.warning("dropped a bad message from the master: %s", e)
                 continue
             self.handle(msg)
@@ -192,18 +249,21 @@ class IOCore(threading.Thread):
                 log.warning("the master refused a message: %s", msg.header["error"])
 
     def welcome(self, header: dict) -> None:
-        if header["python"].split(".")[:2] != platform.python_version().split(".")[:2]:
+        if self.session is None and \
+                header["python"].split(".")[:2] != platform.python_version().split(".")[:2]:
             log.warning("master runs Python %s, this client %s",
                         header["python"], platform.python_version())
         if self.session is not None and header["session"] != self.session:
             log.warning("master restarted: resubmitting %d unfinished job(s)", len(self.pending))
         self.session = header["session"]
+        self.max_message_size = header.get("max_message_size", self.max_message_size)
         self.heartbeat = min(self.heartbeat, header["heartbeat"])
         # The master drops resubmissions of jobs it still holds, so resending
         # everything is safe after any reconnect.
         for jid, (payload, retries) in self.pending.items():
             self.send_job(jid, payload, retries)
         self.connected.set()
+        self.settled.set()
 
     def keep_alive(self, poller: zmq.Poller) -> None:
         now = time.monotonic()
@@ -215,14 +275,18 @@ class IOCore(threading.Thread):
                 self.reset_socket(poller)
             elif now - self.last_sent >= self.heartbeat:
                 self.send(Message(Kind.HEARTBEAT))
-        elif now - self.lost_since > self.connect_timeout:
+        elif self.hello_due:
+            self.send_hello()
+        if not self.connected.is_set() and now - self.lost_since > self.connect_timeout:
             self.fail_pending(self.unavailable())
             self.lost_since = now
 
     def unavailable(self) -> MasterUnavailableError:
+        hint = ("; if it runs, check that this client has its cluster's keys "
+                "(same CW_HOME and cluster)") if self.keys is not None else ""
         return MasterUnavailableError(
             f"no cw master answered at {self.address} within {self.connect_timeout:g} s; "
-            "start one (`cw local start`) or pass host=/port= (see `cw status`)"
+            f"start one (`cw local start`) or pass host=/port= (see `cw status`){hint}"
         )
 
     def fail_pending(self, error: Exception) -> None:
@@ -231,12 +295,11 @@ class IOCore(threading.Thread):
             self.on_result(jid, Status.LOST, (), error)
 
     def shutdown(self) -> None:
-        if self.sock is not None:
-            if self.connected.is_set():
-                try:
-                    self.send(Message(Kind.BYE))
-                except zmq.ZMQError:
-                    pass
-            self.sock.close(linger=200 if self.connected.is_set() else 0)
+        if self.sock is not None and self.connected.is_set():
+            try:
+                self.send(Message(Kind.BYE))
+            except zmq.ZMQError:
+                pass
+        self.close_socket(linger=200 if self.connected.is_set() else 0)
         self.wake_r.close()
         self.wake_w.close()

@@ -17,6 +17,7 @@ peer silent for ``heartbeat * liveness`` seconds is presumed gone.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -24,17 +25,49 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import zmq
 
 from .errors import ProtocolError
 from .protocol import ErrorCode, Kind, Message, Status, versions
+from .security import Keys, ZapHandler, apply_server
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RETRIES = 2
 RECV_BATCH = 1000  # messages handled per step before dispatching
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one message and one client may cost the master."""
+
+    max_message_size: int = 1 << 30
+    max_jobs_per_client: int = 1_000_000  # held: queued or running
+    max_bytes_per_client: int = 4 << 30
+
+    def check(self, jobs: int, held: int, size: int) -> Optional[str]:
+        if jobs >= self.max_jobs_per_client:
+            return (f"the master holds {jobs} unfinished jobs of this client, its limit "
+                    "(--max-jobs-per-client); submit fewer at once (max_pending) or raise it")
+        if held + size > self.max_bytes_per_client:
+            return (f"this job's {size} bytes would take this client past "
+                    f"--max-bytes-per-client {self.max_bytes_per_client}; wait for results "
+                    "or raise the limit")
+        return None
+
+
+def _salvage_id(frames: list) -> Optional[int]:
+    """The job id of a broken SUBMIT, if one can be read, to fail that job."""
+    try:
+        if bytes(frames[1]) != Kind.SUBMIT.value:
+            return None
+        jid = json.loads(bytes(frames[2])).get("id")
+    except Exception:
+        return None
+    return jid if isinstance(jid, int) and not isinstance(jid, bool) and 0 <= jid < 2**62 else None
 
 
 @dataclass(eq=False)
@@ -44,6 +77,7 @@ class Job:
     cid: int  # the id the client gave it
     payload: tuple
     retries: int
+    size: int = 0
     deaths: int = 0
     cancelled: bool = False
     executor: Optional[bytes] = None
@@ -58,6 +92,7 @@ class ClientState:
     jobs: dict = field(default_factory=dict)  # cid -> Job, queued or running
     started: list = field(default_factory=list)  # cids to announce as STARTED
     in_ready: bool = False
+    held_bytes: int = 0
     done: int = 0
 
 
@@ -80,8 +115,12 @@ class Master:
         heartbeat: float = 1.0,
         liveness: int = 10,
         clock: Callable[[], float] = time.monotonic,
+        keys: Optional[Keys] = None,
+        cluster_dir: Optional[Path] = None,
+        limits: Limits = Limits(),
     ) -> None:
         self.clock = clock
+        self.limits = limits
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.session = uuid.uuid4().hex
@@ -91,6 +130,11 @@ class Master:
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer takes its name back
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
+        # Clients learn the limit at WELCOME and refuse bigger jobs themselves;
+        # only a hostile peer goes past it, and libzmq cuts that connection
+        # before buffering the frame.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_size + (1 << 20))
+        apply_server(self.sock, keys)
         self.port: int
         if port == 0:
             self.port = self.sock.bind_to_random_port(f"tcp://{host}")
@@ -100,6 +144,15 @@ class Master:
         self.host = host
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
+        self.zap: Optional[ZapHandler] = None
+        if keys is not None:
+            assert cluster_dir is not None, "a secure master needs its cluster directory"
+            self.zap = ZapHandler(cluster_dir)
+            self.poller.register(self.zap.sock, zmq.POLLIN)
+        else:
+            log.warning("CURVE is OFF (--insecure): anyone who can reach port %d can run code "
+                        "as this user; use only on an isolated, trusted network", self.port)
+        self.warned_pythons: set = set()
         self.clients: dict[bytes, ClientState] = {}
         self.executors: dict[bytes, ExecutorState] = {}
         self.supervisors: dict[bytes, ExecutorState] = {}
@@ -110,7 +163,8 @@ class Master:
         self.next_beat = 0.0
         self.stopping = False
         self.malformed: dict[bytes, int] = {}
-        self.counts = {"submitted": 0, "done": 0, "lost": 0, "requeued": 0, "malformed": 0}
+        self.counts = {"submitted": 0, "done": 0, "lost": 0, "requeued": 0, "malformed": 0,
+                       "refused": 0}
         self.handlers = {
             Kind.HELLO: self.on_hello,
             Kind.SUBMIT: self.on_submit,
@@ -130,7 +184,11 @@ class Master:
 
     def step(self, timeout: float = 0.0, now: Optional[float] = None) -> None:
         """One turn: receive what is there, dispatch, heartbeat, purge."""
-        if self.poller.poll(int(timeout * 1000)):
+        events = dict(self.poller.poll(int(timeout * 1000)))
+        if self.zap is not None and self.zap.sock in events:
+            while self.zap.sock.poll(0):
+                self.zap.handle()
+        if self.sock in events:
             for _ in range(RECV_BATCH):
                 try:
                     frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -145,17 +203,26 @@ class Master:
 
     def close(self) -> None:
         self.sock.close(linger=0)
+        if self.zap is not None:
+            self.zap.close()
 
     # -- receiving --------------------------------------------------------
     def handle(self, frames: list, now: float) -> None:
         identity = frames[0].bytes
         try:
+            size = sum(len(f) for f in frames[1:])
+            if size > self.limits.max_message_size:
+                raise ProtocolError(f"message of {size} bytes exceeds --max-message-size "
+                                    f"{self.limits.max_message_size}")
             msg = Message.from_frames(frames[1:])
             handler = self.handlers.get(msg.kind)
             if handler is None:
                 raise ProtocolError(f"{msg.kind.name} is not a message for the master")
             handler(identity, msg, now)
         except ProtocolError as e:
+            jid = _salvage_id(frames[1:]) if identity in self.clients else None
+            if jid is not None:  # an authenticated client learns which job failed
+                self.reply_refused(identity, jid, str(e))
             self.refuse(identity, str(e))
 
     def refuse(self, identity: bytes, reason: str, jid: Optional[int] = None,
@@ -196,12 +263,15 @@ class Master:
             log.info("client %s:%s connected", msg.header["host"], msg.header["pid"])
         client.last_seen = now
         self.check_python(msg.header)
-        welcome = {"session": self.session, "heartbeat": float(self.heartbeat), **versions()}
+        welcome = {"session": self.session, "heartbeat": float(self.heartbeat),
+                   "max_message_size": self.limits.max_message_size, **versions()}
         self.send(identity, Message(Kind.WELCOME, welcome))
 
     def check_python(self, header: dict) -> None:
         theirs = header["python"].split(".")[:2]
-        if theirs != platform.python_version().split(".")[:2]:
+        if theirs != platform.python_version().split(".")[:2] and \
+                header["python"] not in self.warned_pythons:
+            self.warned_pythons.add(header["python"])
             log.warning(
                 "peer %s:%s runs Python %s, master %s",
                 header["host"], header["pid"], header["python"], platform.python_version(),
@@ -216,8 +286,14 @@ class Master:
         cid = msg.header["id"]
         if cid in client.jobs:
             return  # a resubmission of a job we hold: keep the first
+        size = sum(len(f) for f in msg.payload)
+        refusal = self.limits.check(len(client.jobs), client.held_bytes, size)
+        if refusal:
+            self.reply_refused(identity, cid, refusal)
+            return
         job = Job(self.next_tid, identity, cid, msg.payload,
-                  msg.header.get("retries", DEFAULT_RETRIES))
+                  msg.header.get("retries", DEFAULT_RETRIES), size)
+        client.held_bytes += size
         self.next_tid += 1
         self.jobs[job.tid] = job
         client.jobs[cid] = job
@@ -348,8 +424,14 @@ class Master:
     def forget(self, job: Job) -> None:
         self.jobs.pop(job.tid, None)
         client = self.clients.get(job.client)
-        if client is not None:
-            client.jobs.pop(job.cid, None)
+        if client is not None and client.jobs.pop(job.cid, None) is not None:
+            client.held_bytes -= job.size
+
+    def reply_refused(self, identity: bytes, cid: int, reason: str) -> None:
+        """A job the master will not hold: an error result, never silent loss."""
+        self.counts["refused"] += 1
+        header = {"id": cid, "status": Status.ERROR.value, "error": reason[:1000]}
+        self.send(identity, Message(Kind.RESULT, header))
 
     def requeue(self, state: ExecutorState, reason: str, count: bool = False) -> None:
         """Put a gone executor's jobs back at the front of their queues."""

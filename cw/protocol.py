@@ -69,7 +69,8 @@ _VERSIONS = {"v": (int, True), "python": (str, True), "cloudpickle": (str, True)
 _PEER = {"host": (str, True), "pid": (int, True), **_VERSIONS}
 SCHEMAS: dict[Kind, dict[str, tuple[type, bool]]] = {
     Kind.HELLO: {"session": (str, True), **_PEER},
-    Kind.WELCOME: {"session": (str, True), "heartbeat": (float, True), **_VERSIONS},
+    Kind.WELCOME: {"session": (str, True), "heartbeat": (float, True),
+                   "max_message_size": (int, False), **_VERSIONS},
     Kind.SUBMIT: {"id": (int, True), "retries": (int, False)},
     Kind.CANCEL: {"id": (int, True)},
     Kind.STARTED: {"ids": (list, True)},
@@ -88,6 +89,8 @@ PAYLOAD_FRAMES: dict[Kind, tuple[int, ...]] = {
     Kind.TASK: (2,),
     Kind.RESULT: (0, 1),
 }
+# Upper bounds of integer fields whose size drives memory (default MAX_INT).
+LIMITS = {"capacity": 4096, "retries": 10_000, "exitcode": 255, "signal": 128, "v": 255}
 # Reply headers are free-form JSON snapshots: only their type is checked.
 FREE_FORM = frozenset({Kind.STATUS})
 
@@ -163,7 +166,7 @@ def _check_value(kind: Kind, name: str, value: Any, typ: type) -> None:
         ok = isinstance(value, typ) and not isinstance(value, bool)
     if not ok:
         raise ProtocolError(f"{where} must be {typ.__name__}, got {type(value).__name__}")
-    if typ is int and not 0 <= value < MAX_INT:
+    if typ is int and not 0 <= value <= LIMITS.get(name, MAX_INT - 1):
         raise ProtocolError(f"{where} out of range")
     if typ is float and not 0 <= value < 1e9:
         raise ProtocolError(f"{where} out of range")

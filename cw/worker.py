@@ -28,6 +28,7 @@ from typing import Optional
 import zmq
 
 from .protocol import Kind, Message, Status, versions
+from .security import Keys, apply_client, monitor, read_monitor
 from .serialize import dumps_error, dumps_value, loads_call
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ def _peer_header(capacity: int, **extra) -> dict:
 class _Peer:
     """A DEALER connection to the master with heartbeats both ways."""
 
-    def __init__(self, address: str, identity: bytes, heartbeat: float, liveness: int) -> None:
+    def __init__(self, address: str, identity: bytes, heartbeat: float, liveness: int,
+                 keys: Optional[Keys] = None) -> None:
         self.address = address
+        self.keys = keys
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
@@ -70,12 +73,28 @@ class _Peer:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
+        apply_client(self.sock, keys)
+        self.monitor = monitor(self.sock)
         self.sock.connect(address)
         self.last_sent = self.last_heard = time.monotonic()
 
     def send(self, msg: Message) -> None:
-        self.sock.send_multipart(msg.to_frames(), copy=False)
+        """Send without blocking: with no connection the message is dropped
+        (heartbeats and READY are repeated; a result's job is requeued)."""
+        try:
+            self.sock.send_multipart(msg.to_frames(), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
         self.last_sent = time.monotonic()
+
+    def handshake_error(self) -> Optional[str]:
+        """A failed handshake no retry can fix (keys refused, CURVE mismatch)."""
+        return read_monitor(self.monitor, self.address, self.keys is not None)
+
+    def close(self, linger: int = 0) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+        self.sock.close(linger=linger)
 
     def recv(self, timeout: float) -> Optional[Message]:
         if not self.sock.poll(int(timeout * 1000)):
@@ -100,8 +119,8 @@ class Executor:
     """Runs jobs one at a time for the master; one per executor process."""
 
     def __init__(self, address: str, identity: bytes, supervisor: str,
-                 heartbeat: float = 1.0, liveness: int = 10) -> None:
-        self.peer = _Peer(address, identity, heartbeat, liveness)
+                 heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None) -> None:
+        self.peer = _Peer(address, identity, heartbeat, liveness, keys)
         self.supervisor = supervisor
         self.parent = os.getppid()
         self.stopping = False
@@ -124,20 +143,26 @@ class Executor:
                 self.peer.last_heard = time.monotonic()
                 self.register()
         self.peer.send(Message(Kind.BYE))
-        self.peer.sock.close(linger=1000)
+        self.peer.close(linger=1000)
 
     def context(self, raw: bytes) -> dict:
+        """The client's cwd and sys.path; a malformed one fails the job, not us."""
         import json
 
         if raw != self._ctx_raw:
-            self._ctx, self._ctx_raw = json.loads(raw), raw
+            ctx = json.loads(raw)
+            if not (isinstance(ctx, dict) and isinstance(ctx.get("cwd"), str)
+                    and isinstance(ctx.get("path"), list)
+                    and all(isinstance(p, str) for p in ctx["path"])):
+                raise ValueError("malformed job context (cwd, sys.path)")
+            self._ctx, self._ctx_raw = ctx, raw
         return self._ctx
 
     def run_task(self, msg: Message) -> Message:
         jid = msg.header["id"]
-        ctx = self.context(bytes(msg.payload[0]))
         old_cwd, old_path = os.getcwd(), sys.path[:]
         try:
+            ctx = self.context(bytes(msg.payload[0]))
             try:
                 os.chdir(ctx["cwd"])
             except OSError as e:
@@ -170,13 +195,16 @@ def _die_with_parent() -> None:
 class Supervisor:
     """Keeps ``procs`` executors running and reports the ones that die."""
 
-    def __init__(self, host: str, port: int, procs: int = 1, *,
-                 heartbeat: float = 1.0, liveness: int = 10, grace: float = 30.0) -> None:
+    def __init__(self, host: str, port: int, procs: int = 1, *, heartbeat: float = 1.0,
+                 liveness: int = 10, grace: float = 30.0, keys: Optional[Keys] = None,
+                 cluster: str = "default") -> None:
+        self.cluster = cluster
+        self.exit_code = 0
         self.host, self.port, self.procs = host, port, procs
         self.address = f"tcp://{host}:{port}"
         self.grace = grace
         self.identity = b"s" + os.urandom(8)
-        self.peer = _Peer(self.address, self.identity, heartbeat, liveness)
+        self.peer = _Peer(self.address, self.identity, heartbeat, liveness, keys)
         self.slots: list[Optional[subprocess.Popen]] = [None] * procs
         self.ids: list[bytes] = [b""] * procs
         self.restart_at = [0.0] * procs
@@ -187,7 +215,8 @@ class Supervisor:
         ident = b"e" + os.urandom(8)
         cmd = [sys.executable, "-m", "cw.worker", self.host, "--port", str(self.port),
                "--executor", ident.hex(), "--supervisor", self.identity.hex(),
-               "--heartbeat", str(self.peer.heartbeat), "--liveness", str(self.peer.liveness)]
+               "--heartbeat", str(self.peer.heartbeat), "--liveness", str(self.peer.liveness),
+               "--cluster", self.cluster, *(["--insecure"] if self.peer.keys is None else [])]
         self.slots[i] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
         self.ids[i] = ident
         self.started_at = time.monotonic()
@@ -203,6 +232,10 @@ class Supervisor:
             msg = self.peer.recv(0.1)
             if msg is not None and msg.kind is Kind.ERROR:
                 self.register()
+            error = self.peer.handshake_error()
+            if error:
+                log.error("%s", error)
+                self.exit_code, self.stopping = 2, True
             if not self.peer.tick():
                 self.peer.last_heard = time.monotonic()
                 self.register()
@@ -239,7 +272,7 @@ class Supervisor:
                 proc.kill()
                 proc.wait()
         self.peer.send(Message(Kind.BYE))
-        self.peer.sock.close(linger=1000)
+        self.peer.close(linger=1000)
         log.info("worker pid %d stopped", os.getpid())
 
 

@@ -11,13 +11,18 @@ from typing import Callable, Optional
 
 import zmq
 
+from ..cluster import cluster_dir
 from ..errors import ClusterError, MasterUnavailableError
 from ..protocol import Kind, Message
+from ..security import apply_client, client_keys, insecure_default
 
 
-def query_status(host: str, port: int, timeout: float = 5.0) -> dict:
+def query_status(host: str, port: int, timeout: float = 5.0, *, cluster: Optional[str] = None,
+                 insecure: Optional[bool] = None) -> dict:
     """Ask a master for its STATUS snapshot; ``MasterUnavailableError`` if it is silent."""
+    keys = None if insecure_default(insecure) else client_keys(cluster_dir(cluster))
     sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
+    apply_client(sock, keys)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, b"q" + os.urandom(8))
     try:
@@ -48,11 +53,12 @@ def wait_until(check: Callable[[], Optional[dict]], timeout: float, poll: float 
         time.sleep(poll)
 
 
-def wait_for_workers(host: str, port: int, pids: set, procs: int, timeout: float) -> dict:
+def wait_for_workers(host: str, port: int, pids: set, procs: int, timeout: float, *,
+                     cluster: Optional[str] = None, insecure: Optional[bool] = None) -> dict:
     """Wait until the workers with these supervisor pids and their executors registered."""
     def registered() -> Optional[dict]:
         try:
-            snap = query_status(host, port, timeout=2)
+            snap = query_status(host, port, timeout=2, cluster=cluster, insecure=insecure)
         except MasterUnavailableError:
             return None
         have = {w["pid"] for w in snap["workers"] if w["executors"] >= procs}

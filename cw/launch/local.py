@@ -18,6 +18,7 @@ import psutil
 from ..cluster import cluster_dir, cluster_name, env_port, pid_alive, read_json, read_master, write_json
 from ..errors import ClusterError, MasterUnavailableError
 from ..protocol import DEFAULT_PORT
+from ..security import insecure_default
 from . import query_status, wait_for_workers, wait_until
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def _spawn(role: str, args: list, cluster: str) -> psutil.Process:
 
 def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
           cluster: Optional[str] = None, host: str = "127.0.0.1", port: Optional[int] = None,
-          procs: int = 1, timeout: float = 60.0) -> dict:
+          procs: int = 1, timeout: float = 60.0, insecure: Optional[bool] = None) -> dict:
     """Start a local cluster; return once the master answers and workers registered.
 
     ``port`` defaults to ``$CW_PORT``, else 5494; 0 lets the master pick a free one.
@@ -58,8 +59,10 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
         port = int(os.environ.get("CW_PORT", "").strip() or DEFAULT_PORT)
     if nworkers < 0 or procs < 1:
         raise ClusterError("need nworkers >= 0 and procs >= 1")
+    insecure = insecure_default(insecure)
+    flags = ["--insecure"] if insecure else []
     if master:
-        info = _start_master(name, host, port, timeout)
+        info = _start_master(name, host, port, timeout, flags)
     else:
         found = read_master(name)
         if found is None:
@@ -68,21 +71,22 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
         info = found
     started = []
     if workers and nworkers:
-        args = [info["host"], "--port", str(info["port"]), "--procs", str(procs)]
+        args = [info["host"], "--port", str(info["port"]), "--procs", str(procs), *flags]
         started = [_spawn("worker", args, name) for _ in range(nworkers)]
-        wait_for_workers(info["host"], info["port"], {p.pid for p in started}, procs, timeout)
+        wait_for_workers(info["host"], info["port"], {p.pid for p in started}, procs, timeout,
+                         cluster=name, insecure=insecure)
     return {"cluster": name, "host": info["host"], "port": info["port"],
             "master_pid": info.get("pid"), "worker_pids": [p.pid for p in started]}
 
 
-def _start_master(name: str, host: str, port: int, timeout: float) -> dict:
+def _start_master(name: str, host: str, port: int, timeout: float, flags: list) -> dict:
     running = read_master(name)
     if running is not None:
         raise ClusterError(
             f"cluster {name!r} already has a master (pid {running.get('pid')}, "
             f"{running['host']}:{running['port']}); stop it first or use -M"
         )
-    proc = _spawn("master", ["--host", host, "--port", str(port)], name)
+    proc = _spawn("master", ["--host", host, "--port", str(port), *flags], name)
     mjson = cluster_dir(name) / "master.json"
 
     def ready() -> Optional[dict]:
@@ -95,7 +99,8 @@ def _start_master(name: str, host: str, port: int, timeout: float) -> dict:
     if info is None:
         raise ClusterError(f"the master did not start within {timeout:g} s; see {_log_of(name, proc.pid)}")
     try:
-        query_status(info["host"], info["port"], timeout=timeout)
+        query_status(info["host"], info["port"], timeout=timeout, cluster=name,
+                     insecure=bool(flags))
     except MasterUnavailableError as e:
         raise ClusterError(f"{e}; see {_log_of(name, proc.pid)}") from e
     return info
@@ -171,9 +176,9 @@ def _terminate_trees(procs: list, timeout: float) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def status(cluster: Optional[str] = None) -> dict:
+def status(cluster: Optional[str] = None, insecure: Optional[bool] = None) -> dict:
     name = cluster_name(cluster)
     info = read_master(name)
     if info is None:
         raise ClusterError(f"cluster {name!r} has no running master")
-    return query_status(info["host"], info["port"])
+    return query_status(info["host"], info["port"], cluster=name, insecure=insecure)

@@ -70,7 +70,7 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
         info = wait_until(lambda: _master_of_job(name, jobid), timeout, poll=1.0)
         if info is None:
             raise ClusterError(f"master job {jobid} did not come up within {timeout:g} s; see {logs}")
-        query_status(info["host"], info["port"], timeout=timeout)
+        query_status(info["host"], info["port"], timeout=timeout, cluster=name)
     else:
         info = read_json(cluster_dir(name) / "master.json")
         if info is None:
@@ -81,7 +81,7 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
                              signal=f"B:TERM@{int(grace) + 10}", exclusive=isolated, extra=xworkers)
         _sbatch(cmd, job_script([sys.executable, "-m", "cw.worker", info["host"], "--port",
                                  str(info["port"]), "--procs", str(procs), "--grace", str(grace)]))
-        have = wait_until(lambda: _enough_workers(info, nworkers), timeout, poll=1.0)
+        have = wait_until(lambda: _enough_workers(info, nworkers, name), timeout, poll=1.0)
         if have is None:
             raise ClusterError(f"workers did not all register within {timeout:g} s; see {logs}")
     return {"cluster": name, "host": info["host"], "port": info["port"], "worker_pids": []}
@@ -92,8 +92,8 @@ def _master_of_job(name: str, jobid: str) -> Optional[dict]:
     return info if info and str(info.get("slurm_job")) == jobid else None
 
 
-def _enough_workers(info: dict, n: int) -> Optional[dict]:
-    snap = query_status(info["host"], info["port"])
+def _enough_workers(info: dict, n: int, name: str) -> Optional[dict]:
+    snap = query_status(info["host"], info["port"], cluster=name)
     return snap if len(snap["workers"]) >= n else None
 
 

@@ -13,8 +13,10 @@ import zmq
 from conftest import ROOT, descendants, stop_gracefully, wait_for, wait_workers
 
 from cw.client import ClusterExecutor
+from cw.cluster import cluster_dir
 from cw.errors import WorkerLostError
 from cw.launch import query_status
+from cw.security import apply_client, client_keys
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -87,6 +89,7 @@ def test_garbage_does_not_stop_the_master(cluster):
     port = cluster(1)
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
+    apply_client(sock, client_keys(cluster_dir()))  # an authenticated peer sending garbage
     sock.connect(f"tcp://127.0.0.1:{port}")
     try:
         for frames in ([b"junk"], [b"CW\x01", b"S", b"{bad"], [b"CW\x01", b"?", b"[]"],

@@ -182,3 +182,31 @@ def test_silent_client_is_dropped_and_its_queue_cleared(master):
     now = master.clock() + master.heartbeat * (master.liveness + 1)
     master.beat(now)
     assert master.clients == {} and master.jobs == {}
+
+
+def test_python_minor_mismatch_is_warned_once(master, caplog):
+    header = {"session": "s", **PEER, "python": "3.1.0"}
+    for _ in range(2):
+        peer = Peer(master, b"c")
+        peer.send(Kind.HELLO, header)
+        assert peer.recv().kind is Kind.WELCOME
+    warnings = [r for r in caplog.records if "runs Python 3.1.0" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_oversized_message_is_dropped_and_its_job_fails(caplog):
+    from cw.master import Limits
+
+    m = Master("127.0.0.1", 0, heartbeat=1000.0, limits=Limits(max_message_size=1000))
+    m.test_peers = []
+    try:
+        c = client(m)
+        c.send(Kind.SUBMIT, {"id": 3}, b"ctx", b"x" * 2000)
+        res = c.recv({Kind.RESULT})
+        assert res.header["id"] == 3 and res.header["status"] == "error"
+        assert "max-message-size" in res.header["error"] and not res.payload
+        assert m.counts["malformed"] == 1 and m.snapshot()["queued"] == 0
+    finally:
+        for peer in m.test_peers:
+            peer.sock.close()
+        m.close()

@@ -1,0 +1,214 @@
+"""CURVE keys of a cluster, the master's ZAP handler, and handshake diagnosis.
+
+The cluster directory holds (mode 0700; secret key files 0600)::
+
+    keys/master.key, keys/master.key_secret   the master's key pair
+    keys/client.key, keys/client.key_secret   the owner's key pair (clients, workers)
+    keys/authorized/*.key                      public keys the master admits
+
+Whoever needs the keys first (normally the master, on its first start)
+creates them, atomically, so peers on the same shared filesystem need no
+configuration. The master's ZAP handler runs inside its own poll loop (no
+thread) and admits only the keys in ``keys/authorized``, re-read when that
+folder changes (``cw keys add/remove``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import zmq
+import zmq.auth
+from zmq.utils import z85
+
+from .errors import SecurityError
+
+log = logging.getLogger(__name__)
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+MECHANISM_MISMATCH = 0x11000002  # ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+
+
+@dataclass(frozen=True)
+class Keys:
+    """One side's CURVE keys (z85 bytes)."""
+
+    public: bytes
+    secret: bytes
+    server: bytes  # the master's public key
+
+
+def insecure_default(value: Optional[bool] = None) -> bool:
+    """An explicit choice wins; else ``CW_INSECURE``."""
+    if value is not None:
+        return value
+    return os.environ.get("CW_INSECURE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def keys_dir(cdir: Path) -> Path:
+    return cdir / "keys"
+
+
+def ensure_keys(cdir: Path) -> Path:
+    """Create the cluster's key pairs once; safe when several processes race."""
+    kdir = keys_dir(cdir)
+    if (kdir / "master.key_secret").exists():
+        return kdir
+    cdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = cdir / f".keys-{os.getpid()}-{os.urandom(4).hex()}"
+    tmp.mkdir(mode=0o700)
+    try:
+        for name in ("master", "client"):
+            _, secret = zmq.auth.create_certificates(str(tmp), name)
+            os.chmod(secret, 0o600)
+        (tmp / "authorized").mkdir(mode=0o700)
+        shutil.copy(tmp / "client.key", tmp / "authorized" / "owner.key")
+        os.rename(tmp, kdir)  # atomic; fails if another process won the race
+    except OSError:
+        if not (kdir / "master.key_secret").exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return kdir
+
+
+def load_secret(path: Path) -> tuple[bytes, bytes]:
+    """A key pair from a secret key file, refused if others can read it."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as e:
+        raise SecurityError(f"missing key file {path}; the master creates it on first start") from e
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecurityError(
+            f"secret key {path} is readable by others (mode {oct(mode & 0o777)}); "
+            f"fix it with: chmod 600 {path}"
+        )
+    public, secret = zmq.auth.load_certificate(str(path))
+    if secret is None:
+        raise SecurityError(f"{path} holds no secret key")
+    return public, secret
+
+
+def load_public(path: Path) -> bytes:
+    try:
+        public, _ = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as e:
+        raise SecurityError(f"cannot read public key {path}: {e}") from e
+    return public
+
+
+def master_keys(cdir: Path) -> Keys:
+    kdir = ensure_keys(cdir)
+    public, secret = load_secret(kdir / "master.key_secret")
+    return Keys(public, secret, public)
+
+
+def client_keys(cdir: Path) -> Keys:
+    kdir = ensure_keys(cdir)
+    public, secret = load_secret(kdir / "client.key_secret")
+    return Keys(public, secret, load_public(kdir / "master.key"))
+
+
+def apply_client(sock: zmq.Socket, keys: Optional[Keys]) -> None:
+    if keys is not None:
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server)
+
+
+def apply_server(sock: zmq.Socket, keys: Optional[Keys]) -> None:
+    if keys is not None:
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+        sock.setsockopt(zmq.ZAP_DOMAIN, b"cw")
+
+
+class ZapHandler:
+    """Answers libzmq's authentication requests from the master's poll loop."""
+
+    def __init__(self, cdir: Path, ctx: Optional[zmq.Context] = None) -> None:
+        self.dir = keys_dir(cdir) / "authorized"
+        self.sock: zmq.Socket = (ctx or zmq.Context.instance()).socket(zmq.REP)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(ZAP_ENDPOINT)
+        self.allowed: set[bytes] = set()
+        self.stamp: Optional[float] = None
+        self.checked = 0.0
+        self.denied: set[str] = set()
+        self.reload()
+
+    def reload(self) -> None:
+        try:
+            stamp = self.dir.stat().st_mtime
+        except OSError:
+            stamp = None
+        if stamp == self.stamp:
+            return
+        allowed = set()
+        for path in self.dir.glob("*.key") if stamp is not None else []:
+            try:
+                allowed.add(z85.decode(load_public(path)))
+            except (SecurityError, ValueError):
+                log.warning("ignoring unreadable key file %s", path)
+        self.allowed, self.stamp = allowed, stamp
+        log.info("%d key(s) admitted from %s", len(allowed), self.dir)
+
+    def handle(self) -> None:
+        """Answer one pending ZAP request."""
+        now = time.monotonic()
+        if now - self.checked > 1.0:  # admit keys added since, at most once a second
+            self.checked = now
+            self.reload()
+        frames = self.sock.recv_multipart()
+        version, request_id, _domain, address, _identity, mechanism = frames[:6]
+        credentials = frames[6:]
+        ok = mechanism == b"CURVE" and bool(credentials) and credentials[0] in self.allowed
+        if not ok:
+            who = address.decode(errors="replace")
+            if who not in self.denied and len(self.denied) < 10_000:
+                self.denied.add(who)
+                log.warning("refused a peer at %s: its key is not admitted (cw keys add)", who)
+        status = (b"200", b"OK") if ok else (b"400", b"key not admitted")
+        self.sock.send_multipart([version, request_id, *status, b"", b""])
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+def handshake_error(event: int, value: int, address: str, secure: bool) -> Optional[str]:
+    """What a failed handshake (a socket monitor event) means, for the user."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (f"the master at {address} refused this peer's key; the master admits only keys "
+                "in its cluster directory's keys/authorized (see `cw keys add`)")
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == MECHANISM_MISMATCH:
+        if secure:
+            return (f"the master at {address} runs without CURVE (--insecure) and this peer with it; "
+                    "both ends must agree: set --insecure / CW_INSECURE=1 on both, or on neither")
+        return (f"the master at {address} requires CURVE and this peer runs with --insecure / "
+                "CW_INSECURE=1; both ends must agree")
+    return None
+
+
+def monitor(sock: zmq.Socket) -> zmq.Socket:
+    """A monitor socket reporting handshake outcomes of ``sock``."""
+    events = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    return sock.get_monitor_socket(events, addr=f"inproc://cw-monitor-{os.urandom(6).hex()}")
+
+
+def read_monitor(mon: zmq.Socket, address: str, secure: bool) -> Optional[str]:
+    """Drain a monitor socket; the first fatal handshake failure, explained."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    error = None
+    while mon.poll(0):
+        event = recv_monitor_message(mon)
+        error = error or handshake_error(event["event"], event["value"], address, secure)
+    return error

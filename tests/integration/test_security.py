@@ -1,0 +1,198 @@
+"""CURVE on by default: who gets in, who does not, and what each side is told."""
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq
+
+import jobs
+from conftest import ROOT, wait_for
+from cw import JobRejectedError, SecurityError
+from cw.client import ClusterExecutor
+from cw.cluster import cluster_dir
+from cw.launch import query_status
+from cw.protocol import Kind, Message, versions
+from cw.security import Keys, apply_client, client_keys, ensure_keys, load_public
+from cw.serialize import context_frame, dumps_call
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_master_creates_private_cluster_directory_and_keys(procs, cw_home):
+    procs.master()
+    cdir = cw_home / "default"
+    assert mode(cdir) == 0o700 and mode(cdir / "keys") == 0o700
+    for name in ("master", "client"):
+        assert mode(cdir / "keys" / f"{name}.key_secret") == 0o600
+        assert (cdir / "keys" / f"{name}.key").exists()
+    assert [p.name for p in (cdir / "keys" / "authorized").iterdir()] == ["owner.key"]
+
+
+def test_world_readable_secret_key_is_refused_with_the_fix(procs, cw_home):
+    _, port = procs.master()
+    secret = cw_home / "default" / "keys" / "client.key_secret"
+    os.chmod(secret, 0o644)
+    with pytest.raises(SecurityError, match=f"chmod 600 {secret}"):
+        ClusterExecutor("127.0.0.1", port, connect_timeout=5)
+    master_secret = cw_home / "default" / "keys" / "master.key_secret"
+    os.chmod(master_secret, 0o640)
+    done = subprocess.run([sys.executable, "-m", "cw.master", "--port", "0"], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 1 and "readable by others" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def intruder_keys(kind, home):
+    """Keys of a peer that must not get in."""
+    if kind == "none":
+        return None
+    real = client_keys(cluster_dir())
+    if kind == "random":
+        pub, sec = zmq.curve_keypair()
+        return Keys(pub, sec, real.server)
+    other = client_keys(ensure_keys(home / "elsewhere" / "other").parent)
+    if kind == "other-cluster":
+        return other
+    return Keys(other.public, other.secret, real.server)  # other cluster's key, right master
+
+
+@pytest.mark.parametrize("kind", ["none", "random", "other-cluster", "other-cluster-key"])
+def test_unauthenticated_peer_gets_no_answer_and_runs_nothing(cluster, cw_home, tmp_path, kind):
+    port = cluster(1)
+    sentinel = tmp_path / "ran.txt"
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    apply_client(sock, intruder_keys(kind, tmp_path))
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        hello = {"session": "x", "host": "evil", "pid": 1, **versions()}
+        sock.send_multipart(Message(Kind.HELLO, hello).to_frames())
+        payload = (context_frame(), dumps_call(jobs.touch, (str(sentinel),), {}))
+        for jid in range(1, 4):
+            sock.send_multipart(Message(Kind.SUBMIT, {"id": jid}, payload).to_frames())
+        sock.send_multipart(Message(Kind.STATUS).to_frames())
+        assert sock.poll(1500) == 0  # no answer at all
+    finally:
+        sock.close()
+    snap = query_status("127.0.0.1", port)
+    assert snap["counts"]["submitted"] == 0 and snap["clients"] == []
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        assert ex.submit(jobs.square, 12).result(30) == 144
+    assert not sentinel.exists()
+
+
+def test_secure_client_meets_insecure_master_with_a_clear_error(procs):
+    _, port = procs.master("--insecure")
+    start = time.monotonic()
+    with pytest.raises(SecurityError, match="both ends must agree"):
+        ClusterExecutor("127.0.0.1", port, connect_timeout=20)
+    assert time.monotonic() - start < 10  # told at once, not at the timeout
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10, insecure=True):
+        pass
+
+
+def test_insecure_client_meets_secure_master_with_a_clear_error(procs, monkeypatch):
+    _, port = procs.master()
+    monkeypatch.setenv("CW_INSECURE", "1")
+    with pytest.raises(SecurityError, match="requires CURVE"):
+        ClusterExecutor("127.0.0.1", port, connect_timeout=20)
+
+
+def test_worker_with_the_wrong_security_exits_with_a_message(procs):
+    _, port = procs.master("--insecure")
+    done = subprocess.run([sys.executable, "-m", "cw.worker", "127.0.0.1", "--port", str(port)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2 and "both ends must agree" in done.stderr
+
+
+def test_insecure_master_warns_loudly(procs, cw_home):
+    proc = subprocess.Popen([sys.executable, "-m", "cw.master", "--port", "0", "--insecure"],
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = proc.stderr.readline()
+        assert "CURVE is OFF" in line
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+def cw_cli(*args, home):
+    return subprocess.run([sys.executable, "-m", "cw.cli", *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env={**os.environ, "CW_HOME": str(home)})
+
+
+def test_keys_add_admits_a_colleague_and_remove_shuts_them_out(cluster, cw_home, tmp_path, monkeypatch):
+    port = cluster(1)
+    colleague_home = tmp_path / "colleague"
+    ckeys = ensure_keys(colleague_home / "default")
+    shutil.copy(cw_home / "default" / "keys" / "master.key", ckeys / "master.key")
+    monkeypatch.setenv("CW_HOME", str(colleague_home))
+    with pytest.raises(SecurityError, match="refused this peer's key"):
+        ClusterExecutor("127.0.0.1", port, connect_timeout=10)
+    done = cw_cli("keys", "add", "colleague", str(ckeys / "client.key"), home=cw_home)
+    assert done.returncode == 0, done.stderr
+    listed = cw_cli("keys", "list", home=cw_home).stdout
+    assert f"colleague\t{load_public(ckeys / 'client.key').decode()}" in listed
+    assert "owner\t" in listed
+    time.sleep(1.1)  # the master re-reads admitted keys at most once a second
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        assert ex.submit(jobs.square, 3).result(30) == 9
+    assert cw_cli("keys", "remove", "colleague", home=cw_home).returncode == 0
+    time.sleep(1.1)
+    with pytest.raises(SecurityError, match="refused this peer's key"):
+        ClusterExecutor("127.0.0.1", port, connect_timeout=10)
+    bad = cw_cli("keys", "remove", "nobody", home=cw_home)
+    assert bad.returncode == 1 and "admitted: owner" in bad.stderr
+
+
+def test_protocol_mismatch_is_refused_naming_both_versions(cluster):
+    port = cluster(0)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    apply_client(sock, client_keys(cluster_dir()))
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        hello = {"session": "x", "host": "h", "pid": 1, **versions()}
+        sock.send_multipart([b"CW\x02", b"H", Message(Kind.HELLO, hello).to_frames()[2]])
+        assert sock.poll(10_000)
+        reply = Message.from_frames(sock.recv_multipart())
+        assert reply.kind is Kind.ERROR and "protocol version 2 spoken by peer, 1 here" in reply.header["error"]
+    finally:
+        sock.close()
+
+
+def test_per_client_job_limit_is_a_clear_error_not_silent_loss(procs):
+    _, port = procs.master("--max-jobs-per-client", "5")
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        futs = [ex.submit(jobs.square, i) for i in range(8)]
+        refused = [f for f in futs[5:]]
+        for fut in refused:
+            with pytest.raises(JobRejectedError, match="--max-jobs-per-client"):
+                fut.result(30)
+        procs.worker(port)
+        assert [f.result(30) for f in futs[:5]] == [0, 1, 4, 9, 16]
+        assert ex.submit(jobs.square, 9).result(30) == 81  # room again
+
+
+def test_message_size_limit_refuses_at_submit(procs):
+    _, port = procs.master("--max-message-size", "20000", "--max-bytes-per-client", "30000")
+    procs.worker(port)
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        with pytest.raises(JobRejectedError, match="--max-message-size 20000"):
+            ex.submit(jobs.square, b"x" * 50_000)
+        blob = b"x" * 12_000
+        first = ex.submit(jobs.sleep, 1.0, "slept")
+        wait_for(first.running, what="first job")
+        fut_a, fut_b, fut_c = (ex.submit(len, blob) for _ in range(3))
+        assert fut_a.result(30) == 12_000
+        outcomes = [fut_b, fut_c]
+        errors = [f for f in outcomes if f.exception(30) is not None]
+        assert errors and all(isinstance(f.exception(), JobRejectedError) for f in errors)
+        assert "--max-bytes-per-client" in str(errors[0].exception())
+        assert first.result(30) == "slept"
