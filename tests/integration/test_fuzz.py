@@ -5,13 +5,13 @@ import socket
 import threading
 import time
 
+import jobs
 import psutil
 import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import jobs
 from cw.client import ClusterExecutor
 from cw.cluster import cluster_dir
 from cw.launch import query_status

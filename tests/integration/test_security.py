@@ -6,11 +6,11 @@ import subprocess
 import sys
 import time
 
+import jobs
 import pytest
 import zmq
-
-import jobs
 from conftest import ROOT, wait_for
+
 from cw import JobRejectedError, SecurityError
 from cw.client import ClusterExecutor
 from cw.cluster import cluster_dir
@@ -162,7 +162,8 @@ def test_protocol_mismatch_is_refused_naming_both_versions(cluster):
         sock.send_multipart([b"CW\x02", b"H", Message(Kind.HELLO, hello).to_frames()[2]])
         assert sock.poll(10_000)
         reply = Message.from_frames(sock.recv_multipart())
-        assert reply.kind is Kind.ERROR and "protocol version 2 spoken by peer, 1 here" in reply.header["error"]
+        assert reply.kind is Kind.ERROR
+        assert "protocol version 2 spoken by peer, 1 here" in reply.header["error"]
     finally:
         sock.close()
 
