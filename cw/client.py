@@ -67,11 +67,13 @@ def _outcome(status: Status, payload: tuple, error: Union[str, BaseException, No
 
 
 def _connect(host: Optional[str], port: Optional[int], cluster: Optional[str],
-             insecure: Optional[bool], connect_timeout: float, on_result, on_started) -> IOCore:
+             insecure: Optional[bool], connect_timeout: float, on_result, on_started,
+             heartbeat: float, liveness: int) -> IOCore:
     host, port = find_master(host, port, cluster)
     keys = None if insecure_default(insecure) else client_keys(cluster_dir(cluster))
     core = IOCore(host, port, on_result=on_result, on_started=on_started,
-                  connect_timeout=connect_timeout, keys=keys)
+                  connect_timeout=connect_timeout, keys=keys, heartbeat=heartbeat,
+                  liveness=liveness)
     core.start()
     if not core.settled.wait(connect_timeout) or core.fatal is not None:
         error = core.fatal or core.unavailable()
@@ -86,8 +88,12 @@ class _Future(futures.Future):
         self._cw = (core, jid, registry)
         self._cw_running = False
 
-    def cancel(self) -> bool:
-        """Cancel a job not yet given to a worker: it leaves the master's queue."""
+    def cancel(self, force: bool = False) -> bool:
+        """Cancel a job not yet given to a worker: it leaves the master's queue.
+
+        (``force`` is for ``ClusterExecutor.cancel``: should the job have
+        reached a worker meanwhile, the master kills it.)
+        """
         core, jid, registry = self._cw
         with self._condition:  # the Future's own (reentrant) lock: see _mark_running
             if not super().cancel():
@@ -101,9 +107,9 @@ class _Future(futures.Future):
         if first:
             registry.pop(jid, None)
             try:
-                core.cancel(jid)
-            except RuntimeError:
-                pass  # client closed: nothing left to tell the master
+                core.cancel(jid, force)
+            except Exception:
+                pass  # client closed or failed: nothing left to tell the master
         return True
 
     def _mark_running(self) -> bool:
@@ -116,40 +122,87 @@ class _Future(futures.Future):
 
 
 class ClusterExecutor(futures.Executor):
-    """A ``concurrent.futures.Executor`` whose calls run on cw workers."""
+    """A ``concurrent.futures.Executor`` whose calls run on cw workers.
+
+    ``retries``: how often a job may lose its worker before it fails with
+    ``WorkerLostError``; ``timeout``: seconds a job may run before its
+    executor is killed and its future raises ``TimeoutError`` (None: no
+    limit). Both are defaults that ``submit`` can override per job.
+    ``heartbeat``/``liveness``: seconds between heartbeats, and how many
+    missed ones make the master count as gone.
+    """
 
     def __init__(self, host: Optional[str] = None, port: Optional[int] = None, *,
                  connect_timeout: float = 30, max_pending: int = DEFAULT_MAX_PENDING,
-                 retries: int = 2, cluster: Optional[str] = None,
-                 insecure: Optional[bool] = None) -> None:
+                 retries: int = 2, timeout: Optional[float] = None,
+                 cluster: Optional[str] = None, insecure: Optional[bool] = None,
+                 heartbeat: float = 1.0, liveness: int = 10) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
+        _options(retries, timeout)
         self.max_pending = max_pending
         self.retries = retries
+        self.timeout = timeout
         self._futures: dict[int, _Future] = {}
         self._ids = itertools.count(1)
         self._context = _Context()
         self._shutdown = False
         self._core = _connect(host, port, cluster, insecure, connect_timeout,
-                              self._on_result, self._on_started)
+                              self._on_result, self._on_started, heartbeat, liveness)
 
     @property
     def address(self) -> str:
         return self._core.address
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
+    def submit(self, fn: Callable, /, *args: Any, timeout: Optional[float] = None,  # type: ignore[override]
+               retries: Optional[int] = None, **kwargs: Any) -> futures.Future:
+        """Run ``fn(*args, **kwargs)`` on a worker.
+
+        ``timeout`` and ``retries`` are cw's (see the class); to pass
+        arguments of those names to ``fn``, use ``submit_call``.
+        """
+        return self.submit_call(fn, args, kwargs, timeout=timeout, retries=retries)
+
+    def submit_call(self, fn: Callable, args: tuple = (), kwargs: Optional[dict] = None, *,
+                    timeout: Optional[float] = None, retries: Optional[int] = None) -> futures.Future:
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
-        call = dumps_call(fn, args, kwargs)
+        options = _options(self.retries if retries is None else retries,
+                           self.timeout if timeout is None else timeout)
+        call = dumps_call(fn, tuple(args), kwargs or {})
         jid = next(self._ids)
         fut = _Future(self._core, jid, self._futures)
         self._futures[jid] = fut  # before the I/O thread can see the job
         try:
-            self._core.submit(jid, (self._context(), call), self.retries)
+            self._core.submit(jid, (self._context(), call), options)
         except BaseException:
             del self._futures[jid]
             raise
         return fut
+
+    def cancel(self, future: futures.Future, force: bool = False) -> bool:
+        """Cancel a job; with ``force=True`` also one already running.
+
+        A queued job is cancelled as by ``future.cancel()``. A running one
+        (``force=True``) has its executor killed and replaced; its future
+        then raises ``CancelledError`` (``future.cancelled()`` stays False,
+        as concurrent.futures allows no running future to become cancelled).
+        """
+        if not isinstance(future, _Future):
+            return future.cancel()
+        if future.cancel(force):
+            return True
+        if not force or future.done():
+            return False
+        core, jid, registry = future._cw
+        if registry.pop(jid, None) is None:
+            return False  # its result is being delivered right now
+        future.set_exception(futures.CancelledError("cancelled while running (force=True)"))
+        try:
+            core.cancel(jid, force=True)
+        except Exception:
+            pass  # client closed or failed: nothing left to tell the master
+        return True
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
             chunksize: int = 1) -> Iterator:
@@ -214,6 +267,14 @@ class ClusterExecutor(futures.Executor):
             fut.set_exception(value)
 
 
+def _options(retries: int, timeout: Optional[float]) -> dict:
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+    if timeout is not None and not 0 < timeout < 1e9:
+        raise ValueError("timeout must be a positive number of seconds")
+    return {"retries": retries} if timeout is None else {"retries": retries, "timeout": timeout}
+
+
 def _run_chunk(fn: Callable, chunk: list) -> list:
     return [fn(*args) for args in chunk]
 
@@ -239,8 +300,12 @@ class ClientThread:
     def __init__(self, callback: Callable[[Hashable, Any], Any], host: Optional[str] = None,
                  port: Optional[int] = None, *, connect_timeout: float = 30,
                  max_pending: int = DEFAULT_MAX_PENDING, retries: int = 2,
-                 cluster: Optional[str] = None, insecure: Optional[bool] = None) -> None:
+                 timeout: Optional[float] = None, cluster: Optional[str] = None,
+                 insecure: Optional[bool] = None, heartbeat: float = 1.0,
+                 liveness: int = 10) -> None:
         self.callback = callback
+        self.options = _options(retries, timeout)
+        self.heartbeat, self.liveness = heartbeat, liveness
         self.insecure = insecure
         self.host, self.port, self.cluster = host, port, cluster
         self.connect_timeout = connect_timeout
@@ -255,7 +320,8 @@ class ClientThread:
 
     def start(self) -> None:
         self._core = _connect(self.host, self.port, self.cluster, self.insecure,
-                              self.connect_timeout, self._on_result, lambda ids: None)
+                              self.connect_timeout, self._on_result, lambda ids: None,
+                              self.heartbeat, self.liveness)
 
     def submit(self, jobid: Hashable, func: Callable, *args: Any, **kwargs: Any) -> None:
         if self._core is None:
@@ -269,7 +335,7 @@ class ClientThread:
             jid = next(self._ids)
             self._jobids[jid] = jobid
         try:
-            self._core.submit(jid, (self._context(), call), self.retries)
+            self._core.submit(jid, (self._context(), call), self.options)
         except BaseException:
             with self._cond:
                 del self._jobids[jid]

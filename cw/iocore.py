@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import random
 import socket
 import threading
 import time
@@ -29,6 +30,13 @@ import zmq
 from .errors import CWError, JobRejectedError, MasterUnavailableError, ProtocolError, SecurityError
 from .protocol import MAGIC, PROTOCOL_VERSION, ErrorCode, Kind, Message, Status, versions
 from .security import Keys, apply_client, monitor, read_monitor
+
+
+def reconnect_backoff(sock: zmq.Socket) -> None:
+    """libzmq redials a lost peer by itself, backing off exponentially to 5 s;
+    a random first interval keeps a whole cluster from redialing in step."""
+    sock.setsockopt(zmq.RECONNECT_IVL, random.randint(100, 300))
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +69,11 @@ class IOCore(threading.Thread):
         self.waking = False
         self.connected = threading.Event()
         self.settled = threading.Event()  # connected, or failed for good
-        self.fatal: Optional[CWError] = None
+        self.fatal: Optional[Exception] = None
         self.max_message_size = 1 << 62  # until the master tells its own
         self.hello_due = False
         self.monitor: Optional[zmq.Socket] = None
-        self.pending: dict[int, tuple] = {}  # id -> (payload frames, retries)
+        self.pending: dict[int, tuple] = {}  # id -> (payload frames, SUBMIT options)
         self.session: Optional[str] = None
         self.sock: Optional[zmq.Socket] = None
         self.closing = False
@@ -73,19 +81,24 @@ class IOCore(threading.Thread):
         self.last_sent = self.last_heard = 0.0
 
     # -- called from user threads ------------------------------------------
-    def submit(self, jid: int, payload: tuple, retries: int) -> None:
+    def submit(self, jid: int, payload: tuple, options: dict) -> None:
+        """Hand a job to the I/O thread; ``options``: retries, timeout (header fields)."""
         size = sum(len(f) for f in payload)
         if size > self.max_message_size:
             raise JobRejectedError(
                 f"a job of {size} bytes exceeds the master's --max-message-size "
                 f"{self.max_message_size}; pass big data through files, or raise the limit")
-        self._command(("submit", jid, payload, retries))
+        self._command(("submit", jid, payload, options))
 
-    def cancel(self, jid: int) -> None:
-        self._command(("cancel", jid))
+    def cancel(self, jid: int, force: bool = False) -> None:
+        self._command(("cancel", jid, force))
 
     def close(self, timeout: Optional[float] = None) -> None:
-        self._command(("close",))
+        """Stop the I/O thread (BYE to the master); safe to call more than once."""
+        try:
+            self._command(("close",))
+        except Exception:
+            pass  # already stopped
         if threading.current_thread() is not self:
             self.join(timeout)
 
@@ -93,6 +106,8 @@ class IOCore(threading.Thread):
         if self.fatal is not None:
             raise self.fatal
         self.commands.append(cmd)
+        if self.fatal is not None:  # the thread ended meanwhile: nobody will drain it
+            raise self.fatal
         # The flag saves a syscall per command; the I/O thread clears it
         # *before* draining, so a command never waits unseen.
         if not self.waking:
@@ -122,10 +137,14 @@ class IOCore(threading.Thread):
                     if error:
                         self.die(SecurityError(error))
                 self.keep_alive(poller)
-        except Exception:  # a bug here must not hang the user's futures
+        except BaseException:  # a bug here must not hang the user's futures
             log.exception("client I/O thread failed")
-            self.fail_pending(MasterUnavailableError("the cw client I/O thread failed; see the log"))
+            self.fatal = MasterUnavailableError("the cw client I/O thread failed; see the log")
+            self.fail_pending(self.fatal)
         finally:
+            if self.fatal is None:
+                self.fatal = RuntimeError("this cw client is closed")
+            self.settled.set()
             self.shutdown()
 
     def reset_socket(self, poller: zmq.Poller) -> None:
@@ -187,8 +206,8 @@ class IOCore(threading.Thread):
         self.last_sent = time.monotonic()
         return True
 
-    def send_job(self, jid: int, payload: tuple, retries: int) -> None:
-        self.send(Message(Kind.SUBMIT, {"id": jid, "retries": retries}, payload))
+    def send_job(self, jid: int, payload: tuple, options: dict) -> None:
+        self.send(Message(Kind.SUBMIT, {"id": jid, **options}, payload))
 
     def drain_commands(self) -> None:
         try:
@@ -200,13 +219,13 @@ class IOCore(threading.Thread):
         while self.commands:
             cmd = self.commands.popleft()
             if cmd[0] == "submit":
-                jid, payload, retries = cmd[1:]
-                self.pending[jid] = (payload, retries)
+                jid, payload, options = cmd[1:]
+                self.pending[jid] = (payload, options)
                 if self.connected.is_set():
-                    self.send_job(jid, payload, retries)
+                    self.send_job(jid, payload, options)
             elif cmd[0] == "cancel":
                 if self.pending.pop(cmd[1], None) is not None and self.connected.is_set():
-                    self.send(Message(Kind.CANCEL, {"id": cmd[1]}))
+                    self.send(Message(Kind.CANCEL, {"id": cmd[1], "force": cmd[2]}))
             else:
                 self.closing = True
 
@@ -230,6 +249,10 @@ class IOCore(threading.Thread):
                 log.warning("dropped a bad message from the master: %s", e)
                 continue
             self.handle(msg)
+            # Slow callbacks run here; keep the master from taking their
+            # silence for a vanished client.
+            if self.connected.is_set() and time.monotonic() - self.last_sent >= self.heartbeat:
+                self.send(Message(Kind.HEARTBEAT))
 
     def handle(self, msg: Message) -> None:
         if msg.kind is Kind.RESULT:
@@ -258,10 +281,12 @@ class IOCore(threading.Thread):
         self.session = header["session"]
         self.max_message_size = header.get("max_message_size", self.max_message_size)
         self.heartbeat = min(self.heartbeat, header["heartbeat"])
+        if self.connected.is_set():
+            return  # an answer to a repeated HELLO: the jobs went out already
         # The master drops resubmissions of jobs it still holds, so resending
         # everything is safe after any reconnect.
-        for jid, (payload, retries) in self.pending.items():
-            self.send_job(jid, payload, retries)
+        for jid, (payload, options) in self.pending.items():
+            self.send_job(jid, payload, options)
         self.connected.set()
         self.settled.set()
 
@@ -275,7 +300,9 @@ class IOCore(threading.Thread):
                 self.reset_socket(poller)
             elif now - self.last_sent >= self.heartbeat:
                 self.send(Message(Kind.HEARTBEAT))
-        elif self.hello_due:
+        elif self.hello_due or now - self.last_sent >= max(1.0, self.heartbeat):
+            # Until WELCOME, say HELLO again now and then: the one sent may
+            # have reached a master that died before answering.
             self.send_hello()
         if not self.connected.is_set() and now - self.lost_since > self.connect_timeout:
             self.fail_pending(self.unavailable())

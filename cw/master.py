@@ -9,22 +9,26 @@
     executor ──RESULT──► master: Job leaves ExecutorState.running ──RESULT──► client
     supervisor ──DIED──► master: the dead executor's jobs go back to the front of
                          their client's queue, or fail as lost after `retries` deaths
+    master ──KILL──► supervisor: a job past its timeout, force-cancelled, or of a
+                         client gone: its executor is killed and replaced
+    supervisor ──DRAIN, DEPART──► master: no new tasks; then its executors' jobs are
+                         requeued without counting a retry (SIGTERM, SLURM time limit)
 
 One thread, one socket, one poll loop, no locks. Payload frames are routed as
 opaque bytes: nothing a peer sends is ever unpickled here. ``step(now)`` is
 one turn of the loop; ``run()`` only repeats it. Heartbeats go both ways; a
-peer silent for ``heartbeat * liveness`` seconds is presumed gone.
+peer silent for ``heartbeat * liveness`` seconds is presumed gone. Executors
+busy with a long job cannot heartbeat: their supervisor speaks for them.
 """
 from __future__ import annotations
 
-import json
+import heapq
 import logging
 import os
 import platform
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,77 +37,12 @@ import zmq
 from .errors import ProtocolError
 from .protocol import ErrorCode, Kind, Message, Status, versions
 from .security import Keys, ZapHandler, apply_server
+from .state import ClientState, ExecutorState, Job, Limits, salvage_id
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RETRIES = 2
 RECV_BATCH = 1000  # messages handled per step before dispatching
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one message and one client may cost the master."""
-
-    max_message_size: int = 1 << 30
-    max_jobs_per_client: int = 1_000_000  # held: queued or running
-    max_bytes_per_client: int = 4 << 30
-
-    def check(self, jobs: int, held: int, size: int) -> Optional[str]:
-        if jobs >= self.max_jobs_per_client:
-            return (f"the master holds {jobs} unfinished jobs of this client, its limit "
-                    "(--max-jobs-per-client); submit fewer at once (max_pending) or raise it")
-        if held + size > self.max_bytes_per_client:
-            return (f"this job's {size} bytes would take this client past "
-                    f"--max-bytes-per-client {self.max_bytes_per_client}; wait for results "
-                    "or raise the limit")
-        return None
-
-
-def _salvage_id(frames: list) -> Optional[int]:
-    """The job id of a broken SUBMIT, if one can be read, to fail that job."""
-    try:
-        if bytes(frames[1]) != Kind.SUBMIT.value:
-            return None
-        jid = json.loads(bytes(frames[2])).get("id")
-    except Exception:
-        return None
-    return jid if isinstance(jid, int) and not isinstance(jid, bool) and 0 <= jid < 2**62 else None
-
-
-@dataclass(eq=False)
-class Job:
-    tid: int
-    client: bytes
-    cid: int  # the id the client gave it
-    payload: tuple
-    retries: int
-    size: int = 0
-    deaths: int = 0
-    cancelled: bool = False
-    executor: Optional[bytes] = None
-
-
-@dataclass(eq=False)
-class ClientState:
-    identity: bytes
-    info: dict
-    last_seen: float
-    queue: deque = field(default_factory=deque)
-    jobs: dict = field(default_factory=dict)  # cid -> Job, queued or running
-    started: list = field(default_factory=list)  # cids to announce as STARTED
-    in_ready: bool = False
-    held_bytes: int = 0
-    done: int = 0
-
-
-@dataclass(eq=False)
-class ExecutorState:
-    identity: bytes
-    info: dict
-    last_seen: float
-    capacity: int
-    running: dict = field(default_factory=dict)  # tid -> Job
-    done: int = 0
 
 
 class Master:
@@ -157,6 +96,7 @@ class Master:
         self.executors: dict[bytes, ExecutorState] = {}
         self.supervisors: dict[bytes, ExecutorState] = {}
         self.jobs: dict[int, Job] = {}
+        self.deadlines: list[tuple[float, int]] = []  # heap of (deadline, tid)
         self.ready: deque[bytes] = deque()
         self.free: deque[bytes] = deque()
         self.next_tid = 1
@@ -164,7 +104,8 @@ class Master:
         self.stopping = False
         self.malformed: dict[bytes, int] = {}
         self.counts = {"submitted": 0, "done": 0, "lost": 0, "requeued": 0, "malformed": 0,
-                       "refused": 0}
+                       "refused": 0, "duplicates": 0, "timeouts": 0, "killed": 0,
+                       "unknown_peer": 0}
         self.handlers = {
             Kind.HELLO: self.on_hello,
             Kind.SUBMIT: self.on_submit,
@@ -172,6 +113,8 @@ class Master:
             Kind.READY: self.on_ready,
             Kind.RESULT: self.on_result,
             Kind.DIED: self.on_died,
+            Kind.DRAIN: self.on_drain,
+            Kind.DEPART: self.on_depart,
             Kind.HEARTBEAT: self.on_heartbeat,
             Kind.BYE: self.on_bye,
             Kind.STATUS: self.on_status,
@@ -195,8 +138,9 @@ class Master:
                 except zmq.Again:
                     break
                 self.handle(frames, self.clock() if now is None else now)
-        self.dispatch()
         now = self.clock() if now is None else now
+        self.dispatch(now)
+        self.expire_jobs(now)
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat
             self.beat(now)
@@ -220,19 +164,36 @@ class Master:
                 raise ProtocolError(f"{msg.kind.name} is not a message for the master")
             handler(identity, msg, now)
         except ProtocolError as e:
-            jid = _salvage_id(frames[1:]) if identity in self.clients else None
-            if jid is not None:  # an authenticated client learns which job failed
-                self.reply_refused(identity, jid, str(e))
+            self.salvage(identity, frames[1:], str(e))
             self.refuse(identity, str(e))
+        except Exception as e:  # a bug must cost one message, never the master
+            log.exception("error handling a message from peer %s", identity.hex()[:16])
+            self.refuse(identity, f"internal error: {type(e).__name__}")
+
+    def salvage(self, identity: bytes, frames: list, reason: str) -> None:
+        """Fail the one job a refused SUBMIT or RESULT was about, so none hangs."""
+        jid = salvage_id(frames)
+        if jid is None:
+            return
+        if identity in self.clients and bytes(frames[1]) == Kind.SUBMIT.value:
+            self.reply_refused(identity, jid, reason)
+        state = self.executors.get(identity)
+        job = state.running.pop(jid, None) if state else None
+        if state is not None and job is not None:
+            self.free.append(identity)
+            self.forget(job)
+            if not job.cancelled:
+                self.reply(job, Status.ERROR, (), f"its result was refused: {reason}")
 
     def refuse(self, identity: bytes, reason: str, jid: Optional[int] = None,
                code: ErrorCode = ErrorCode.MALFORMED) -> None:
         """Count and drop a bad message; tell the peer why; log once per peer."""
-        self.counts["malformed"] += 1
+        self.counts["malformed" if code is ErrorCode.MALFORMED else "unknown_peer"] += 1
         if identity not in self.malformed:
             if len(self.malformed) > 10_000:
                 self.malformed.clear()
-            log.warning("dropped message from peer %s: %s", identity.hex()[:16], reason)
+            level = logging.WARNING if code is ErrorCode.MALFORMED else logging.INFO
+            log.log(level, "dropped message from peer %s: %s", identity.hex()[:16], reason)
         self.malformed[identity] = self.malformed.get(identity, 0) + 1
         header: dict = {"error": reason[:1000], "code": code.value}
         if jid is not None:
@@ -256,6 +217,11 @@ class Master:
         peer.last_seen = now
         return True
 
+    def welcome(self, identity: bytes) -> None:
+        welcome = {"session": self.session, "heartbeat": float(self.heartbeat),
+                   "max_message_size": self.limits.max_message_size, **versions()}
+        self.send(identity, Message(Kind.WELCOME, welcome))
+
     def on_hello(self, identity: bytes, msg: Message, now: float) -> None:
         client = self.clients.get(identity)
         if client is None:
@@ -263,9 +229,7 @@ class Master:
             log.info("client %s:%s connected", msg.header["host"], msg.header["pid"])
         client.last_seen = now
         self.check_python(msg.header)
-        welcome = {"session": self.session, "heartbeat": float(self.heartbeat),
-                   "max_message_size": self.limits.max_message_size, **versions()}
-        self.send(identity, Message(Kind.WELCOME, welcome))
+        self.welcome(identity)
 
     def check_python(self, header: dict) -> None:
         theirs = header["python"].split(".")[:2]
@@ -292,7 +256,7 @@ class Master:
             self.reply_refused(identity, cid, refusal)
             return
         job = Job(self.next_tid, identity, cid, msg.payload,
-                  msg.header.get("retries", DEFAULT_RETRIES), size)
+                  msg.header.get("retries", DEFAULT_RETRIES), size, msg.header.get("timeout"))
         client.held_bytes += size
         self.next_tid += 1
         self.jobs[job.tid] = job
@@ -307,10 +271,14 @@ class Master:
         if client is None or job is None:
             return  # finished meanwhile: the client drops the late result
         client.last_seen = now
-        job.cancelled = True
-        if job.executor is None:  # still queued: drop it from the queue lazily
+        if job.executor is None:  # still queued: dropped from the queue lazily
+            job.cancelled = True
             self.forget(job)
             self.reply(job, Status.CANCELLED)
+        elif msg.header.get("force"):
+            self.stop_job(job, Status.CANCELLED, "cancelled while running (force=True)")
+        else:
+            job.cancelled = True  # it runs on, but its result goes nowhere
 
     def on_ready(self, identity: bytes, msg: Message, now: float) -> None:
         capacity = msg.header["capacity"]
@@ -325,17 +293,20 @@ class Master:
             self.requeue(state, "executor re-registered")
         state = self.executors[identity] = ExecutorState(identity, msg.header, now, capacity)
         self.free.extend([identity] * capacity)
+        self.welcome(identity)  # tells the executor the message size limit
 
     def on_result(self, identity: bytes, msg: Message, now: float) -> None:
         state = self.executors.get(identity)
-        if state is None:
+        if state is None:  # presumed dead meanwhile: its job already went elsewhere
+            self.counts["duplicates"] += 1
             self.refuse(identity, "unknown executor: send READY first", None, ErrorCode.UNKNOWN_PEER)
             return
         state.last_seen = now
         job = state.running.pop(msg.header["id"], None)
         self.free.append(identity)
         if job is None:
-            return  # a late duplicate of a job that was requeued
+            self.counts["duplicates"] += 1
+            return  # a late duplicate of a job that was requeued, timed out or cancelled
         state.done += 1
         self.forget(job)
         if not job.cancelled:
@@ -353,6 +324,24 @@ class Master:
             sig = msg.header.get("signal", 0)
             reason = f"signal {sig}" if sig else f"exit code {msg.header['exitcode']}"
             self.requeue(state, reason, count=True)
+
+    def executors_of(self, supervisor: bytes) -> list[ExecutorState]:
+        return [e for e in self.executors.values() if e.supervisor == supervisor]
+
+    def on_drain(self, identity: bytes, msg: Message, now: float) -> None:
+        """A worker is stopping: its executors finish what they run, take nothing new."""
+        self.touch(identity, now)
+        for state in self.executors_of(identity):
+            state.capacity = 0
+        log.info("worker %s draining", identity.hex()[:16])
+
+    def on_depart(self, identity: bytes, msg: Message, now: float) -> None:
+        """A worker left on purpose: requeue its jobs without counting a retry."""
+        for state in self.executors_of(identity):
+            self.requeue(self.executors.pop(state.identity), "its worker departed")
+        sup = self.supervisors.pop(identity, None)
+        if sup is not None:
+            log.info("worker %s:%s departed", sup.info["host"], sup.info["pid"])
 
     def on_heartbeat(self, identity: bytes, msg: Message, now: float) -> None:
         if not self.touch(identity, now):
@@ -375,7 +364,7 @@ class Master:
             client.in_ready = True
             self.ready.append(client.identity)
 
-    def dispatch(self) -> None:
+    def dispatch(self, now: float) -> None:
         """Give queued jobs to free executor slots, one client at a time."""
         while self.free and self.ready:
             executor = self.executors.get(self.free[0])
@@ -393,6 +382,9 @@ class Master:
             self.ready.append(client.identity)  # round-robin: back of the line
             job.executor = executor.identity
             executor.running[job.tid] = job
+            if job.timeout is not None:
+                job.deadline = now + job.timeout
+                heapq.heappush(self.deadlines, (job.deadline, job.tid))
             client.started.append(job.cid)
             self.send(executor.identity, Message(Kind.TASK, {"id": job.tid}, job.payload))
         self.flush_started()
@@ -420,6 +412,42 @@ class Master:
             client.done += 1
         self.counts["done" if status is not Status.LOST else "lost"] += 1
         self.send(job.client, Message(Kind.RESULT, header, payload))
+
+    def expire_jobs(self, now: float) -> None:
+        if len(self.deadlines) > 2 * len(self.jobs) + 1000:  # mostly jobs long finished
+            self.deadlines = [(d, t) for d, t in self.deadlines
+                              if t in self.jobs and self.jobs[t].deadline == d]
+            heapq.heapify(self.deadlines)
+        while self.deadlines and self.deadlines[0][0] <= now:
+            deadline, tid = heapq.heappop(self.deadlines)
+            job = self.jobs.get(tid)
+            if job is not None and job.executor is not None and job.deadline == deadline:
+                self.counts["timeouts"] += 1
+                self.stop_job(job, Status.TIMEOUT, f"job ran past its timeout of {job.timeout:g} s")
+
+    def stop_job(self, job: Job, status: Status, reason: str) -> None:
+        """End a running job now: kill its executor, answer the client."""
+        state = self.executors.get(job.executor) if job.executor else None
+        if state is not None:
+            state.running.pop(job.tid, None)
+            self.kill(state)
+            reason += f" on {state.info['host']} (executor pid {state.info['pid']}, killed and replaced)"
+        job.executor = None
+        job.cancelled = True
+        self.forget(job)
+        self.reply(job, status, (), reason)
+
+    def kill(self, state: ExecutorState) -> None:
+        """Ask an executor's supervisor to kill it; it takes no task meanwhile."""
+        state.capacity = 0
+        if state.supervisor is not None and state.supervisor in self.supervisors:
+            self.counts["killed"] += 1
+            self.send(state.supervisor, Message(Kind.KILL, {"executor": state.identity.hex()}))
+        else:
+            # No one to kill it: forget it, so its next message makes it register again.
+            log.warning("cannot kill executor %s:%s: its supervisor is unknown",
+                        state.info["host"], state.info["pid"])
+            self.requeue(self.executors.pop(state.identity), "its supervisor is unknown")
 
     def forget(self, job: Job) -> None:
         self.jobs.pop(job.tid, None)
@@ -462,6 +490,10 @@ class Master:
         for job in list(client.jobs.values()):
             job.cancelled = True
             self.jobs.pop(job.tid, None)
+            state = self.executors.get(job.executor) if job.executor else None
+            if state is not None:  # stop paying for work nobody will collect
+                state.running.pop(job.tid, None)
+                self.kill(state)
         client.jobs.clear()
         client.queue.clear()
 
@@ -471,13 +503,15 @@ class Master:
         for ident, client in list(self.clients.items()):
             if client.last_seen < limit:
                 self.drop_client(self.clients.pop(ident), "missed its heartbeats")
-        for ident, state in list(self.executors.items()):
-            if state.last_seen < limit:
-                self.requeue(self.executors.pop(ident), "missed its heartbeats", count=True)
         for ident, state in list(self.supervisors.items()):
             if state.last_seen < limit:
                 del self.supervisors[ident]
                 log.warning("worker %s:%s missed its heartbeats", state.info["host"], state.info["pid"])
+        for ident, state in list(self.executors.items()):
+            # A busy executor cannot heartbeat; its supervisor vouches for it.
+            sup = self.supervisors.get(state.supervisor) if state.supervisor else None
+            if max(state.last_seen, sup.last_seen if sup else 0.0) < limit:
+                self.requeue(self.executors.pop(ident), "missed its heartbeats", count=True)
         beat = Message(Kind.HEARTBEAT)
         for ident in [*self.clients, *self.executors, *self.supervisors]:
             self.send(ident, beat)

@@ -39,6 +39,9 @@ class Kind(enum.Enum):
     READY = b"Y"  # executor -> master: registered, capacity
     TASK = b"T"  # master -> executor: run this job
     DIED = b"D"  # supervisor -> master: an executor died (exit code)
+    DRAIN = b"N"  # supervisor -> master: send my executors nothing more
+    DEPART = b"P"  # supervisor -> master: leaving; requeue what my executors held
+    KILL = b"K"  # master -> supervisor: kill this executor (timeout, cancel, client gone)
     HEARTBEAT = b"B"  # both ways
     BYE = b"X"  # any peer -> master: leaving
     STATUS = b"?"  # request (empty header) and reply (JSON snapshot)
@@ -71,13 +74,16 @@ SCHEMAS: dict[Kind, dict[str, tuple[type, bool]]] = {
     Kind.HELLO: {"session": (str, True), **_PEER},
     Kind.WELCOME: {"session": (str, True), "heartbeat": (float, True),
                    "max_message_size": (int, False), **_VERSIONS},
-    Kind.SUBMIT: {"id": (int, True), "retries": (int, False)},
-    Kind.CANCEL: {"id": (int, True)},
+    Kind.SUBMIT: {"id": (int, True), "retries": (int, False), "timeout": (float, False)},
+    Kind.CANCEL: {"id": (int, True), "force": (bool, False)},
     Kind.STARTED: {"ids": (list, True)},
     Kind.RESULT: {"id": (int, True), "status": (str, True), "error": (str, False)},
     Kind.READY: {"capacity": (int, True), "supervisor": (str, False), "procs": (int, False), **_PEER},
     Kind.TASK: {"id": (int, True)},
     Kind.DIED: {"executor": (str, True), "exitcode": (int, True), "signal": (int, False)},
+    Kind.DRAIN: {},
+    Kind.DEPART: {},
+    Kind.KILL: {"executor": (str, True)},
     Kind.HEARTBEAT: {},
     Kind.BYE: {},
     Kind.STATUS: {},
@@ -134,8 +140,8 @@ def decode_header(raw: bytes) -> dict:
         raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"header is not JSON: {e}") from e
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deep nesting: RecursionError
+        raise ProtocolError(f"header is not JSON: {str(e)[:200]}") from e
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object")
     return header
@@ -162,6 +168,8 @@ def _check_value(kind: Kind, name: str, value: Any, typ: type) -> None:
     where = f"{kind.name}.{name}"
     if typ is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif typ is bool:
+        ok = isinstance(value, bool)
     else:
         ok = isinstance(value, typ) and not isinstance(value, bool)
     if not ok:

@@ -27,7 +27,9 @@ from typing import Optional
 
 import zmq
 
-from .protocol import Kind, Message, Status, versions
+from .errors import JobRejectedError
+from .iocore import reconnect_backoff
+from .protocol import ErrorCode, Kind, Message, Status, versions
 from .security import Keys, apply_client, monitor, read_monitor
 from .serialize import dumps_error, dumps_value, loads_call
 
@@ -73,6 +75,7 @@ class _Peer:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
+        reconnect_backoff(self.sock)
         apply_client(self.sock, keys)
         self.monitor = monitor(self.sock)
         self.sock.connect(address)
@@ -126,6 +129,7 @@ class Executor:
         self.stopping = False
         self._ctx_raw = b""
         self._ctx: dict = {}
+        self.max_message_size = 1 << 62  # until the master's WELCOME
 
     def register(self) -> None:
         self.peer.send(Message(Kind.READY, _peer_header(1, supervisor=self.supervisor)))
@@ -136,8 +140,15 @@ class Executor:
             msg = self.peer.recv(self.peer.heartbeat)
             if msg is not None:
                 if msg.kind is Kind.TASK:
+                    if self.stopping:
+                        break  # told to stop: leave it; the master requeues it at BYE
                     self.peer.send(self.run_task(msg))
-                elif msg.kind is Kind.ERROR:  # the master does not know us (restarted)
+                    # Nothing could be heard while the job ran: do not take
+                    # that silence for a dead master.
+                    self.peer.last_heard = time.monotonic()
+                elif msg.kind is Kind.WELCOME:
+                    self.max_message_size = msg.header.get("max_message_size", self.max_message_size)
+                elif _unknown_peer(msg):  # the master does not know us (restarted)
                     self.register()
             if not self.peer.tick():
                 self.peer.last_heard = time.monotonic()
@@ -171,6 +182,10 @@ class Executor:
             sys.path[:] = path + [p for p in old_path if p not in path]
             func, args, kwargs = loads_call(msg.payload[1])
             value = dumps_value(func(*args, **kwargs))
+            if len(value) > self.max_message_size:
+                raise JobRejectedError(
+                    f"the job's result is {len(value)} bytes, over the master's --max-message-size "
+                    f"{self.max_message_size}; write big results to files instead")
             return Message(Kind.RESULT, {"id": jid, "status": Status.OK.value}, (value,))
         except BaseException as exc:  # a job's failure, whatever it is, is its result
             frame, summary = dumps_error(exc)
@@ -182,6 +197,10 @@ class Executor:
                 os.chdir(old_cwd)
             except OSError:
                 pass
+
+
+def _unknown_peer(msg: Message) -> bool:
+    return msg.kind is Kind.ERROR and msg.header.get("code") == ErrorCode.UNKNOWN_PEER.value
 
 
 def _die_with_parent() -> None:
@@ -217,7 +236,8 @@ class Supervisor:
                "--executor", ident.hex(), "--supervisor", self.identity.hex(),
                "--heartbeat", str(self.peer.heartbeat), "--liveness", str(self.peer.liveness),
                "--cluster", self.cluster, *(["--insecure"] if self.peer.keys is None else [])]
-        self.slots[i] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+        # Its own process group, so a kill takes the job's children with it.
+        self.slots[i] = subprocess.Popen(cmd, preexec_fn=_die_with_parent, start_new_session=True)
         self.ids[i] = ident
         self.started_at = time.monotonic()
 
@@ -225,13 +245,21 @@ class Supervisor:
         self.peer.send(Message(Kind.READY, _peer_header(0, procs=self.procs)))
 
     def run(self) -> None:
+        try:
+            self.loop()
+        finally:
+            self.shutdown()
+
+    def loop(self) -> None:
         self.register()
         log.info("worker pid %d: %d executor(s) for %s", os.getpid(), self.procs, self.address)
         while not self.stopping:
             self.check_children()
             msg = self.peer.recv(0.1)
-            if msg is not None and msg.kind is Kind.ERROR:
+            if msg is not None and _unknown_peer(msg):
                 self.register()
+            elif msg is not None and msg.kind is Kind.KILL:
+                self.kill(msg.header["executor"])
             error = self.peer.handshake_error()
             if error:
                 log.error("%s", error)
@@ -239,7 +267,6 @@ class Supervisor:
             if not self.peer.tick():
                 self.peer.last_heard = time.monotonic()
                 self.register()
-        self.shutdown()
 
     def check_children(self) -> None:
         now = time.monotonic()
@@ -259,25 +286,50 @@ class Supervisor:
             self.failures[i] = self.failures[i] + 1 if now - self.started_at < 2 else 0
             self.restart_at[i] = now + min(10.0, 0.1 * 2 ** self.failures[i]) if self.failures[i] else now
 
+    def kill(self, executor: str) -> None:
+        """The master gave up on this executor's job: kill it (it is restarted)."""
+        for i, proc in enumerate(self.slots):
+            if proc is not None and self.ids[i].hex() == executor and proc.poll() is None:
+                log.info("killing executor pid %d at the master's request", proc.pid)
+                _kill_group(proc)
+
     def shutdown(self) -> None:
+        """Drain: no new tasks, running jobs get ``grace`` seconds, the rest go back."""
+        self.peer.send(Message(Kind.DRAIN))
         live = [p for p in self.slots if p is not None and p.poll() is None]
         for proc in live:
-            proc.terminate()
+            proc.terminate()  # an executor finishes its job, then leaves
         deadline = time.monotonic() + self.grace
+        while any(p.poll() is None for p in live) and time.monotonic() < deadline:
+            self.peer.recv(0.1)
+            self.peer.tick()  # still alive: the master must not presume us dead
         for proc in live:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("executor pid %d still busy after %.0f s; killing it", proc.pid, self.grace)
-                proc.kill()
+            if proc.poll() is None:
+                log.warning("executor pid %d still busy after %g s (--grace); its job goes back "
+                            "to the queue", proc.pid, self.grace)
+                _kill_group(proc)
                 proc.wait()
-        self.peer.send(Message(Kind.BYE))
-        self.peer.close(linger=1000)
+        # DEPART hands back whatever is left, without counting a retry.
+        self.peer.send(Message(Kind.DEPART))
+        self.peer.close(linger=2000)
         log.info("worker pid %d stopped", os.getpid())
 
 
 def _describe(code: int) -> str:
-    return f"signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}"
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:  # real-time signals have no name
+        return f"signal {-code}"
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL an executor and every process its job started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
 
 
 def main(argv: Optional[list] = None) -> None:

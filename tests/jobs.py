@@ -63,3 +63,31 @@ def touch(path):
     with open(path, "w") as f:
         f.write("ran")
     return path
+
+
+def kill_self():
+    os.kill(os.getpid(), 9)
+
+
+def sleep_pid(seconds, tag=None):
+    time.sleep(seconds)
+    return tag, os.getpid()
+
+
+def big_result(n):
+    return b"x" * n
+
+
+def spawn_and_sleep(pidfile, seconds):
+    import subprocess
+
+    child = subprocess.Popen(["sleep", str(seconds)])
+    with open(pidfile, "w") as f:
+        f.write(str(child.pid))
+    time.sleep(seconds)
+
+
+def kill_self_realtime():
+    import signal
+
+    os.kill(os.getpid(), signal.SIGRTMIN + 2)

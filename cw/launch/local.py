@@ -61,25 +61,40 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
         raise ClusterError("need nworkers >= 0 and procs >= 1")
     insecure = insecure_default(insecure)
     flags = ["--insecure"] if insecure else []
-    if master:
-        info = _start_master(name, host, port, timeout, flags)
-    else:
-        found = read_master(name)
-        if found is None:
-            raise ClusterError(f"no master running for cluster {name!r} (no master.json); "
-                               "start one, or drop -M")
-        info = found
-    started = []
-    if workers and nworkers:
-        args = [info["host"], "--port", str(info["port"]), "--procs", str(procs), *flags]
-        started = [_spawn("worker", args, name) for _ in range(nworkers)]
-        wait_for_workers(info["host"], info["port"], {p.pid for p in started}, procs, timeout,
-                         cluster=name, insecure=insecure)
+    started: list[psutil.Process] = []
+    try:
+        if master:
+            info = _start_master(name, host, port, timeout, flags, started)
+        else:
+            found = read_master(name)
+            if found is None:
+                raise ClusterError(f"no master running for cluster {name!r} (no master.json); "
+                                   "start one, or drop -M")
+            info = found
+        workers_started = []
+        if workers and nworkers:
+            args = [info["host"], "--port", str(info["port"]), "--procs", str(procs), *flags]
+            workers_started = [_spawn("worker", args, name) for _ in range(nworkers)]
+            started += workers_started
+            wait_for_workers(info["host"], info["port"], {p.pid for p in workers_started}, procs,
+                             timeout, cluster=name, insecure=insecure)
+    except BaseException:
+        _undo(name, started)  # a failed start leaves nothing running
+        raise
     return {"cluster": name, "host": info["host"], "port": info["port"],
-            "master_pid": info.get("pid"), "worker_pids": [p.pid for p in started]}
+            "master_pid": info.get("pid"), "worker_pids": [p.pid for p in workers_started]}
 
 
-def _start_master(name: str, host: str, port: int, timeout: float, flags: list) -> dict:
+def _undo(name: str, procs: list) -> None:
+    _terminate_trees(procs, 10)
+    for proc in procs:
+        for path in (cluster_dir(name) / "pids").glob(f"*-{proc.pid}.json"):
+            path.unlink(missing_ok=True)
+        _reap(proc.pid)
+
+
+def _start_master(name: str, host: str, port: int, timeout: float, flags: list,
+                  started: list) -> dict:
     running = read_master(name)
     if running is not None:
         raise ClusterError(
@@ -87,6 +102,7 @@ def _start_master(name: str, host: str, port: int, timeout: float, flags: list) 
             f"{running['host']}:{running['port']}); stop it first or use -M"
         )
     proc = _spawn("master", ["--host", host, "--port", str(port), *flags], name)
+    started.append(proc)
     mjson = cluster_dir(name) / "master.json"
 
     def ready() -> Optional[dict]:

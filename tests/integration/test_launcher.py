@@ -12,6 +12,7 @@ from conftest import ROOT
 import cw
 import cw.mp
 from cw.client import ClusterExecutor
+from cw.errors import ClusterError
 
 
 def run(*args, timeout=120, **env):
@@ -125,3 +126,20 @@ def test_examples_print_what_the_originals_print(cw_home, example, expect):
     lines = done.stdout.splitlines()
     assert all(line in lines for line in expect)
     assert not (cw_home / "default" / "master.json").exists()
+
+
+def test_failed_start_leaves_nothing_running(cw_home):
+    from cw.launch import local
+
+    with pytest.raises(ClusterError):
+        local.start(2, port=0, timeout=0.001)
+    assert list((cw_home / "default" / "pids").glob("*.json")) == []
+    assert local.read_master() is None
+
+    def ours(proc):
+        try:
+            return proc.environ().get("CW_HOME") == str(cw_home)
+        except psutil.Error:
+            return False
+
+    assert [p.pid for p in psutil.process_iter() if ours(p)] == []

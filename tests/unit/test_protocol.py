@@ -89,3 +89,8 @@ def test_mutated_headers_never_raise_anything_but_protocol_error(kind, header, p
         Message.from_frames([MAGIC, kind, json.dumps(header).encode(), *payload])
     except ProtocolError:
         pass
+
+
+def test_deeply_nested_header_is_a_protocol_error_not_a_crash():
+    with pytest.raises(ProtocolError, match="not JSON"):
+        Message.from_frames([MAGIC, b"?", b"[" * 50_000])

@@ -1,0 +1,88 @@
+"""What the master holds: jobs, clients, executors, and the limits on them.
+
+Plain data; the master (``cw.master``) is the only code that changes it.
+"""
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .protocol import Kind
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one message and one client may cost the master."""
+
+    max_message_size: int = 1 << 30
+    max_jobs_per_client: int = 1_000_000  # held: queued or running
+    max_bytes_per_client: int = 4 << 30
+
+    def check(self, jobs: int, held: int, size: int) -> Optional[str]:
+        if jobs >= self.max_jobs_per_client:
+            return (f"the master holds {jobs} unfinished jobs of this client, its limit "
+                    "(--max-jobs-per-client); submit fewer at once (max_pending) or raise it")
+        if held + size > self.max_bytes_per_client:
+            return (f"this job's {size} bytes would take this client past "
+                    f"--max-bytes-per-client {self.max_bytes_per_client}; wait for results "
+                    "or raise the limit")
+        return None
+
+
+def salvage_id(frames: list) -> Optional[int]:
+    """The job id of a broken SUBMIT or RESULT, if one can be read, to fail that job."""
+    try:
+        if bytes(frames[1]) not in (Kind.SUBMIT.value, Kind.RESULT.value):
+            return None
+        jid = json.loads(bytes(frames[2])).get("id")
+    except Exception:
+        return None
+    return jid if isinstance(jid, int) and not isinstance(jid, bool) and 0 <= jid < 2**62 else None
+
+
+@dataclass(eq=False)
+class Job:
+    tid: int
+    client: bytes
+    cid: int  # the id the client gave it
+    payload: tuple
+    retries: int
+    size: int = 0
+    timeout: Optional[float] = None
+    deadline: Optional[float] = None  # set while it runs, when it has a timeout
+    deaths: int = 0
+    cancelled: bool = False
+    executor: Optional[bytes] = None
+
+
+@dataclass(eq=False)
+class ClientState:
+    identity: bytes
+    info: dict
+    last_seen: float
+    queue: deque = field(default_factory=deque)
+    jobs: dict = field(default_factory=dict)  # cid -> Job, queued or running
+    started: list = field(default_factory=list)  # cids to announce as STARTED
+    in_ready: bool = False
+    held_bytes: int = 0
+    done: int = 0
+
+
+@dataclass(eq=False)
+class ExecutorState:
+    identity: bytes
+    info: dict
+    last_seen: float
+    capacity: int  # 0 while draining or being killed: no more tasks
+    running: dict = field(default_factory=dict)  # tid -> Job
+    done: int = 0
+
+    @property
+    def supervisor(self) -> Optional[bytes]:
+        """The identity of the supervisor that started this executor, if known."""
+        try:
+            return bytes.fromhex(self.info.get("supervisor") or "") or None
+        except ValueError:
+            return None
