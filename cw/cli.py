@@ -269,6 +269,115 @@ for _action in ("start", "stop", "status"):
     local_group.command(_action)(_make(_action))
 
 
+# -- SLURM -----------------------------------------------------------------------
+def _slurm_time(ctx: Any, param: Any, value: Optional[str]) -> Optional[str]:
+    from .launch.slurm import check_time
+
+    try:
+        return None if value is None else check_time(value)
+    except CWError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[-1]) from e
+
+
+slurm_options = [
+    click.option("-n", "--nworkers", type=click.IntRange(0), default=1, show_default=True,
+                 help="Workers to start (sbatch jobs, or nodes with -i)."),
+    click.option("-M", "--no-master", is_flag=True, help="Do not start a master (use the running one)."),
+    click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
+    click.option("-d", "--docker-image", default=None, help="Run the workers in this container image."),
+    click.option("--docker-args", default="", help="Extra arguments for `docker run` (one string)."),
+    click.option("--container-engine", type=click.Choice(["docker", "podman"]), envvar="CW_CONTAINER_ENGINE",
+                 default="docker", show_default=True, help="Engine for -d."),
+    click.option("-i", "--isolated", is_flag=True, help="One worker per node (one job over N nodes)."),
+    click.option("--Xworkers", "xworkers", multiple=True, metavar="ARG",
+                 help="Pass ARG to sbatch for the workers (repeatable)."),
+    click.option("--Xmaster", "xmaster", multiple=True, metavar="ARG",
+                 help="Pass ARG to sbatch for the master (repeatable)."),
+    click.option("--partition", default=None, help="SLURM partition."),
+    click.option("--time", "time_limit", default=None, callback=_slurm_time,
+                 help="SLURM time limit of each job, e.g. 2:00:00 or 1-00:00:00."),
+    click.option("--procs-per-worker", type=Procs(), default="1", show_default=True,
+                 help="Executor processes per worker; 'auto' = the CPUs SLURM gave it."),
+    click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
+                 help="Seconds a worker may finish its job when SLURM warns it (time limit, scancel)."),
+    click.option("--port", type=PORT, envvar="CW_PORT", default=0, show_default=True,
+                 help="Master port on its node; 0 picks a free one (recorded in master.json)."),
+    click.option("--timeout", type=click.FloatRange(1), default=300.0, show_default=True,
+                 help="Seconds to wait for the master and workers to come up."),
+    cluster_option,
+    insecure_option,
+]
+
+
+def _slurm(action: str, nworkers: int, no_master: bool, no_workers: bool, docker_image: Optional[str],
+           docker_args: str, container_engine: str, isolated: bool, xworkers: tuple, xmaster: tuple,
+           partition: Optional[str], time_limit: Optional[str], procs_per_worker: int, grace: float,
+           port: int, timeout: float, cluster: Optional[str], insecure: bool) -> None:
+    from .launch import slurm as launcher
+    from .slurm import available
+
+    if not available():
+        raise click.ClickException("SLURM is not available here: no sbatch on PATH, or its "
+                                   "controller does not answer `scontrol ping`")
+    if action == "start":
+        info = launcher.start(
+            nworkers, master=not no_master, workers=not no_workers, cluster=cluster, timeout=timeout,
+            partition=partition, time=time_limit, procs=procs_per_worker, grace=grace, isolated=isolated,
+            port=port, insecure=insecure, xmaster=xmaster, xworkers=xworkers, docker_image=docker_image,
+            docker_args=docker_args, container_engine=container_engine)
+        click.echo(f"cluster {info['cluster']}: master at {info['host']}:{info['port']}; "
+                   f"jobs {' '.join(info['jobs']) or '-'}; {info['registered']} worker(s) registered")
+        wanted = 0 if no_workers else nworkers
+        if info["registered"] < wanted:
+            click.echo(f"warning: only {info['registered']} of {wanted} workers registered within "
+                       f"{timeout:g} s; the rest may still be pending (squeue)", err=True)
+    elif action == "stop":
+        click.echo(f"stopped {launcher.stop(cluster)} job(s)")
+    else:
+        _print_slurm_status(launcher.status(cluster))
+
+
+def _print_slurm_status(st: dict) -> None:
+    click.echo(f"cluster {st['cluster']}")
+    for job in st["jobs"]:
+        click.echo(f"  {job['id']:>10}  {job['name']:<28} {job['state']:<10} {job['nodes']}")
+    if not st["jobs"]:
+        click.echo("  no jobs in squeue")
+    snap = st.get("master")
+    if snap:
+        click.echo(f"  workers registered: {len(snap['workers'])}  executors: {len(snap['executors'])}  "
+                   f"queued: {snap['queued']}  running: {snap['running']}")
+        for w in snap["workers"]:
+            click.echo(f"    worker {w['host']} pid {w['pid']}: {w['executors']} executor(s)")
+    elif "master_error" in st:
+        click.echo(f"  master: {st['master_error']}")
+
+
+@main.group("slurm")
+def slurm_group() -> None:
+    """Start, stop and show a cw cluster of SLURM jobs."""
+
+
+for _action in ("start", "stop", "status"):
+    def _make_slurm(action: str) -> Callable:
+        @_options(slurm_options)
+        @_friendly
+        def command(**kwargs: Any) -> None:
+            _slurm(action, **kwargs)
+        command.__doc__ = f"{action.capitalize()} the cluster's SLURM jobs."
+        return command
+    slurm_group.command(_action)(_make_slurm(_action))
+
+
+@click.command("slurm.py", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("action", type=click.Choice(["start", "stop", "status"]))
+@_options(slurm_options)
+@_friendly
+def slurm_command(action: str, **kwargs: Any) -> None:
+    """Start, stop or show a cw cluster on SLURM (ACTION: start|stop|status)."""
+    _slurm(action, **kwargs)
+
+
 @click.command("mp.py", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("action", type=click.Choice(["start", "stop", "status"]))
 @_options(local_options)

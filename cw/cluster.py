@@ -119,5 +119,11 @@ def env_port() -> Optional[int]:
 def advertised_host(bind_host: str) -> str:
     """The address peers should dial for a master bound to ``bind_host``."""
     if bind_host in ("0.0.0.0", "*", "", "::"):
-        return socket.getfqdn()
+        return node_name()
     return bind_host
+
+
+def node_name() -> str:
+    """This machine's name as its peers know it: SLURM's node name inside a
+    SLURM job (it resolves on the cluster by construction), else the FQDN."""
+    return os.environ.get("SLURMD_NODENAME") or socket.getfqdn()

@@ -57,7 +57,8 @@ def cpus_available() -> int:
 
 
 def _peer_header(capacity: int, **extra) -> dict:
-    return {"capacity": capacity, "host": socket.gethostname(), "pid": os.getpid(),
+    return {"capacity": capacity, "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+            "pid": os.getpid(),
             **versions(), **extra}
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,8 +33,11 @@ def wait_for(check, timeout=20.0, interval=0.02, what="condition"):
 def cw_home(tmp_path, monkeypatch):
     home = tmp_path / "cwhome"
     monkeypatch.setenv("CW_HOME", str(home))
-    for var in ("CW_CLUSTER", "CW_PORT", "CW_MASTER_ADDRESS"):
+    for var in ("CW_CLUSTER", "CW_PORT", "CW_MASTER_ADDRESS", "CW_INSECURE"):
         monkeypatch.delenv(var, raising=False)
+    # cw.start would pick SLURM while the SLURM test bed is up; these tests
+    # are about local processes (tests/slurm sets its own).
+    monkeypatch.setenv("CW_LAUNCHER", "local")
     return home
 
 
@@ -146,3 +151,40 @@ def descendants(pid: int) -> list[int]:
         return [p.pid for p in psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
         return []
+
+
+# -- the SLURM test bed: a real slurmctld and one slurmd per network namespace ----
+SLURMBOX = Path(__file__).resolve().parent / "slurm" / "slurmbox.sh"
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, SLURM daemons)"
+    missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch", "ip", "nsenter")
+               if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}")]
+    if missing:
+        return f"missing {', '.join(missing)}: apt-get install slurm-wlm munge iproute2"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurmbox():
+    reason = _why_not()
+    if reason:
+        pytest.skip(f"SLURM test bed unavailable: {reason}")
+    up = subprocess.run([str(SLURMBOX), "up"], capture_output=True, text=True, timeout=120)
+    if up.returncode != 0:
+        subprocess.run([str(SLURMBOX), "down"], capture_output=True, timeout=120)
+        pytest.fail(f"slurmbox up failed:\n{up.stdout}\n{up.stderr}")
+    yield
+    down = subprocess.run([str(SLURMBOX), "down"], capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture
+def slurm_home(slurmbox, cw_home, monkeypatch):
+    """A fresh CW_HOME on the shared filesystem, with SLURM picked by cw.start."""
+    monkeypatch.delenv("CW_LAUNCHER")
+    yield cw_home
+    # Whatever a test left in the queue goes before the next one starts.
+    subprocess.run(["scancel", "-u", "root"], capture_output=True, timeout=60)

@@ -91,3 +91,8 @@ def kill_self_realtime():
     import signal
 
     os.kill(os.getpid(), signal.SIGRTMIN + 2)
+
+
+def node(_=None):
+    """The SLURM node a job ran on."""
+    return os.environ.get("SLURMD_NODENAME")

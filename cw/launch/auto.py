@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 from typing import Any, Iterator, Optional
 
@@ -19,7 +20,7 @@ def _launcher(launcher: Optional[str]):
 
     choices = {"local": local, "slurm": slurm_launcher}
     if launcher is None:
-        launcher = "slurm" if slurm.available() else "local"
+        launcher = os.environ.get("CW_LAUNCHER") or ("slurm" if slurm.available() else "local")
     if launcher not in choices:
         raise ValueError(f"unknown launcher {launcher!r}; choose from: {', '.join(choices)}")
     return choices[launcher]
@@ -27,7 +28,11 @@ def _launcher(launcher: Optional[str]):
 
 def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
           launcher: Optional[str] = None, **options: Any) -> dict:
-    """Start a cluster of ``nworkers`` workers; return once they registered."""
+    """Start a cluster of ``nworkers`` workers; return once they registered.
+
+    ``launcher``: "local" or "slurm"; default ``$CW_LAUNCHER``, else SLURM
+    when ``sbatch`` is on PATH and its controller answers, else local.
+    """
     return _launcher(launcher).start(nworkers, master=master, workers=workers, **options)
 
 

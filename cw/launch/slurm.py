@@ -1,24 +1,61 @@
 """SLURM launcher: master and workers as sbatch jobs named after the cluster.
 
-Jobs are ``cw-master-<cluster>`` and ``cw-worker-<cluster>`` (a job array),
-so one user can run several clusters side by side; their logs go to the
-cluster directory. Commands are built by pure functions (``sbatch_command``,
-``job_script``) with every value passed as a separate argument or through
-``shlex.quote``.
+::
+
+    sbatch cw-master-<cluster>  ──► python -m cw.master (writes master.json)
+    sbatch cw-worker-<cluster>  ──► python -m cw.worker HOST, one job per worker
+                                    (a job array; with isolated=True one job over
+                                    N nodes running one worker per node via srun)
+
+Job names carry the cluster name, so one user can run several clusters side
+by side; logs go to the cluster directory. Workers get ``--signal=B:TERM@N``
+so SLURM warns them before their time limit and they drain. Commands come
+from pure functions (``sbatch_command``, ``job_script``) that quote every
+value.
 """
 from __future__ import annotations
 
 import getpass
+import re
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..cluster import cluster_dir, cluster_name, read_json
-from ..errors import ClusterError
-from ..protocol import DEFAULT_PORT
+from ..errors import ClusterError, MasterUnavailableError
 from ..slurm import job_name
 from . import query_status, wait_until
+
+_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")
+
+
+def check_time(value: str) -> str:
+    """SLURM's --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
+    if not _TIME.match(value):
+        raise ClusterError(f"invalid --time {value!r}: use minutes, MM:SS, HH:MM:SS or D-HH:MM:SS")
+    return value
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything that shapes the sbatch jobs of one cluster."""
+
+    cluster: str = "default"
+    partition: Optional[str] = None
+    time: Optional[str] = None
+    procs: int = 1
+    grace: float = 30.0
+    isolated: bool = False
+    port: int = 0  # a free port on the master's node, recorded in master.json
+    insecure: bool = False
+    xmaster: Sequence[str] = ()
+    xworkers: Sequence[str] = ()
+    docker_image: Optional[str] = None
+    docker_args: str = ""
+    container_engine: str = "docker"
+    extra_env: dict = field(default_factory=dict)
 
 
 def job_script(command: Sequence[str]) -> str:
@@ -28,20 +65,49 @@ def job_script(command: Sequence[str]) -> str:
 
 def sbatch_command(*, job_name: str, output: str, partition: Optional[str] = None,
                    time: Optional[str] = None, array: Optional[int] = None,
-                   signal: Optional[str] = None, exclusive: bool = False,
+                   nodes: Optional[int] = None, signal: Optional[str] = None,
                    extra: Sequence[str] = ()) -> list[str]:
     cmd = ["sbatch", "--parsable", f"--job-name={job_name}", f"--output={output}"]
     if partition:
         cmd.append(f"--partition={partition}")
     if time:
-        cmd.append(f"--time={time}")
+        cmd.append(f"--time={check_time(time)}")
     if array:
         cmd.append(f"--array=0-{array - 1}")
+    if nodes:
+        cmd += [f"--nodes={nodes}", "--ntasks-per-node=1"]
     if signal:
         cmd.append(f"--signal={signal}")
-    if exclusive:
-        cmd.append("--exclusive")
     return [*cmd, *extra]
+
+
+def container_command(command: Sequence[str], opts: Options, cwd: str) -> list[str]:
+    """Run ``command`` in ``opts.docker_image`` with the host's network and the
+    shared filesystem at the same path, so cwd, sys.path and keys still hold."""
+    home = str(cluster_dir(opts.cluster).parent)
+    mounts = sorted({cwd, home})
+    cmd = [opts.container_engine, "run", "--rm", "--net=host", "-w", cwd,
+           "-e", f"CW_HOME={home}", "-e", f"CW_CLUSTER={opts.cluster}"]
+    for path in mounts:
+        cmd += ["-v", f"{path}:{path}"]
+    return [*cmd, *shlex.split(opts.docker_args), opts.docker_image or "", *command]
+
+
+def master_command(opts: Options) -> list[str]:
+    cmd = [sys.executable, "-m", "cw.master", "--cluster", opts.cluster, "--port", str(opts.port)]
+    return cmd + (["--insecure"] if opts.insecure else [])
+
+
+def worker_command(host: str, port: int, opts: Options, cwd: str) -> list[str]:
+    python = "python" if opts.docker_image else sys.executable
+    cmd = [python, "-m", "cw.worker", host, "--port", str(port), "--cluster", opts.cluster,
+           "--procs", str(opts.procs), "--grace", f"{opts.grace:g}"]
+    cmd += ["--insecure"] if opts.insecure else []
+    if opts.docker_image:
+        cmd = container_command(cmd, opts, cwd)
+    if opts.isolated:
+        cmd = ["srun", "--kill-on-bad-exit=0", *cmd]
+    return cmd
 
 
 def _sbatch(cmd: list[str], script: str) -> str:
@@ -55,36 +121,42 @@ def _sbatch(cmd: list[str], script: str) -> str:
 
 
 def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
-          cluster: Optional[str] = None, port: Optional[int] = None, procs: int = 1,
-          partition: Optional[str] = None, time: Optional[str] = None, grace: float = 30.0,
-          isolated: bool = False, xmaster: Sequence[str] = (), xworkers: Sequence[str] = (),
-          timeout: float = 300.0) -> dict:
-    name = cluster_name(cluster)
-    logs = cluster_dir(name, create=True) / "logs"
-    info: Optional[dict] = None
+          cluster: Optional[str] = None, timeout: float = 300.0, **options) -> dict:
+    """Submit the master and ``nworkers`` workers; return once they answer."""
+    import os
+
+    opts = Options(cluster=cluster_name(cluster), **options)
+    logs = cluster_dir(opts.cluster, create=True) / "logs"
+    jobs: list[str] = []
     if master:
-        cmd = sbatch_command(job_name=job_name("master", name), output=str(logs / "master-%j.log"),
-                             partition=partition, time=time, extra=xmaster)
-        jobid = _sbatch(cmd, job_script([sys.executable, "-m", "cw.master", "--cluster", name,
-                                         "--port", str(DEFAULT_PORT if port is None else port)]))
-        info = wait_until(lambda: _master_of_job(name, jobid), timeout, poll=1.0)
+        cmd = sbatch_command(job_name=job_name("master", opts.cluster), output=str(logs / "master-%j.log"),
+                             partition=opts.partition, time=opts.time, extra=opts.xmaster)
+        jobid = _sbatch(cmd, job_script(master_command(opts)))
+        jobs.append(jobid)
+        info = wait_until(lambda: _master_of_job(opts.cluster, jobid), timeout, poll=0.5)
         if info is None:
-            raise ClusterError(f"master job {jobid} did not come up within {timeout:g} s; see {logs}")
-        query_status(info["host"], info["port"], timeout=timeout, cluster=name)
+            raise ClusterError(f"master job {jobid} did not start within {timeout:g} s "
+                               f"(squeue -j {jobid}; log in {logs})")
+        query_status(info["host"], info["port"], timeout=timeout, cluster=opts.cluster,
+                     insecure=opts.insecure)
     else:
-        info = read_json(cluster_dir(name) / "master.json")
+        info = read_json(cluster_dir(opts.cluster) / "master.json")
         if info is None:
-            raise ClusterError(f"no master.json for cluster {name!r}; start a master or drop -M")
+            raise ClusterError(f"no master.json for cluster {opts.cluster!r}; start a master or drop -M")
+    registered = 0
     if workers and nworkers:
-        cmd = sbatch_command(job_name=job_name("worker", name), output=str(logs / "worker-%A_%a.log"),
-                             partition=partition, time=time, array=nworkers,
-                             signal=f"B:TERM@{int(grace) + 10}", exclusive=isolated, extra=xworkers)
-        _sbatch(cmd, job_script([sys.executable, "-m", "cw.worker", info["host"], "--port",
-                                 str(info["port"]), "--procs", str(procs), "--grace", str(grace)]))
-        have = wait_until(lambda: _enough_workers(info, nworkers, name), timeout, poll=1.0)
-        if have is None:
-            raise ClusterError(f"workers did not all register within {timeout:g} s; see {logs}")
-    return {"cluster": name, "host": info["host"], "port": info["port"], "worker_pids": []}
+        before = len(_snapshot(info, opts)["workers"])
+        cmd = sbatch_command(
+            job_name=job_name("worker", opts.cluster), output=str(logs / "worker-%A_%a.log"),
+            partition=opts.partition, time=opts.time, array=None if opts.isolated else nworkers,
+            nodes=nworkers if opts.isolated else None, signal=f"B:TERM@{int(opts.grace) + 15}",
+            extra=opts.xworkers)
+        worker = worker_command(info["host"], info["port"], opts, os.getcwd())
+        jobs.append(_sbatch(cmd, job_script(worker)))
+        snap = wait_until(lambda: _workers_at_least(info, opts, before + nworkers), timeout, poll=0.5)
+        registered = (len(snap["workers"]) if snap else len(_snapshot(info, opts)["workers"])) - before
+    return {"cluster": opts.cluster, "host": info["host"], "port": info["port"], "jobs": jobs,
+            "registered": registered, "worker_pids": []}
 
 
 def _master_of_job(name: str, jobid: str) -> Optional[dict]:
@@ -92,16 +164,70 @@ def _master_of_job(name: str, jobid: str) -> Optional[dict]:
     return info if info and str(info.get("slurm_job")) == jobid else None
 
 
-def _enough_workers(info: dict, n: int, name: str) -> Optional[dict]:
-    snap = query_status(info["host"], info["port"], cluster=name)
+def _snapshot(info: dict, opts: Options) -> dict:
+    return query_status(info["host"], info["port"], cluster=opts.cluster, insecure=opts.insecure)
+
+
+def _workers_at_least(info: dict, opts: Options, n: int) -> Optional[dict]:
+    try:
+        snap = _snapshot(info, opts)
+    except MasterUnavailableError:
+        return None
     return snap if len(snap["workers"]) >= n else None
 
 
-def stop(cluster: Optional[str] = None) -> int:
-    """scancel this cluster's workers (they drain on SIGTERM), then its master."""
+def squeue(cluster: Optional[str] = None) -> list[dict]:
+    """This user's jobs of this cluster: id, name, state, nodes."""
     name = cluster_name(cluster)
-    count = 0
+    try:
+        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%j|%T|%N"],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ClusterError(f"squeue failed: {e}") from e
+    jobs = []
+    for line in out.splitlines():
+        jobid, jname, state, nodes = (line.split("|") + ["", "", "", ""])[:4]
+        if jname in (job_name("master", name), job_name("worker", name)):
+            jobs.append({"id": jobid, "name": jname, "state": state, "nodes": nodes})
+    return jobs
+
+
+def stop(cluster: Optional[str] = None, timeout: float = 90.0) -> int:
+    """Drain and end this cluster's workers, then its master; return jobs ended."""
+    name = cluster_name(cluster)
+    ended = 0
     for role in ("worker", "master"):
-        cmd = ["scancel", "--signal=TERM", "--full", "-u", getpass.getuser(), "-n", job_name(role, name)]
-        count += subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
-    return count
+        jname = job_name(role, name)
+        mine = [j for j in squeue(name) if j["name"] == jname]
+        if not mine:
+            continue
+        ended += len({j["id"].split("_")[0] for j in mine})
+        # SIGTERM first: workers drain and hand back their jobs, the master
+        # removes master.json; only what outlives that is cancelled outright.
+        _scancel(["--signal=TERM", "--full", "-n", jname])
+        if wait_until(lambda jname=jname: None if _has_job(name, jname) else {},
+                      timeout, poll=0.5) is None:
+            _scancel(["-n", jname])
+    return ended
+
+
+def _has_job(cluster: str, jname: str) -> bool:
+    return any(j["name"] == jname for j in squeue(cluster))
+
+
+def _scancel(args: list[str]) -> None:
+    subprocess.run(["scancel", "-u", getpass.getuser(), *args], capture_output=True, timeout=60)
+
+
+def status(cluster: Optional[str] = None) -> dict:
+    """SLURM's view (jobs, nodes) and the master's (workers, queue)."""
+    name = cluster_name(cluster)
+    out: dict = {"cluster": name, "jobs": squeue(name)}
+    info = read_json(cluster_dir(name) / "master.json")
+    if info is not None:
+        try:
+            out["master"] = query_status(info["host"], info["port"], timeout=5, cluster=name,
+                                         insecure=not info.get("secure", True))
+        except (MasterUnavailableError, ClusterError) as e:
+            out["master_error"] = str(e)
+    return out

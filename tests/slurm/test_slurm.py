@@ -1,0 +1,155 @@
+"""./slurm.py against a real 3-node SLURM cluster (tests/slurm/slurmbox.sh)."""
+import collections
+import getpass
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import jobs
+import psutil
+import pytest
+from conftest import ROOT, wait_for
+
+from cw import slurm as cw_slurm
+from cw.client import ClientThread, SlurmExecutor
+from cw.errors import ClusterError
+
+pytestmark = pytest.mark.slurm
+
+
+def slurm_py(*args, timeout=180):
+    return subprocess.run([sys.executable, "slurm.py", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+
+
+def squeue_names():
+    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%j|%N|%k"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return [line.split("|") for line in out.splitlines()]
+
+
+def cw_processes(home):
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("CW_HOME") == str(home) and "cw." in " ".join(proc.cmdline()):
+                found.append(proc.pid)
+        except psutil.Error:
+            pass
+    return found
+
+
+def node_of_job():
+    return os.environ.get("SLURMD_NODENAME")
+
+
+def test_start_run_status_stop_on_three_nodes(slurm_home):
+    done = slurm_py("-n", "4", "start")
+    assert done.returncode == 0, done.stderr
+    assert "4 worker(s) registered" in done.stdout
+    assert cw_slurm.master_host() in {"node1", "node2", "node3"}
+    with SlurmExecutor(connect_timeout=30) as ex:
+        nodes = list(ex.map(jobs.node, range(1000)))
+    assert len(nodes) == 1000 and set(nodes) <= {"node1", "node2", "node3"}
+    assert len(set(nodes)) > 1  # the work really spread over hosts
+    status = slurm_py("status")
+    assert status.returncode == 0
+    assert status.stdout.count("    worker node") == 4 and "workers registered: 4" in status.stdout
+    stop = slurm_py("stop")
+    assert stop.returncode == 0, stop.stderr
+    assert squeue_names() == []
+    wait_for(lambda: cw_processes(slurm_home) == [], what="no cw process on any node")
+    assert not (slurm_home / "default" / "master.json").exists()
+
+
+def test_two_clusters_side_by_side(slurm_home):
+    for name in ("alpha", "beta"):
+        done = slurm_py("--cluster", name, "-n", "1", "start")
+        assert done.returncode == 0, done.stderr
+    for name in ("alpha", "beta"):
+        with SlurmExecutor(cluster=name, connect_timeout=30) as ex:
+            assert ex.submit(jobs.square, 7).result(60) == 49
+    assert "cw-worker-alpha" not in slurm_py("--cluster", "beta", "status").stdout
+    assert slurm_py("--cluster", "alpha", "stop").returncode == 0
+    assert {n[0] for n in squeue_names()} == {"cw-master-beta", "cw-worker-beta"}
+    with SlurmExecutor(cluster="beta", connect_timeout=30) as ex:
+        assert ex.submit(jobs.square, 8).result(60) == 64
+    assert slurm_py("--cluster", "beta", "stop").returncode == 0
+    assert squeue_names() == []
+
+
+@pytest.mark.timeout(400)
+def test_worker_time_limit_loses_no_client_job(slurm_home):
+    assert slurm_py("-n", "1", "start").returncode == 0
+    limited = slurm_py("-M", "-n", "1", "--time", "1", "--grace", "5", "start")
+    assert limited.returncode == 0, limited.stderr
+    got = collections.defaultdict(list)
+    lock = threading.Lock()
+
+    def collect(jobid, result):
+        with lock:
+            got[jobid].append(result)
+
+    submitted = 0
+    with ClientThread(collect, cw_slurm.master_host(), connect_timeout=30) as ct:
+        deadline = time.monotonic() + 240
+        # Keep both workers busy until SLURM has ended the time-limited one.
+        while len(squeue_names()) > 2 - 0 and time.monotonic() < deadline:
+            for _ in range(4):
+                ct.submit(submitted, jobs.sleep, 0.5, submitted)
+                submitted += 1
+            time.sleep(1)
+        for _ in range(8):
+            ct.submit(submitted, jobs.sleep, 0.2, submitted)
+            submitted += 1
+    assert len(squeue_names()) == 2, "the time-limited worker should have ended"
+    assert {k: len(v) for k, v in got.items()} == {i: 1 for i in range(submitted)}
+    assert all(v == [k] for k, v in got.items())
+    assert slurm_py("stop").returncode == 0
+
+
+def test_isolated_puts_one_worker_on_each_node(slurm_home):
+    done = slurm_py("-i", "-n", "3", "start")
+    assert done.returncode == 0, done.stderr
+    with SlurmExecutor(connect_timeout=30) as ex:
+        nodes = set(ex.map(jobs.node, range(300)))
+    status = slurm_py("status").stdout
+    workers = [line.split()[1] for line in status.splitlines() if line.startswith("    worker ")]
+    assert sorted(workers) == ["node1", "node2", "node3"]
+    assert nodes == {"node1", "node2", "node3"}
+    assert slurm_py("stop").returncode == 0
+    wait_for(lambda: cw_processes(slurm_home) == [], what="no cw process on any node")
+
+
+def test_extra_sbatch_arguments_reach_sbatch(slurm_home):
+    done = slurm_py("-n", "1", "--Xmaster=--comment=from-xmaster",
+                    "--Xworkers=--comment=from-xworkers", "start")
+    assert done.returncode == 0, done.stderr
+    comments = {name: comment for name, _, comment in squeue_names()}
+    assert comments == {"cw-master-default": "from-xmaster", "cw-worker-default": "from-xworkers"}
+    assert slurm_py("stop").returncode == 0
+
+
+def test_worker_finds_its_master_through_slurm(slurm_home):
+    with pytest.raises(ClusterError, match="no SLURM job 'cw-master-default'"):
+        cw_slurm.master_host()
+    assert slurm_py("-n", "0", "start").returncode == 0
+    worker = subprocess.Popen([sys.executable, "-m", "cw.worker", "--slurm"], cwd=ROOT)
+    try:
+        with SlurmExecutor(connect_timeout=30) as ex:
+            assert ex.submit(jobs.square, 9).result(60) == 81
+    finally:
+        worker.terminate()
+        assert worker.wait(60) == 0
+    assert slurm_py("stop").returncode == 0
+
+
+def test_bad_values_are_one_line_errors(slurm_home):
+    for args, message in ((("--time", "soon", "start"), "--time"),
+                          (("-n", "many", "start"), "many"),
+                          (("--cluster", "a/b", "start"), "invalid cluster name")):
+        done = slurm_py(*args)
+        assert done.returncode in (1, 2) and message in done.stderr
+        assert "Traceback" not in done.stderr

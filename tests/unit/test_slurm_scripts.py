@@ -1,0 +1,53 @@
+"""sbatch commands and batch scripts: pure functions, checked against golden files."""
+import shlex
+from pathlib import Path
+
+import pytest
+
+from cw.errors import ClusterError
+from cw.launch.slurm import Options, check_time, job_script, sbatch_command, worker_command
+
+GOLDEN = Path(__file__).parent / "golden"
+ODD = "/shared/my project/it's \"here\""
+
+
+def test_worker_script_quotes_every_value(monkeypatch):
+    monkeypatch.setattr("sys.executable", f"{ODD}/bin/python")
+    opts = Options(cluster="c1", procs=4, grace=12.5)
+    script = job_script(worker_command("node 1", 5494, opts, ODD))
+    assert script == (GOLDEN / "worker.sh").read_text()
+    # The shell reads the command back exactly as built.
+    assert shlex.split(script.splitlines()[1])[1:3] == [f"{ODD}/bin/python", "-m"]
+
+
+def test_container_worker_runs_the_same_command_in_the_image(monkeypatch, tmp_path):
+    monkeypatch.setenv("CW_HOME", str(tmp_path / "cw home"))
+    opts = Options(cluster="c1", docker_image="site/cw:1", docker_args="--gpus all",
+                   container_engine="podman", isolated=True)
+    cmd = worker_command("node1", 7000, opts, ODD)
+    assert cmd[:4] == ["srun", "--kill-on-bad-exit=0", "podman", "run"]
+    assert "--net=host" in cmd and f"{ODD}:{ODD}" in cmd and "--gpus" in cmd
+    image = cmd.index("site/cw:1")
+    assert cmd[image + 1:image + 4] == ["python", "-m", "cw.worker"]
+
+
+def test_sbatch_command_carries_every_option():
+    cmd = sbatch_command(job_name="cw-worker-c1", output=f"{ODD}/w-%A_%a.log", partition="short",
+                         time="1-02:00:00", array=3, signal="B:TERM@45",
+                         extra=["--comment=x y", "--mem=2G"])
+    assert cmd == ["sbatch", "--parsable", "--job-name=cw-worker-c1", f"--output={ODD}/w-%A_%a.log",
+                   "--partition=short", "--time=1-02:00:00", "--array=0-2", "--signal=B:TERM@45",
+                   "--comment=x y", "--mem=2G"]
+    isolated = sbatch_command(job_name="j", output="o", nodes=4)
+    assert isolated[-2:] == ["--nodes=4", "--ntasks-per-node=1"]
+
+
+@pytest.mark.parametrize("good", ["30", "5:00", "2:00:00", "1-0", "1-12:00", "3-00:00:00"])
+def test_slurm_time_formats(good):
+    assert check_time(good) == good
+
+
+@pytest.mark.parametrize("bad", ["soon", "1h", "-1", "1:2:3:4", ""])
+def test_bad_slurm_time_is_refused(bad):
+    with pytest.raises(ClusterError, match="invalid --time"):
+        check_time(bad)
