@@ -21,7 +21,7 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..cluster import cluster_dir, cluster_name, read_json
 from ..errors import ClusterError, MasterUnavailableError
@@ -205,14 +205,15 @@ def stop(cluster: Optional[str] = None, timeout: float = 90.0) -> int:
         # SIGTERM first: workers drain and hand back their jobs, the master
         # removes master.json; only what outlives that is cancelled outright.
         _scancel(["--signal=TERM", "--full", "-n", jname])
-        if wait_until(lambda jname=jname: None if _has_job(name, jname) else {},
-                      timeout, poll=0.5) is None:
+        if wait_until(_gone(name, jname), timeout, poll=0.5) is None:
             _scancel(["-n", jname])
     return ended
 
 
-def _has_job(cluster: str, jname: str) -> bool:
-    return any(j["name"] == jname for j in squeue(cluster))
+def _gone(cluster: str, jname: str) -> Callable[[], Optional[dict]]:
+    def check() -> Optional[dict]:
+        return None if any(j["name"] == jname for j in squeue(cluster)) else {}
+    return check
 
 
 def _scancel(args: list[str]) -> None:
