@@ -161,6 +161,9 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
 @click.option("--slurm", is_flag=True, help="Find the master through SLURM's queue.")
 @click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
               help="Seconds a running job may take to finish on SIGTERM.")
+@click.option("--prefetch", type=click.IntRange(0, 64), default=1, show_default=True,
+              help="Tasks each executor holds beyond the one it runs (0 for long jobs "
+                   "that should start on the first free executor).")
 @cluster_option
 @insecure_option
 @_options(heartbeat_options)
@@ -169,7 +172,7 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
 @click.option("--supervisor", hidden=True, default="")
 @_friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
-                   grace: float, cluster: Optional[str], insecure: bool, heartbeat: float,
+                   grace: float, prefetch: int, cluster: Optional[str], insecure: bool, heartbeat: float,
                    liveness: int, log_level: str, executor: Optional[str], supervisor: str) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
     from .cluster import cluster_dir, cluster_name, find_master
@@ -184,10 +187,10 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
         host = master_host(cluster, wait=True)
     host, port = find_master(host, port, cluster)
     if executor is not None:
-        _run_executor(f"tcp://{host}:{port}", executor, supervisor, heartbeat, liveness, keys)
+        _run_executor(f"tcp://{host}:{port}", executor, supervisor, heartbeat, liveness, keys, prefetch)
         return
     sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
-                     keys=keys, cluster=cluster_name(cluster))
+                     keys=keys, cluster=cluster_name(cluster), prefetch=prefetch)
 
     def on_signal(signum: int, frame: Any) -> None:
         sup.stopping = True
@@ -199,14 +202,14 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
 
 
 def _run_executor(address: str, ident: str, supervisor: str, heartbeat: float, liveness: int,
-                  keys: Any) -> None:
+                  keys: Any, prefetch: int) -> None:
     from .worker import Executor
 
     try:
         identity = bytes.fromhex(ident)
     except ValueError as e:
         raise click.BadParameter("not hex", param_hint="--executor") from e
-    executor = Executor(address, identity, supervisor, heartbeat, liveness, keys)
+    executor = Executor(address, identity, supervisor, heartbeat, liveness, keys, prefetch)
 
     def on_term(signum: int, frame: Any) -> None:
         executor.stopping = True

@@ -28,7 +28,18 @@ from typing import Callable, Optional, Union
 import zmq
 
 from .errors import CWError, JobRejectedError, MasterUnavailableError, ProtocolError, SecurityError
-from .protocol import MAGIC, PROTOCOL_VERSION, ErrorCode, Kind, Message, Status, versions
+from .protocol import (
+    MAGIC,
+    NOBLOCK,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    Kind,
+    Message,
+    Status,
+    recv_frames,
+    send_frames,
+    versions,
+)
 from .security import Keys, apply_client, monitor, read_monitor
 
 
@@ -200,7 +211,7 @@ class IOCore(threading.Thread):
         """
         assert self.sock is not None
         try:
-            self.sock.send_multipart(msg.to_frames(), flags=zmq.NOBLOCK, copy=False)
+            send_frames(self.sock, msg.to_frames(), NOBLOCK)
         except zmq.Again:
             return False
         self.last_sent = time.monotonic()
@@ -233,7 +244,7 @@ class IOCore(threading.Thread):
         assert self.sock is not None
         for _ in range(RECV_BATCH):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(self.sock, NOBLOCK)
             except zmq.Again:
                 return
             self.last_heard = time.monotonic()

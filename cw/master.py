@@ -35,7 +35,7 @@ from typing import Callable, Optional
 import zmq
 
 from .errors import ProtocolError
-from .protocol import ErrorCode, Kind, Message, Status, versions
+from .protocol import NOBLOCK, ErrorCode, Kind, Message, Status, recv_frames, send_frames, versions
 from .security import Keys, ZapHandler, apply_server
 from .state import ClientState, ExecutorState, Job, Limits, salvage_id
 
@@ -134,7 +134,7 @@ class Master:
         if self.sock in events:
             for _ in range(RECV_BATCH):
                 try:
-                    frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames = recv_frames(self.sock, NOBLOCK)
                 except zmq.Again:
                     break
                 self.handle(frames, self.clock() if now is None else now)
@@ -202,7 +202,7 @@ class Master:
 
     def send(self, identity: bytes, msg: Message) -> None:
         try:
-            self.sock.send_multipart([identity, *msg.to_frames()], copy=False)
+            send_frames(self.sock, [identity, *msg.to_frames()])
         except zmq.ZMQError as e:  # peer gone: it will reconnect or be purged
             log.debug("send to %s failed: %s", identity.hex()[:16], e)
 
@@ -304,6 +304,10 @@ class Master:
         state.last_seen = now
         job = state.running.pop(msg.header["id"], None)
         self.free.append(identity)
+        if state.running:  # the next prefetched task starts now
+            nxt = next(iter(state.running.values()))
+            if nxt.timeout is not None and nxt.deadline is None:
+                self.start_clock(nxt, now)
         if job is None:
             self.counts["duplicates"] += 1
             return  # a late duplicate of a job that was requeued, timed out or cancelled
@@ -381,10 +385,10 @@ class Master:
             self.free.popleft()
             self.ready.append(client.identity)  # round-robin: back of the line
             job.executor = executor.identity
+            starts_now = not executor.running  # else it waits, prefetched, behind another
             executor.running[job.tid] = job
-            if job.timeout is not None:
-                job.deadline = now + job.timeout
-                heapq.heappush(self.deadlines, (job.deadline, job.tid))
+            if starts_now and job.timeout is not None:
+                self.start_clock(job, now)
             client.started.append(job.cid)
             self.send(executor.identity, Message(Kind.TASK, {"id": job.tid}, job.payload))
         self.flush_started()
@@ -413,6 +417,12 @@ class Master:
         self.counts["done" if status is not Status.LOST else "lost"] += 1
         self.send(job.client, Message(Kind.RESULT, header, payload))
 
+    def start_clock(self, job: Job, now: float) -> None:
+        """A job with a timeout starts running: its deadline counts from now."""
+        assert job.timeout is not None
+        job.deadline = now + job.timeout
+        heapq.heappush(self.deadlines, (job.deadline, job.tid))
+
     def expire_jobs(self, now: float) -> None:
         if len(self.deadlines) > 2 * len(self.jobs) + 1000:  # mostly jobs long finished
             self.deadlines = [(d, t) for d, t in self.deadlines
@@ -440,6 +450,7 @@ class Master:
     def kill(self, state: ExecutorState) -> None:
         """Ask an executor's supervisor to kill it; it takes no task meanwhile."""
         state.capacity = 0
+        state.killed = True  # its death is ours: no job counts it
         if state.supervisor is not None and state.supervisor in self.supervisors:
             self.counts["killed"] += 1
             self.send(state.supervisor, Message(Kind.KILL, {"executor": state.identity.hex()}))
@@ -462,14 +473,21 @@ class Master:
         self.send(identity, Message(Kind.RESULT, header))
 
     def requeue(self, state: ExecutorState, reason: str, count: bool = False) -> None:
-        """Put a gone executor's jobs back at the front of their queues."""
-        for job in state.running.values():
+        """Put a gone executor's jobs back at the front of their queues, in order.
+
+        With ``count``, the death counts against the job it was running: the
+        first in ``running`` (an executor runs its tasks in arrival order; the
+        rest were prefetched and never started), unless the master killed it.
+        """
+        held = list(state.running.values())
+        for i, job in reversed(list(enumerate(held))):
             job.executor = None
+            job.deadline = None
             client = self.clients.get(job.client)
             if job.cancelled or client is None:
                 self.forget(job)
                 continue
-            job.deaths += count
+            job.deaths += count and i == 0 and not state.killed
             if job.deaths > job.retries:
                 self.forget(job)
                 info = state.info
@@ -480,9 +498,9 @@ class Master:
             self.counts["requeued"] += 1
             client.queue.appendleft(job)
             self.mark_ready(client)
-        if state.running:
+        if held:
             log.warning("executor %s:%s gone (%s): %d job(s) requeued",
-                        state.info["host"], state.info["pid"], reason, len(state.running))
+                        state.info["host"], state.info["pid"], reason, len(held))
         state.running = {}
 
     def drop_client(self, client: ClientState, reason: str) -> None:
@@ -534,11 +552,13 @@ class Master:
             "workers": [peer(s, procs=s.info.get("procs", 0),
                              executors=per_worker.get(s.identity.hex(), 0))
                         for s in self.supervisors.values()],
-            "executors": [peer(s, running=len(s.running), done=s.done) for s in self.executors.values()],
+            "executors": [peer(s, running=min(1, len(s.running)), prefetched=max(0, len(s.running) - 1),
+                               done=s.done) for s in self.executors.values()],
             "clients": [peer(c, queued=len(c.queue), jobs=len(c.jobs), done=c.done)
                         for c in self.clients.values()],
             "queued": sum(len(c.queue) for c in self.clients.values()),
-            "running": sum(len(s.running) for s in self.executors.values()),
+            "running": sum(1 for s in self.executors.values() if s.running),
+            "prefetched": sum(max(0, len(s.running) - 1) for s in self.executors.values()),
             "counts": dict(self.counts),
         }
 

@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Union
 
+import zmq
+
 from .errors import ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -46,6 +48,13 @@ class Kind(enum.Enum):
     BYE = b"X"  # any peer -> master: leaving
     STATUS = b"?"  # request (empty header) and reply (JSON snapshot)
     ERROR = b"E"  # master -> peer: your message was refused, and why
+
+
+_KINDS = {k.value: k for k in Kind}  # faster than Kind(value) on the hot path
+
+
+def _bytes(frame: Frame) -> bytes:
+    return frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
 
 
 class Status(str, enum.Enum):
@@ -118,21 +127,49 @@ class Message:
         """Decode and validate; any defect raises ``ProtocolError``."""
         if len(frames) < 3:
             raise ProtocolError(f"expected at least 3 frames, got {len(frames)}")
-        magic = bytes(frames[0])
+        magic = _bytes(frames[0])
         if magic[:2] != b"CW" or len(magic) != 3:
             raise ProtocolError("not a cw message (bad magic frame)")
         if magic != MAGIC:
             raise ProtocolError(
                 f"protocol version {magic[2]} spoken by peer, {PROTOCOL_VERSION} here"
             )
-        try:
-            kind = Kind(bytes(frames[1]))
-        except ValueError as e:
-            raise ProtocolError(f"unknown message kind {bytes(frames[1])[:8]!r}") from e
-        header = decode_header(bytes(frames[2]))
+        kind = _KINDS.get(_bytes(frames[1]))
+        if kind is None:
+            raise ProtocolError(f"unknown message kind {_bytes(frames[1])[:8]!r}")
+        header = decode_header(_bytes(frames[2]))
         payload = tuple(frames[3:])
         validate(kind, header, len(payload))
         return cls(kind, header, payload)
+
+
+# pyzmq's send_multipart/recv_multipart cost twice these loops: they build
+# flag enums and query RCVMORE per frame. Plain ints and Frame.more do not.
+_SNDMORE = int(zmq.SNDMORE)
+NOBLOCK = int(zmq.NOBLOCK)
+COPY_BELOW = 64 * 1024  # smaller frames are cheaper copied than referenced
+
+
+def send_frames(sock: zmq.Socket, frames: Sequence[Frame], flags: int = 0) -> None:
+    """Send a multipart message; big frames (and received ones) without a copy.
+
+    With ``NOBLOCK`` it raises ``zmq.Again`` before sending anything: libzmq
+    takes the remaining parts of a message once it took the first.
+    """
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        copy = isinstance(frame, bytes) and len(frame) < COPY_BELOW
+        sock.send(frame, flags | _SNDMORE if i < last else flags, copy=copy)
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list:
+    """Receive a multipart message as ``zmq.Frame`` objects (payloads uncopied)."""
+    frame = sock.recv(flags, copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = sock.recv(0, copy=False)
+        frames.append(frame)
+    return frames
 
 
 def decode_header(raw: bytes) -> dict:

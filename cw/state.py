@@ -76,8 +76,9 @@ class ExecutorState:
     info: dict
     last_seen: float
     capacity: int  # 0 while draining or being killed: no more tasks
-    running: dict = field(default_factory=dict)  # tid -> Job
+    running: dict = field(default_factory=dict)  # tid -> Job, in the order sent
     done: int = 0
+    killed: bool = False
 
     @property
     def supervisor(self) -> Optional[bytes]:

@@ -29,7 +29,7 @@ import zmq
 
 from .errors import JobRejectedError
 from .iocore import reconnect_backoff
-from .protocol import ErrorCode, Kind, Message, Status, versions
+from .protocol import NOBLOCK, ErrorCode, Kind, Message, Status, recv_frames, send_frames, versions
 from .security import Keys, apply_client, monitor, read_monitor
 from .serialize import dumps_error, dumps_value, loads_call
 
@@ -86,7 +86,7 @@ class _Peer:
         """Send without blocking: with no connection the message is dropped
         (heartbeats and READY are repeated; a result's job is requeued)."""
         try:
-            self.sock.send_multipart(msg.to_frames(), flags=zmq.NOBLOCK, copy=False)
+            send_frames(self.sock, msg.to_frames(), NOBLOCK)
         except zmq.Again:
             return
         self.last_sent = time.monotonic()
@@ -103,7 +103,7 @@ class _Peer:
     def recv(self, timeout: float) -> Optional[Message]:
         if not self.sock.poll(int(timeout * 1000)):
             return None
-        frames = self.sock.recv_multipart(copy=False)
+        frames = recv_frames(self.sock)
         self.last_heard = time.monotonic()
         try:
             return Message.from_frames(frames)
@@ -123,7 +123,11 @@ class Executor:
     """Runs jobs one at a time for the master; one per executor process."""
 
     def __init__(self, address: str, identity: bytes, supervisor: str,
-                 heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None) -> None:
+                 heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None,
+                 prefetch: int = 1) -> None:
+        # Holding ``prefetch`` tasks beyond the running one means an executor
+        # never idles for a round trip to the master between short jobs.
+        self.capacity = 1 + prefetch
         self.peer = _Peer(address, identity, heartbeat, liveness, keys)
         self.supervisor = supervisor
         self.parent = os.getppid()
@@ -133,7 +137,7 @@ class Executor:
         self.max_message_size = 1 << 62  # until the master's WELCOME
 
     def register(self) -> None:
-        self.peer.send(Message(Kind.READY, _peer_header(1, supervisor=self.supervisor)))
+        self.peer.send(Message(Kind.READY, _peer_header(self.capacity, supervisor=self.supervisor)))
 
     def run(self) -> None:
         self.register()
@@ -217,7 +221,8 @@ class Supervisor:
 
     def __init__(self, host: str, port: int, procs: int = 1, *, heartbeat: float = 1.0,
                  liveness: int = 10, grace: float = 30.0, keys: Optional[Keys] = None,
-                 cluster: str = "default") -> None:
+                 cluster: str = "default", prefetch: int = 1) -> None:
+        self.prefetch = prefetch
         self.cluster = cluster
         self.exit_code = 0
         self.host, self.port, self.procs = host, port, procs
@@ -236,7 +241,8 @@ class Supervisor:
         cmd = [sys.executable, "-m", "cw.worker", self.host, "--port", str(self.port),
                "--executor", ident.hex(), "--supervisor", self.identity.hex(),
                "--heartbeat", str(self.peer.heartbeat), "--liveness", str(self.peer.liveness),
-               "--cluster", self.cluster, *(["--insecure"] if self.peer.keys is None else [])]
+               "--cluster", self.cluster, "--prefetch", str(self.prefetch),
+               *(["--insecure"] if self.peer.keys is None else [])]
         # Its own process group, so a kill takes the job's children with it.
         self.slots[i] = subprocess.Popen(cmd, preexec_fn=_die_with_parent, start_new_session=True)
         self.ids[i] = ident

@@ -225,6 +225,9 @@ def test_shutdown_cancel_futures(cluster):
     rest = [ex.submit(jobs.square, i) for i in range(10)]
     wait_for(first.running, what="first job")
     ex.shutdown(wait=True, cancel_futures=True)
-    assert first.result() == 1 and all(f.cancelled() for f in rest)
+    assert first.result() == 1
+    # One job may already sit prefetched on the executor (running); the rest are cancelled.
+    assert sum(f.cancelled() for f in rest) >= 9
+    assert all(f.result() == i * i for i, f in enumerate(rest) if not f.cancelled())
     with pytest.raises(RuntimeError):
         ex.submit(jobs.square, 1)
