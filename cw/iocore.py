@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Callable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import zmq
 
@@ -217,8 +217,26 @@ class IOCore(threading.Thread):
         self.last_sent = time.monotonic()
         return True
 
-    def send_job(self, jid: int, payload: tuple, options: dict) -> None:
-        self.send(Message(Kind.SUBMIT, {"id": jid, **options}, payload))
+    def send_jobs(self, jobs: Iterable[tuple]) -> None:
+        """SUBMIT ``(id, (context, call), options)`` jobs, batching neighbours
+        that share a context and options into one message."""
+        ids: list = []
+        calls: list = []
+        key: Optional[tuple] = None
+        size = 0
+        # A batch stays well inside the master's message limit (and 1 MiB).
+        budget = min(1 << 20, self.max_message_size // 2)
+        for jid, (context, call), options in jobs:
+            if key is not None and (key[0] is not context or key[1] != options or len(ids) >= 1000
+                                    or size + len(call) > budget):
+                self.send(Message(Kind.SUBMIT, {"ids": ids, **key[1]}, (key[0], *calls)))
+                ids, calls, size = [], [], 0
+            key = (context, options)
+            ids.append(jid)
+            calls.append(call)
+            size += len(call)
+        if key is not None:
+            self.send(Message(Kind.SUBMIT, {"ids": ids, **key[1]}, (key[0], *calls)))
 
     def drain_commands(self) -> None:
         try:
@@ -227,18 +245,24 @@ class IOCore(threading.Thread):
         except BlockingIOError:
             pass
         self.waking = False
+        batch = []
         while self.commands:
             cmd = self.commands.popleft()
             if cmd[0] == "submit":
                 jid, payload, options = cmd[1:]
                 self.pending[jid] = (payload, options)
-                if self.connected.is_set():
-                    self.send_job(jid, payload, options)
-            elif cmd[0] == "cancel":
+                batch.append(cmd[1:])
+                continue
+            if batch and self.connected.is_set():  # keep the order: jobs before a cancel
+                self.send_jobs(batch)
+            batch = []
+            if cmd[0] == "cancel":
                 if self.pending.pop(cmd[1], None) is not None and self.connected.is_set():
                     self.send(Message(Kind.CANCEL, {"id": cmd[1], "force": cmd[2]}))
             else:
                 self.closing = True
+        if batch and self.connected.is_set():
+            self.send_jobs(batch)
 
     def drain_socket(self) -> None:
         assert self.sock is not None
@@ -266,10 +290,12 @@ class IOCore(threading.Thread):
                 self.send(Message(Kind.HEARTBEAT))
 
     def handle(self, msg: Message) -> None:
-        if msg.kind is Kind.RESULT:
-            jid = msg.header["id"]
-            if self.pending.pop(jid, None) is not None:  # else a duplicate: drop it
-                self.on_result(jid, Status(msg.header["status"]), msg.payload, msg.header.get("error"))
+        if msg.kind is Kind.RESULTS:
+            frames = iter(msg.payload)
+            for jid, status, error, nframes in msg.header["results"]:
+                payload = (next(frames),) if nframes else ()
+                if self.pending.pop(jid, None) is not None:  # else a duplicate: drop it
+                    self.on_result(jid, Status(status), payload, error)
         elif msg.kind is Kind.STARTED:
             self.on_started(msg.header["ids"])
         elif msg.kind is Kind.WELCOME:
@@ -296,8 +322,7 @@ class IOCore(threading.Thread):
             return  # an answer to a repeated HELLO: the jobs went out already
         # The master drops resubmissions of jobs it still holds, so resending
         # everything is safe after any reconnect.
-        for jid, (payload, options) in self.pending.items():
-            self.send_job(jid, payload, options)
+        self.send_jobs((jid, payload, options) for jid, (payload, options) in self.pending.items())
         self.connected.set()
         self.settled.set()
 

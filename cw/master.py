@@ -37,7 +37,7 @@ import zmq
 from .errors import ProtocolError
 from .protocol import NOBLOCK, ErrorCode, Kind, Message, Status, recv_frames, send_frames, versions
 from .security import Keys, ZapHandler, apply_server
-from .state import ClientState, ExecutorState, Job, Limits, salvage_id
+from .state import ClientState, ExecutorState, Job, Limits, salvage_ids
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ class Master:
         now = self.clock() if now is None else now
         self.dispatch(now)
         self.expire_jobs(now)
+        self.flush()
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat
             self.beat(now)
@@ -172,11 +173,16 @@ class Master:
 
     def salvage(self, identity: bytes, frames: list, reason: str) -> None:
         """Fail the one job a refused SUBMIT or RESULT was about, so none hangs."""
-        jid = salvage_id(frames)
-        if jid is None:
+        ids = salvage_ids(frames)
+        if not ids:
             return
         if identity in self.clients and bytes(frames[1]) == Kind.SUBMIT.value:
-            self.reply_refused(identity, jid, reason)
+            for cid in ids:
+                self.reply_refused(identity, cid, reason)
+            return
+        if len(ids) != 1:
+            return
+        jid = ids[0]
         state = self.executors.get(identity)
         job = state.running.pop(jid, None) if state else None
         if state is not None and job is not None:
@@ -247,23 +253,26 @@ class Master:
             self.refuse(identity, "unknown client: send HELLO first", None, ErrorCode.UNKNOWN_PEER)
             return
         client.last_seen = now
-        cid = msg.header["id"]
-        if cid in client.jobs:
-            return  # a resubmission of a job we hold: keep the first
-        size = sum(len(f) for f in msg.payload)
-        refusal = self.limits.check(len(client.jobs), client.held_bytes, size)
-        if refusal:
-            self.reply_refused(identity, cid, refusal)
-            return
-        job = Job(self.next_tid, identity, cid, msg.payload,
-                  msg.header.get("retries", DEFAULT_RETRIES), size, msg.header.get("timeout"))
-        client.held_bytes += size
-        self.next_tid += 1
-        self.jobs[job.tid] = job
-        client.jobs[cid] = job
-        client.queue.append(job)
-        self.counts["submitted"] += 1
-        self.mark_ready(client)
+        context = msg.payload[0]
+        retries = msg.header.get("retries", DEFAULT_RETRIES)
+        timeout = msg.header.get("timeout")
+        for cid, call in zip(msg.header["ids"], msg.payload[1:]):
+            if cid in client.jobs:
+                continue  # a resubmission of a job we hold: keep the first
+            size = len(context) + len(call)
+            refusal = self.limits.check(len(client.jobs), client.held_bytes, size)
+            if refusal:
+                self.reply_refused(identity, cid, refusal)
+                continue
+            job = Job(self.next_tid, identity, cid, (context, call), retries, size, timeout)
+            client.held_bytes += size
+            self.next_tid += 1
+            self.jobs[job.tid] = job
+            client.jobs[cid] = job
+            client.queue.append(job)
+            self.counts["submitted"] += 1
+        if client.queue:
+            self.mark_ready(client)
 
     def on_cancel(self, identity: bytes, msg: Message, now: float) -> None:
         client = self.clients.get(identity)
@@ -391,7 +400,6 @@ class Master:
                 self.start_clock(job, now)
             client.started.append(job.cid)
             self.send(executor.identity, Message(Kind.TASK, {"id": job.tid}, job.payload))
-        self.flush_started()
 
     @staticmethod
     def next_job(client: ClientState) -> Optional[Job]:
@@ -401,21 +409,29 @@ class Master:
                 return job
         return None
 
-    def flush_started(self) -> None:
+    def flush(self) -> None:
+        """Send each client what this turn produced: one STARTED, one RESULTS."""
         for client in self.clients.values():
             if client.started:
                 self.send(client.identity, Message(Kind.STARTED, {"ids": client.started}))
                 client.started = []
+            if client.results:
+                header = {"results": client.results}
+                self.send(client.identity, Message(Kind.RESULTS, header, tuple(client.outbox)))
+                client.results, client.outbox = [], []
 
     def reply(self, job: Job, status: Status, payload: tuple = (), error: Optional[str] = None) -> None:
-        header = {"id": job.cid, "status": status.value}
-        if error:
-            header["error"] = error
-        client = self.clients.get(job.client)
-        if client is not None:
-            client.done += 1
         self.counts["done" if status is not Status.LOST else "lost"] += 1
-        self.send(job.client, Message(Kind.RESULT, header, payload))
+        self.answer(job.client, job.cid, status, payload, error)
+
+    def answer(self, identity: bytes, cid: int, status: Status, payload: tuple = (),
+               error: Optional[str] = None) -> None:
+        client = self.clients.get(identity)
+        if client is None:
+            return  # gone: nobody to tell
+        client.done += 1
+        client.results.append([cid, status.value, error[:1000] if error else None, len(payload)])
+        client.outbox.extend(payload)
 
     def start_clock(self, job: Job, now: float) -> None:
         """A job with a timeout starts running: its deadline counts from now."""
@@ -469,8 +485,7 @@ class Master:
     def reply_refused(self, identity: bytes, cid: int, reason: str) -> None:
         """A job the master will not hold: an error result, never silent loss."""
         self.counts["refused"] += 1
-        header = {"id": cid, "status": Status.ERROR.value, "error": reason[:1000]}
-        self.send(identity, Message(Kind.RESULT, header))
+        self.answer(identity, cid, Status.ERROR, (), reason)
 
     def requeue(self, state: ExecutorState, reason: str, count: bool = False) -> None:
         """Put a gone executor's jobs back at the front of their queues, in order.

@@ -34,10 +34,11 @@ class Kind(enum.Enum):
 
     HELLO = b"H"  # client -> master: who I am, versions
     WELCOME = b"W"  # master -> client: accepted, master session
-    SUBMIT = b"S"  # client -> master: a job (payload: context, pickled call)
+    SUBMIT = b"S"  # client -> master: jobs (payload: one context, one pickled call per id)
     CANCEL = b"C"  # client -> master: drop a queued job
     STARTED = b"A"  # master -> client: these jobs went to a worker
-    RESULT = b"R"  # executor -> master -> client
+    RESULT = b"R"  # executor -> master: one job's outcome
+    RESULTS = b"Z"  # master -> client: outcomes, batched per turn of the master's loop
     READY = b"Y"  # executor -> master: registered, capacity
     TASK = b"T"  # master -> executor: run this job
     DIED = b"D"  # supervisor -> master: an executor died (exit code)
@@ -83,10 +84,11 @@ SCHEMAS: dict[Kind, dict[str, tuple[type, bool]]] = {
     Kind.HELLO: {"session": (str, True), **_PEER},
     Kind.WELCOME: {"session": (str, True), "heartbeat": (float, True),
                    "max_message_size": (int, False), **_VERSIONS},
-    Kind.SUBMIT: {"id": (int, True), "retries": (int, False), "timeout": (float, False)},
+    Kind.SUBMIT: {"ids": (list, True), "retries": (int, False), "timeout": (float, False)},
     Kind.CANCEL: {"id": (int, True), "force": (bool, False)},
     Kind.STARTED: {"ids": (list, True)},
     Kind.RESULT: {"id": (int, True), "status": (str, True), "error": (str, False)},
+    Kind.RESULTS: {"results": (list, True)},
     Kind.READY: {"capacity": (int, True), "supervisor": (str, False), "procs": (int, False), **_PEER},
     Kind.TASK: {"id": (int, True)},
     Kind.DIED: {"executor": (str, True), "exitcode": (int, True), "signal": (int, False)},
@@ -100,7 +102,6 @@ SCHEMAS: dict[Kind, dict[str, tuple[type, bool]]] = {
 }
 # Kinds that carry exactly these numbers of payload frames.
 PAYLOAD_FRAMES: dict[Kind, tuple[int, ...]] = {
-    Kind.SUBMIT: (2,),
     Kind.TASK: (2,),
     Kind.RESULT: (0, 1),
 }
@@ -184,13 +185,19 @@ def decode_header(raw: bytes) -> dict:
     return header
 
 
+MAX_BATCH = 10_000  # jobs in one SUBMIT
+
+
 def validate(kind: Kind, header: dict, npayload: int) -> None:
     """Check a header against its kind's schema (types, ranges, sizes)."""
-    allowed = PAYLOAD_FRAMES.get(kind, (0,))
-    if npayload not in allowed:
-        raise ProtocolError(f"{kind.name} carries {npayload} payload frames, expected {allowed}")
     if kind in FREE_FORM:
         return
+    if kind is Kind.RESULTS:
+        _check_results(header, npayload)
+        return
+    allowed = PAYLOAD_FRAMES.get(kind, (0,))
+    if kind is not Kind.SUBMIT and npayload not in allowed:
+        raise ProtocolError(f"{kind.name} carries {npayload} payload frames, expected {allowed}")
     for name, (typ, required) in SCHEMAS[kind].items():
         if name not in header:
             if required:
@@ -199,6 +206,28 @@ def validate(kind: Kind, header: dict, npayload: int) -> None:
         _check_value(kind, name, header[name], typ)
     if kind is Kind.RESULT and header["status"] not in _STATUSES:
         raise ProtocolError(f"unknown job status {header['status'][:32]!r}")
+    if kind is Kind.SUBMIT:
+        n = len(header["ids"])
+        if not 1 <= n <= MAX_BATCH:
+            raise ProtocolError(f"SUBMIT carries {n} jobs, expected 1 to {MAX_BATCH}")
+        if npayload != n + 1:
+            raise ProtocolError(f"SUBMIT of {n} jobs carries {npayload} payload frames, expected {n + 1}")
+
+
+def _check_results(header: dict, npayload: int) -> None:
+    """RESULTS: [[id, status, error or null, number of payload frames (0/1)], ...]."""
+    results = header.get("results")
+    if not isinstance(results, list):
+        raise ProtocolError("RESULTS header lacks its list of results")
+    frames = 0
+    for entry in results:
+        if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], int)
+                and entry[1] in _STATUSES and (entry[2] is None or isinstance(entry[2], str))
+                and entry[3] in (0, 1)):
+            raise ProtocolError("malformed RESULTS entry")
+        frames += entry[3]
+    if frames != npayload:
+        raise ProtocolError(f"RESULTS announces {frames} payload frames, carries {npayload}")
 
 
 def _check_value(kind: Kind, name: str, value: Any, typ: type) -> None:

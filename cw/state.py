@@ -31,15 +31,19 @@ class Limits:
         return None
 
 
-def salvage_id(frames: list) -> Optional[int]:
-    """The job id of a broken SUBMIT or RESULT, if one can be read, to fail that job."""
+def salvage_ids(frames: list) -> list[int]:
+    """The job ids of a broken SUBMIT (``ids``) or RESULT (``id``) that can be
+    read, to fail those jobs rather than leave them hanging."""
     try:
         if bytes(frames[1]) not in (Kind.SUBMIT.value, Kind.RESULT.value):
-            return None
-        jid = json.loads(bytes(frames[2])).get("id")
+            return []
+        header = json.loads(bytes(frames[2]))
+        ids = header.get("ids", [header.get("id")])
     except Exception:
-        return None
-    return jid if isinstance(jid, int) and not isinstance(jid, bool) and 0 <= jid < 2**62 else None
+        return []
+    if not isinstance(ids, list):
+        return []
+    return [i for i in ids[:10_000] if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**62]
 
 
 @dataclass(eq=False)
@@ -65,6 +69,8 @@ class ClientState:
     queue: deque = field(default_factory=deque)
     jobs: dict = field(default_factory=dict)  # cid -> Job, queued or running
     started: list = field(default_factory=list)  # cids to announce as STARTED
+    results: list = field(default_factory=list)  # RESULTS entries to send this turn
+    outbox: list = field(default_factory=list)  # their payload frames
     in_ready: bool = False
     held_bytes: int = 0
     done: int = 0

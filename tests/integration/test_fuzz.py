@@ -18,7 +18,7 @@ from cw.launch import query_status
 from cw.protocol import MAGIC, Kind
 from cw.security import apply_client, client_keys
 
-KINDS = [k.value for k in Kind] + [b"Z", b""]
+KINDS = [k.value for k in Kind] + [b"Q", b""]
 FIELDS = ["id", "ids", "status", "host", "pid", "v", "capacity", "session", "error", "executor",
           "exitcode", "signal", "heartbeat", "retries", "python", "cloudpickle", "supervisor"]
 VALUES = st.one_of(st.integers(-2**70, 2**70), st.text(max_size=20), st.none(), st.booleans(),

@@ -75,7 +75,7 @@ def test_unauthenticated_peer_gets_no_answer_and_runs_nothing(cluster, cw_home, 
         sock.send_multipart(Message(Kind.HELLO, hello).to_frames())
         payload = (context_frame(), dumps_call(jobs.touch, (str(sentinel),), {}))
         for jid in range(1, 4):
-            sock.send_multipart(Message(Kind.SUBMIT, {"id": jid}, payload).to_frames())
+            sock.send_multipart(Message(Kind.SUBMIT, {"ids": [jid]}, payload).to_frames())
         sock.send_multipart(Message(Kind.STATUS).to_frames())
         assert sock.poll(1500) == 0  # no answer at all
     finally:

@@ -28,6 +28,7 @@ class Peer:
         self.sock.linger = 0
         self.sock.connect(f"tcp://127.0.0.1:{master.port}")
         master.test_peers.append(self)
+        self.inbox: list = []
 
     def send(self, kind: Kind, header: dict | None = None, *payload: bytes) -> None:
         self.sock.send_multipart(Message(kind, header or {}, payload).to_frames())
@@ -35,12 +36,26 @@ class Peer:
     def send_raw(self, frames: list) -> None:
         self.sock.send_multipart(frames)
 
+    def messages(self):
+        """What arrived, with each RESULTS batch split into single RESULTs."""
+        while self.sock.poll(0):
+            msg = Message.from_frames(self.sock.recv_multipart())
+            if msg.kind is not Kind.RESULTS:
+                yield msg
+                continue
+            frames = iter(msg.payload)
+            for jid, status, error, n in msg.header["results"]:
+                header = {"id": jid, "status": status, **({"error": error} if error else {})}
+                yield Message(Kind.RESULT, header, tuple(next(frames) for _ in range(n)))
+
     def recv(self, kinds=None) -> Message:
         """Step the master until this peer gets a message (of one of ``kinds``)."""
         for _ in range(500):
-            self.master.step(timeout=0.01)
-            while self.sock.poll(0):
-                msg = Message.from_frames(self.sock.recv_multipart())
+            if not self.inbox:
+                self.master.step(timeout=0.01)
+                self.inbox.extend(self.messages())
+            while self.inbox:
+                msg = self.inbox.pop(0)
                 if kinds is None or msg.kind in kinds:
                     return msg
         raise AssertionError("no message arrived")
@@ -48,10 +63,8 @@ class Peer:
     def nothing(self, kinds) -> bool:
         for _ in range(20):
             self.master.step(timeout=0.005)
-            while self.sock.poll(0):
-                if Message.from_frames(self.sock.recv_multipart()).kind in kinds:
-                    return False
-        return True
+            self.inbox.extend(self.messages())
+        return not any(m.kind in kinds for m in self.inbox)
 
 
 def client(master):
@@ -68,7 +81,7 @@ def executor(master, capacity=1):
 
 
 def submit(peer, jid, retries=2):
-    peer.send(Kind.SUBMIT, {"id": jid, "retries": retries}, b"ctx", f"call{jid}".encode())
+    peer.send(Kind.SUBMIT, {"ids": [jid], "retries": retries}, b"ctx", f"call{jid}".encode())
 
 
 def run(ex, status="ok", value=b"v"):
@@ -201,7 +214,7 @@ def test_oversized_message_is_dropped_and_its_job_fails(caplog):
     m.test_peers = []
     try:
         c = client(m)
-        c.send(Kind.SUBMIT, {"id": 3}, b"ctx", b"x" * 2000)
+        c.send(Kind.SUBMIT, {"ids": [3]}, b"ctx", b"x" * 2000)
         res = c.recv({Kind.RESULT})
         assert res.header["id"] == 3 and res.header["status"] == "error"
         assert "max-message-size" in res.header["error"] and not res.payload

@@ -15,7 +15,7 @@ def frames(kind: bytes, header, *payload, magic=MAGIC):
 
 
 def test_round_trip_keeps_kind_header_and_payload():
-    msg = Message(Kind.SUBMIT, {"id": 5, "retries": 1}, (b"ctx", b"call"))
+    msg = Message(Kind.SUBMIT, {"ids": [5], "retries": 1}, (b"ctx", b"call"))
     back = Message.from_frames(msg.to_frames())
     assert back == msg
     assert msg.to_frames()[:2] == [b"CW\x01", b"S"]
@@ -31,16 +31,18 @@ def test_header_is_compact_json():
         ([MAGIC, b"S"], "at least 3 frames"),
         (frames(b"S", {"id": 1}, b"a", b"b", magic=b"XX\x01"), "not a cw message"),
         (frames(b"S", {"id": 1}, b"a", b"b", magic=b"CW\x09"), "protocol version 9"),
-        (frames(b"Z", {}), "unknown message kind"),
+        (frames(b"Q", {}), "unknown message kind"),
         (frames(b"S", b"{not json", b"a", b"b"), "not JSON"),
         (frames(b"S", b"\xff\xfe", b"a", b"b"), "not JSON"),
         (frames(b"S", [1, 2], b"a", b"b"), "not a JSON object"),
-        (frames(b"S", {}, b"a", b"b"), "lacks 'id'"),
-        (frames(b"S", {"id": "7"}, b"a", b"b"), "must be int"),
-        (frames(b"S", {"id": True}, b"a", b"b"), "must be int"),
-        (frames(b"S", {"id": -1}, b"a", b"b"), "out of range"),
-        (frames(b"S", {"id": 2**70}, b"a", b"b"), "out of range"),
-        (frames(b"S", {"id": 1}, b"only one"), "payload frames"),
+        (frames(b"C", {}), "lacks 'id'"),
+        (frames(b"C", {"id": "7"}), "must be int"),
+        (frames(b"C", {"id": True}), "must be int"),
+        (frames(b"C", {"id": -1}), "out of range"),
+        (frames(b"C", {"id": 2**70}), "out of range"),
+        (frames(b"C", {"id": 1}, b"unexpected"), "payload frames"),
+        (frames(b"S", {"ids": [1]}, b"only one"), "payload frames"),
+        (frames(b"S", {"ids": [1, "x"]}, b"a", b"b", b"c"), "list of job ids"),
         (frames(b"R", {"id": 1, "status": "weird"}), "unknown job status"),
         (frames(b"H", {"session": "x" * 20000, "host": "h", "pid": 1, "v": 1,
                        "python": "3", "cloudpickle": "3"}), "longer than"),
@@ -57,8 +59,25 @@ def test_malformed_frames_raise_protocol_error(raw, message):
 
 def test_optional_fields_are_checked_when_present():
     with pytest.raises(ProtocolError, match="retries"):
-        validate(Kind.SUBMIT, {"id": 1, "retries": "many"}, 2)
-    validate(Kind.SUBMIT, {"id": 1}, 2)
+        validate(Kind.SUBMIT, {"ids": [1], "retries": "many"}, 2)
+    validate(Kind.SUBMIT, {"ids": [1]}, 2)
+
+
+def test_submit_batch_frames_must_match_its_ids():
+    validate(Kind.SUBMIT, {"ids": [1, 2, 3]}, 4)
+    with pytest.raises(ProtocolError, match="3 jobs carries 3 payload frames"):
+        validate(Kind.SUBMIT, {"ids": [1, 2, 3]}, 3)
+    with pytest.raises(ProtocolError, match="carries 0 jobs"):
+        validate(Kind.SUBMIT, {"ids": []}, 1)
+
+
+def test_results_batch_is_checked_entry_by_entry():
+    validate(Kind.RESULTS, {"results": [[1, "ok", None, 1], [2, "error", "boom", 0]]}, 1)
+    for bad in ([[1, "ok", None]], [[1, "fine", None, 1]], [["1", "ok", None, 1]], "x"):
+        with pytest.raises(ProtocolError):
+            validate(Kind.RESULTS, {"results": bad}, 1)
+    with pytest.raises(ProtocolError, match="announces 1 payload frames, carries 2"):
+        validate(Kind.RESULTS, {"results": [[1, "ok", None, 1]]}, 2)
 
 
 def test_unknown_extra_fields_are_tolerated():
