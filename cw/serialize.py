@@ -66,7 +66,19 @@ def loads_call(frame: bytes) -> tuple[Callable, tuple, dict]:
 
 
 def dumps_value(value: Any) -> bytes:
-    return cloudpickle.dumps(value, protocol=PROTOCOL)
+    """A job's result: plain pickle (fast, in C) when it can, else cloudpickle.
+
+    Plain pickle refers to classes and functions by name; one defined where
+    the client cannot import it (a job's closure, ``__main__``) makes it fail,
+    and cloudpickle then sends it by value.
+    """
+    try:
+        data = pickle.dumps(value, protocol=PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(value, protocol=PROTOCOL)
+    if b"__main__" in data:  # a by-name reference the client would resolve wrongly
+        return cloudpickle.dumps(value, protocol=PROTOCOL)
+    return data
 
 
 def dumps_error(exc: BaseException) -> tuple[bytes, str]:

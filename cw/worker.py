@@ -135,6 +135,8 @@ class Executor:
         self._ctx_raw = b""
         self._ctx: dict = {}
         self.max_message_size = 1 << 62  # until the master's WELCOME
+        self._path: list = []
+        self._path_key: tuple = ()
 
     def register(self) -> None:
         self.peer.send(Message(Kind.READY, _peer_header(self.capacity, supervisor=self.supervisor)))
@@ -161,6 +163,14 @@ class Executor:
         self.peer.send(Message(Kind.BYE))
         self.peer.close(linger=1000)
 
+    def job_path(self, path: list, own: list) -> list:
+        """The client's sys.path in front of ours, computed once per context."""
+        key = (self._ctx_raw, tuple(own))
+        if self._path_key != key:
+            seen = set(path)
+            self._path, self._path_key = path + [p for p in own if p not in seen], key
+        return self._path
+
     def context(self, raw: bytes) -> dict:
         """The client's cwd and sys.path; a malformed one fails the job, not us."""
         import json
@@ -183,8 +193,7 @@ class Executor:
                 os.chdir(ctx["cwd"])
             except OSError as e:
                 log.warning("job %s: cannot enter the client's directory: %s", jid, e)
-            path = ctx["path"]
-            sys.path[:] = path + [p for p in old_path if p not in path]
+            sys.path[:] = self.job_path(ctx["path"], old_path)
             func, args, kwargs = loads_call(msg.payload[1])
             value = dumps_value(func(*args, **kwargs))
             if len(value) > self.max_message_size:

@@ -67,3 +67,15 @@ def test_garbage_error_frame_is_a_remote_exception():
 def test_remote_exception_pickles_with_its_jobid():
     exc = pickle.loads(pickle.dumps(RemoteException("text", ("a", 1))))
     assert exc.text == "text" and exc.jobid == ("a", 1)
+
+
+def test_results_pickle_plainly_when_they_can_and_by_value_when_they_must():
+    from cw.serialize import dumps_value
+
+    assert pickle.loads(dumps_value({"a": [1, 2]})) == {"a": [1, 2]}
+
+    class Local:  # not importable by name: must travel by value
+        def __init__(self):
+            self.x = 3
+
+    assert pickle.loads(dumps_value(Local())).x == 3
