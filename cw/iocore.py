@@ -305,6 +305,8 @@ class IOCore(threading.Thread):
                 if self.connected.is_set():  # one HELLO per loss, not one per refused job
                     self.connected.clear()
                     self.send_hello()
+            elif msg.header.get("code") == ErrorCode.UNKNOWN_JOB.value:
+                log.debug("the master knew no job %s (finished meanwhile)", msg.header.get("id"))
             else:
                 log.warning("the master refused a message: %s", msg.header["error"])
 

@@ -105,7 +105,7 @@ class Master:
         self.malformed: dict[bytes, int] = {}
         self.counts = {"submitted": 0, "done": 0, "lost": 0, "requeued": 0, "malformed": 0,
                        "refused": 0, "duplicates": 0, "timeouts": 0, "killed": 0,
-                       "unknown_peer": 0}
+                       "unknown_peer": 0, "unknown_job": 0}
         self.handlers = {
             Kind.HELLO: self.on_hello,
             Kind.SUBMIT: self.on_submit,
@@ -194,7 +194,7 @@ class Master:
     def refuse(self, identity: bytes, reason: str, jid: Optional[int] = None,
                code: ErrorCode = ErrorCode.MALFORMED) -> None:
         """Count and drop a bad message; tell the peer why; log once per peer."""
-        self.counts["malformed" if code is ErrorCode.MALFORMED else "unknown_peer"] += 1
+        self.counts[code.value.replace("-", "_")] += 1
         if identity not in self.malformed:
             if len(self.malformed) > 10_000:
                 self.malformed.clear()
@@ -276,9 +276,13 @@ class Master:
 
     def on_cancel(self, identity: bytes, msg: Message, now: float) -> None:
         client = self.clients.get(identity)
-        job = client.jobs.get(msg.header["id"]) if client else None
-        if client is None or job is None:
-            return  # finished meanwhile: the client drops the late result
+        if client is None:
+            self.refuse(identity, "unknown client: send HELLO first", None, ErrorCode.UNKNOWN_PEER)
+            return
+        job = client.jobs.get(msg.header["id"])
+        if job is None:  # finished meanwhile (the client drops the late result), or never held
+            self.refuse(identity, "no such job", msg.header["id"], ErrorCode.UNKNOWN_JOB)
+            return
         client.last_seen = now
         if job.executor is None:  # still queued: dropped from the queue lazily
             job.cancelled = True
@@ -317,9 +321,10 @@ class Master:
             nxt = next(iter(state.running.values()))
             if nxt.timeout is not None and nxt.deadline is None:
                 self.start_clock(nxt, now)
-        if job is None:
+        if job is None:  # a late duplicate of a job requeued, timed out or cancelled
             self.counts["duplicates"] += 1
-            return  # a late duplicate of a job that was requeued, timed out or cancelled
+            self.refuse(identity, "no such job running here", msg.header["id"], ErrorCode.UNKNOWN_JOB)
+            return
         state.done += 1
         self.forget(job)
         if not job.cancelled:

@@ -76,6 +76,7 @@ class ErrorCode(str, enum.Enum):
 
     UNKNOWN_PEER = "unknown-peer"  # say HELLO / READY (again): the master forgot you
     MALFORMED = "malformed"  # the message broke the protocol and was dropped
+    UNKNOWN_JOB = "unknown-job"  # no such job (finished, or never held): nothing done
 
 # field -> (type, required); "int" values are also range-checked.
 _VERSIONS = {"v": (int, True), "python": (str, True), "cloudpickle": (str, True)}

@@ -153,3 +153,16 @@ def test_bad_values_are_one_line_errors(slurm_home):
         done = slurm_py(*args)
         assert done.returncode in (1, 2) and message in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_cw_start_and_stop_pick_slurm_when_it_is_there(slurm_home):
+    import cw
+
+    info = cw.start(2)
+    try:
+        assert len(info["jobs"]) == 2 and info["registered"] == 2
+        with SlurmExecutor(connect_timeout=30) as ex:
+            assert ex.submit(jobs.square, 6).result(60) == 36
+    finally:
+        cw.stop()
+    assert squeue_names() == []

@@ -223,3 +223,11 @@ def test_oversized_message_is_dropped_and_its_job_fails(caplog):
         for peer in m.test_peers:
             peer.sock.close()
         m.close()
+
+
+def test_cancel_of_an_unknown_job_is_counted_and_answered(master):
+    c = client(master)
+    c.send(Kind.CANCEL, {"id": 77})
+    err = c.recv({Kind.ERROR})
+    assert err.header["code"] == ErrorCode.UNKNOWN_JOB.value and err.header["id"] == 77
+    assert master.counts["unknown_job"] == 1 and master.malformed[c.sock.identity] == 1
