@@ -224,17 +224,21 @@ class IOCore(threading.Thread):
         calls: list = []
         key: Optional[tuple] = None
         size = 0
-        # A batch stays well inside the master's message limit (and 1 MiB).
+        # A batch stays well inside the master's message limit (and 1 MiB):
+        # its context, header (about 24 bytes an id) and calls all count.
         budget = min(1 << 20, self.max_message_size // 2)
         for jid, (context, call), options in jobs:
+            cost = len(call) + 24
             if key is not None and (key[0] is not context or key[1] != options or len(ids) >= 1000
-                                    or size + len(call) > budget):
+                                    or size + cost > budget):
                 self.send(Message(Kind.SUBMIT, {"ids": ids, **key[1]}, (key[0], *calls)))
-                ids, calls, size = [], [], 0
+                ids, calls = [], []
+            if not ids:
+                size = len(context) + 256
             key = (context, options)
             ids.append(jid)
             calls.append(call)
-            size += len(call)
+            size += cost
         if key is not None:
             self.send(Message(Kind.SUBMIT, {"ids": ids, **key[1]}, (key[0], *calls)))
 

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import zmq
 
@@ -43,6 +43,21 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETRIES = 2
 RECV_BATCH = 1000  # messages handled per step before dispatching
+
+
+def _chunks(results: list, budget: int = 40_000) -> Iterator[list]:
+    """RESULTS entries in runs whose JSON stays under ``budget`` bytes."""
+    chunk: list = []
+    size = 0
+    for entry in results:
+        cost = 40 + (len(entry[2]) * 2 if entry[2] else 0)  # ids, status; escaped text
+        if chunk and size + cost > budget:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += cost
+    if chunk:
+        yield chunk
 
 
 class Master:
@@ -97,6 +112,7 @@ class Master:
         self.supervisors: dict[bytes, ExecutorState] = {}
         self.jobs: dict[int, Job] = {}
         self.deadlines: list[tuple[float, int]] = []  # heap of (deadline, tid)
+        self.dying: deque = deque()  # (when, executor identity, reason) of reported deaths
         self.ready: deque[bytes] = deque()
         self.free: deque[bytes] = deque()
         self.next_tid = 1
@@ -139,6 +155,7 @@ class Master:
                     break
                 self.handle(frames, self.clock() if now is None else now)
         now = self.clock() if now is None else now
+        self.bury(now)
         self.dispatch(now)
         self.expire_jobs(now)
         self.flush()
@@ -182,11 +199,9 @@ class Master:
             return
         if len(ids) != 1:
             return
-        jid = ids[0]
         state = self.executors.get(identity)
-        job = state.running.pop(jid, None) if state else None
-        if state is not None and job is not None:
-            self.free.append(identity)
+        job = self.finish_task(state, ids[0], self.clock()) if state else None
+        if job is not None:
             self.forget(job)
             if not job.cancelled:
                 self.reply(job, Status.ERROR, (), f"its result was refused: {reason}")
@@ -315,12 +330,7 @@ class Master:
             self.refuse(identity, "unknown executor: send READY first", None, ErrorCode.UNKNOWN_PEER)
             return
         state.last_seen = now
-        job = state.running.pop(msg.header["id"], None)
-        self.free.append(identity)
-        if state.running:  # the next prefetched task starts now
-            nxt = next(iter(state.running.values()))
-            if nxt.timeout is not None and nxt.deadline is None:
-                self.start_clock(nxt, now)
+        job = self.finish_task(state, msg.header["id"], now)
         if job is None:  # a late duplicate of a job requeued, timed out or cancelled
             self.counts["duplicates"] += 1
             self.refuse(identity, "no such job running here", msg.header["id"], ErrorCode.UNKNOWN_JOB)
@@ -331,17 +341,39 @@ class Master:
             status = Status(msg.header["status"])
             self.reply(job, status, msg.payload, msg.header.get("error"))
 
+    def finish_task(self, state: ExecutorState, tid: int, now: float) -> Optional[Job]:
+        """A task left its executor: free the slot; the next prefetched one starts."""
+        job = state.running.pop(tid, None)
+        self.free.append(state.identity)
+        if state.running and not state.killed:
+            nxt = next(iter(state.running.values()))
+            if nxt.timeout is not None and nxt.deadline is None:
+                self.start_clock(nxt, now)
+        return job
+
     def on_died(self, identity: bytes, msg: Message, now: float) -> None:
         self.touch(identity, now)
         try:
             executor = bytes.fromhex(msg.header["executor"])
         except ValueError as e:
             raise ProtocolError("DIED.executor is not hex") from e
-        state = self.executors.pop(executor, None)
+        state = self.executors.get(executor)
         if state is not None:
             sig = msg.header.get("signal", 0)
             reason = f"signal {sig}" if sig else f"exit code {msg.header['exitcode']}"
-            self.requeue(state, reason, count=True)
+            # DIED comes from the supervisor, a result from the executor's own
+            # connection: wait a moment so a result it sent before dying
+            # arrives first and the death is charged to the job it really ran.
+            state.capacity = 0
+            self.dying.append((now + min(0.5, self.heartbeat), executor, reason))
+
+    def bury(self, now: float) -> None:
+        """Requeue the jobs of executors whose death was reported a moment ago."""
+        while self.dying and self.dying[0][0] <= now:
+            _, executor, reason = self.dying.popleft()
+            state = self.executors.pop(executor, None)
+            if state is not None:
+                self.requeue(state, reason, count=True)
 
     def executors_of(self, supervisor: bytes) -> list[ExecutorState]:
         return [e for e in self.executors.values() if e.supervisor == supervisor]
@@ -417,13 +449,15 @@ class Master:
     def flush(self) -> None:
         """Send each client what this turn produced: one STARTED, one RESULTS."""
         for client in self.clients.values():
-            if client.started:
-                self.send(client.identity, Message(Kind.STARTED, {"ids": client.started}))
-                client.started = []
-            if client.results:
-                header = {"results": client.results}
-                self.send(client.identity, Message(Kind.RESULTS, header, tuple(client.outbox)))
-                client.results, client.outbox = [], []
+            # Chunked, so no header outgrows what a peer accepts (64 KiB).
+            for i in range(0, len(client.started), 2000):
+                self.send(client.identity, Message(Kind.STARTED, {"ids": client.started[i:i + 2000]}))
+            client.started = []
+            frames = iter(client.outbox)
+            for chunk in _chunks(client.results):
+                payload = tuple(next(frames) for entry in chunk for _ in range(entry[3]))
+                self.send(client.identity, Message(Kind.RESULTS, {"results": chunk}, payload))
+            client.results, client.outbox = [], []
 
     def reply(self, job: Job, status: Status, payload: tuple = (), error: Optional[str] = None) -> None:
         self.counts["done" if status is not Status.LOST else "lost"] += 1
@@ -457,16 +491,25 @@ class Master:
                 self.stop_job(job, Status.TIMEOUT, f"job ran past its timeout of {job.timeout:g} s")
 
     def stop_job(self, job: Job, status: Status, reason: str) -> None:
-        """End a running job now: kill its executor, answer the client."""
+        """End a running job now: kill its executor, answer the client.
+
+        A job still prefetched (not yet started) is only marked: killing the
+        executor would kill the job ahead of it, maybe another client's.
+        """
         state = self.executors.get(job.executor) if job.executor else None
-        if state is not None:
+        if state is not None and self.started(state, job):
             state.running.pop(job.tid, None)
             self.kill(state)
             reason += f" on {state.info['host']} (executor pid {state.info['pid']}, killed and replaced)"
-        job.executor = None
+            job.executor = None
         job.cancelled = True
         self.forget(job)
         self.reply(job, status, (), reason)
+
+    @staticmethod
+    def started(state: ExecutorState, job: Job) -> bool:
+        """An executor runs its tasks in arrival order: only the first has started."""
+        return next(iter(state.running), None) == job.tid
 
     def kill(self, state: ExecutorState) -> None:
         """Ask an executor's supervisor to kill it; it takes no task meanwhile."""
@@ -529,7 +572,7 @@ class Master:
             job.cancelled = True
             self.jobs.pop(job.tid, None)
             state = self.executors.get(job.executor) if job.executor else None
-            if state is not None:  # stop paying for work nobody will collect
+            if state is not None and self.started(state, job):  # stop paying for it
                 state.running.pop(job.tid, None)
                 self.kill(state)
         client.jobs.clear()

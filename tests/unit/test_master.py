@@ -231,3 +231,53 @@ def test_cancel_of_an_unknown_job_is_counted_and_answered(master):
     err = c.recv({Kind.ERROR})
     assert err.header["code"] == ErrorCode.UNKNOWN_JOB.value and err.header["id"] == 77
     assert master.counts["unknown_job"] == 1 and master.malformed[c.sock.identity] == 1
+
+
+def test_results_of_a_big_batch_come_in_chunks_under_the_header_limit():
+    from cw.master import Limits
+
+    m = Master("127.0.0.1", 0, heartbeat=1000.0, limits=Limits(max_jobs_per_client=10))
+    m.test_peers = []
+    try:
+        c = client(m)
+        ids = list(range(1, 2001))
+        c.send(Kind.SUBMIT, {"ids": ids}, b"ctx", *[b"call"] * 2000)
+        got = [c.recv({Kind.RESULT}) for _ in range(1990)]
+        assert sorted(r.header["id"] for r in got) == ids[10:]
+        assert all("--max-jobs-per-client" in r.header["error"] for r in got)
+    finally:
+        for peer in m.test_peers:
+            peer.sock.close()
+        m.close()
+
+
+def two_tasks(master):
+    """A client with jobs 1 and 2 on one executor: 1 running, 2 prefetched."""
+    c = client(master)
+    sup = Peer(master, b"s")
+    sup.send(Kind.READY, {"capacity": 0, **PEER})
+    ex = Peer(master, b"e")
+    ex.send(Kind.READY, {"capacity": 2, "supervisor": sup.sock.identity.hex(), **PEER})
+    submit(c, 1, retries=0)
+    submit(c, 2, retries=0)
+    first, second = ex.recv({Kind.TASK}), ex.recv({Kind.TASK})
+    return c, sup, ex, first, second
+
+
+def test_force_cancel_of_a_prefetched_job_spares_the_running_one(master):
+    c, sup, ex, first, second = two_tasks(master)
+    c.send(Kind.CANCEL, {"id": 2, "force": True})
+    res = c.recv({Kind.RESULT}).header
+    assert (res["id"], res["status"]) == (2, "cancelled")
+    assert sup.nothing({Kind.KILL}) and master.counts["killed"] == 0
+    ex.send(Kind.RESULT, {"id": first.header["id"], "status": "ok"}, b"v")
+    assert c.recv({Kind.RESULT}).header == {"id": 1, "status": "ok"}
+
+
+def test_death_is_charged_to_the_job_the_executor_ran_not_the_one_it_finished(master):
+    c, sup, ex, first, second = two_tasks(master)
+    # The supervisor's DIED overtakes the result the executor sent just before.
+    sup.send(Kind.DIED, {"executor": ex.sock.identity.hex(), "exitcode": 0, "signal": 9})
+    ex.send(Kind.RESULT, {"id": first.header["id"], "status": "ok"}, b"v")
+    results = {r.header["id"]: r.header["status"] for r in (c.recv({Kind.RESULT}), c.recv({Kind.RESULT}))}
+    assert results == {1: "ok", 2: "lost"}
