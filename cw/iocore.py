@@ -43,11 +43,31 @@ from .protocol import (
 from .security import Keys, apply_client, monitor, read_monitor
 
 
-def reconnect_backoff(sock: zmq.Socket) -> None:
-    """libzmq redials a lost peer by itself, backing off exponentially to 5 s;
-    a random first interval keeps a whole cluster from redialing in step."""
+def dealer(address: str, identity: bytes, keys: Optional[Keys]) -> tuple[zmq.Socket, zmq.Socket]:
+    """A connected DEALER to the master, and a monitor reporting its handshakes.
+
+    Queues are unbounded (back-pressure is cw's own), nothing lingers at
+    close, and libzmq redials a lost master by itself, backing off
+    exponentially to 5 s from a random first interval, so a whole cluster
+    does not redial in step.
+    """
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
+    apply_client(sock, keys)
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.RECONNECT_IVL, random.randint(100, 300))
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+    mon = monitor(sock)
+    sock.connect(address)
+    return sock, mon
+
+
+def close_dealer(sock: zmq.Socket, mon: zmq.Socket, linger: int = 0) -> None:
+    sock.disable_monitor()
+    mon.close(linger=0)
+    sock.close(linger=linger)
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +181,7 @@ class IOCore(threading.Thread):
     def reset_socket(self, poller: zmq.Poller) -> None:
         """(Re)connect: a fresh socket, then HELLO; WELCOME resubmits held jobs."""
         self.close_socket(poller)
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        apply_client(self.sock, self.keys)
-        self.sock.setsockopt(zmq.IDENTITY, self.identity)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.monitor = monitor(self.sock)
-        self.sock.connect(self.address)
+        self.sock, self.monitor = dealer(self.address, self.identity, self.keys)
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
         self.connected.clear()
@@ -176,18 +189,13 @@ class IOCore(threading.Thread):
         self.send_hello()
 
     def close_socket(self, poller: Optional[zmq.Poller] = None, linger: int = 0) -> None:
-        if self.sock is None:
+        if self.sock is None or self.monitor is None:
             return
-        if self.monitor is not None:
-            if poller is not None:
-                poller.unregister(self.monitor)
-            self.sock.disable_monitor()
-            self.monitor.close(linger=0)
-            self.monitor = None
         if poller is not None:
+            poller.unregister(self.monitor)
             poller.unregister(self.sock)
-        self.sock.close(linger=linger)
-        self.sock = None
+        close_dealer(self.sock, self.monitor, linger)
+        self.sock = self.monitor = None
 
     def die(self, error: CWError) -> None:
         """A failure no retry can fix: fail every job and stop."""

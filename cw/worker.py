@@ -28,9 +28,9 @@ from typing import Optional
 import zmq
 
 from .errors import JobRejectedError
-from .iocore import reconnect_backoff
+from .iocore import close_dealer, dealer
 from .protocol import NOBLOCK, ErrorCode, Kind, Message, Status, recv_frames, send_frames, versions
-from .security import Keys, apply_client, monitor, read_monitor
+from .security import Keys, read_monitor
 from .serialize import dumps_error, dumps_value, loads_call
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,7 @@ class _Peer:
         self.keys = keys
         self.heartbeat = heartbeat
         self.liveness = liveness
-        self.sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, identity)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        reconnect_backoff(self.sock)
-        apply_client(self.sock, keys)
-        self.monitor = monitor(self.sock)
-        self.sock.connect(address)
+        self.sock, self.monitor = dealer(address, identity, keys)
         self.last_sent = self.last_heard = time.monotonic()
 
     def send(self, msg: Message) -> None:
@@ -96,9 +88,7 @@ class _Peer:
         return read_monitor(self.monitor, self.address, self.keys is not None)
 
     def close(self, linger: int = 0) -> None:
-        self.sock.disable_monitor()
-        self.monitor.close(linger=0)
-        self.sock.close(linger=linger)
+        close_dealer(self.sock, self.monitor, linger)
 
     def recv(self, timeout: float) -> Optional[Message]:
         if not self.sock.poll(int(timeout * 1000)):
