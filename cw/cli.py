@@ -256,20 +256,34 @@ def _local(action: str, nworkers: int, no_master: bool, no_workers: bool, procs_
         click.echo(json.dumps(local.status(cluster, insecure), indent=2))
 
 
+ACTIONS = {"start": "Start", "stop": "Stop", "status": "Show"}
+
+
+def _launcher_commands(group: click.Group, script: str, options: list,
+                       run: Callable[..., None], what: str) -> click.Command:
+    """``cw <group> start|stop|status`` and the top-level script taking ACTION,
+    both over ``run(action, **options)``; returns the script's command."""
+    for action in ACTIONS:
+        def command(action: str = action, **kwargs: Any) -> None:
+            run(action, **kwargs)
+        command.__doc__ = f"{ACTIONS[action]} {what}."
+        group.command(action)(_friendly(_options(options)(command)))
+
+    def script_command(action: str, **kwargs: Any) -> None:
+        run(action, **kwargs)
+    script_command.__doc__ = f"Start, stop or show {what} (ACTION: {'|'.join(ACTIONS)})."
+    decorate = _options([click.argument("action", type=click.Choice(list(ACTIONS))), *options])
+    return click.command(script, context_settings={"help_option_names": ["-h", "--help"]})(
+        _friendly(decorate(script_command)))
+
+
 @main.group("local")
 def local_group() -> None:
     """Start and stop a cluster of processes on this machine."""
 
 
-for _action in ("start", "stop", "status"):
-    def _make(action: str) -> Callable:
-        @_options(local_options)
-        @_friendly
-        def command(**kwargs: Any) -> None:
-            _local(action, **kwargs)
-        command.__doc__ = f"{action.capitalize()} the local cluster."
-        return command
-    local_group.command(_action)(_make(_action))
+mp_command = _launcher_commands(local_group, "mp.py", local_options, _local,
+                                "a cluster of local processes")
 
 
 # -- SLURM -----------------------------------------------------------------------
@@ -361,33 +375,8 @@ def slurm_group() -> None:
     """Start, stop and show a cw cluster of SLURM jobs."""
 
 
-for _action in ("start", "stop", "status"):
-    def _make_slurm(action: str) -> Callable:
-        @_options(slurm_options)
-        @_friendly
-        def command(**kwargs: Any) -> None:
-            _slurm(action, **kwargs)
-        command.__doc__ = f"{action.capitalize()} the cluster's SLURM jobs."
-        return command
-    slurm_group.command(_action)(_make_slurm(_action))
-
-
-@click.command("slurm.py", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("action", type=click.Choice(["start", "stop", "status"]))
-@_options(slurm_options)
-@_friendly
-def slurm_command(action: str, **kwargs: Any) -> None:
-    """Start, stop or show a cw cluster on SLURM (ACTION: start|stop|status)."""
-    _slurm(action, **kwargs)
-
-
-@click.command("mp.py", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("action", type=click.Choice(["start", "stop", "status"]))
-@_options(local_options)
-@_friendly
-def mp_command(action: str, **kwargs: Any) -> None:
-    """Start, stop or show a cluster of local processes (ACTION: start|stop|status)."""
-    _local(action, **kwargs)
+slurm_command = _launcher_commands(slurm_group, "slurm.py", slurm_options, _slurm,
+                                   "a cw cluster of SLURM jobs")
 
 
 @main.command("status")
