@@ -68,10 +68,16 @@ def busy_worker(port, workers):
     return None
 
 
-def test_sigkill_of_a_whole_worker_loses_no_job(cluster, procs):
+def fast_workers(cluster, procs, n=2):
+    """A master and ``n`` workers on fast heartbeats; the port and the worker processes."""
     port = cluster(0, master_args=FAST)
-    workers = [procs.worker(port, *FAST) for _ in range(2)]
-    wait_workers(port, 2)
+    workers = [procs.worker(port, *FAST) for _ in range(n)]
+    wait_workers(port, n)
+    return port, workers
+
+
+def test_sigkill_of_a_whole_worker_loses_no_job(cluster, procs):
+    port, workers = fast_workers(cluster, procs)
     got = Collector()
     with ClientThread(got, "127.0.0.1", port, **CLIENT_FAST) as ct:
         for i in range(20):
@@ -228,9 +234,7 @@ def test_force_cancel_kills_a_running_job(cluster):
 
 
 def test_network_cut_late_result_is_dropped(cluster, procs):
-    port = cluster(0, master_args=FAST)
-    workers = [procs.worker(port, *FAST) for _ in range(2)]
-    wait_workers(port, 2)
+    port, workers = fast_workers(cluster, procs)
     got = Collector()
     with ClientThread(got, "127.0.0.1", port, **CLIENT_FAST) as ct:
         ct.submit("job", jobs.sleep_pid, 2.0, "job")

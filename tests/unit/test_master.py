@@ -1,4 +1,5 @@
 """The master's scheduling, driven one ``step()`` at a time with real sockets on loopback."""
+import contextlib
 import os
 
 import pytest
@@ -10,14 +11,22 @@ from cw.protocol import ErrorCode, Kind, Message, Status, versions
 PEER = {"host": "test", "pid": 1, **versions()}
 
 
+@contextlib.contextmanager
+def running_master(**options):
+    m = Master("127.0.0.1", 0, heartbeat=1000.0, **options)  # heartbeats out of the way
+    m.test_peers = []
+    try:
+        yield m
+    finally:
+        for peer in m.test_peers:
+            peer.sock.close()
+        m.close()
+
+
 @pytest.fixture
 def master():
-    m = Master("127.0.0.1", 0, heartbeat=1000.0)  # heartbeats out of the way
-    m.test_peers = []
-    yield m
-    for peer in m.test_peers:
-        peer.sock.close()
-    m.close()
+    with running_master() as m:
+        yield m
 
 
 class Peer:
@@ -210,19 +219,13 @@ def test_python_minor_mismatch_is_warned_once(master, caplog):
 def test_oversized_message_is_dropped_and_its_job_fails(caplog):
     from cw.master import Limits
 
-    m = Master("127.0.0.1", 0, heartbeat=1000.0, limits=Limits(max_message_size=1000))
-    m.test_peers = []
-    try:
+    with running_master(limits=Limits(max_message_size=1000)) as m:
         c = client(m)
         c.send(Kind.SUBMIT, {"ids": [3]}, b"ctx", b"x" * 2000)
         res = c.recv({Kind.RESULT})
         assert res.header["id"] == 3 and res.header["status"] == "error"
         assert "max-message-size" in res.header["error"] and not res.payload
         assert m.counts["malformed"] == 1 and m.snapshot()["queued"] == 0
-    finally:
-        for peer in m.test_peers:
-            peer.sock.close()
-        m.close()
 
 
 def test_cancel_of_an_unknown_job_is_counted_and_answered(master):
@@ -236,19 +239,13 @@ def test_cancel_of_an_unknown_job_is_counted_and_answered(master):
 def test_results_of_a_big_batch_come_in_chunks_under_the_header_limit():
     from cw.master import Limits
 
-    m = Master("127.0.0.1", 0, heartbeat=1000.0, limits=Limits(max_jobs_per_client=10))
-    m.test_peers = []
-    try:
+    with running_master(limits=Limits(max_jobs_per_client=10)) as m:
         c = client(m)
         ids = list(range(1, 2001))
         c.send(Kind.SUBMIT, {"ids": ids}, b"ctx", *[b"call"] * 2000)
         got = [c.recv({Kind.RESULT}) for _ in range(1990)]
         assert sorted(r.header["id"] for r in got) == ids[10:]
         assert all("--max-jobs-per-client" in r.header["error"] for r in got)
-    finally:
-        for peer in m.test_peers:
-            peer.sock.close()
-        m.close()
 
 
 def two_tasks(master):
