@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-from .launch import local
+from .launch import auto, local
 
 
 def start(nworkers: int = 1, *, master: bool = True, workers: bool = True, **options: Any) -> dict:
@@ -17,10 +17,6 @@ def stop(cluster: Optional[str] = None) -> int:
     return local.stop(cluster)
 
 
-@contextlib.contextmanager
-def allocate(nworkers: int = 1, **options: Any) -> Iterator[dict]:
-    info = start(nworkers, **options)
-    try:
-        yield info
-    finally:
-        stop(info["cluster"])
+def allocate(nworkers: int = 1, **options: Any) -> contextlib.AbstractContextManager[dict]:
+    """``with cw.mp.allocate(4):`` a local cluster for the duration of the block."""
+    return auto.allocate(nworkers, launcher="local", **options)
