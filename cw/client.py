@@ -310,7 +310,6 @@ class ClientThread:
         self.host, self.port, self.cluster = host, port, cluster
         self.connect_timeout = connect_timeout
         self.max_pending = max_pending
-        self.retries = retries
         self.remote_exception: Optional[BaseException] = None
         self._jobids: dict[int, Hashable] = {}
         self._ids = itertools.count(1)

@@ -233,6 +233,7 @@ class Supervisor:
         self.ids: list[bytes] = [b""] * procs
         self.restart_at = [0.0] * procs
         self.failures = [0] * procs
+        self.spawned_at = [0.0] * procs
         self.stopping = False
 
     def spawn(self, i: int) -> None:
@@ -245,7 +246,7 @@ class Supervisor:
         # Its own process group, so a kill takes the job's children with it.
         self.slots[i] = subprocess.Popen(cmd, preexec_fn=_die_with_parent, start_new_session=True)
         self.ids[i] = ident
-        self.started_at = time.monotonic()
+        self.spawned_at[i] = time.monotonic()
 
     def register(self) -> None:
         self.peer.send(Message(Kind.READY, _peer_header(0, procs=self.procs)))
@@ -289,7 +290,7 @@ class Supervisor:
             self.peer.send(Message(Kind.DIED, died))
             self.slots[i] = None
             # A slot that keeps dying at start (broken environment) backs off.
-            self.failures[i] = self.failures[i] + 1 if now - self.started_at < 2 else 0
+            self.failures[i] = self.failures[i] + 1 if now - self.spawned_at[i] < 2 else 0
             self.restart_at[i] = now + min(10.0, 0.1 * 2 ** self.failures[i]) if self.failures[i] else now
 
     def kill(self, executor: str) -> None:
