@@ -145,7 +145,7 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
             raise ClusterError(f"no master.json for cluster {opts.cluster!r}; start a master or drop -M")
     registered = 0
     if workers and nworkers:
-        before = len(_snapshot(info, opts)["workers"])
+        before = _ready_workers(_snapshot(info, opts), opts)
         cmd = sbatch_command(
             job_name=job_name("worker", opts.cluster), output=str(logs / "worker-%A_%a.log"),
             partition=opts.partition, time=opts.time, array=None if opts.isolated else nworkers,
@@ -154,7 +154,7 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
         worker = worker_command(info["host"], info["port"], opts, os.getcwd())
         jobs.append(_sbatch(cmd, job_script(worker)))
         snap = wait_until(lambda: _workers_at_least(info, opts, before + nworkers), timeout, poll=0.5)
-        registered = (len(snap["workers"]) if snap else len(_snapshot(info, opts)["workers"])) - before
+        registered = _ready_workers(snap or _snapshot(info, opts), opts) - before
     return {"cluster": opts.cluster, "host": info["host"], "port": info["port"], "jobs": jobs,
             "registered": registered, "worker_pids": []}
 
@@ -173,7 +173,12 @@ def _workers_at_least(info: dict, opts: Options, n: int) -> Optional[dict]:
         snap = _snapshot(info, opts)
     except MasterUnavailableError:
         return None
-    return snap if len(snap["workers"]) >= n else None
+    return snap if _ready_workers(snap, opts) >= n else None
+
+
+def _ready_workers(snap: dict, opts: Options) -> int:
+    """Workers whose executors have all registered too: they can take jobs."""
+    return sum(1 for w in snap["workers"] if w["executors"] >= opts.procs)
 
 
 def squeue(cluster: Optional[str] = None) -> list[dict]:
