@@ -164,6 +164,9 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
 @click.option("--prefetch", type=click.IntRange(0, 64), default=1, show_default=True,
               help="Tasks each executor holds beyond the one it runs (0 for long jobs "
                    "that should start on the first free executor).")
+@click.option("--master-timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Exit when the master, once reached, stays silent this many seconds "
+                   "[default: wait for it forever].")
 @cluster_option
 @insecure_option
 @_options(heartbeat_options)
@@ -172,8 +175,9 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
 @click.option("--supervisor", hidden=True, default="")
 @_friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
-                   grace: float, prefetch: int, cluster: Optional[str], insecure: bool, heartbeat: float,
-                   liveness: int, log_level: str, executor: Optional[str], supervisor: str) -> None:
+                   grace: float, prefetch: int, master_timeout: Optional[float],
+                   cluster: Optional[str], insecure: bool, heartbeat: float, liveness: int,
+                   log_level: str, executor: Optional[str], supervisor: str) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
     from .cluster import cluster_dir, cluster_name, find_master
     from .security import client_keys
@@ -190,7 +194,8 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
         _run_executor(f"tcp://{host}:{port}", executor, supervisor, heartbeat, liveness, keys, prefetch)
         return
     sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
-                     keys=keys, cluster=cluster_name(cluster), prefetch=prefetch)
+                     keys=keys, cluster=cluster_name(cluster), prefetch=prefetch,
+                     master_timeout=master_timeout)
 
     def on_signal(signum: int, frame: Any) -> None:
         sup.stopping = True
