@@ -223,10 +223,11 @@ class Supervisor:
                  cluster: str = "default", prefetch: int = 1,
                  master_timeout: Optional[float] = None) -> None:
         self.prefetch = prefetch
-        # Once welcomed, a master silent this long is presumed gone for good:
-        # the worker exits rather than outlive it (workers started over SSH).
+        # A master silent this long (counted from our start, so a head that
+        # vanished before its first heartbeat counts too) is presumed gone
+        # for good: the worker exits rather than outlive it (SSH launcher).
         self.master_timeout = master_timeout
-        self.heard_at: Optional[float] = None
+        self.heard_at = time.monotonic()
         self.cluster = cluster
         self.exit_code = 0
         self.host, self.port, self.procs = host, port, procs
@@ -287,8 +288,7 @@ class Supervisor:
                 self.register()
 
     def master_lost(self) -> bool:
-        return (self.master_timeout is not None and self.heard_at is not None
-                and time.monotonic() - self.heard_at > self.master_timeout)
+        return self.master_timeout is not None and time.monotonic() - self.heard_at > self.master_timeout
 
     def check_children(self) -> None:
         now = time.monotonic()

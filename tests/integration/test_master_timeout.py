@@ -19,9 +19,15 @@ def test_worker_exits_when_its_master_is_gone(procs):
     wait_for(lambda: not any(psutil.pid_exists(p) for p in executors), what="executors gone")
 
 
-def test_worker_waits_for_a_master_it_never_reached(procs):
-    worker = procs.worker(1, "--master-timeout", "0.5", "--heartbeat", "0.2")
-    time.sleep(2.5)
-    assert worker.poll() is None  # not yet welcomed: still waiting for its master
+def test_worker_gives_up_on_a_master_it_never_reached(procs):
+    """A head that vanished before the worker first heard from it leaves no orphan either."""
+    worker = procs.worker(1, "--master-timeout", "1", "--heartbeat", "0.2")
+    assert worker.wait(timeout=20) == 3
+
+
+def test_without_master_timeout_a_worker_waits_for_its_master(procs):
+    worker = procs.worker(1, "--heartbeat", "0.2")
+    time.sleep(2)
+    assert worker.poll() is None
     worker.terminate()
     assert worker.wait(20) == 0
