@@ -118,7 +118,8 @@ def ssh_command(machine: Machine, remote: str, *, options: Sequence[str] = (),
     if machine.port:
         cmd += ["-p", str(machine.port)]
     if machine.key:
-        cmd += ["-i", machine.key, "-o", "IdentitiesOnly=yes"]
+        # ssh expands %-tokens in identity file names: a literal % is %%.
+        cmd += ["-i", machine.key.replace("%", "%%"), "-o", "IdentitiesOnly=yes"]
     return [*cmd, "--", machine.address, remote]
 
 
