@@ -12,7 +12,8 @@
 One machine failing (unreachable, key refused, no python there) is reported
 and does not stop the others. Remote workers exit by themselves once their
 master has been gone ``--master-timeout`` seconds, so a vanished head leaves
-no orphans. Commands come from pure functions that quote every value.
+no orphans. The commands come from pure functions in ``sshcmd.py`` that
+quote every value; ``remote.py`` is what runs on the machines.
 """
 from __future__ import annotations
 
@@ -119,38 +120,47 @@ def start(csv_path: str, *, cluster: Optional[str] = None, master_address: Optio
     host = master_address or route_address(machines[0].address, machines[0].port or 22)
     opts = Options(python=python or sys.executable, ssh_options=tuple(ssh_options),
                    connect_timeout=connect_timeout, env=_forwarded_env())
-    info = local.start(1 if local_workers else 0, cluster=name, host=host, port=port,
-                       procs=cpu_limit or cpus_available(), timeout=timeout, insecure=insecure)
+    procs = cpu_limit or cpus_available()
+    info = local.start(1 if local_workers else 0, cluster=name, host=host, port=port, procs=procs,
+                       timeout=timeout, insecure=insecure)
     cdir = cluster_dir(name)
     state: dict = {"cluster": name, "token": secrets.token_hex(8), "options": asdict(opts),
-             "homes": [str(cdir.parent.absolute()), _private_home(cdir)],
-             "machines": [asdict(m) for m in machines], "started": {}}
+                   "homes": [str(cdir.parent.absolute()), _private_home(cdir)],
+                   "machines": [asdict(m) for m in machines], "started": {}}
     try:
-        # Recorded before any machine is touched: a stop can always clean up.
-        write_json(_state_path(name), state)
-        (cdir / "ssh").mkdir(mode=0o700, exist_ok=True)
-        (cdir / "ssh" / "probe").write_text(state["token"])
-        request = {"cluster": name, "token": state["token"], "head_home": state["homes"][0],
-                   "private_home": state["homes"][1], "probe": str(cdir / "ssh" / "probe"),
-                   "keys": None if insecure else _key_texts(cdir)}
-
-        def start_one(m: Machine) -> dict:
-            args = worker_args(info["host"], info["port"], name, m, master_timeout=master_timeout,
-                               insecure=insecure)
-            answer, error = call(m, opts, "start", {**request, "mid": m.mid, "worker": args})
-            return {"machine": m.label, **(answer or {}), "error": error,
-                    "spawned": answer is not None or _maybe_spawned(error)}
-
-        state["started"] = {r["machine"]: r for r in each(machines, start_one)}
-        write_json(_state_path(name), state)
+        _start_machines(state, machines, opts, info, master_timeout=master_timeout, insecure=insecure)
         _wait_registered(info, state, machines, opts, timeout, insecure)
         write_json(_state_path(name), state)
     except BaseException:
         stop(name)  # a failed start leaves nothing running
         raise
     return {"cluster": name, "host": info["host"], "port": info["port"],
-            "local_workers": len(info["worker_pids"]), "local_executors": cpu_limit or cpus_available(),
+            "local_workers": len(info["worker_pids"]), "local_executors": procs,
             "machines": [state["started"][m.label] for m in machines]}
+
+
+def _start_machines(state: dict, machines: list[Machine], opts: Options, info: dict, *,
+                    master_timeout: float, insecure: bool) -> None:
+    """A worker on every machine at once; ``state["started"]`` says how each went."""
+    name = state["cluster"]
+    cdir = cluster_dir(name)
+    # Recorded before any machine is touched: a stop can always clean up.
+    write_json(_state_path(name), state)
+    (cdir / "ssh").mkdir(mode=0o700, exist_ok=True)
+    (cdir / "ssh" / "probe").write_text(state["token"])
+    request = {"cluster": name, "token": state["token"], "head_home": state["homes"][0],
+               "private_home": state["homes"][1], "probe": str(cdir / "ssh" / "probe"),
+               "keys": None if insecure else _key_texts(cdir)}
+
+    def start_one(m: Machine) -> dict:
+        args = worker_args(info["host"], info["port"], name, m, master_timeout=master_timeout,
+                           insecure=insecure)
+        answer, error = call(m, opts, "start", {**request, "mid": m.mid, "worker": args})
+        return {"machine": m.label, **(answer or {}), "error": error,
+                "spawned": answer is not None or _maybe_spawned(error)}
+
+    state["started"] = {r["machine"]: r for r in each(machines, start_one)}
+    write_json(_state_path(name), state)
 
 
 def _key_texts(cdir: Path) -> dict:
@@ -301,6 +311,7 @@ def stop_report(report: dict) -> tuple[list[str], list[str]]:
 
 
 def status_report(st: dict) -> list[str]:
+    """Lines for ``cw ssh status``: the master, then each machine's workers."""
     snap = st.get("master")
     lines = [f"cluster {st['cluster']}: master up {snap['uptime']:.0f} s, queued {snap['queued']}, "
              f"running {snap['running']}" if snap else f"cluster {st['cluster']}: {st.get('master_error')}"]
