@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from sshbed import BOX, NAMESPACES, ROOT, SSHBOX, Box, netns_processes, why_not
+
+from .sshbed import BOX, NAMESPACES, ROOT, SSHBOX, Box, netns_processes, why_not
 
 
 @pytest.fixture(scope="session")

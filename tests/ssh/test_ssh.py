@@ -12,11 +12,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-import sshjobs
-from sshbed import NET, ROOT, cw_processes, wait_for
 
 from cw.client import ClusterExecutor
 from cw.launch.sshcmd import remote_command
+
+from . import sshjobs
+from .sshbed import NET, ROOT, cw_processes, wait_for
 
 pytestmark = pytest.mark.ssh
 ODD = "it's a \"quoted\" dir"
