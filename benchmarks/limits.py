@@ -69,19 +69,21 @@ def map_memory(items: int = 10_000_000, chunksize: int = 1000) -> dict:
 
 def queued_memory(jobs: int = 1_000_000) -> dict:
     """The master's RSS per queued job, beyond the bytes of the jobs themselves."""
-    with cluster(0) as master, ClusterExecutor(max_pending=jobs) as ex:
+    from cw.serialize import context_frame, dumps_call
+
+    with cluster(0) as master:
+        ex = ClusterExecutor(max_pending=jobs)
         ex.submit(noop).cancel()
         time.sleep(0.5)
         before = master.memory_info().rss
-        calls = [ex.submit(noop, i) for i in range(jobs)]
+        for i in range(jobs):
+            ex.submit(noop, i)
         wait_queued(ex, jobs)
         after = master.memory_info().rss
-        from cw.serialize import context_frame, dumps_call
-
-        # Each job's own frame, and one context frame per SUBMIT of up to 1000 jobs.
-        payload = sum(len(dumps_call(noop, (i,), {})[0]) for i in range(0, jobs, 1000)) * 1000
-        payload += len(context_frame()) * (jobs // 1000)
-        del calls
+        ex.shutdown(wait=False)  # no worker will run them: the master drops them
+    # Each job's own frame, and one context frame per SUBMIT of up to 1000 jobs.
+    payload = sum(len(dumps_call(noop, (i,), {})[0]) for i in range(0, jobs, 1000)) * 1000
+    payload += len(context_frame()) * (jobs // 1000)
     return {"queued jobs": jobs, "master RSS growth MiB": (after - before) / MiB,
             "payload MiB": payload / MiB, "bytes per job beyond payload": (after - before - payload) / jobs}
 

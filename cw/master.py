@@ -38,6 +38,7 @@ import zmq
 
 from .errors import ProtocolError
 from .protocol import (
+    COPY_BELOW,
     NOBLOCK,
     ErrorCode,
     Kind,
@@ -126,8 +127,10 @@ class Master:
         self.clients: dict[bytes, ClientState] = {}
         self.executors: dict[bytes, ExecutorState] = {}
         self.supervisors: dict[bytes, ExecutorState] = {}
-        self.jobs: dict[int, Job] = {}
-        self.deadlines: list[tuple[float, int]] = []  # heap of (deadline, tid)
+        # Heap of (deadline, tid, job) of running jobs with a timeout; an entry
+        # whose job's deadline has changed or gone is stale and skipped.
+        self.deadlines: list[tuple[float, int, Job]] = []
+        self.deadlines_live = 0  # entries that were not stale at the last compaction
         self.dying: deque = deque()  # (when, executor identity, reason) of reported deaths
         self.ready: deque[bytes] = deque()
         self.free: deque[bytes] = deque()  # executors that may have room for tasks
@@ -286,7 +289,7 @@ class Master:
             self.refuse(identity, "unknown client: send HELLO first", None, ErrorCode.UNKNOWN_PEER)
             return
         client.last_seen = now
-        context = msg.payload[0]
+        context = msg.payload[0].bytes  # a Frame would pin its receive buffer while jobs wait
         retries = msg.header.get("retries", DEFAULT_RETRIES)
         timeout = msg.header.get("timeout")
         end = 1
@@ -294,7 +297,9 @@ class Master:
             start, end = end, end + n
             if cid in client.jobs:
                 continue  # a resubmission of a job we hold: keep the first
-            payload = (context, *msg.payload[start:end])
+            # Small frames are copied out of their zmq.Frame, which costs far
+            # more memory than the bytes while a million jobs wait in the queue.
+            payload = (context, *(f.bytes if len(f) < COPY_BELOW else f for f in msg.payload[start:end]))
             size = sum(len(f) for f in payload)
             refusal = self.limits.check(len(client.jobs), client.held_bytes, size)
             if refusal:
@@ -303,7 +308,6 @@ class Master:
             job = Job(self.next_tid, identity, cid, payload, retries, size, timeout)
             client.held_bytes += size
             self.next_tid += 1
-            self.jobs[job.tid] = job
             client.jobs[cid] = job
             client.queue.append(job)
             self.queued += 1
@@ -541,17 +545,16 @@ class Master:
         """A job with a timeout starts running: its deadline counts from now."""
         assert job.timeout is not None
         job.deadline = now + job.timeout
-        heapq.heappush(self.deadlines, (job.deadline, job.tid))
+        heapq.heappush(self.deadlines, (job.deadline, job.tid, job))
 
     def expire_jobs(self, now: float) -> None:
-        if len(self.deadlines) > 2 * len(self.jobs) + 1000:  # mostly jobs long finished
-            self.deadlines = [(d, t) for d, t in self.deadlines
-                              if t in self.jobs and self.jobs[t].deadline == d]
+        if len(self.deadlines) > 2 * self.deadlines_live + 1000:  # mostly jobs long finished
+            self.deadlines = [e for e in self.deadlines if e[2].deadline == e[0]]
             heapq.heapify(self.deadlines)
+            self.deadlines_live = len(self.deadlines)
         while self.deadlines and self.deadlines[0][0] <= now:
-            deadline, tid = heapq.heappop(self.deadlines)
-            job = self.jobs.get(tid)
-            if job is not None and job.executor is not None and job.deadline == deadline:
+            deadline, _, job = heapq.heappop(self.deadlines)
+            if job.executor is not None and job.deadline == deadline:
                 self.counts["timeouts"] += 1
                 self.stop_job(job, Status.TIMEOUT, f"job ran past its timeout of {job.timeout:g} s")
 
@@ -590,7 +593,7 @@ class Master:
             self.requeue(self.executors.pop(state.identity), "its supervisor is unknown")
 
     def forget(self, job: Job) -> None:
-        self.jobs.pop(job.tid, None)
+        job.deadline = None
         client = self.clients.get(job.client)
         if client is not None and client.jobs.pop(job.cid, None) is not None:
             client.held_bytes -= job.size
@@ -638,7 +641,7 @@ class Master:
         log.info("client %s:%s %s", client.info["host"], client.info["pid"], reason)
         for job in list(client.jobs.values()):
             job.cancelled = True
-            self.jobs.pop(job.tid, None)
+            job.deadline = None
             state = self.executors.get(job.executor) if job.executor else None
             if state is not None and self.started(state, job):  # stop paying for it
                 state.running.pop(job.tid, None)

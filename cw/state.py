@@ -46,19 +46,25 @@ def salvage_ids(frames: list) -> list[int]:
     return [i for i in ids[:10_000] if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**62]
 
 
-@dataclass(eq=False)
 class Job:
-    tid: int
-    client: bytes
-    cid: int  # the id the client gave it
-    payload: tuple
-    retries: int
-    size: int = 0
-    timeout: Optional[float] = None
-    deadline: Optional[float] = None  # set while it runs, when it has a timeout
-    deaths: int = 0
-    cancelled: bool = False
-    executor: Optional[bytes] = None
+    """A job the master holds. Slotted: a million queued ones must stay small."""
+
+    __slots__ = ("tid", "client", "cid", "payload", "retries", "size", "timeout", "deadline",
+                 "deaths", "cancelled", "executor")
+
+    def __init__(self, tid: int, client: bytes, cid: int, payload: tuple, retries: int,
+                 size: int = 0, timeout: Optional[float] = None) -> None:
+        self.tid = tid
+        self.client = client
+        self.cid = cid  # the id the client gave it
+        self.payload = payload  # frames: the client's context, the call, its buffers
+        self.retries = retries
+        self.size = size
+        self.timeout = timeout
+        self.deadline: Optional[float] = None  # set while it runs, when it has a timeout
+        self.deaths = 0
+        self.cancelled = False
+        self.executor: Optional[bytes] = None
 
 
 @dataclass(eq=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import psutil
 from ..cluster import cluster_dir, cluster_name, env_port, pid_alive, read_json, read_master, write_json
 from ..errors import ClusterError, MasterUnavailableError
 from ..protocol import DEFAULT_PORT
-from ..security import insecure_default
+from ..security import ensure_keys, insecure_default
 from . import query_status, wait_for_workers, wait_until
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,18 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
     insecure = insecure_default(insecure)
     flags = ["--insecure"] if insecure else []
     started: list[psutil.Process] = []
+    workers_started: list[psutil.Process] = []
     try:
         if master:
+            early = bool(workers and nworkers)
+            if early:
+                # Workers start beside the master rather than after it (they
+                # wait for it): they need its port and keys beforehand.
+                port = port or _free_port(host)
+                if not insecure:
+                    ensure_keys(cluster_dir(name, create=True))
+                workers_started = _start_workers(name, _reachable(host), port, nworkers, procs, flags)
+                started += workers_started
             info = _start_master(name, host, port, timeout, flags, started)
         else:
             found = read_master(name)
@@ -71,11 +82,10 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
                 raise ClusterError(f"no master running for cluster {name!r} (no master.json); "
                                    "start one, or drop -M")
             info = found
-        workers_started = []
         if workers and nworkers:
-            args = [info["host"], "--port", str(info["port"]), "--procs", str(procs), *flags]
-            workers_started = [_spawn("worker", args, name) for _ in range(nworkers)]
-            started += workers_started
+            if not workers_started:
+                workers_started = _start_workers(name, info["host"], info["port"], nworkers, procs, flags)
+                started += workers_started
             wait_for_workers(info["host"], info["port"], {p.pid for p in workers_started}, procs,
                              timeout, cluster=name, insecure=insecure)
     except BaseException:
@@ -83,6 +93,24 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
         raise
     return {"cluster": name, "host": info["host"], "port": info["port"],
             "master_pid": info.get("pid"), "worker_pids": [p.pid for p in workers_started]}
+
+
+def _start_workers(name: str, host: str, port: int, nworkers: int, procs: int,
+                   flags: list) -> list[psutil.Process]:
+    args = [host, "--port", str(port), "--procs", str(procs), *flags]
+    return [_spawn("worker", args, name) for _ in range(nworkers)]
+
+
+def _free_port(host: str) -> int:
+    """A port free on ``host`` now (the master binds it a moment later)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _reachable(host: str) -> str:
+    """The address workers on this machine dial for a master bound to ``host``."""
+    return "127.0.0.1" if host in ("0.0.0.0", "*", "") else "::1" if host == "::" else host
 
 
 def _undo(name: str, procs: list) -> None:
