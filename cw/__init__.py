@@ -5,7 +5,7 @@ when it is available, else local processes.
 """
 from __future__ import annotations
 
-from .client import ClientThread, ClusterExecutor, SlurmExecutor
+from .client import ClientThread, ClusterExecutor, JobInfo, SlurmExecutor
 from .errors import (
     ClusterError,
     CWError,
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ClientThread",
     "ClusterExecutor",
+    "JobInfo",
     "SlurmExecutor",
     "CWError",
     "ClusterError",

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from concurrent import futures
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable, Iterator, Optional, Union
 
 from .cluster import cluster_dir, find_master
@@ -23,7 +24,7 @@ from .protocol import Status
 from .security import client_keys, insecure_default
 from .serialize import context_frame, dumps_call, error_text, loads_error, loads_value
 
-__all__ = ["ClusterExecutor", "ClientThread", "SlurmExecutor", "RemoteException"]
+__all__ = ["ClusterExecutor", "ClientThread", "SlurmExecutor", "RemoteException", "JobInfo"]
 
 DEFAULT_MAX_PENDING = 10_000
 
@@ -81,11 +82,40 @@ def _connect(host: Optional[str], port: Optional[int], cluster: Optional[str],
     return core
 
 
+@dataclass(frozen=True)
+class JobInfo:
+    """Where and how long a job ran, as ``future.info`` tells it.
+
+    ``worker``: ``host:pid`` of the executor it went to (None while queued);
+    ``queued``: seconds from ``submit`` until the master gave it to that
+    executor; ``ran``: seconds it ran there (None until it finished; also
+    None when the master ended it: cancelled, timed out, lost).
+    """
+
+    worker: Optional[str]
+    queued: Optional[float]
+    ran: Optional[float]
+
+
 class _Future(futures.Future):
     def __init__(self, core: IOCore, jid: int, registry: dict) -> None:
         super().__init__()
         self._cw = (core, jid, registry)
         self._cw_running = False
+        self._cw_submitted = time.monotonic()
+        self._cw_queued: Optional[float] = None
+        self._cw_worker: Optional[str] = None
+        self._cw_ran: Optional[float] = None
+
+    @property
+    def info(self) -> JobInfo:
+        """Which worker ran this job, how long it queued and how long it ran."""
+        return JobInfo(self._cw_worker, self._cw_queued, self._cw_ran)
+
+    def _started(self, worker: Optional[str]) -> None:
+        self._cw_worker = worker  # again after a requeue: where it went last
+        self._cw_queued = time.monotonic() - self._cw_submitted
+        self._mark_running()
 
     def cancel(self, force: bool = False) -> bool:
         """Cancel a job not yet given to a worker: it leaves the master's queue.
@@ -249,16 +279,18 @@ class ClusterExecutor(futures.Executor):
         self._core.close(timeout=10)
 
     # -- called in the I/O thread -------------------------------------------
-    def _on_started(self, ids: list) -> None:
+    def _on_started(self, ids: list, worker: Optional[str]) -> None:
         for jid in ids:
             fut = self._futures.get(jid)
             if fut is not None:
-                fut._mark_running()
+                fut._started(worker)
 
-    def _on_result(self, jid: int, status: Status, payload: tuple, error) -> None:
+    def _on_result(self, jid: int, status: Status, payload: tuple, error,
+                   ran: Optional[float] = None) -> None:
         fut = self._futures.pop(jid, None)
         if fut is None or not fut._mark_running():
             return  # cancelled by the user meanwhile
+        fut._cw_ran = ran
         ok, value = _outcome(status, payload, error, jid)
         if ok:
             fut.set_result(value)
@@ -318,7 +350,7 @@ class ClientThread:
 
     def start(self) -> None:
         self._core = _connect(self.host, self.port, self.cluster, self.insecure,
-                              self.connect_timeout, self._on_result, lambda ids: None,
+                              self.connect_timeout, self._on_result, lambda ids, worker: None,
                               self.heartbeat, self.liveness)
 
     def submit(self, jobid: Hashable, func: Callable, *args: Any, **kwargs: Any) -> None:
@@ -361,7 +393,8 @@ class ClientThread:
         finally:
             self.stop()
 
-    def _on_result(self, jid: int, status: Status, payload: tuple, error) -> None:
+    def _on_result(self, jid: int, status: Status, payload: tuple, error,
+                   ran: Optional[float] = None) -> None:
         jobid = self._jobids.get(jid)
         ok, value = _outcome(status, payload, error, jobid)
         failure = None if ok else _as_remote(value, jobid)

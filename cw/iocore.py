@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional
 
 import zmq
 
@@ -73,14 +73,14 @@ log = logging.getLogger(__name__)
 
 RECV_BATCH = 1000
 
-# on_result(job id, status, payload frames, error): the error is the master's
-# text for a failed job, or an exception when the client itself gave up.
-ResultHandler = Callable[[int, Status, tuple, Union[str, BaseException, None]], None]
+# on_result(job id, status, payload frames, error[, seconds it ran]): the error
+# is the master's text for a failed job, or an exception when the client gave up.
+ResultHandler = Callable[..., None]
 
 
 class IOCore(threading.Thread):
     def __init__(self, host: str, port: int, *, on_result: ResultHandler,
-                 on_started: Callable[[list], None], connect_timeout: float = 30.0,
+                 on_started: Callable[[list, Optional[str]], None], connect_timeout: float = 30.0,
                  heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None) -> None:
         super().__init__(name=f"cw-client-{host}:{port}", daemon=True)
         self.keys = keys
@@ -298,12 +298,12 @@ class IOCore(threading.Thread):
     def handle(self, msg: Message) -> None:
         if msg.kind is Kind.RESULTS:
             frames = iter(msg.payload)
-            for jid, status, error, nframes in msg.header["results"]:
+            for jid, status, error, nframes, *ran in msg.header["results"]:
                 payload = tuple(next(frames) for _ in range(nframes))
                 if self.pending.pop(jid, None) is not None:  # else a duplicate: drop it
-                    self.on_result(jid, Status(status), payload, error)
+                    self.on_result(jid, Status(status), payload, error, *ran)
         elif msg.kind is Kind.STARTED:
-            self.on_started(msg.header["ids"])
+            self.on_started(msg.header["ids"], msg.header.get("worker"))
         elif msg.kind is Kind.WELCOME:
             self.welcome(msg.header)
         elif msg.kind is Kind.ERROR:

@@ -361,7 +361,7 @@ class Master:
         if "busy" in msg.header and results:
             state.observe(msg.header["busy"], len(results))
         frames = iter(msg.payload)
-        for tid, status, error, nframes in results:
+        for tid, status, error, nframes, *ran in results:
             payload = tuple(next(frames) for _ in range(nframes))
             job = self.finish_task(state, tid, now)
             if job is None:  # a late duplicate of a job requeued, timed out or cancelled
@@ -371,7 +371,7 @@ class Master:
             state.done += 1
             self.forget(job)
             if not job.cancelled:
-                self.reply(job, Status(status), payload, error)
+                self.reply(job, Status(status), payload, error, ran[0] if ran else None)
 
     def finish_task(self, state: ExecutorState, tid: int, now: float) -> Optional[Job]:
         """A task left its executor: it has room; the next one there starts."""
@@ -471,7 +471,7 @@ class Master:
             room = self.window(state) - len(state.running)
             if room <= 0:
                 continue  # full: a result offers it again
-            jobs = self.take(room)
+            jobs = self.take(room, state.name)
             for job in jobs:
                 job.executor = state.identity
                 if not state.running and job.timeout is not None:
@@ -482,7 +482,7 @@ class Master:
             if len(state.running) < self.window(state):
                 self.offer(state)  # the queue ran dry (or the message grew big) before it was full
 
-    def take(self, room: int) -> list[Job]:
+    def take(self, room: int, worker: str) -> list[Job]:
         """Up to ``room`` queued jobs, one client after another (round-robin)."""
         jobs: list[Job] = []
         size = 0
@@ -495,7 +495,10 @@ class Master:
                 client.in_ready = False
                 continue
             self.ready.append(client.identity)  # round-robin: back of the line
-            client.started.append(job.cid)
+            started = client.started.get(worker)
+            if started is None:
+                started = client.started[worker] = []
+            started.append(job.cid)
             jobs.append(job)
             size += job.size
         return jobs
@@ -519,26 +522,32 @@ class Master:
         """Send each client what this turn produced: one STARTED, one RESULTS."""
         for client in self.clients.values():
             # Chunked, so no header outgrows what a peer accepts (64 KiB).
-            for i in range(0, len(client.started), 2000):
-                self.send(client.identity, Message(Kind.STARTED, {"ids": client.started[i:i + 2000]}))
-            client.started = []
+            for worker, ids in client.started.items():
+                for i in range(0, len(ids), 2000):
+                    started = {"ids": ids[i:i + 2000], "worker": worker}
+                    self.send(client.identity, Message(Kind.STARTED, started))
+            client.started = {}
             frames = iter(client.outbox)
             for chunk in _chunks(client.results):
                 payload = tuple(next(frames) for entry in chunk for _ in range(entry[3]))
                 self.send(client.identity, Message(Kind.RESULTS, {"results": chunk}, payload))
             client.results, client.outbox = [], []
 
-    def reply(self, job: Job, status: Status, payload: tuple = (), error: Optional[str] = None) -> None:
+    def reply(self, job: Job, status: Status, payload: tuple = (), error: Optional[str] = None,
+              ran: Optional[float] = None) -> None:
         self.counts["done" if status is not Status.LOST else "lost"] += 1
-        self.answer(job.client, job.cid, status, payload, error)
+        self.answer(job.client, job.cid, status, payload, error, ran)
 
     def answer(self, identity: bytes, cid: int, status: Status, payload: tuple = (),
-               error: Optional[str] = None) -> None:
+               error: Optional[str] = None, ran: Optional[float] = None) -> None:
         client = self.clients.get(identity)
         if client is None:
             return  # gone: nobody to tell
         client.done += 1
-        client.results.append([cid, status.value, error[:1000] if error else None, len(payload)])
+        entry: list = [cid, status.value, error[:1000] if error else None, len(payload)]
+        if ran is not None:
+            entry.append(ran)  # seconds it ran on its executor
+        client.results.append(entry)
         client.outbox.extend(payload)
 
     def start_clock(self, job: Job, now: float) -> None:

@@ -88,7 +88,7 @@ SCHEMAS: dict[Kind, dict[str, tuple[type, bool]]] = {
     Kind.SUBMIT: {"ids": (list, True), "frames": (list, False), "retries": (int, False),
                   "timeout": (float, False)},
     Kind.CANCEL: {"id": (int, True), "force": (bool, False)},
-    Kind.STARTED: {"ids": (list, True)},
+    Kind.STARTED: {"ids": (list, True), "worker": (str, False)},
     Kind.RESULT: {"results": (list, True), "busy": (float, False)},
     Kind.RESULTS: {"results": (list, True)},
     Kind.READY: {"capacity": (int, True), "batch": (int, False), "supervisor": (str, False),
@@ -228,19 +228,24 @@ def _check_jobs(kind: Kind, header: dict, npayload: int) -> None:
 
 
 def _check_results(kind: Kind, results: Any, npayload: int) -> None:
-    """[[id, status, error or null, number of payload frames], ...]."""
+    """[[id, status, error or null, number of payload frames(, seconds it ran)], ...]."""
     if not isinstance(results, list) or len(results) > MAX_BATCH:
         raise ProtocolError(f"{kind.name} header lacks its list of results")
     frames = 0
     for entry in results:
-        if not (isinstance(entry, list) and len(entry) == 4 and type(entry[0]) is int
+        if not (isinstance(entry, list) and len(entry) in (4, 5) and type(entry[0]) is int
                 and 0 <= entry[0] < MAX_INT and entry[1] in _STATUSES
                 and (entry[2] is None or (isinstance(entry[2], str) and len(entry[2]) <= MAX_STRING))
-                and type(entry[3]) is int and 0 <= entry[3] <= MAX_JOB_FRAMES):
+                and type(entry[3]) is int and 0 <= entry[3] <= MAX_JOB_FRAMES
+                and (len(entry) == 4 or entry[4] is None or _seconds(entry[4]))):
             raise ProtocolError(f"malformed {kind.name} entry")
         frames += entry[3]
     if frames != npayload:
         raise ProtocolError(f"{kind.name} announces {frames} payload frames, carries {npayload}")
+
+
+def _seconds(value: Any) -> bool:
+    return type(value) in (int, float) and 0 <= value < 1e9
 
 
 def _check_value(kind: Kind, name: str, value: Any, typ: type) -> None:

@@ -74,7 +74,7 @@ class ClientState:
     last_seen: float
     queue: deque = field(default_factory=deque)
     jobs: dict = field(default_factory=dict)  # cid -> Job, queued or running
-    started: list = field(default_factory=list)  # cids to announce as STARTED
+    started: dict = field(default_factory=dict)  # executor name -> cids to announce as STARTED
     results: list = field(default_factory=list)  # RESULTS entries to send this turn
     outbox: list = field(default_factory=list)  # their payload frames
     in_ready: bool = False
@@ -95,6 +95,10 @@ class ExecutorState:
     cost: Optional[float] = None  # recent seconds per job, as it reports them
     offered: bool = False  # in the master's ``free`` line
     died_in: Optional[int] = None  # the task it was running when it died, if known
+
+    @property
+    def name(self) -> str:
+        return f"{self.info.get('host')}:{self.info.get('pid')}"
 
     def observe(self, busy: float, jobs: int) -> None:
         """Learn how long its jobs take: quick to rise, slow to fall, so a long

@@ -216,6 +216,7 @@ class Executor:
         started = time.perf_counter()
         entry, payload = self.run_task(tid, frames)
         seconds = time.perf_counter() - started
+        entry.append(round(seconds, 6))
         self.outbox.add(entry, payload, seconds)
         if not self.tasks or self.outbox.due(seconds):
             self.flush()

@@ -231,3 +231,17 @@ def test_shutdown_cancel_futures(cluster):
     assert all(f.result() == i * i for i, f in enumerate(rest) if not f.cancelled())
     with pytest.raises(RuntimeError):
         ex.submit(jobs.square, 1)
+
+
+def test_future_info_names_the_worker_and_how_long_the_job_queued_and_ran(cluster):
+    port = cluster(1)
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        queued = ex.submit(jobs.sleep, 0.3, "a")
+        behind = ex.submit(jobs.sleep, 0.01, "b")  # waits for the first on the only executor
+        assert queued.info.ran is None
+        assert behind.result(30) == "b" and queued.result(30) == "a"
+        snap = query_status("127.0.0.1", port)
+        executor = snap["executors"][0]
+        assert queued.info.worker == behind.info.worker == f"{executor['host']}:{executor['pid']}"
+        assert 0.3 <= queued.info.ran < 5 and 0.01 <= behind.info.ran < 0.3
+        assert 0 <= queued.info.queued < 5 and 0 <= behind.info.queued < 5
