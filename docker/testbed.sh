@@ -65,9 +65,14 @@ build() {
         "$ctx" "setuptools>=61" wheel
     rm -f "$ctx"/docker/wheels/cw-*.whl
     rm -rf "$ctx/build" "$ctx"/*.egg-info
+    local old new
+    old=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
     podman build --quiet --pull=never --network=none --layers=false \
         --build-arg "BASE=$BASE" --build-arg PIP_NO_INDEX=1 \
         -f "$ctx/docker/Dockerfile" -t "$tag" "$ctx" >/dev/null
+    new=$(podman image inspect --format '{{.Id}}' "$tag")
+    # The image the tag named before would linger untagged; containers still using it keep it.
+    if [ -n "$old" ] && [ "$old" != "$new" ]; then podman rmi "$old" >/dev/null 2>&1 || true; fi
     echo "testbed: built $tag"
 }
 

@@ -75,7 +75,7 @@ def run_command(role: str, name: str, opts: Options, user: User,
                 master_address: str = "127.0.0.1") -> list[str]:
     """``ENGINE run`` for one master or worker container, detached."""
     logs = f"{user.home}/{opts.cluster}/logs"
-    cmd = [check_engine(opts.engine), "run", "--detach", "--name", name,
+    cmd = [check_engine(opts.engine), "run", "--detach", "--pull=never", "--name", name,
            "--label", f"cw.cluster={opts.cluster}", "--label", f"cw.role={role}",
            "--user", f"{user.uid}:{user.gid}", "--stop-timeout", str(int(opts.grace) + 10),
            "-e", f"CW_HOME={user.home}", "-e", f"CW_CLUSTER={opts.cluster}",
@@ -127,13 +127,20 @@ def _engine(cmd: list[str], timeout: float = 120.0) -> str:
 
 def containers(engine: str, cluster: str) -> list[dict]:
     """This cluster's containers: name, role, state (running, exited, ...)."""
+    return parse_ps(_engine(list_command(engine, cluster)))
+
+
+def parse_ps(text: str) -> list[dict]:
+    """``ps --format '{{json .}}'``: podman prints one JSON array, docker one
+    object per line, with names and labels shaped differently."""
+    text = text.strip()
+    try:
+        entries = json.loads(text) if text.startswith("[") else [json.loads(x) for x in text.splitlines()]
+    except ValueError as e:
+        raise ClusterError(f"cannot read the container engine's list of containers: {e}") from e
     out = []
-    for line in _engine(list_command(engine, cluster)).splitlines():
-        if not line.strip():
-            continue
-        entry = json.loads(line)
-        names = entry.get("Names")
-        labels = entry.get("Labels") or {}
+    for entry in entries:
+        names, labels = entry.get("Names"), entry.get("Labels") or {}
         if isinstance(labels, str):  # docker: "k=v,k=v"
             labels = dict(kv.split("=", 1) for kv in labels.split(",") if "=" in kv)
         out.append({"name": names[0] if isinstance(names, list) else names,

@@ -80,3 +80,17 @@ def test_slurm_worker_container_runs_as_the_user_with_slurm_facts(monkeypatch, t
 
 def _env(cmd):
     return dict(cmd[i + 1].split("=", 1) for i, arg in enumerate(cmd) if arg == "-e")
+
+
+def test_both_engines_container_lists_are_read():
+    podman_ps = ('[\n {"Names": ["cw-c1-worker-1"], "State": "exited", '
+                 '"Labels": {"cw.cluster": "c1", "cw.role": "worker"}},\n'
+                 ' {"Names": ["cw-c1-master"], "State": "running", '
+                 '"Labels": {"cw.cluster": "c1", "cw.role": "master"}}\n]\n')
+    docker_ps = ('{"Names":"cw-c1-worker-1","State":"exited","Labels":"cw.cluster=c1,cw.role=worker"}\n'
+                 '{"Names":"cw-c1-master","State":"running","Labels":"cw.role=master,cw.cluster=c1"}\n')
+    want = [{"name": "cw-c1-master", "role": "master", "state": "running"},
+            {"name": "cw-c1-worker-1", "role": "worker", "state": "exited"}]
+    assert docker.parse_ps(podman_ps) == want
+    assert docker.parse_ps(docker_ps) == want
+    assert docker.parse_ps("[]\n") == docker.parse_ps("") == []
