@@ -152,3 +152,33 @@ def test_cw_docker_start_status_stop(containers, cw_image, cw_home):
     assert ours() == []
     assert sorted(p.name.split("-")[0] for p in (cw_home / "default" / "logs").iterdir()) == [
         "master", "worker", "worker"]
+
+
+def net_namespace(_):
+    import os
+
+    return os.readlink("/proc/self/ns/net")
+
+
+def test_on_a_bridge_network_only_the_master_port_is_published(containers, cw_image, cw_home):
+    network = f"cwtest-{os.urandom(3).hex()}"
+    podman("network", "create", network)
+    env = {"CW_CONTAINER_ENGINE": "podman", "CW_HOME": str(cw_home)}
+    port = free_port()
+    try:
+        started = cw_cli("docker", "start", "-n", "2", "--image", cw_image, "--network", network,
+                         "--port", str(port), env=env)
+        assert started.returncode == 0, started.stderr
+        published = {}
+        for name in ours():
+            out = podman("inspect", "--format", "{{json .HostConfig.PortBindings}}", name).stdout
+            published[name.split("-")[2]] = {k: v for k, v in (json.loads(out) or {}).items() if v}
+        assert published["master"] == {f"{port}/tcp": [{"HostIp": "", "HostPort": str(port)}]}
+        assert published["worker"] == {}  # workers connect out: nothing of theirs is reachable
+        with ClusterExecutor("127.0.0.1", port, connect_timeout=30) as ex:
+            nets = set(ex.map(net_namespace, range(50)))
+        assert os.readlink("/proc/self/ns/net") not in nets  # not the host's network
+    finally:
+        stopped = cw_cli("docker", "stop", env=env)
+        podman("network", "rm", "--force", network, check=False)
+    assert stopped.returncode == 0 and "stopped 3 container(s)" in stopped.stdout
