@@ -3,7 +3,7 @@
 ``$CW_HOME/<cluster>`` (default ``~/.cw/default``, mode 0700) lives on the
 shared filesystem and holds::
 
-    master.json     host, port, pid, protocol version of the running master
+    master.json     host, port, pid (and its pid namespace), protocol version of the running master
     pids/*.json     processes a launcher started: pid and create time
     logs/           master and worker logs
 
