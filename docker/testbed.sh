@@ -10,7 +10,8 @@
 # Needs root and Debian's podman, runc and debootstrap. The base image is
 # Debian bookworm (minbase, python3 3.11) turned into an image with
 # `podman import`; it is made once and kept. pip wheels cw's dependencies on
-# this machine, and the build itself runs with no network (PIP_NO_INDEX=1).
+# this machine's Python 3.11 (CW_TESTBED_PYTHON), and the build itself runs
+# with no network (PIP_NO_INDEX=1).
 # Then e.g.: podman run --rm --net=host -e CW_INSECURE=1 cw:latest
 set -euo pipefail
 
@@ -60,8 +61,14 @@ build() {
     cp -r "$ROOT"/cw "$ROOT"/docker "$ROOT"/setup.cfg "$ROOT"/pyproject.toml "$ROOT"/README.md "$ctx"/
     find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
     rm -rf "$ctx/docker/wheels"
-    # The dependencies' wheels, and what building cw's own wheel needs.
-    python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/docker/wheels" \
+    # The dependencies' wheels, and what building cw's own wheel needs, for
+    # the base's Python (bookworm: 3.11), which must be this one's too.
+    local py=${CW_TESTBED_PYTHON:-python3}
+    if [ "$("$py" -c 'import sys; print(sys.version_info[:2] == (3, 11))')" != True ]; then
+        echo "testbed: $py is not Python 3.11 like the base image; set CW_TESTBED_PYTHON" >&2
+        exit 1
+    fi
+    "$py" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/docker/wheels" \
         "$ctx" "setuptools>=61" wheel
     rm -f "$ctx"/docker/wheels/cw-*.whl
     rm -rf "$ctx/build" "$ctx"/*.egg-info
