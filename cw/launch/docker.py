@@ -166,7 +166,12 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
     opts = Options(image=image, cluster=cluster_name(cluster), engine=_engine_name(engine), port=port,
                    procs=procs, network=network, args=args, insecure=insecure_default(insecure))
     cluster_dir(opts.cluster, create=True)
-    _engine([opts.engine, "image", "inspect", image])
+    try:
+        _engine([opts.engine, "image", "inspect", image])
+    except ClusterError as e:
+        raise ClusterError(f"{opts.engine} has no image {image!r}: build it (`{opts.engine} build -f "
+                           f"docker/Dockerfile -t {image} .`, or docker/testbed.sh build {image}); "
+                           f"{e}") from e
     user = _user()
     started: list[str] = []
     try:
