@@ -390,7 +390,9 @@ docker_options = [
     click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
     click.option("--image", envvar="CW_IMAGE", default=None,
                  help="The cw image (docker build -f docker/Dockerfile -t cw .)."),
-    engine_option,
+    click.option("--container-engine", type=click.Choice(["docker", "podman"]), envvar="CW_CONTAINER_ENGINE",
+                 default=None, help="Container engine [default: the one that started the cluster, "
+                                    "else docker]."),
     click.option("--docker-args", default="", help="Extra arguments for `docker run` (one string)."),
     click.option("--network", default="host", show_default=True,
                  help="'host', or a network of the engine's: then only the master's port is published."),
@@ -406,7 +408,7 @@ docker_options = [
 
 
 def _docker(action: str, nworkers: int, no_master: bool, no_workers: bool, image: Optional[str],
-            container_engine: str, docker_args: str, network: str, procs_per_worker: int, port: int,
+            container_engine: Optional[str], docker_args: str, network: str, procs_per_worker: int, port: int,
             timeout: float, cluster: Optional[str], insecure: bool) -> None:
     from .launch import docker
 

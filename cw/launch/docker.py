@@ -7,7 +7,8 @@
 
 The image's entrypoint reads the ``CW_*`` variables (``cw.launch.entrypoint``).
 Every container gets the labels ``cw.cluster`` and ``cw.role``: ``stop`` and
-``status`` find them by label, never by name pattern. ``$CW_HOME`` and the
+``status`` find them by label, never by name pattern, with the engine that
+started them (recorded in the cluster's ``engine.json``). ``$CW_HOME`` and the
 working directory are mounted at the same paths, so keys, ``master.json`` and
 the client's cwd hold inside as outside, and containers run as the calling
 user, so files they write keep their owner. Logs go to the cluster's
@@ -27,7 +28,7 @@ import subprocess
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-from ..cluster import cluster_dir, cluster_name, pid_namespace, read_json, read_master
+from ..cluster import cluster_dir, cluster_name, pid_namespace, read_json, read_master, write_json
 from ..errors import ClusterError, MasterUnavailableError
 from ..protocol import DEFAULT_PORT
 from ..security import insecure_default
@@ -165,7 +166,7 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
         raise ClusterError(f"port 0 cannot be published on network {network!r}: choose a port")
     opts = Options(image=image, cluster=cluster_name(cluster), engine=_engine_name(engine), port=port,
                    procs=procs, network=network, args=args, insecure=insecure_default(insecure))
-    cluster_dir(opts.cluster, create=True)
+    write_json(cluster_dir(opts.cluster, create=True) / "engine.json", {"engine": opts.engine})
     try:
         _engine([opts.engine, "image", "inspect", image])
     except ClusterError as e:
@@ -186,8 +187,11 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
             "worker_pids": []}
 
 
-def _engine_name(engine: Optional[str]) -> str:
-    return check_engine(engine or os.environ.get("CW_CONTAINER_ENGINE") or "docker")
+def _engine_name(engine: Optional[str], cluster: Optional[str] = None) -> str:
+    """Given, else ``CW_CONTAINER_ENGINE``, else the one that started the cluster, else docker."""
+    recorded = read_json(cluster_dir(cluster) / "engine.json") if cluster else None
+    return check_engine(engine or os.environ.get("CW_CONTAINER_ENGINE")
+                        or (recorded or {}).get("engine") or "docker")
 
 
 def _start_master(opts: Options, user: User, timeout: float, started: list[str]) -> Options:
@@ -257,7 +261,7 @@ def _at_least(opts: Options, n: int) -> Optional[dict]:
 def stop(cluster: Optional[str] = None, engine: Optional[str] = None, timeout: float = 40.0) -> int:
     """Stop (workers first: they drain) and remove this cluster's containers; return how many."""
     name = cluster_name(cluster)
-    engine = _engine_name(engine)
+    engine = _engine_name(engine, name)
     found = containers(engine, name)
     for role in ("worker", "master"):
         names = [c["name"] for c in found if c["role"] == role]
@@ -272,7 +276,7 @@ def status(cluster: Optional[str] = None, engine: Optional[str] = None,
            insecure: Optional[bool] = None) -> dict:
     """The containers and, if it answers, the master's snapshot."""
     name = cluster_name(cluster)
-    engine = _engine_name(engine)
+    engine = _engine_name(engine, name)
     out: dict = {"cluster": name, "containers": containers(engine, name)}
     info = read_json(cluster_dir(name) / "master.json")
     if info is not None:

@@ -9,10 +9,12 @@ check that a test cleaned up.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,12 +52,18 @@ def _why_not() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def cw_image():
+def cw_image(request):
     """The image's name, built from this checkout for this session."""
     reason = _why_not()
     if reason:
         pytest.skip(f"container test bed unavailable: {reason}")
+    # The build takes minutes the first time on a machine (debootstrap), past
+    # faulthandler_timeout; its own timeout bounds it, so no stack dump.
+    faulthandler.cancel_dump_traceback_later()
     done = subprocess.run([str(TESTBED), "build", IMAGE], capture_output=True, text=True, timeout=420)
+    dump_after = float(request.config.getini("faulthandler_timeout") or 0)
+    if dump_after > 0:
+        faulthandler.dump_traceback_later(dump_after, file=sys.__stderr__)
     if done.returncode != 0:
         pytest.fail(f"testbed build failed:\n{done.stdout}\n{done.stderr}")
     yield IMAGE

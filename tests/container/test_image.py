@@ -182,3 +182,14 @@ def test_on_a_bridge_network_only_the_master_port_is_published(containers, cw_im
         stopped = cw_cli("docker", "stop", env=env)
         podman("network", "rm", "--force", network, check=False)
     assert stopped.returncode == 0 and "stopped 3 container(s)" in stopped.stdout
+
+
+def test_cw_allocate_with_the_docker_launcher(containers, cw_image, cw_home, monkeypatch):
+    import cw
+
+    monkeypatch.delenv("CW_CONTAINER_ENGINE", raising=False)  # stop must find podman by itself
+    with cw.allocate(2, launcher="docker", image=cw_image, engine="podman", port=0) as info:
+        assert len(ours()) == 3
+        with ClusterExecutor("127.0.0.1", info["port"], connect_timeout=30) as ex:
+            assert {w[0] for w in ex.map(lambda _: inside(), range(20))} == {"cw 0.1.0"}
+    assert ours() == []

@@ -94,3 +94,16 @@ def test_both_engines_container_lists_are_read():
     assert docker.parse_ps(podman_ps) == want
     assert docker.parse_ps(docker_ps) == want
     assert docker.parse_ps("[]\n") == docker.parse_ps("") == []
+
+
+def test_stop_and_status_use_the_engine_that_started_the_cluster(tmp_path, monkeypatch):
+    from cw.cluster import cluster_dir, write_json
+
+    monkeypatch.setenv("CW_HOME", str(tmp_path))
+    monkeypatch.delenv("CW_CONTAINER_ENGINE", raising=False)
+    assert docker._engine_name(None, "c1") == "docker"
+    write_json(cluster_dir("c1", create=True) / "engine.json", {"engine": "podman"})
+    assert docker._engine_name(None, "c1") == "podman"
+    assert docker._engine_name("docker", "c1") == "docker"  # an explicit choice wins
+    monkeypatch.setenv("CW_CONTAINER_ENGINE", "docker")
+    assert docker._engine_name(None, "c1") == "docker"
