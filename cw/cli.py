@@ -116,7 +116,7 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
     """Run a master: route jobs from clients to workers until SIGINT/SIGTERM."""
     import zmq
 
-    from .cluster import advertised_host, cluster_dir, read_json, write_json
+    from .cluster import advertised_host, cluster_dir, pid_namespace, read_json, write_json
     from .master import Limits, Master
     from .security import master_keys
 
@@ -141,7 +141,8 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
     write_json(mjson, {"host": advertised_host(host), "port": master.port, "pid": os.getpid(),
                        "protocol": PROTOCOL_VERSION, "hostname": socket.gethostname(),
                        "started": time.time(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
-                       "cluster": cdir.name, "secure": keys is not None})
+                       "cluster": cdir.name, "secure": keys is not None,
+                       "pidns": pid_namespace()})
     logging.getLogger("cw.master").info("master listening on %s:%d (%s)", host, master.port, mjson)
     try:
         master.run()
@@ -307,6 +308,9 @@ def _slurm_time(ctx: Any, param: Any, value: Optional[str]) -> Optional[str]:
         raise click.BadParameter(str(e).split(": ", 1)[-1]) from e
 
 
+engine_option = click.option(
+    "--container-engine", type=click.Choice(["docker", "podman"]), envvar="CW_CONTAINER_ENGINE",
+    default="docker", show_default=True, help="Container engine.")
 slurm_options = [
     click.option("-n", "--nworkers", type=click.IntRange(0), default=1, show_default=True,
                  help="Workers to start (sbatch jobs, or nodes with -i)."),
@@ -314,8 +318,7 @@ slurm_options = [
     click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
     click.option("-d", "--docker-image", default=None, help="Run the workers in this container image."),
     click.option("--docker-args", default="", help="Extra arguments for `docker run` (one string)."),
-    click.option("--container-engine", type=click.Choice(["docker", "podman"]), envvar="CW_CONTAINER_ENGINE",
-                 default="docker", show_default=True, help="Engine for -d."),
+    engine_option,
     click.option("-i", "--isolated", is_flag=True, help="One worker per node (one job over N nodes)."),
     click.option("--Xworkers", "xworkers", multiple=True, metavar="ARG",
                  help="Pass ARG to sbatch for the workers (repeatable)."),
@@ -474,6 +477,65 @@ def ssh_status(as_json: bool, cluster: Optional[str], insecure: bool) -> None:
         click.echo(json.dumps(st, indent=2))
         return
     click.echo("\n".join(ssh.status_report(st)))
+
+
+# -- containers ------------------------------------------------------------------
+docker_options = [
+    click.option("-n", "--nworkers", type=click.IntRange(0), default=1, show_default=True,
+                 help="Worker containers to start."),
+    click.option("-M", "--no-master", is_flag=True, help="Do not start a master (use the running one)."),
+    click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
+    click.option("--image", envvar="CW_IMAGE", default=None,
+                 help="The cw image (docker build -f docker/Dockerfile -t cw .)."),
+    click.option("--container-engine", type=click.Choice(["docker", "podman"]), envvar="CW_CONTAINER_ENGINE",
+                 default=None, help="Container engine [default: the one that started the cluster, "
+                                    "else docker]."),
+    click.option("--docker-args", default="", help="Extra arguments for `docker run` (one string)."),
+    click.option("--network", default="host", show_default=True,
+                 help="'host', or a network of the engine's: then only the master's port is published."),
+    click.option("--procs-per-worker", type=Procs(), default="1", show_default=True,
+                 help="Executor processes per worker container; 'auto' = CPUs."),
+    click.option("--port", type=PORT, envvar="CW_PORT", default=DEFAULT_PORT, show_default=True,
+                 help="Master port; 0 picks a free one (host network only)."),
+    click.option("--timeout", type=click.FloatRange(1), default=120.0, show_default=True,
+                 help="Seconds to wait for the master and workers to come up."),
+    cluster_option,
+    insecure_option,
+]
+
+
+def _docker(action: str, nworkers: int, no_master: bool, no_workers: bool, image: Optional[str],
+            container_engine: Optional[str], docker_args: str, network: str, procs_per_worker: int, port: int,
+            timeout: float, cluster: Optional[str], insecure: bool) -> None:
+    from .launch import docker
+
+    if action == "start":
+        info = docker.start(nworkers, master=not no_master, workers=not no_workers, cluster=cluster,
+                            image=image, engine=container_engine, port=port, procs=procs_per_worker,
+                            network=network, args=docker_args, insecure=insecure, timeout=timeout)
+        click.echo(f"cluster {info['cluster']}: master at {info['host']}:{info['port']}; "
+                   f"started {' '.join(info['containers']) or 'no container'}")
+    elif action == "stop":
+        click.echo(f"stopped {docker.stop(cluster, container_engine)} container(s)")
+    else:
+        st = docker.status(cluster, container_engine, insecure)
+        click.echo(f"cluster {st['cluster']}")
+        for c in st["containers"]:
+            click.echo(f"  {c['name']:<40} {c['role']:<8} {c['state']}")
+        snap = st.get("master")
+        if snap:
+            click.echo(f"  workers registered: {len(snap['workers'])}  executors: {len(snap['executors'])}  "
+                       f"queued: {snap['queued']}  running: {snap['running']}")
+        elif "master_error" in st:
+            click.echo(f"  master: {st['master_error']}")
+
+
+@main.group("docker")
+def docker_group() -> None:
+    """Start, stop and show a cw cluster of Docker/Podman containers on this machine."""
+
+
+_launcher_commands(docker_group, "docker", docker_options, _docker, "a cw cluster of containers")
 
 
 @main.command("status")

@@ -3,7 +3,7 @@
 ``$CW_HOME/<cluster>`` (default ``~/.cw/default``, mode 0700) lives on the
 shared filesystem and holds::
 
-    master.json     host, port, pid, protocol version of the running master
+    master.json     host, port, pid (and its pid namespace), protocol version of the running master
     pids/*.json     processes a launcher started: pid and create time
     logs/           master and worker logs
     ssh.json, ssh/  machines `cw ssh start` started workers on, and their records
@@ -74,9 +74,21 @@ def read_master(name: Optional[str] = None) -> Optional[dict]:
     info = read_json(cluster_dir(name) / "master.json")
     if info is None or not isinstance(info.get("port"), int):
         return None
-    if info.get("hostname") == socket.gethostname() and not pid_alive(info.get("pid")):
+    same_host = info.get("hostname") == socket.gethostname()
+    # A pid means something only in its own pid namespace: a master in a
+    # container (host network, same hostname) is not checked from outside.
+    if same_host and info.get("pidns", pid_namespace()) == pid_namespace() \
+            and not pid_alive(info.get("pid")):
         return None  # stale: its master ran on this host and is gone
     return info
+
+
+def pid_namespace() -> Optional[str]:
+    """This process's pid namespace (Linux), to tell whether a recorded pid is ours to check."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def pid_alive(pid: object, create_time: Optional[float] = None) -> bool:

@@ -15,10 +15,10 @@ def randid() -> str:
 
 
 def _launcher(launcher: Optional[str]):
-    from . import local
+    from . import docker, local
     from . import slurm as slurm_launcher
 
-    choices = {"local": local, "slurm": slurm_launcher}
+    choices = {"local": local, "slurm": slurm_launcher, "docker": docker}
     if launcher is None:
         launcher = os.environ.get("CW_LAUNCHER") or ("slurm" if slurm.available() else "local")
     if launcher not in choices:
@@ -30,8 +30,9 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
           launcher: Optional[str] = None, **options: Any) -> dict:
     """Start a cluster of ``nworkers`` workers; return once they registered.
 
-    ``launcher``: "local" or "slurm"; default ``$CW_LAUNCHER``, else SLURM
-    when ``sbatch`` is on PATH and its controller answers, else local.
+    ``launcher``: "local", "slurm" or "docker" (which needs ``image=``);
+    default ``$CW_LAUNCHER``, else SLURM when ``sbatch`` is on PATH and its
+    controller answers, else local.
     """
     return _launcher(launcher).start(nworkers, master=master, workers=workers, **options)
 

@@ -16,6 +16,7 @@ value.
 from __future__ import annotations
 
 import getpass
+import os
 import re
 import shlex
 import subprocess
@@ -81,13 +82,29 @@ def sbatch_command(*, job_name: str, output: str, partition: Optional[str] = Non
     return [*cmd, *extra]
 
 
-def container_command(command: Sequence[str], opts: Options, cwd: str) -> list[str]:
+# Passed into worker containers when set in the job, so jobs and ``--procs
+# auto`` see the same SLURM facts inside as outside.
+SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID",
+              "SLURMD_NODENAME", "SLURM_CPUS_ON_NODE", "SLURM_CPUS_PER_TASK")
+
+
+def container_command(command: Sequence[str], opts: Options, cwd: str,
+                      uid: Optional[int] = None, gid: Optional[int] = None) -> list[str]:
     """Run ``command`` in ``opts.docker_image`` with the host's network and the
-    shared filesystem at the same path, so cwd, sys.path and keys still hold."""
+    shared filesystem at the same path, so cwd, sys.path and keys still hold,
+    as the submitting user (``uid``/``gid``, default ours), so the cluster
+    directory (mode 0700) is readable and files written keep their owner."""
     home = str(cluster_dir(opts.cluster).parent)
+    uid = os.getuid() if uid is None else uid
+    gid = os.getgid() if gid is None else gid
     mounts = sorted({cwd, home})
-    cmd = [opts.container_engine, "run", "--rm", "--net=host", "-w", cwd,
+    cmd = [opts.container_engine, "run", "--rm", "--net=host", "-w", cwd, "--user", f"{uid}:{gid}",
+           "--label", f"cw.slurm.cluster={opts.cluster}",
            "-e", f"CW_HOME={home}", "-e", f"CW_CLUSTER={opts.cluster}"]
+    if opts.container_engine == "podman" and uid != 0:
+        cmd.append("--userns=keep-id")  # rootless podman: the same uid inside as outside
+    for var in SLURM_VARS:
+        cmd += ["-e", var]
     for path in mounts:
         cmd += ["-v", f"{path}:{path}"]
     return [*cmd, *shlex.split(opts.docker_args), opts.docker_image or "", *command]
@@ -123,8 +140,6 @@ def _sbatch(cmd: list[str], script: str) -> str:
 def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
           cluster: Optional[str] = None, timeout: float = 300.0, **options) -> dict:
     """Submit the master and ``nworkers`` workers; return once they answer."""
-    import os
-
     opts = Options(cluster=cluster_name(cluster), **options)
     logs = cluster_dir(opts.cluster, create=True) / "logs"
     jobs: list[str] = []

@@ -1,0 +1,1 @@
+"""Tests against a real container engine (podman); see conftest.py."""
