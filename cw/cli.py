@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import click
@@ -23,11 +24,33 @@ from .protocol import DEFAULT_PORT, PROTOCOL_VERSION
 LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
+def _setup_logging(level: str, logfile: Optional[Path] = None) -> None:
+    """Log to ``logfile`` (in the cluster's ``logs/``) and to stderr, unless a
+    launcher already sends stderr to a file there."""
+    from .logfiles import FORMAT, stderr_in
+
+    handlers: list[logging.Handler] = []
+    if logfile is not None:
+        try:
+            handlers.append(logging.FileHandler(logfile, encoding="utf-8"))
+        except OSError as e:
+            print(f"cw: cannot write the log file {logfile}: {e}; logging to stderr only", file=sys.stderr)
+            logfile = None
+    if logfile is None or not stderr_in(logfile.parent):
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=getattr(logging, level.upper()), format=FORMAT, handlers=handlers, force=True)
+
+
+def _log_file(cluster: Optional[str], role: str, given: Optional[str] = None) -> Optional[Path]:
+    from .cluster import cluster_dir
+    from .logfiles import log_path
+
+    if given:
+        return Path(given)
+    try:
+        return log_path(cluster_dir(cluster, create=True) / "logs", role)
+    except OSError:
+        return None  # no writable cluster directory here: stderr only
 
 
 def _friendly(func: Callable) -> Callable:
@@ -107,12 +130,18 @@ def main() -> None:
               help="Unfinished jobs the master holds for one client.")
 @click.option("--max-bytes-per-client", type=SIZE, default=4 << 30, show_default=True,
               help="Payload bytes the master holds for one client.")
+@click.option("--http-port", type=PORT, envvar="CW_HTTP_PORT", default=None,
+              help="Serve the live dashboard and /api/status on this port (0 = a free one) "
+                   "[default: off].")
+@click.option("--http-host", envvar="CW_HTTP_HOST", default="127.0.0.1", show_default=True,
+              help="Address the dashboard binds; reach it from elsewhere through an SSH tunnel.")
 @_options(heartbeat_options)
 @log_option
 @_friendly
 def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
                    max_message_size: int, max_jobs_per_client: int, max_bytes_per_client: int,
-                   heartbeat: float, liveness: int, log_level: str) -> None:
+                   http_port: Optional[int], http_host: str, heartbeat: float, liveness: int,
+                   log_level: str) -> None:
     """Run a master: route jobs from clients to workers until SIGINT/SIGTERM."""
     import zmq
 
@@ -120,8 +149,8 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
     from .master import Limits, Master
     from .security import master_keys
 
-    _setup_logging(log_level)
     cdir = cluster_dir(cluster, create=True)
+    _setup_logging(log_level, _log_file(cluster, "master"))
     keys = None if insecure else master_keys(cdir)
     limits = Limits(max_message_size, max_jobs_per_client, max_bytes_per_client)
     try:
@@ -137,19 +166,41 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    dashboard = None if http_port is None else _dashboard(master, http_host, http_port)
     mjson = cdir / "master.json"
     write_json(mjson, {"host": advertised_host(host), "port": master.port, "pid": os.getpid(),
                        "protocol": PROTOCOL_VERSION, "hostname": socket.gethostname(),
                        "started": time.time(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
-                       "cluster": cdir.name, "secure": keys is not None})
+                       "cluster": cdir.name, "secure": keys is not None,
+                       "http": dashboard.url if dashboard else None})
     logging.getLogger("cw.master").info("master listening on %s:%d (%s)", host, master.port, mjson)
     try:
         master.run()
     finally:
+        if dashboard is not None:
+            dashboard.close()
         master.close()
         if (read_json(mjson) or {}).get("pid") == os.getpid():
             mjson.unlink(missing_ok=True)
         logging.getLogger("cw.master").info("master stopped")
+
+
+def _dashboard(master: Any, host: str, port: int) -> Any:
+    """Start the dashboard's HTTP thread; the master's loop feeds it snapshots."""
+    from .dashboard import Dashboard
+
+    try:
+        dashboard = Dashboard(host, port)
+    except OSError as e:
+        master.close()
+        raise click.ClickException(f"cannot serve the dashboard on {host}:{port}: {e}; "
+                                   "pick another --http-port, or 0 for a free one") from e
+    master.monitor.http_url = dashboard.url
+    master.monitor.publish = dashboard.publish
+    dashboard.publish(master.snapshot())
+    dashboard.start()
+    logging.getLogger("cw.master").info("dashboard at %s", dashboard.url)
+    return dashboard
 
 
 @main.command("worker")
@@ -170,16 +221,22 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
 @log_option
 @click.option("--executor", hidden=True, default=None)
 @click.option("--supervisor", hidden=True, default="")
+@click.option("--log-file", hidden=True, envvar="CW_LOG_FILE", default=None)
 @_friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
                    grace: float, prefetch: int, cluster: Optional[str], insecure: bool, heartbeat: float,
-                   liveness: int, log_level: str, executor: Optional[str], supervisor: str) -> None:
+                   liveness: int, log_level: str, executor: Optional[str], supervisor: str,
+                   log_file: Optional[str]) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
     from .cluster import cluster_dir, cluster_name, find_master
     from .security import client_keys
     from .worker import Supervisor
 
-    _setup_logging(log_level)
+    logfile = _log_file(cluster, "worker", log_file)
+    _setup_logging(log_level, logfile)
+    if logfile is not None:  # the executors it starts log to the same file, at the same level
+        os.environ["CW_LOG_FILE"] = str(logfile)
+    os.environ["CW_LOG_LEVEL"] = log_level
     keys = None if insecure else client_keys(cluster_dir(cluster))
     if slurm and host is None:
         from .slurm import master_host
@@ -203,8 +260,10 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
 
 def _run_executor(address: str, ident: str, supervisor: str, heartbeat: float, liveness: int,
                   keys: Any, prefetch: int) -> None:
+    from . import joblog
     from .worker import Executor
 
+    joblog.install()  # a job's prints go to the worker's log, tagged with its id
     try:
         identity = bytes.fromhex(ident)
     except ValueError as e:
@@ -380,26 +439,70 @@ slurm_command = _launcher_commands(slurm_group, "slurm.py", slurm_options, _slur
 
 
 @main.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON snapshot.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON snapshot (as /api/status serves it).")
+@click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
 @cluster_option
 @insecure_option
 @_friendly
-def status_command(as_json: bool, cluster: Optional[str], insecure: bool) -> None:
-    """Show the master, its workers, clients and queue."""
+def status_command(as_json: bool, watch: bool, interval: float, cluster: Optional[str],
+                   insecure: bool) -> None:
+    """Show the master, its workers, clients, queue and throughput."""
     from .cluster import find_master
+    from .errors import MasterUnavailableError
     from .launch import query_status
+    from .view import render
 
     host, port = find_master(None, None, cluster)
-    snap = query_status(host, port, cluster=cluster, insecure=insecure)
-    if as_json:
-        click.echo(json.dumps(snap, indent=2))
+
+    def show() -> str:
+        snap = query_status(host, port, cluster=cluster, insecure=insecure)
+        return json.dumps(snap, indent=2) if as_json else render(snap, f"{host}:{port}")
+
+    if not watch:
+        click.echo(show())
         return
-    click.echo(f"master {host}:{port}  up {snap['uptime']:.0f} s  "
-               f"queued {snap['queued']}  running {snap['running']}")
-    for w in snap["workers"]:
-        click.echo(f"  worker {w['host']} pid {w['pid']}: {w['executors']} executor(s)")
-    for c in snap["clients"]:
-        click.echo(f"  client {c['host']} pid {c['pid']}: {c['jobs']} unfinished, {c['done']} done")
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            try:
+                text = show()
+            except MasterUnavailableError as e:
+                text = f"{e} (retrying every {interval:g} s)"
+            # Home and clear-to-end redraw in place on a terminal; elsewhere, one frame after another.
+            click.echo(f"\x1b[H\x1b[J{text}" if tty else f"{text}\n")
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command("logs")
+@click.argument("worker", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("-n", "--lines", type=click.IntRange(0), default=None,
+              help="Only the last N lines [default: all].")
+@cluster_option
+@_friendly
+def logs_command(worker: Optional[str], follow: bool, lines: Optional[int], cluster: Optional[str]) -> None:
+    """Show the cluster's logs in time order, or one process's: WORKER is 'master',
+    a host, a pid or HOST:PID. Jobs' prints are there, tagged 'job ID stdout:'."""
+    from .cluster import cluster_dir
+    from .logfiles import follow as follow_logs
+    from .logfiles import merged, select
+
+    logs = cluster_dir(cluster) / "logs"
+    files = select(logs, worker)
+    if not files and not follow:
+        what = f" matching {worker!r}" if worker else ""
+        raise click.ClickException(f"no log files{what} in {logs}; list them with `ls {logs}`")
+    for line in merged(files, lines):
+        click.echo(line)
+    if follow:
+        try:
+            follow_logs(logs, worker, click.echo)
+        except KeyboardInterrupt:
+            pass
 
 
 # -- keys ------------------------------------------------------------------------

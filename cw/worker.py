@@ -23,12 +23,14 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import zmq
 
+from . import joblog
 from .errors import JobRejectedError
 from .iocore import close_dealer, dealer
+from .monitor import Usage
 from .protocol import NOBLOCK, ErrorCode, Kind, Message, Status, recv_frames, send_frames, versions
 from .security import Keys, read_monitor
 from .serialize import dumps_error, dumps_value, loads_call
@@ -73,6 +75,7 @@ class _Peer:
         self.liveness = liveness
         self.sock, self.monitor = dealer(address, identity, keys)
         self.last_sent = self.last_heard = time.monotonic()
+        self.beat_header: Callable[[], dict] = dict  # what a HEARTBEAT says besides "alive"
 
     def send(self, msg: Message) -> None:
         """Send without blocking: with no connection the message is dropped
@@ -105,7 +108,7 @@ class _Peer:
         """Heartbeat if due; False when the master has been silent too long."""
         now = time.monotonic()
         if now - self.last_sent >= self.heartbeat:
-            self.send(Message(Kind.HEARTBEAT))
+            self.send(Message(Kind.HEARTBEAT, self.beat_header()))
         return now - self.last_heard < self.heartbeat * self.liveness
 
 
@@ -176,6 +179,7 @@ class Executor:
 
     def run_task(self, msg: Message) -> Message:
         jid = msg.header["id"]
+        joblog.set_job(jid)  # the job's prints go to the worker's log, tagged with its id
         old_cwd, old_path = os.getcwd(), sys.path[:]
         try:
             ctx = self.context(bytes(msg.payload[0]))
@@ -196,6 +200,7 @@ class Executor:
             header = {"id": jid, "status": Status.ERROR.value, "error": summary}
             return Message(Kind.RESULT, header, (frame,))
         finally:
+            joblog.set_job(None)
             sys.path[:] = old_path
             try:
                 os.chdir(old_cwd)
@@ -235,6 +240,9 @@ class Supervisor:
         self.failures = [0] * procs
         self.spawned_at = [0.0] * procs
         self.stopping = False
+        self.usage = Usage()  # CPU % and RSS of the executors, in each HEARTBEAT
+        self.peer.beat_header = lambda: self.usage.header(
+            [(self.ids[i], p.pid) for i, p in enumerate(self.slots) if p is not None])
 
     def spawn(self, i: int) -> None:
         ident = b"e" + os.urandom(8)
