@@ -443,10 +443,12 @@ slurm_command = _launcher_commands(slurm_group, "slurm.py", slurm_options, _slur
 @click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
+              help="Seconds to wait for the master's answer.")
 @cluster_option
 @insecure_option
 @_friendly
-def status_command(as_json: bool, watch: bool, interval: float, cluster: Optional[str],
+def status_command(as_json: bool, watch: bool, interval: float, timeout: float, cluster: Optional[str],
                    insecure: bool) -> None:
     """Show the master, its workers, clients, queue and throughput."""
     from .cluster import find_master
@@ -457,11 +459,15 @@ def status_command(as_json: bool, watch: bool, interval: float, cluster: Optiona
     host, port = find_master(None, None, cluster)
 
     def show() -> str:
-        snap = query_status(host, port, cluster=cluster, insecure=insecure)
+        snap = query_status(host, port, timeout, cluster=cluster, insecure=insecure)
         return json.dumps(snap, indent=2) if as_json else render(snap, f"{host}:{port}")
 
     if not watch:
-        click.echo(show())
+        try:
+            click.echo(show())
+        except MasterUnavailableError as e:
+            raise click.ClickException(f"{e}; is the master running? (`cw local start`, or --cluster "
+                                       "NAME / CW_MASTER_ADDRESS to look elsewhere)") from e
         return
     tty = sys.stdout.isatty()
     try:

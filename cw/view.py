@@ -42,26 +42,44 @@ def size(n: Optional[int]) -> str:
     return "-"
 
 
-def _num(n: Any) -> str:
-    return "-" if n is None else f"{n:,}"
+def _num(n: Any, width: int = 99) -> str:
+    """``1,234`` or, when that is wider than ``width``, ``1.2k``, ``12M``, ``1.2G``..."""
+    if n is None:
+        return "-"
+    text = f"{n:,}"
+    if len(text) <= width:
+        return text
+    value, unit = float(n) / 1000, 0
+    while value >= 999.5 and unit < 4:
+        value, unit = value / 1000, unit + 1
+    return f"{value:.1f}{'kMGTP'[unit]}" if value < 9.95 else f"{value:.0f}{'kMGTP'[unit]}"
 
 
-def _job(w: dict) -> str:
+def _job(w: dict, width: int = 7) -> str:
+    """The oldest running job, ``+N`` more; the id's last digits when too long."""
     if w.get("job") is None:
         return "-"
     more = len(w.get("jobs") or []) - 1
-    return f"{w['job']} +{more}" if more > 0 else str(w["job"])
+    tail = f" +{more}" if more > 0 else ""
+    job = str(w["job"])
+    if len(job) + len(tail) > width:
+        job = "…" + job[-max(1, width - len(tail) - 1):]
+    return (job + tail)[-width:]
 
 
 def header(snap: dict, address: str) -> list[str]:
     t, tp = snap["totals"], snap["throughput"]
-    top = f"master {address}  pid {snap['pid']}  up {duration(snap['uptime'])}"
+    top = [f"master {address}  pid {snap['pid']}  up {duration(snap['uptime'])}"]
     if snap.get("http"):
-        top += f"  dashboard {snap['http']}"
+        dash = f"dashboard {snap['http']}"
+        if len(top[0]) + len(dash) + 2 <= WIDTH:
+            top[0] += f"  {dash}"
+        else:
+            top.append(dash)
     jobs = (f"jobs  {_num(t['queued'])} queued  {_num(t['running'])} running  "
             f"{_num(t['done'])} done  {_num(t['failed'])} failed")
     rate = f"{tp['rate']:.1f} jobs/s ({_num(tp['last_minute'])} in the last minute)"
-    return [top[:WIDTH], f"{jobs}  |  {rate}" if len(jobs) + len(rate) + 5 <= WIDTH else jobs,
+    return [*top, f"{jobs}  |  {rate}" if len(jobs) + len(rate) + 5 <= WIDTH else jobs,
             *([] if len(jobs) + len(rate) + 5 <= WIDTH else [rate])]
 
 
@@ -71,16 +89,16 @@ def render(snap: dict, address: str) -> str:
     lines += ["", WORKER_ROW.format("WORKER", "PID", "EXEC", "STATE", "JOB", "AGE", "DONE", "FAIL",
                                     "CPU%", "RSS")]
     for w in sorted(snap["workers"], key=lambda w: (str(w["host"]), w["pid"] or 0)):
-        cpu = "-" if w.get("cpu") is None else f"{w['cpu']:.1f}"
+        cpu = "-" if w.get("cpu") is None else f"{w['cpu']:.1f}"[-6:] if w["cpu"] < 1e5 else "99999+"
         lines.append(WORKER_ROW.format(
             str(w["host"]), w["pid"], f"{w['running']}/{w['executors']}", w["state"], _job(w),
-            duration(w["age"]), _num(w["done"]), _num(w["failed"]), cpu, size(w.get("rss"))))
+            duration(w["age"]), _num(w["done"], 6), _num(w["failed"], 5), cpu, size(w.get("rss"))))
     if not snap["workers"]:
         lines.append("  (no workers registered)")
     lines += ["", CLIENT_ROW.format("CLIENT", "PID", "QUEUED", "RUNNING", "DONE")]
     for c in sorted(snap["clients"], key=lambda c: (str(c["host"]), c["pid"] or 0)):
-        lines.append(CLIENT_ROW.format(str(c["host"]), c["pid"], _num(c["queued"]),
-                                       _num(c["running"]), _num(c["done"])))
+        lines.append(CLIENT_ROW.format(str(c["host"]), c["pid"], _num(c["queued"], 10),
+                                       _num(c["running"], 10), _num(c["done"], 10)))
     if not snap["clients"]:
         lines.append("  (no clients connected)")
     return "\n".join(line[:WIDTH] for line in lines)
