@@ -145,7 +145,7 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
     """Run a master: route jobs from clients to workers until SIGINT/SIGTERM."""
     import zmq
 
-    from .cluster import advertised_host, cluster_dir, read_json, write_json
+    from .cluster import advertised_host, cluster_dir, read_json
     from .master import Limits, Master
     from .security import master_keys
 
@@ -167,12 +167,8 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     dashboard = None if http_port is None else _dashboard(master, http_host, http_port)
-    mjson = cdir / "master.json"
-    write_json(mjson, {"host": advertised_host(host), "port": master.port, "pid": os.getpid(),
-                       "protocol": PROTOCOL_VERSION, "hostname": socket.gethostname(),
-                       "started": time.time(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
-                       "cluster": cdir.name, "secure": keys is not None,
-                       "http": dashboard.url if dashboard else None})
+    mjson = _record_master(cdir, advertised_host(host), master.port, keys is not None,
+                           dashboard.url if dashboard else None)
     logging.getLogger("cw.master").info("master listening on %s:%d (%s)", host, master.port, mjson)
     try:
         master.run()
@@ -183,6 +179,18 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
         if (read_json(mjson) or {}).get("pid") == os.getpid():
             mjson.unlink(missing_ok=True)
         logging.getLogger("cw.master").info("master stopped")
+
+
+def _record_master(cdir: Path, host: str, port: int, secure: bool, http: Optional[str]) -> Path:
+    """master.json: how clients, workers and launchers find this master."""
+    from .cluster import write_json
+
+    mjson = cdir / "master.json"
+    write_json(mjson, {"host": host, "port": port, "pid": os.getpid(), "protocol": PROTOCOL_VERSION,
+                       "hostname": socket.gethostname(), "started": time.time(),
+                       "slurm_job": os.environ.get("SLURM_JOB_ID"), "cluster": cdir.name,
+                       "secure": secure, "http": http})
+    return mjson
 
 
 def _dashboard(master: Any, host: str, port: int) -> Any:
@@ -196,7 +204,7 @@ def _dashboard(master: Any, host: str, port: int) -> Any:
         raise click.ClickException(f"cannot serve the dashboard on {host}:{port}: {e}; "
                                    "pick another --http-port, or 0 for a free one") from e
     master.monitor.http_url = dashboard.url
-    master.monitor.publish = dashboard.publish
+    master.monitor.dashboard = dashboard
     dashboard.publish(master.snapshot())
     dashboard.start()
     logging.getLogger("cw.master").info("dashboard at %s", dashboard.url)

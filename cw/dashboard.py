@@ -2,7 +2,8 @@
 
 ::
 
-    master loop ──every TICK s──► Dashboard.publish(snapshot dict)   (an atomic swap)
+    master loop ──every TICK s──► Dashboard.publish(snapshot dict)   (an atomic swap;
+                                  only while someone looked in the last WANTED s)
     HTTP thread ◄── GET /            the page (dashboard.html: inline CSS and JS, no
                                      asset from anywhere else); it polls /api/status
                 ◄── GET /api/status  the latest snapshot: the JSON of `cw status --json`
@@ -20,11 +21,15 @@ import json
 import logging
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Optional
 
 log = logging.getLogger(__name__)
+
+WANTED = 30.0  # seconds after a request during which the master keeps publishing
+STALE = 1.0  # a snapshot older than this is refreshed before it is served
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
        "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'")
@@ -49,6 +54,8 @@ class Dashboard:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.page = _page()
         self.snapshot: Optional[dict] = None
+        self.published = self.last_request = time.monotonic()
+        self.fresh = threading.Event()
         self.server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
         self.server.dashboard = self
         self.host, self.port = host, self.server.server_address[1]
@@ -68,6 +75,20 @@ class Dashboard:
     def publish(self, snapshot: dict) -> None:
         """Called by the master's loop: a new dict each time, never changed after."""
         self.snapshot = snapshot
+        self.published = time.monotonic()
+        self.fresh.set()
+
+    def wanted(self) -> bool:
+        """Is anyone looking? (Building snapshots for nobody costs a big master.)"""
+        return time.monotonic() - self.last_request < WANTED
+
+    def current(self) -> Optional[dict]:
+        """In the HTTP thread: the latest snapshot, waiting briefly for a fresh one."""
+        self.last_request = time.monotonic()
+        if self.snapshot is None or self.last_request - self.published > STALE:
+            self.fresh.clear()
+            self.fresh.wait(2 * STALE)
+        return self.snapshot
 
     def close(self) -> None:
         if self.thread.is_alive():
@@ -105,7 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path in ("/", "/index.html"):
             self.reply(200, dash.page, "text/html; charset=utf-8")
         elif self.path.split("?")[0] == "/api/status":
-            snap = dash.snapshot
+            snap = dash.current()
             if snap is None:
                 self.reply(503, b'{"error": "no snapshot yet"}\n', "application/json")
             else:

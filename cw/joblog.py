@@ -68,6 +68,15 @@ class JobStream(io.TextIOBase):
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self.inner, "encoding", "utf-8")
 
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return getattr(self.inner, "errors", "strict")
+
+    def __getattr__(self, name: str) -> object:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)  # .buffer, .reconfigure ...: the real stream's
+
 
 def emit(name: str, line: str) -> None:
     _local.busy = True

@@ -16,11 +16,12 @@ executors, from psutil.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import psutil
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 WINDOW = 60  # seconds of throughput history
 TICK = 0.5  # seconds between samples (and dashboard updates)
 MAX_STATS = 512  # executors one HEARTBEAT may report on
+
+log = logging.getLogger(__name__)
 
 
 class Throughput:
@@ -107,7 +110,7 @@ class Monitor:
         self.retired: dict[bytes, int] = {}  # supervisor -> jobs done by executors since gone
         self.failures: dict[bytes, int] = {}  # supervisor -> jobs that failed there
         self.failed = 0
-        self.publish: Optional[Callable[[dict], None]] = None  # the dashboard's, when it runs
+        self.dashboard: Optional[Any] = None  # cw.dashboard.Dashboard, when it runs
         self.http_url: Optional[str] = None
 
     # -- fed by the master ---------------------------------------------------
@@ -115,13 +118,19 @@ class Monitor:
         if now < self.next_tick:
             return
         self.next_tick = now + TICK
+        try:
+            self.sample(master, now)
+        except Exception:  # status is not worth the master: log it, route on
+            log.exception("status bookkeeping failed")
+
+    def sample(self, master: "Master", now: float) -> None:
         self.throughput.sample(now, master.counts["done"] + master.counts["lost"])
         self.track(master.executors, now)
         for table in (self.stats, self.retired, self.failures):
             for sup in [s for s in table if s not in master.supervisors]:
                 del table[sup]
-        if self.publish is not None:
-            self.publish(self.snapshot(master, now))
+        if self.dashboard is not None and self.dashboard.wanted():  # someone looked lately
+            self.dashboard.publish(self.snapshot(master, now))
 
     def track(self, executors: dict[bytes, "ExecutorState"], now: float) -> None:
         """Note which job each executor runs since when, and what gone ones had done."""
@@ -163,7 +172,11 @@ class Monitor:
         self.throughput.sample(now, master.counts["done"] + master.counts["lost"])
         executors = [self.executor_view(state, now) for state in master.executors.values()]
         clients = [client_view(c) for c in master.clients.values()]
-        workers = [self.worker_view(ident, sup, executors) for ident, sup in master.supervisors.items()]
+        by_worker: dict[Optional[str], list[dict]] = {}
+        for e in executors:
+            by_worker.setdefault(e["worker"], []).append(e)
+        workers = [self.worker_view(ident, sup, by_worker.get(ident.hex(), []))
+                   for ident, sup in master.supervisors.items()]
         counts = dict(master.counts)
         totals = {
             "workers": len(workers), "executors": len(executors), "clients": len(clients),
@@ -197,8 +210,7 @@ class Monitor:
             "cpu": usage[0] if usage else None, "rss": usage[1] if usage else None,
         }
 
-    def worker_view(self, ident: bytes, sup: "ExecutorState", executors: list[dict]) -> dict:
-        mine = [e for e in executors if e["worker"] == ident.hex()]
+    def worker_view(self, ident: bytes, sup: "ExecutorState", mine: list[dict]) -> dict:
         busy = [e for e in mine if e["running"]]
         oldest = max(busy, key=lambda e: e["age"], default=None)
         usage = [e for e in mine if e["cpu"] is not None]
@@ -248,8 +260,8 @@ class Usage:
                 with proc.oneshot():
                     stats[ident.hex()] = {"cpu": round(proc.cpu_percent(None), 1),
                                           "rss": proc.memory_info().rss}
-            except psutil.Error:
-                continue
+            except (psutil.Error, OSError):
+                continue  # gone meanwhile: the supervisor reports its death
         for pid in [p for p in self.procs if p not in live]:
             del self.procs[pid]
         return {"stats": stats}

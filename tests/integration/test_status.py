@@ -89,7 +89,15 @@ def follow_output(procs, *args):
 
 def wait_line(lines, pattern, what):
     seen = []
-    wait_for(lambda: seen.append(lines.get(timeout=0.5)) or pattern in seen[-1], what=what)
+
+    def check():
+        try:
+            seen.append(lines.get(timeout=0.5))
+        except queue.Empty:
+            return False
+        return pattern in seen[-1]
+
+    wait_for(check, what=what)
     return seen
 
 

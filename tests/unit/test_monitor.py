@@ -183,3 +183,22 @@ def test_dashboard_serves_page_and_snapshot_and_refuses_foreign_host_names():
     finally:
         dash.close()
     assert not dash.thread.is_alive()
+
+
+def test_a_failing_status_bookkeeping_never_stops_the_master(caplog):
+    class Broken:
+        def wanted(self):
+            return True
+
+        def publish(self, snapshot):
+            raise RuntimeError("dashboard bug")
+
+    with running_master() as m:
+        m.monitor.dashboard = Broken()
+        c = client(m)
+        submit(c, 1)
+        ex = executor(m)
+        assert ex.recv({Kind.TASK}).kind is Kind.TASK  # the loop goes on
+        m.monitor.next_tick = 0
+        m.step(timeout=0.01)
+    assert "status bookkeeping failed" in caplog.text
