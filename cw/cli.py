@@ -509,7 +509,8 @@ def logs_command(worker: Optional[str], follow: bool, lines: Optional[int], clus
     files = select(logs, worker)
     if not files and not follow:
         what = f" matching {worker!r}" if worker else ""
-        raise click.ClickException(f"no log files{what} in {logs}; list them with `ls {logs}`")
+        raise click.ClickException(f"no log files{what} in {logs}; another cluster (--cluster, "
+                                   f"CW_HOME)? `ls {logs}` lists what there is")
     for line in merged(files, lines):
         click.echo(line)
     if follow:
