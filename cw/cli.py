@@ -43,12 +43,14 @@ def _setup_logging(level: str, logfile: Optional[Path] = None) -> None:
 
 def _log_file(cluster: Optional[str], role: str, given: Optional[str] = None) -> Optional[Path]:
     from .cluster import cluster_dir
-    from .logfiles import log_path
+    from .logfiles import log_path, logs_dir
 
     if given:
         return Path(given)
     try:
-        return log_path(cluster_dir(cluster, create=True) / "logs", role)
+        logs = logs_dir(cluster_dir(cluster, create=True))
+        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return log_path(logs, role)
     except OSError:
         return None  # no writable cluster directory here: stderr only
 
@@ -503,9 +505,9 @@ def logs_command(worker: Optional[str], follow: bool, lines: Optional[int], clus
     a host, a pid or HOST:PID. Jobs' prints are there, tagged 'job ID stdout:'."""
     from .cluster import cluster_dir
     from .logfiles import follow as follow_logs
-    from .logfiles import merged, select
+    from .logfiles import logs_dir, merged, select
 
-    logs = cluster_dir(cluster) / "logs"
+    logs = logs_dir(cluster_dir(cluster))
     files = select(logs, worker)
     if not files and not follow:
         what = f" matching {worker!r}" if worker else ""

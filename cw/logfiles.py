@@ -8,6 +8,8 @@
                                    prints ("job 17 stdout: ...")
         *.log                      what launchers capture of raw stdout/stderr (crashes)
 
+(``$CW_LOG_DIR`` puts them elsewhere, e.g. on a node's local disk.)
+
 Lines start with a timestamp (``2026-01-02 10:11:12,345``), so the files of
 many processes merge into one time-ordered stream.
 """
@@ -23,6 +25,12 @@ from typing import Callable, Iterator, Optional
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 _STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+
+
+def logs_dir(cluster_dir: Path) -> Path:
+    """``$CW_LOG_DIR`` if set, else the cluster directory's ``logs/``."""
+    value = os.environ.get("CW_LOG_DIR", "").strip()
+    return Path(value).expanduser() if value else cluster_dir / "logs"
 
 
 def log_path(logs: Path, role: str) -> Path:

@@ -202,3 +202,11 @@ def test_a_failing_status_bookkeeping_never_stops_the_master(caplog):
         m.monitor.next_tick = 0
         m.step(timeout=0.01)
     assert "status bookkeeping failed" in caplog.text
+
+
+def test_cw_log_dir_moves_the_logs(tmp_path, monkeypatch):
+    monkeypatch.delenv("CW_LOG_DIR", raising=False)
+    assert logfiles.logs_dir(tmp_path) == tmp_path / "logs"
+    monkeypatch.setenv("CW_LOG_DIR", str(tmp_path / "elsewhere"))
+    assert logfiles.logs_dir(tmp_path) == tmp_path / "elsewhere"
+    assert logfiles.log_path(tmp_path, "worker").name == f"worker-{os.uname().nodename}-{os.getpid()}.log"
