@@ -225,18 +225,22 @@ def _dashboard(master: Any, host: str, port: int) -> Any:
 @click.option("--prefetch", type=click.IntRange(0, 64), default=1, show_default=True,
               help="Tasks each executor holds beyond the one it runs (0 for long jobs "
                    "that should start on the first free executor).")
+@click.option("--batch", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Most tasks an executor holds while its jobs take about a millisecond or "
+                   "less, to save messages (1: never more than --prefetch allows).")
 @cluster_option
 @insecure_option
 @_options(heartbeat_options)
 @log_option
 @click.option("--executor", hidden=True, default=None)
 @click.option("--supervisor", hidden=True, default="")
+@click.option("--job-fd", hidden=True, type=int, default=None)
 @click.option("--log-file", hidden=True, envvar="CW_LOG_FILE", default=None)
 @_friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
-                   grace: float, prefetch: int, cluster: Optional[str], insecure: bool, heartbeat: float,
-                   liveness: int, log_level: str, executor: Optional[str], supervisor: str,
-                   log_file: Optional[str]) -> None:
+                   grace: float, prefetch: int, batch: int, cluster: Optional[str], insecure: bool,
+                   heartbeat: float, liveness: int, log_level: str, executor: Optional[str],
+                   supervisor: str, job_fd: Optional[int], log_file: Optional[str]) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
     from .cluster import cluster_dir, cluster_name, find_master
     from .security import client_keys
@@ -254,10 +258,11 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
         host = master_host(cluster, wait=True)
     host, port = find_master(host, port, cluster)
     if executor is not None:
-        _run_executor(f"tcp://{host}:{port}", executor, supervisor, heartbeat, liveness, keys, prefetch)
+        _run_executor(f"tcp://{host}:{port}", executor, supervisor, heartbeat, liveness, keys,
+                      prefetch, batch, job_fd)
         return
     sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
-                     keys=keys, cluster=cluster_name(cluster), prefetch=prefetch)
+                     keys=keys, cluster=cluster_name(cluster), prefetch=prefetch, batch=batch)
 
     def on_signal(signum: int, frame: Any) -> None:
         sup.stopping = True
@@ -269,7 +274,7 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
 
 
 def _run_executor(address: str, ident: str, supervisor: str, heartbeat: float, liveness: int,
-                  keys: Any, prefetch: int) -> None:
+                  keys: Any, prefetch: int, batch: int, job_fd: Optional[int]) -> None:
     from . import joblog
     from .worker import Executor
 
@@ -278,7 +283,7 @@ def _run_executor(address: str, ident: str, supervisor: str, heartbeat: float, l
         identity = bytes.fromhex(ident)
     except ValueError as e:
         raise click.BadParameter("not hex", param_hint="--executor") from e
-    executor = Executor(address, identity, supervisor, heartbeat, liveness, keys, prefetch)
+    executor = Executor(address, identity, supervisor, heartbeat, liveness, keys, prefetch, batch, job_fd)
 
     def on_term(signum: int, frame: Any) -> None:
         executor.stopping = True

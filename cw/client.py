@@ -22,7 +22,7 @@ from .iocore import IOCore
 from .progress import Progress
 from .protocol import Status
 from .security import client_keys, insecure_default
-from .serialize import context_frame, dumps_call, error_text, loads_error
+from .serialize import context_frame, dumps_call, error_text, loads_error, loads_value
 
 __all__ = ["ClusterExecutor", "ClientThread", "SlurmExecutor", "RemoteException"]
 
@@ -47,13 +47,12 @@ class _Context:
 def _outcome(status: Status, payload: tuple, error: Union[str, BaseException, None],
              jobid: object) -> tuple[bool, Any]:
     """(ok, value or exception) for a job's RESULT."""
-    import pickle
 
     if isinstance(error, BaseException):
         return False, error
     if status is Status.OK:
         try:
-            return True, pickle.loads(payload[0])
+            return True, loads_value(payload)
         except Exception as e:
             return False, RemoteException(f"cannot unpickle the result of job {jobid!r}: {e!r}", jobid)
     if status is Status.ERROR:
@@ -175,7 +174,7 @@ class ClusterExecutor(futures.Executor):
         fut = _Future(self._core, jid, self._futures)
         self._futures[jid] = fut  # before the I/O thread can see the job
         try:
-            self._core.submit(jid, (self._context(), call), options)
+            self._core.submit(jid, (self._context(), *call), options)
         except BaseException:
             del self._futures[jid]
             raise
@@ -361,7 +360,7 @@ class ClientThread:
         if self.progress is not None:
             self.progress.add()
         try:
-            self._core.submit(jid, (self._context(), call), self.options)
+            self._core.submit(jid, (self._context(), *call), self.options)
         except BaseException:
             with self._cond:
                 del self._jobids[jid]

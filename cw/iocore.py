@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import zmq
 
@@ -226,29 +226,23 @@ class IOCore(threading.Thread):
         return True
 
     def send_jobs(self, jobs: Iterable[tuple]) -> None:
-        """SUBMIT ``(id, (context, call), options)`` jobs, batching neighbours
+        """SUBMIT ``(id, (context, *frames), options)`` jobs, batching neighbours
         that share a context and options into one message."""
-        ids: list = []
-        calls: list = []
-        key: Optional[tuple] = None
-        size = 0
+        batch = _Batch()
         # A batch stays well inside the master's message limit (and 1 MiB):
-        # its context, header (about 24 bytes an id) and calls all count.
+        # its context, header (about 24 bytes a job) and frames all count.
         budget = min(1 << 20, self.max_message_size // 2)
-        for jid, (context, call), options in jobs:
-            cost = len(call) + 24
-            if key is not None and (key[0] is not context or key[1] != options or len(ids) >= 1000
-                                    or size + cost > budget):
-                self.send(Message(Kind.SUBMIT, {"ids": ids, **key[1]}, (key[0], *calls)))
-                ids, calls = [], []
-            if not ids:
-                size = len(context) + 256
-            key = (context, options)
-            ids.append(jid)
-            calls.append(call)
-            size += cost
-        if key is not None:
-            self.send(Message(Kind.SUBMIT, {"ids": ids, **key[1]}, (key[0], *calls)))
+        for jid, (context, *frames), options in jobs:
+            cost = sum(len(f) for f in frames) + 24
+            if batch.ids and (batch.context is not context or batch.options != options
+                              or len(batch.ids) >= 1000 or batch.size + cost > budget):
+                self.send(batch.message())
+                batch = _Batch()
+            if not batch.ids:
+                batch.context, batch.options, batch.size = context, options, len(context) + 256
+            batch.add(jid, frames, cost)
+        if batch.ids:
+            self.send(batch.message())
 
     def drain_commands(self) -> None:
         try:
@@ -305,7 +299,7 @@ class IOCore(threading.Thread):
         if msg.kind is Kind.RESULTS:
             frames = iter(msg.payload)
             for jid, status, error, nframes in msg.header["results"]:
-                payload = (next(frames),) if nframes else ()
+                payload = tuple(next(frames) for _ in range(nframes))
                 if self.pending.pop(jid, None) is not None:  # else a duplicate: drop it
                     self.on_result(jid, Status(status), payload, error)
         elif msg.kind is Kind.STARTED:
@@ -380,3 +374,27 @@ class IOCore(threading.Thread):
         self.close_socket(linger=200 if self.connected.is_set() else 0)
         self.wake_r.close()
         self.wake_w.close()
+
+
+class _Batch:
+    """Jobs that go out in one SUBMIT: one context, each job's frames."""
+
+    def __init__(self) -> None:
+        self.ids: list = []
+        self.counts: list = []
+        self.frames: list = []
+        self.context: Any = None
+        self.options: dict = {}
+        self.size = 0
+
+    def add(self, jid: int, frames: list, cost: int) -> None:
+        self.ids.append(jid)
+        self.counts.append(len(frames))
+        self.frames += frames
+        self.size += cost
+
+    def message(self) -> Message:
+        header = {"ids": self.ids, **self.options}
+        if len(self.frames) != len(self.ids):  # some job has out-of-band buffers
+            header["frames"] = self.counts
+        return Message(Kind.SUBMIT, header, (self.context, *self.frames))

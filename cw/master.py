@@ -5,8 +5,10 @@
     client ──SUBMIT──► ROUTER ──► Job appended to ClientState.queue
                          │        (clients with queued jobs take turns in `ready`)
                          ▼
-    dispatch(): next ready client's oldest job ──TASK──► a free executor slot (`free`)
-    executor ──RESULT──► master: Job leaves ExecutorState.running ──RESULT──► client
+    dispatch(): executors with room (`free`) take the ready clients' oldest jobs in
+                turns ──TASK──► one message per executor per turn, several jobs
+                when its jobs are short (``window``)
+    executor ──RESULT──► master: Jobs leave ExecutorState.running ──RESULTS──► client
     supervisor ──DIED──► master: the dead executor's jobs go back to the front of
                          their client's queue, or fail as lost after `retries` deaths
     master ──KILL──► supervisor: a job past its timeout, force-cancelled, or of a
@@ -35,7 +37,17 @@ import zmq
 
 from .errors import ProtocolError
 from .monitor import Monitor
-from .protocol import NOBLOCK, ErrorCode, Kind, Message, Status, recv_frames, send_frames, versions
+from .protocol import (
+    NOBLOCK,
+    ErrorCode,
+    Kind,
+    Message,
+    Status,
+    job_frames,
+    recv_frames,
+    send_frames,
+    versions,
+)
 from .security import Keys, ZapHandler, apply_server
 from .state import ClientState, ExecutorState, Job, Limits, salvage_ids
 
@@ -43,6 +55,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETRIES = 2
 RECV_BATCH = 1000  # messages handled per step before dispatching
+# An executor holds jobs beyond its capacity only while they are short: about
+# this many seconds of work, and no more than its share of the queue.
+BATCH_SECONDS = 0.002
+TASK_BYTES = 1 << 20  # a TASK with several jobs stays under this
 
 
 def _chunks(results: list, budget: int = 40_000) -> Iterator[list]:
@@ -114,7 +130,8 @@ class Master:
         self.deadlines: list[tuple[float, int]] = []  # heap of (deadline, tid)
         self.dying: deque = deque()  # (when, executor identity, reason) of reported deaths
         self.ready: deque[bytes] = deque()
-        self.free: deque[bytes] = deque()
+        self.free: deque[bytes] = deque()  # executors that may have room for tasks
+        self.queued = 0  # jobs in clients' queues (cancelled ones included until popped)
         self.next_tid = 1
         self.next_beat = 0.0
         self.stopping = False
@@ -191,7 +208,7 @@ class Master:
             self.refuse(identity, f"internal error: {type(e).__name__}")
 
     def salvage(self, identity: bytes, frames: list, reason: str) -> None:
-        """Fail the one job a refused SUBMIT or RESULT was about, so none hangs."""
+        """Fail the jobs a refused SUBMIT or RESULT was about, so none hangs."""
         ids = salvage_ids(frames)
         if not ids:
             return
@@ -199,14 +216,15 @@ class Master:
             for cid in ids:
                 self.reply_refused(identity, cid, reason)
             return
-        if len(ids) != 1:
-            return
         state = self.executors.get(identity)
-        job = self.finish_task(state, ids[0], self.clock()) if state else None
-        if job is not None:
-            self.forget(job)
-            if not job.cancelled:
-                self.reply(job, Status.ERROR, (), f"its result was refused: {reason}")
+        if state is None:
+            return
+        for tid in ids:
+            job = self.finish_task(state, tid, self.clock())
+            if job is not None:
+                self.forget(job)
+                if not job.cancelled:
+                    self.reply(job, Status.ERROR, (), f"its result was refused: {reason}")
 
     def refuse(self, identity: bytes, reason: str, jid: Optional[int] = None,
                code: ErrorCode = ErrorCode.MALFORMED) -> None:
@@ -273,20 +291,24 @@ class Master:
         context = msg.payload[0]
         retries = msg.header.get("retries", DEFAULT_RETRIES)
         timeout = msg.header.get("timeout")
-        for cid, call in zip(msg.header["ids"], msg.payload[1:]):
+        end = 1
+        for cid, n in zip(msg.header["ids"], job_frames(msg.header, 1)):
+            start, end = end, end + n
             if cid in client.jobs:
                 continue  # a resubmission of a job we hold: keep the first
-            size = len(context) + len(call)
+            payload = (context, *msg.payload[start:end])
+            size = sum(len(f) for f in payload)
             refusal = self.limits.check(len(client.jobs), client.held_bytes, size)
             if refusal:
                 self.reply_refused(identity, cid, refusal)
                 continue
-            job = Job(self.next_tid, identity, cid, (context, call), retries, size, timeout)
+            job = Job(self.next_tid, identity, cid, payload, retries, size, timeout)
             client.held_bytes += size
             self.next_tid += 1
             self.jobs[job.tid] = job
             client.jobs[cid] = job
             client.queue.append(job)
+            self.queued += 1
             self.counts["submitted"] += 1
         if client.queue:
             self.mark_ready(client)
@@ -321,32 +343,38 @@ class Master:
         state = self.executors.get(identity)
         if state is not None:  # re-registered: whatever it ran is gone
             self.requeue(state, "executor re-registered")
-        state = self.executors[identity] = ExecutorState(identity, msg.header, now, capacity)
-        self.free.extend([identity] * capacity)
+        state = self.executors[identity] = ExecutorState(identity, msg.header, now, capacity,
+                                                         batch=msg.header.get("batch", capacity))
+        self.offer(state)
         self.welcome(identity)  # tells the executor the message size limit
 
     def on_result(self, identity: bytes, msg: Message, now: float) -> None:
         state = self.executors.get(identity)
-        if state is None:  # presumed dead meanwhile: its job already went elsewhere
+        if state is None:  # presumed dead meanwhile: its jobs already went elsewhere
             self.counts["duplicates"] += 1
             self.refuse(identity, "unknown executor: send READY first", None, ErrorCode.UNKNOWN_PEER)
             return
         state.last_seen = now
-        job = self.finish_task(state, msg.header["id"], now)
-        if job is None:  # a late duplicate of a job requeued, timed out or cancelled
-            self.counts["duplicates"] += 1
-            self.refuse(identity, "no such job running here", msg.header["id"], ErrorCode.UNKNOWN_JOB)
-            return
-        state.done += 1
-        self.forget(job)
-        if not job.cancelled:
-            status = Status(msg.header["status"])
-            self.reply(job, status, msg.payload, msg.header.get("error"))
+        results = msg.header["results"]
+        if "busy" in msg.header and results:
+            state.observe(msg.header["busy"], len(results))
+        frames = iter(msg.payload)
+        for tid, status, error, nframes in results:
+            payload = tuple(next(frames) for _ in range(nframes))
+            job = self.finish_task(state, tid, now)
+            if job is None:  # a late duplicate of a job requeued, timed out or cancelled
+                self.counts["duplicates"] += 1
+                self.refuse(identity, "no such job running here", tid, ErrorCode.UNKNOWN_JOB)
+                continue
+            state.done += 1
+            self.forget(job)
+            if not job.cancelled:
+                self.reply(job, Status(status), payload, error)
 
     def finish_task(self, state: ExecutorState, tid: int, now: float) -> Optional[Job]:
-        """A task left its executor: free the slot; the next prefetched one starts."""
+        """A task left its executor: it has room; the next one there starts."""
         job = state.running.pop(tid, None)
-        self.free.append(state.identity)
+        self.offer(state)
         if state.running and not state.killed:
             nxt = next(iter(state.running.values()))
             if nxt.timeout is not None and nxt.deadline is None:
@@ -367,6 +395,7 @@ class Master:
             # connection: wait a moment so a result it sent before dying
             # arrives first and the death is charged to the job it really ran.
             state.capacity = 0
+            state.died_in = msg.header.get("job")
             self.dying.append((now + min(0.5, self.heartbeat), executor, reason))
 
     def bury(self, now: float) -> None:
@@ -418,13 +447,46 @@ class Master:
             client.in_ready = True
             self.ready.append(client.identity)
 
+    def offer(self, state: ExecutorState) -> None:
+        if not state.offered:
+            state.offered = True
+            self.free.append(state.identity)
+
+    def window(self, state: ExecutorState) -> int:
+        """How many tasks an executor may hold: its capacity, or more while
+        its jobs are short and the queue is long (fewer, bigger messages)."""
+        if state.cost is None or state.batch <= state.capacity or state.capacity < 2:
+            return state.capacity
+        share = self.queued // len(self.executors)
+        return state.capacity + min(state.batch - state.capacity, share,
+                                    int(BATCH_SECONDS / max(state.cost, 1e-6)))
+
     def dispatch(self, now: float) -> None:
-        """Give queued jobs to free executor slots, one client at a time."""
+        """Fill executors with room, taking the ready clients' jobs in turns."""
         while self.free and self.ready:
-            executor = self.executors.get(self.free[0])
-            if executor is None or len(executor.running) >= executor.capacity:
-                self.free.popleft()  # stale slot of a gone or full executor
-                continue
+            state = self.executors.get(self.free.popleft())
+            if state is None:
+                continue  # gone since it was offered
+            state.offered = False
+            room = self.window(state) - len(state.running)
+            if room <= 0:
+                continue  # full: a result offers it again
+            jobs = self.take(room)
+            for job in jobs:
+                job.executor = state.identity
+                if not state.running and job.timeout is not None:
+                    self.start_clock(job, now)  # else it waits, prefetched, behind another
+                state.running[job.tid] = job
+            if jobs:
+                self.send_task(state, jobs)
+            if len(state.running) < self.window(state):
+                self.offer(state)  # the queue ran dry (or the message grew big) before it was full
+
+    def take(self, room: int) -> list[Job]:
+        """Up to ``room`` queued jobs, one client after another (round-robin)."""
+        jobs: list[Job] = []
+        size = 0
+        while len(jobs) < room and size < TASK_BYTES and self.ready:
             client = self.clients.get(self.ready.popleft())
             if client is None:
                 continue  # dropped since it queued
@@ -432,20 +494,23 @@ class Master:
             if job is None:
                 client.in_ready = False
                 continue
-            self.free.popleft()
             self.ready.append(client.identity)  # round-robin: back of the line
-            job.executor = executor.identity
-            starts_now = not executor.running  # else it waits, prefetched, behind another
-            executor.running[job.tid] = job
-            if starts_now and job.timeout is not None:
-                self.start_clock(job, now)
             client.started.append(job.cid)
-            self.send(executor.identity, Message(Kind.TASK, {"id": job.tid}, job.payload))
+            jobs.append(job)
+            size += job.size
+        return jobs
 
-    @staticmethod
-    def next_job(client: ClientState) -> Optional[Job]:
+    def send_task(self, state: ExecutorState, jobs: list[Job]) -> None:
+        header: dict = {"ids": [job.tid for job in jobs]}
+        frames = [f for job in jobs for f in job.payload]
+        if len(frames) != 2 * len(jobs):  # some job has out-of-band buffers
+            header["frames"] = [len(job.payload) for job in jobs]
+        self.send(state.identity, Message(Kind.TASK, header, tuple(frames)))
+
+    def next_job(self, client: ClientState) -> Optional[Job]:
         while client.queue:
             job = client.queue.popleft()
+            self.queued -= 1
             if not job.cancelled:
                 return job
         return None
@@ -544,19 +609,21 @@ class Master:
     def requeue(self, state: ExecutorState, reason: str, count: bool = False) -> None:
         """Put a gone executor's jobs back at the front of their queues, in order.
 
-        With ``count``, the death counts against the job it was running: the
-        first in ``running`` (an executor runs its tasks in arrival order; the
-        rest were prefetched and never started), unless the master killed it.
+        With ``count``, the death counts against the job it was running, unless
+        the master killed it: the one its supervisor saw it run, else the first
+        in ``running`` (an executor runs its tasks in arrival order; the rest
+        were prefetched and never started, or finished with results unsent).
         """
         held = list(state.running.values())
-        for i, job in reversed(list(enumerate(held))):
+        culprit = state.died_in if state.died_in in state.running else next(iter(state.running), None)
+        for job in reversed(held):
             job.executor = None
             job.deadline = None
             client = self.clients.get(job.client)
             if job.cancelled or client is None:
                 self.forget(job)
                 continue
-            job.deaths += count and i == 0 and not state.killed
+            job.deaths += count and job.tid == culprit and not state.killed
             if job.deaths > job.retries:
                 self.forget(job)
                 info = state.info
@@ -566,6 +633,7 @@ class Master:
                 continue
             self.counts["requeued"] += 1
             client.queue.appendleft(job)
+            self.queued += 1
             self.mark_ready(client)
         if held:
             log.warning("executor %s:%s gone (%s): %d job(s) requeued",
@@ -582,6 +650,7 @@ class Master:
                 state.running.pop(job.tid, None)
                 self.kill(state)
         client.jobs.clear()
+        self.queued -= len(client.queue)
         client.queue.clear()
 
     # -- liveness ---------------------------------------------------------

@@ -19,7 +19,7 @@ import zmq
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"CW" + bytes([PROTOCOL_VERSION])
 DEFAULT_PORT = 5494
 MAX_HEADER_BYTES = 64 * 1024
@@ -34,13 +34,13 @@ class Kind(enum.Enum):
 
     HELLO = b"H"  # client -> master: who I am, versions
     WELCOME = b"W"  # master -> client: accepted, master session
-    SUBMIT = b"S"  # client -> master: jobs (payload: one context, one pickled call per id)
+    SUBMIT = b"S"  # client -> master: jobs (payload: one context, then each job's frames)
     CANCEL = b"C"  # client -> master: drop a queued job
     STARTED = b"A"  # master -> client: these jobs went to a worker
-    RESULT = b"R"  # executor -> master: one job's outcome
+    RESULT = b"R"  # executor -> master: outcomes of jobs it ran, batched
     RESULTS = b"Z"  # master -> client: outcomes, batched per turn of the master's loop
     READY = b"Y"  # executor -> master: registered, capacity
-    TASK = b"T"  # master -> executor: run this job
+    TASK = b"T"  # master -> executor: run these jobs, in order
     DIED = b"D"  # supervisor -> master: an executor died (exit code)
     DRAIN = b"N"  # supervisor -> master: send my executors nothing more
     DEPART = b"P"  # supervisor -> master: leaving; requeue what my executors held
@@ -85,14 +85,17 @@ SCHEMAS: dict[Kind, dict[str, tuple[type, bool]]] = {
     Kind.HELLO: {"session": (str, True), **_PEER},
     Kind.WELCOME: {"session": (str, True), "heartbeat": (float, True),
                    "max_message_size": (int, False), **_VERSIONS},
-    Kind.SUBMIT: {"ids": (list, True), "retries": (int, False), "timeout": (float, False)},
+    Kind.SUBMIT: {"ids": (list, True), "frames": (list, False), "retries": (int, False),
+                  "timeout": (float, False)},
     Kind.CANCEL: {"id": (int, True), "force": (bool, False)},
     Kind.STARTED: {"ids": (list, True)},
-    Kind.RESULT: {"id": (int, True), "status": (str, True), "error": (str, False)},
+    Kind.RESULT: {"results": (list, True), "busy": (float, False)},
     Kind.RESULTS: {"results": (list, True)},
-    Kind.READY: {"capacity": (int, True), "supervisor": (str, False), "procs": (int, False), **_PEER},
-    Kind.TASK: {"id": (int, True)},
-    Kind.DIED: {"executor": (str, True), "exitcode": (int, True), "signal": (int, False)},
+    Kind.READY: {"capacity": (int, True), "batch": (int, False), "supervisor": (str, False),
+                 "procs": (int, False), **_PEER},
+    Kind.TASK: {"ids": (list, True), "frames": (list, False)},
+    Kind.DIED: {"executor": (str, True), "exitcode": (int, True), "signal": (int, False),
+                "job": (int, False)},
     Kind.DRAIN: {},
     Kind.DEPART: {},
     Kind.KILL: {"executor": (str, True)},
@@ -101,13 +104,11 @@ SCHEMAS: dict[Kind, dict[str, tuple[type, bool]]] = {
     Kind.STATUS: {},
     Kind.ERROR: {"error": (str, True), "code": (str, False), "id": (int, False)},
 }
-# Kinds that carry exactly these numbers of payload frames.
-PAYLOAD_FRAMES: dict[Kind, tuple[int, ...]] = {
-    Kind.TASK: (2,),
-    Kind.RESULT: (0, 1),
-}
+# Kinds whose payload frames are counted by their header (checked below).
+BATCHES = frozenset({Kind.SUBMIT, Kind.TASK, Kind.RESULT, Kind.RESULTS})
 # Upper bounds of integer fields whose size drives memory (default MAX_INT).
-LIMITS = {"capacity": 4096, "retries": 10_000, "exitcode": 255, "signal": 128, "v": 255}
+LIMITS = {"capacity": 4096, "batch": 4096, "retries": 10_000, "exitcode": 255, "signal": 128, "v": 255}
+MAX_JOB_FRAMES = 1024  # a job's or a result's frames: its pickle and out-of-band buffers
 # Reply headers are free-form JSON snapshots: only their type is checked.
 FREE_FORM = frozenset({Kind.STATUS})
 
@@ -186,49 +187,60 @@ def decode_header(raw: bytes) -> dict:
     return header
 
 
-MAX_BATCH = 10_000  # jobs in one SUBMIT
+MAX_BATCH = 10_000  # jobs in one SUBMIT or TASK
 
 
 def validate(kind: Kind, header: dict, npayload: int) -> None:
     """Check a header against its kind's schema (types, ranges, sizes)."""
     if kind in FREE_FORM:
         return
-    if kind is Kind.RESULTS:
-        _check_results(header, npayload)
-        return
-    allowed = PAYLOAD_FRAMES.get(kind, (0,))
-    if kind is not Kind.SUBMIT and npayload not in allowed:
-        raise ProtocolError(f"{kind.name} carries {npayload} payload frames, expected {allowed}")
     for name, (typ, required) in SCHEMAS[kind].items():
         if name not in header:
             if required:
                 raise ProtocolError(f"{kind.name} header lacks {name!r}")
             continue
         _check_value(kind, name, header[name], typ)
-    if kind is Kind.RESULT and header["status"] not in _STATUSES:
-        raise ProtocolError(f"unknown job status {header['status'][:32]!r}")
-    if kind is Kind.SUBMIT:
-        n = len(header["ids"])
-        if not 1 <= n <= MAX_BATCH:
-            raise ProtocolError(f"SUBMIT carries {n} jobs, expected 1 to {MAX_BATCH}")
-        if npayload != n + 1:
-            raise ProtocolError(f"SUBMIT of {n} jobs carries {npayload} payload frames, expected {n + 1}")
+    if kind in (Kind.RESULT, Kind.RESULTS):
+        _check_results(kind, header["results"], npayload)
+    elif kind in (Kind.SUBMIT, Kind.TASK):
+        _check_jobs(kind, header, npayload)
+    elif npayload:
+        raise ProtocolError(f"{kind.name} carries {npayload} payload frames, expected none")
 
 
-def _check_results(header: dict, npayload: int) -> None:
-    """RESULTS: [[id, status, error or null, number of payload frames (0/1)], ...]."""
-    results = header.get("results")
-    if not isinstance(results, list):
-        raise ProtocolError("RESULTS header lacks its list of results")
+def job_frames(header: dict, default: int) -> list:
+    """Frames of each job of a SUBMIT (default 1: its call) or TASK (2: context, call)."""
+    return header.get("frames") or [default] * len(header["ids"])
+
+
+def _check_jobs(kind: Kind, header: dict, npayload: int) -> None:
+    """SUBMIT: one context frame, then each job's; TASK: each job's (context first)."""
+    n = len(header["ids"])
+    if not 1 <= n <= MAX_BATCH:
+        raise ProtocolError(f"{kind.name} carries {n} jobs, expected 1 to {MAX_BATCH}")
+    least = 1 if kind is Kind.SUBMIT else 2
+    frames = job_frames(header, least)
+    if len(frames) != n or not all(least <= f <= MAX_JOB_FRAMES for f in frames):
+        raise ProtocolError(f"{kind.name}.frames must give {n} counts of {least} to {MAX_JOB_FRAMES}")
+    expected = sum(frames) + (kind is Kind.SUBMIT)
+    if npayload != expected:
+        raise ProtocolError(f"{kind.name} of {n} jobs carries {npayload} payload frames, expected {expected}")
+
+
+def _check_results(kind: Kind, results: Any, npayload: int) -> None:
+    """[[id, status, error or null, number of payload frames], ...]."""
+    if not isinstance(results, list) or len(results) > MAX_BATCH:
+        raise ProtocolError(f"{kind.name} header lacks its list of results")
     frames = 0
     for entry in results:
-        if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], int)
-                and entry[1] in _STATUSES and (entry[2] is None or isinstance(entry[2], str))
-                and entry[3] in (0, 1)):
-            raise ProtocolError("malformed RESULTS entry")
+        if not (isinstance(entry, list) and len(entry) == 4 and type(entry[0]) is int
+                and 0 <= entry[0] < MAX_INT and entry[1] in _STATUSES
+                and (entry[2] is None or (isinstance(entry[2], str) and len(entry[2]) <= MAX_STRING))
+                and type(entry[3]) is int and 0 <= entry[3] <= MAX_JOB_FRAMES):
+            raise ProtocolError(f"malformed {kind.name} entry")
         frames += entry[3]
     if frames != npayload:
-        raise ProtocolError(f"RESULTS announces {frames} payload frames, carries {npayload}")
+        raise ProtocolError(f"{kind.name} announces {frames} payload frames, carries {npayload}")
 
 
 def _check_value(kind: Kind, name: str, value: Any, typ: type) -> None:
@@ -247,11 +259,11 @@ def _check_value(kind: Kind, name: str, value: Any, typ: type) -> None:
         raise ProtocolError(f"{where} out of range")
     if typ is str and len(value) > MAX_STRING:
         raise ProtocolError(f"{where} longer than {MAX_STRING} characters")
-    if typ is list:
+    if typ is list and name != "results":
         if len(value) > 1_000_000 or not all(
             isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_INT for i in value
         ):
-            raise ProtocolError(f"{where} must be a list of job ids")
+            raise ProtocolError(f"{where} must be a list of job ids or counts")
 
 
 def versions() -> dict:

@@ -1,11 +1,16 @@
 """What travels in payload frames: jobs, results and remote errors.
 
-A job is two frames: a JSON *context* (the client's cwd and sys.path, which
-the worker must install before it unpickles anything, because functions from
-importable modules are pickled by reference) and the cloudpickled call
-``(func, args, kwargs)``. A result is one frame: the pickled value, or for a
-failed job the pickled pair ``(pickled exception or None, traceback text)``
-so the text survives an exception the client cannot unpickle.
+A job's frames are its call, ``pickle((function bytes, args, kwargs))``, then
+the out-of-band buffers of its arguments (pickle protocol 5: a big numpy
+array, or any object that offers its buffer, travels as its own ZeroMQ frame, never copied into the pickle
+and never joined by the master). The function is cloudpickled once and kept:
+a sweep of a million calls of one function pickles it once on the client and
+unpickles it once per executor. A SUBMIT adds one JSON *context* frame (the
+client's cwd and sys.path, which the worker must install before it unpickles
+anything, because functions from importable modules are pickled by
+reference). A result is its pickle and its buffers the same way; a failed
+job's is the pickled pair ``(pickled exception or None, traceback text)`` so
+the text survives an exception the client cannot unpickle.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import os
 import pickle
 import sys
 import traceback
+import types
+from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 import cloudpickle
@@ -21,6 +28,8 @@ import cloudpickle
 from .errors import RemoteException, UnpicklableError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+OUT_OF_BAND = 64 * 1024  # buffers from this size travel as frames of their own
+MAX_BUFFERS = 1000  # beyond this many, buffers go inside the pickle (frame limit)
 
 
 def context_frame(cwd: str | None = None, path: list[str] | None = None) -> bytes:
@@ -29,16 +38,109 @@ def context_frame(cwd: str | None = None, path: list[str] | None = None) -> byte
     ).encode()
 
 
-def dumps_call(func: Callable, args: tuple, kwargs: dict, jobid: object = None) -> bytes:
-    """Pickle a call; on failure name the object that could not be pickled."""
+class _LRU(OrderedDict):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        if len(self) > self.size:
+            self.popitem(last=False)
+
+
+_pickled_functions = _LRU(64)  # id(func) -> (identity check, bytes)
+
+
+def _identity(func: Any) -> Optional[tuple]:
+    """What a by-value pickle of ``func`` depends on, as object identities.
+
+    A cached pickle is reused only while all of these are the same objects:
+    rebinding a global the function (or a function nested in it) names, or
+    changing its defaults or closure, pickles it afresh. A global mutated in
+    place is not seen: pass data that changes as arguments.
+    """
+    if not isinstance(func, types.FunctionType):
+        return None
+    glob = func.__globals__
+    names = tuple(id(glob.get(n)) for n in _global_names(func.__code__))
+    cells = tuple(id(c.cell_contents) if _full(c) else 0 for c in func.__closure__ or ())
+    return (func, func.__code__, id(func.__defaults__), id(func.__kwdefaults__), names, cells)
+
+
+def _global_names(code: types.CodeType) -> list:
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names += _global_names(const)
+    return names
+
+
+def _full(cell: Any) -> bool:
     try:
-        return cloudpickle.dumps((func, args, kwargs), protocol=PROTOCOL)
+        return cell.cell_contents is not _full  # always True; raises for an empty cell
+    except ValueError:  # an empty cell (a variable not yet assigned)
+        return False
+
+
+def dumps_function(func: Callable) -> bytes:
+    key = _identity(func)
+    if key is not None:
+        hit = _pickled_functions.get(id(func))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+    data = cloudpickle.dumps(func, protocol=PROTOCOL)
+    if key is not None:
+        _pickled_functions.put(id(func), (key, data))
+    return data
+
+
+def _dumps(obj: Any) -> list:
+    """``[pickle, *buffers]``: plain pickle (fast, in C) when it can, else cloudpickle.
+
+    Plain pickle refers to classes and functions by name; one defined where
+    the other side cannot import it (``__main__``, a closure) makes it fail,
+    and cloudpickle then sends it by value.
+    """
+    buffers: list = []
+
+    def out_of_band(buf: pickle.PickleBuffer) -> bool:
+        raw = buf.raw()
+        if raw.nbytes < OUT_OF_BAND or len(buffers) >= MAX_BUFFERS:
+            return True  # in-band
+        buffers.append(raw)
+        return False
+
+    try:
+        data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=out_of_band)
+        if b"__main__" not in data:  # else a by-name reference the other side resolves wrongly
+            return [data, *buffers]
+    except Exception:
+        pass
+    buffers.clear()
+    return [cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=out_of_band), *buffers]
+
+
+def _loads(data: Any, buffers: Any) -> Any:
+    # Buffers are copied into writable memory: a job may change its arrays in
+    # place, as it could under ProcessPoolExecutor.
+    return pickle.loads(data, buffers=[bytearray(b) for b in buffers])
+
+
+def dumps_call(func: Callable, args: tuple, kwargs: dict, jobid: object = None) -> list:
+    """A call's frames: [function length (4 bytes), function, arguments' pickle]
+    and the arguments' out-of-band buffers. On failure, name the culprit."""
+    try:
+        func_data = dumps_function(func)
+        frames = _dumps((args, kwargs))
     except Exception as e:  # cloudpickle raises many types here
         culprit = _find_culprit(func, args, kwargs)
         what = f" of job {jobid!r}" if jobid is not None else ""
         raise UnpicklableError(
             f"cannot send {culprit}{what} to a worker: {type(e).__name__}: {e}"
         ) from e
+    frames[0] = len(func_data).to_bytes(4, "little") + func_data + frames[0]
+    return frames
 
 
 def _find_culprit(func: Callable, args: tuple, kwargs: dict) -> str:
@@ -61,24 +163,29 @@ def _short_repr(obj: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def loads_call(frame: bytes) -> tuple[Callable, tuple, dict]:
-    return pickle.loads(frame)
+_functions = _LRU(64)  # pickled function -> the function, on an executor
 
 
-def dumps_value(value: Any) -> bytes:
-    """A job's result: plain pickle (fast, in C) when it can, else cloudpickle.
+def loads_call(frames: Any) -> tuple[Callable, tuple, dict]:
+    """Rebuild a call; its function is unpickled once and then reused."""
+    raw = memoryview(frames[0])
+    end = 4 + int.from_bytes(raw[:4], "little")
+    pickled = bytes(raw[4:end])
+    args, kwargs = _loads(raw[end:], frames[1:])
+    func = _functions.get(pickled)
+    if func is None:
+        func = pickle.loads(pickled)
+        _functions.put(pickled, func)
+    return func, args, kwargs
 
-    Plain pickle refers to classes and functions by name; one defined where
-    the client cannot import it (a job's closure, ``__main__``) makes it fail,
-    and cloudpickle then sends it by value.
-    """
-    try:
-        data = pickle.dumps(value, protocol=PROTOCOL)
-    except Exception:
-        return cloudpickle.dumps(value, protocol=PROTOCOL)
-    if b"__main__" in data:  # a by-name reference the client would resolve wrongly
-        return cloudpickle.dumps(value, protocol=PROTOCOL)
-    return data
+
+def dumps_value(value: Any) -> list:
+    """A job's result as frames: its pickle and its out-of-band buffers."""
+    return _dumps(value)
+
+
+def loads_value(frames: Any) -> Any:
+    return _loads(frames[0], frames[1:])
 
 
 def dumps_error(exc: BaseException) -> tuple[bytes, str]:

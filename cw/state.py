@@ -32,13 +32,13 @@ class Limits:
 
 
 def salvage_ids(frames: list) -> list[int]:
-    """The job ids of a broken SUBMIT (``ids``) or RESULT (``id``) that can be
-    read, to fail those jobs rather than leave them hanging."""
+    """The job ids of a broken SUBMIT (``ids``) or RESULT (``results``) that
+    can be read, to fail those jobs rather than leave them hanging."""
     try:
         if bytes(frames[1]) not in (Kind.SUBMIT.value, Kind.RESULT.value):
             return []
         header = json.loads(bytes(frames[2]))
-        ids = header.get("ids", [header.get("id")])
+        ids = header.get("ids") or [e[0] for e in header["results"][:10_000] if isinstance(e, list) and e]
     except Exception:
         return []
     if not isinstance(ids, list):
@@ -85,6 +85,16 @@ class ExecutorState:
     running: dict = field(default_factory=dict)  # tid -> Job, in the order sent
     done: int = 0
     killed: bool = False
+    batch: int = 0  # how many tasks it accepts at most when they are short
+    cost: Optional[float] = None  # recent seconds per job, as it reports them
+    offered: bool = False  # in the master's ``free`` line
+    died_in: Optional[int] = None  # the task it was running when it died, if known
+
+    def observe(self, busy: float, jobs: int) -> None:
+        """Learn how long its jobs take: quick to rise, slow to fall, so a long
+        job stops the batching of tasks at once."""
+        sample = busy / jobs
+        self.cost = sample if self.cost is None or sample > self.cost else 0.8 * self.cost + 0.2 * sample
 
     @property
     def supervisor(self) -> Optional[bytes]:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from typing import Callable, Optional
 
 import zmq
@@ -31,7 +33,17 @@ from . import joblog
 from .errors import JobRejectedError
 from .iocore import close_dealer, dealer
 from .monitor import Usage
-from .protocol import NOBLOCK, ErrorCode, Kind, Message, Status, recv_frames, send_frames, versions
+from .protocol import (
+    NOBLOCK,
+    ErrorCode,
+    Kind,
+    Message,
+    Status,
+    job_frames,
+    recv_frames,
+    send_frames,
+    versions,
+)
 from .security import Keys, read_monitor
 from .serialize import dumps_error, dumps_value, loads_call
 
@@ -112,19 +124,58 @@ class _Peer:
         return now - self.last_heard < self.heartbeat * self.liveness
 
 
+class _Outbox:
+    """Results not yet sent: those of short jobs go out together."""
+
+    def __init__(self) -> None:
+        self.entries: list = []
+        self.frames: list = []
+        self.busy = 0.0
+        self.size = 0
+        self.since = 0.0
+
+    def add(self, entry: list, frames: list, seconds: float) -> None:
+        if not self.entries:
+            self.since = time.monotonic()
+        self.entries.append(entry)
+        self.frames += frames
+        self.busy += seconds
+        self.size += sum(len(f) for f in frames)
+
+    def due(self, last_job: float) -> bool:
+        """Send now unless the jobs are short and the batch small and young."""
+        return (last_job >= HOLD_SECONDS or len(self.entries) >= 32 or self.size >= 1 << 20
+                or time.monotonic() - self.since >= HOLD_SECONDS)
+
+    def message(self) -> Message:
+        msg = Message(Kind.RESULT, {"results": self.entries, "busy": self.busy}, tuple(self.frames))
+        self.__init__()  # type: ignore[misc]
+        return msg
+
+
+HOLD_SECONDS = 0.002  # a result waits for the next job only after a job this short
+
+
 class Executor:
-    """Runs jobs one at a time for the master; one per executor process."""
+    """Runs jobs one at a time, in the order the master sent them."""
 
     def __init__(self, address: str, identity: bytes, supervisor: str,
                  heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None,
-                 prefetch: int = 1) -> None:
+                 prefetch: int = 1, batch: int = 64, job_fd: Optional[int] = None) -> None:
         # Holding ``prefetch`` tasks beyond the running one means an executor
-        # never idles for a round trip to the master between short jobs.
+        # never idles for a round trip to the master between short jobs; while
+        # jobs are short the master sends up to ``batch`` at once.
         self.capacity = 1 + prefetch
+        self.batch = max(self.capacity, batch) if prefetch else 1
         self.peer = _Peer(address, identity, heartbeat, liveness, keys)
         self.supervisor = supervisor
         self.parent = os.getppid()
         self.stopping = False
+        self.tasks: deque = deque()  # (task id, frames), in the order received
+        self.outbox = _Outbox()
+        # Shared with the supervisor: the task running now, so that a death
+        # is charged to the right job even when earlier results were unsent.
+        self.slot = mmap.mmap(job_fd, 8) if job_fd is not None else None
         self._ctx_raw = b""
         self._ctx: dict = {}
         self.max_message_size = 1 << 62  # until the master's WELCOME
@@ -132,29 +183,52 @@ class Executor:
         self._path_key: tuple = ()
 
     def register(self) -> None:
-        self.peer.send(Message(Kind.READY, _peer_header(self.capacity, supervisor=self.supervisor)))
+        header = _peer_header(self.capacity, supervisor=self.supervisor, batch=self.batch)
+        self.peer.send(Message(Kind.READY, header))
 
     def run(self) -> None:
         self.register()
         while not self.stopping and os.getppid() == self.parent:
-            msg = self.peer.recv(self.peer.heartbeat)
-            if msg is not None:
-                if msg.kind is Kind.TASK:
-                    if self.stopping:
-                        break  # told to stop: leave it; the master requeues it at BYE
-                    self.peer.send(self.run_task(msg))
-                    # Nothing could be heard while the job ran: do not take
-                    # that silence for a dead master.
-                    self.peer.last_heard = time.monotonic()
-                elif msg.kind is Kind.WELCOME:
-                    self.max_message_size = msg.header.get("max_message_size", self.max_message_size)
-                elif _unknown_peer(msg):  # the master does not know us (restarted)
-                    self.register()
+            self.receive(0 if self.tasks else self.peer.heartbeat)
+            if self.tasks and not self.stopping:  # stopping: the master requeues the rest at BYE
+                self.run_next()
             if not self.peer.tick():
                 self.peer.last_heard = time.monotonic()
                 self.register()
+        self.flush()
         self.peer.send(Message(Kind.BYE))
         self.peer.close(linger=1000)
+
+    def receive(self, timeout: float) -> None:
+        msg = self.peer.recv(timeout)
+        while msg is not None:
+            if msg.kind is Kind.TASK:
+                frames = iter(msg.payload)
+                for tid, n in zip(msg.header["ids"], job_frames(msg.header, 2)):
+                    self.tasks.append((tid, [next(frames) for _ in range(n)]))
+            elif msg.kind is Kind.WELCOME:
+                self.max_message_size = msg.header.get("max_message_size", self.max_message_size)
+            elif _unknown_peer(msg):  # the master does not know us (restarted)
+                self.tasks.clear()  # its clients send their jobs again
+                self.outbox = _Outbox()
+                self.register()
+            msg = self.peer.recv(0)
+
+    def run_next(self) -> None:
+        tid, frames = self.tasks.popleft()
+        started = time.perf_counter()
+        entry, payload = self.run_task(tid, frames)
+        seconds = time.perf_counter() - started
+        self.outbox.add(entry, payload, seconds)
+        if not self.tasks or self.outbox.due(seconds):
+            self.flush()
+        # Nothing could be heard while the job ran: do not take that
+        # silence for a dead master.
+        self.peer.last_heard = time.monotonic()
+
+    def flush(self) -> None:
+        if self.outbox.entries:
+            self.peer.send(self.outbox.message())
 
     def job_path(self, path: list, own: list) -> list:
         """The client's sys.path in front of ours, computed once per context."""
@@ -177,30 +251,34 @@ class Executor:
             self._ctx, self._ctx_raw = ctx, raw
         return self._ctx
 
-    def run_task(self, msg: Message) -> Message:
-        jid = msg.header["id"]
-        joblog.set_job(jid)  # the job's prints go to the worker's log, tagged with its id
+    def run_task(self, tid: int, frames: list) -> tuple[list, list]:
+        """Run one job; return its RESULT entry and payload frames."""
+        joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
         old_cwd, old_path = os.getcwd(), sys.path[:]
+        if self.slot is not None:
+            self.slot[:8] = tid.to_bytes(8, "little")
         try:
-            ctx = self.context(bytes(msg.payload[0]))
+            ctx = self.context(bytes(frames[0]))
             try:
                 os.chdir(ctx["cwd"])
             except OSError as e:
-                log.warning("job %s: cannot enter the client's directory: %s", jid, e)
+                log.warning("job %s: cannot enter the client's directory: %s", tid, e)
             sys.path[:] = self.job_path(ctx["path"], old_path)
-            func, args, kwargs = loads_call(msg.payload[1])
+            func, args, kwargs = loads_call(frames[1:])
             value = dumps_value(func(*args, **kwargs))
-            if len(value) > self.max_message_size:
+            size = sum(len(f) for f in value)
+            if size > self.max_message_size:
                 raise JobRejectedError(
-                    f"the job's result is {len(value)} bytes, over the master's --max-message-size "
+                    f"the job's result is {size} bytes, over the master's --max-message-size "
                     f"{self.max_message_size}; write big results to files instead")
-            return Message(Kind.RESULT, {"id": jid, "status": Status.OK.value}, (value,))
+            return [tid, Status.OK.value, None, len(value)], value
         except BaseException as exc:  # a job's failure, whatever it is, is its result
             frame, summary = dumps_error(exc)
-            header = {"id": jid, "status": Status.ERROR.value, "error": summary}
-            return Message(Kind.RESULT, header, (frame,))
+            return [tid, Status.ERROR.value, summary, 1], [frame]
         finally:
             joblog.set_job(None)
+            if self.slot is not None:
+                self.slot[:8] = bytes(8)
             sys.path[:] = old_path
             try:
                 os.chdir(old_cwd)
@@ -225,8 +303,8 @@ class Supervisor:
 
     def __init__(self, host: str, port: int, procs: int = 1, *, heartbeat: float = 1.0,
                  liveness: int = 10, grace: float = 30.0, keys: Optional[Keys] = None,
-                 cluster: str = "default", prefetch: int = 1) -> None:
-        self.prefetch = prefetch
+                 cluster: str = "default", prefetch: int = 1, batch: int = 64) -> None:
+        self.prefetch, self.batch = prefetch, batch
         self.cluster = cluster
         self.exit_code = 0
         self.host, self.port, self.procs = host, port, procs
@@ -239,6 +317,7 @@ class Supervisor:
         self.restart_at = [0.0] * procs
         self.failures = [0] * procs
         self.spawned_at = [0.0] * procs
+        self.running: list[Optional[mmap.mmap]] = [None] * procs  # each executor's current task
         self.stopping = False
         self.usage = Usage()  # CPU % and RSS of the executors, in each HEARTBEAT
         self.peer.beat_header = lambda: self.usage.header(
@@ -249,10 +328,19 @@ class Supervisor:
         cmd = [sys.executable, "-m", "cw.worker", self.host, "--port", str(self.port),
                "--executor", ident.hex(), "--supervisor", self.identity.hex(),
                "--heartbeat", str(self.peer.heartbeat), "--liveness", str(self.peer.liveness),
-               "--cluster", self.cluster, "--prefetch", str(self.prefetch),
+               "--cluster", self.cluster, "--prefetch", str(self.prefetch), "--batch", str(self.batch),
                *(["--insecure"] if self.peer.keys is None else [])]
-        # Its own process group, so a kill takes the job's children with it.
-        self.slots[i] = subprocess.Popen(cmd, preexec_fn=_die_with_parent, start_new_session=True)
+        fd = _shared_word()
+        if fd is not None:
+            cmd += ["--job-fd", str(fd)]
+            self.running[i] = mmap.mmap(fd, 8)
+        try:
+            # Its own process group, so a kill takes the job's children with it.
+            self.slots[i] = subprocess.Popen(cmd, preexec_fn=_die_with_parent, start_new_session=True,
+                                             pass_fds=() if fd is None else (fd,))
+        finally:
+            if fd is not None:
+                os.close(fd)
         self.ids[i] = ident
         self.spawned_at[i] = time.monotonic()
 
@@ -295,6 +383,9 @@ class Supervisor:
                 continue
             log.warning("executor pid %d died with %s; restarting it", proc.pid, _describe(code))
             died = {"executor": self.ids[i].hex(), "exitcode": max(code, 0), "signal": max(-code, 0)}
+            word = self.running[i]
+            if word is not None and any(word[:8]):
+                died["job"] = int.from_bytes(word[:8], "little")
             self.peer.send(Message(Kind.DIED, died))
             self.slots[i] = None
             # A slot that keeps dying at start (broken environment) backs off.
@@ -328,6 +419,16 @@ class Supervisor:
         self.peer.send(Message(Kind.DEPART))
         self.peer.close(linger=2000)
         log.info("worker pid %d stopped", os.getpid())
+
+
+def _shared_word() -> Optional[int]:
+    """An 8-byte memory file an executor and its supervisor both map (Linux)."""
+    try:
+        fd = os.memfd_create("cw-running-task")
+    except (AttributeError, OSError):
+        return None
+    os.ftruncate(fd, 8)
+    return fd
 
 
 def _describe(code: int) -> str:

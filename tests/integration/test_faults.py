@@ -100,6 +100,24 @@ def test_job_that_sigkills_its_executor_fails_after_retries(cluster):
         assert list(ex.map(jobs.square, range(10))) == [i * i for i in range(10)]
 
 
+def test_a_crashing_job_among_short_ones_is_charged_and_no_other_is_lost(cluster):
+    """Short jobs travel in batches and their results come back in batches, so
+    the job an executor died in is rarely the first it held: the supervisor
+    tells which one it was, and only that one counts the death."""
+    port = cluster(2)
+    got = Collector()
+    with pytest.raises(WorkerLostError) as info:  # failures are not callbacks: wait() raises
+        with ClientThread(got, "127.0.0.1", port, retries=1, **CLIENT_FAST) as ct:
+            for i in range(600):
+                if i == 300:
+                    ct.submit("crash", jobs.kill_self)
+                ct.submit(i, jobs.square, i)
+            wait_for(lambda: got.count() == 600, timeout=60, what="the other results")
+    assert "signal 9" in str(info.value) and "2 times" in str(info.value)
+    assert got.exactly_once(range(600)) == {i: i * i for i in range(600)}
+    assert status(port)["counts"]["lost"] == 1
+
+
 def test_master_restart_loses_no_job_and_repeats_none(procs, cw_home):
     port = free_port()
     master = procs.spawn("-m", "cw.master", "--host", "127.0.0.1", "--port", str(port), *FAST)

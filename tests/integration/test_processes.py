@@ -16,6 +16,7 @@ from cw.client import ClusterExecutor
 from cw.cluster import cluster_dir
 from cw.errors import WorkerLostError
 from cw.launch import query_status
+from cw.protocol import MAGIC, PROTOCOL_VERSION
 from cw.security import apply_client, client_keys
 
 
@@ -24,7 +25,7 @@ def test_master_stops_on_signal_exits_0_and_removes_master_json(procs, cw_home, 
     proc, port = procs.master()
     mjson = cw_home / "default" / "master.json"
     info = json.loads(mjson.read_text())
-    assert info["port"] == port and info["pid"] == proc.pid and info["protocol"] == 1
+    assert info["port"] == port and info["pid"] == proc.pid and info["protocol"] == PROTOCOL_VERSION
     assert info["host"] == "127.0.0.1"
     assert oct((cw_home / "default").stat().st_mode & 0o777) == "0o700"
     proc.send_signal(sig)
@@ -92,8 +93,8 @@ def test_garbage_does_not_stop_the_master(cluster):
     apply_client(sock, client_keys(cluster_dir()))  # an authenticated peer sending garbage
     sock.connect(f"tcp://127.0.0.1:{port}")
     try:
-        for frames in ([b"junk"], [b"CW\x01", b"S", b"{bad"], [b"CW\x01", b"?", b"[]"],
-                       [b"CW\x07", b"H", b"{}"], [b"CW\x01", b"R", b'{"id": 1, "status": "ok"}', b"x"]):
+        for frames in ([b"junk"], [MAGIC, b"S", b"{bad"], [MAGIC, b"?", b"[]"],
+                       [b"CW\x07", b"H", b"{}"], [MAGIC, b"R", b'{"results": [[1, "ok", null, 0]]}', b"x"]):
             sock.send_multipart(frames)
         wait_for(lambda: query_status("127.0.0.1", port)["counts"]["malformed"] >= 4, what="drops")
     finally:

@@ -15,7 +15,7 @@ from cw import JobRejectedError, SecurityError
 from cw.client import ClusterExecutor
 from cw.cluster import cluster_dir
 from cw.launch import query_status
-from cw.protocol import Kind, Message, versions
+from cw.protocol import PROTOCOL_VERSION, Kind, Message, versions
 from cw.security import Keys, apply_client, client_keys, ensure_keys, load_public
 from cw.serialize import context_frame, dumps_call
 
@@ -73,7 +73,7 @@ def test_unauthenticated_peer_gets_no_answer_and_runs_nothing(cluster, cw_home, 
     try:
         hello = {"session": "x", "host": "evil", "pid": 1, **versions()}
         sock.send_multipart(Message(Kind.HELLO, hello).to_frames())
-        payload = (context_frame(), dumps_call(jobs.touch, (str(sentinel),), {}))
+        payload = (context_frame(), *dumps_call(jobs.touch, (str(sentinel),), {}))
         for jid in range(1, 4):
             sock.send_multipart(Message(Kind.SUBMIT, {"ids": [jid]}, payload).to_frames())
         sock.send_multipart(Message(Kind.STATUS).to_frames())
@@ -159,11 +159,12 @@ def test_protocol_mismatch_is_refused_naming_both_versions(cluster):
     sock.connect(f"tcp://127.0.0.1:{port}")
     try:
         hello = {"session": "x", "host": "h", "pid": 1, **versions()}
-        sock.send_multipart([b"CW\x02", b"H", Message(Kind.HELLO, hello).to_frames()[2]])
+        other = PROTOCOL_VERSION + 1
+        sock.send_multipart([b"CW" + bytes([other]), b"H", Message(Kind.HELLO, hello).to_frames()[2]])
         assert sock.poll(10_000)
         reply = Message.from_frames(sock.recv_multipart())
         assert reply.kind is Kind.ERROR
-        assert "protocol version 2 spoken by peer, 1 here" in reply.header["error"]
+        assert f"protocol version {other} spoken by peer, {PROTOCOL_VERSION} here" in reply.header["error"]
     finally:
         sock.close()
 

@@ -28,41 +28,49 @@ def test_status_json_matches_what_ran(cluster, tmp_path):
     cluster(2)
     release = tmp_path / "release"
     with ClusterExecutor(connect_timeout=10) as ex:
-        # 1. five jobs that succeed and two that fail
-        futs = [ex.submit(jobs.square, i) for i in range(5)] + [ex.submit(jobs.fail, 1) for _ in range(2)]
-        assert sum(f.exception(30) is not None for f in futs) == 2
-        snap = wait_for(lambda: (lambda s: s if s["totals"]["done"] == 7 else None)(status()),
-                        what="7 jobs done in the snapshot")
-        t = snap["totals"]
-        assert (t["workers"], t["executors"], t["done"], t["failed"], t["running"]) == (2, 2, 7, 2, 0)
-        assert sum(w["done"] for w in snap["workers"]) == 7
-        assert sum(w["failed"] for w in snap["workers"]) == 2
-        assert snap["throughput"]["last_minute"] == 7 and snap["throughput"]["rate"] > 0
-        [client] = snap["clients"]
-        assert (client["pid"], client["done"], client["queued"], client["running"]) == (os.getpid(), 7, 0, 0)
-        # 2. five jobs held running: two run, two wait prefetched, one stays queued
-        held = [ex.submit(jobs.wait_for_file, str(release), i) for i in range(5)]
-        snap = wait_for(lambda: (lambda s: s if s["totals"]["running"] == 2
-                                 and s["totals"]["queued"] == 1 else None)(status()),
-                        what="two running jobs and one queued")
-        assert snap["totals"]["prefetched"] == 2
-        assert {w["state"] for w in snap["workers"]} == {"busy"}
-        assert all(w["job"] is not None and w["age"] >= 0 for w in snap["workers"])
-        assert snap["clients"][0]["running"] == 4 and snap["clients"][0]["queued"] == 1
-        # the supervisors' heartbeats carry their executors' CPU and memory
-        snap = wait_for(lambda: (lambda s: s if all(w["rss"] for w in s["workers"]) else None)(status()),
-                        what="worker RSS in the snapshot")
-        assert all(w["rss"] > 1 << 20 and 0 <= w["cpu"] < 1000 for w in snap["workers"])
-        table = cw("status")
-        assert table.returncode == 0 and all(len(line) <= 80 for line in table.stdout.splitlines())
-        assert table.stdout.count(" busy ") == 2 and "2 running" in table.stdout
-        # 3. released: everything finishes
-        release.touch()
-        assert [f.result(30) for f in held] == list(range(5))
+        try:
+            check_a_run(ex, release)
+        finally:
+            release.touch()  # whatever failed, no job stays held
     snap = wait_for(lambda: (lambda s: s if s["totals"]["done"] == 12 else None)(status()), what="12 done")
     t = snap["totals"]
     assert (t["running"], t["queued"], t["failed"], t["clients"]) == (0, 0, 2, 0)
     assert {w["state"] for w in snap["workers"]} == {"idle"}
+
+
+def check_a_run(ex, release):
+    """Jobs done, failed, running and waiting, each read back from `cw status --json`."""
+    # 1. five jobs that succeed and two that fail
+    futs = [ex.submit(jobs.square, i) for i in range(5)] + [ex.submit(jobs.fail, 1) for _ in range(2)]
+    assert sum(f.exception(30) is not None for f in futs) == 2
+    snap = wait_for(lambda: (lambda s: s if s["totals"]["done"] == 7 else None)(status()),
+                    what="7 jobs done in the snapshot")
+    t = snap["totals"]
+    assert (t["workers"], t["executors"], t["done"], t["failed"], t["running"]) == (2, 2, 7, 2, 0)
+    assert sum(w["done"] for w in snap["workers"]) == 7
+    assert sum(w["failed"] for w in snap["workers"]) == 2
+    assert snap["throughput"]["last_minute"] == 7 and snap["throughput"]["rate"] > 0
+    [client] = snap["clients"]
+    assert (client["pid"], client["done"], client["queued"], client["running"]) == (os.getpid(), 7, 0, 0)
+    # 2. five jobs held running: two run, the others wait, prefetched by an executor or queued
+    held = [ex.submit(jobs.wait_for_file, str(release), i) for i in range(5)]
+    snap = wait_for(lambda: (lambda s: s if s["totals"]["running"] == 2
+                             and s["totals"]["queued"] + s["totals"]["prefetched"] == 3 else None)(status()),
+                    what="two running jobs and three waiting")
+    assert {w["state"] for w in snap["workers"]} == {"busy"}
+    assert all(w["job"] is not None and w["age"] >= 0 for w in snap["workers"])
+    [client] = snap["clients"]
+    assert client["queued"] == snap["totals"]["queued"] and client["running"] == 5 - client["queued"]
+    # the supervisors' heartbeats carry their executors' CPU and memory
+    snap = wait_for(lambda: (lambda s: s if all(w["rss"] for w in s["workers"]) else None)(status()),
+                    what="worker RSS in the snapshot")
+    assert all(w["rss"] > 1 << 20 and 0 <= w["cpu"] < 1000 for w in snap["workers"])
+    table = cw("status")
+    assert table.returncode == 0 and all(len(line) <= 80 for line in table.stdout.splitlines())
+    assert table.stdout.count(" busy ") == 2 and "2 running" in table.stdout
+    # 3. released: everything finishes
+    release.touch()
+    assert [f.result(30) for f in held] == list(range(5))
 
 
 def test_unreachable_master_is_one_line_naming_the_address(cw_home):

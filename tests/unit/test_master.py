@@ -6,7 +6,7 @@ import pytest
 import zmq
 
 from cw.master import Master
-from cw.protocol import ErrorCode, Kind, Message, Status, versions
+from cw.protocol import MAGIC, ErrorCode, Kind, Message, Status, versions
 
 PEER = {"host": "test", "pid": 1, **versions()}
 
@@ -40,15 +40,23 @@ class Peer:
         self.inbox: list = []
 
     def send(self, kind: Kind, header: dict | None = None, *payload: bytes) -> None:
+        if kind is Kind.RESULT and header and "id" in header:  # one result, as a batch of one
+            header = {"results": [[header["id"], header["status"], header.get("error"), len(payload)]]}
         self.sock.send_multipart(Message(kind, header or {}, payload).to_frames())
 
     def send_raw(self, frames: list) -> None:
         self.sock.send_multipart(frames)
 
     def messages(self):
-        """What arrived, with each RESULTS batch split into single RESULTs."""
+        """What arrived, with each RESULTS and TASK batch split into single ones."""
         while self.sock.poll(0):
             msg = Message.from_frames(self.sock.recv_multipart())
+            if msg.kind is Kind.TASK:
+                frames = iter(msg.payload)
+                counts = msg.header.get("frames") or [2] * len(msg.header["ids"])
+                for tid, n in zip(msg.header["ids"], counts):
+                    yield Message(Kind.TASK, {"id": tid}, tuple(next(frames) for _ in range(n)))
+                continue
             if msg.kind is not Kind.RESULTS:
                 yield msg
                 continue
@@ -179,7 +187,7 @@ def test_resubmitted_job_is_kept_once(master):
 
 def test_malformed_message_is_counted_and_answered(master):
     c = client(master)
-    c.send_raw([b"CW\x01", b"S", b"{oops"])
+    c.send_raw([MAGIC, b"S", b"{oops"])
     err = c.recv({Kind.ERROR})
     assert err.header["code"] == ErrorCode.MALFORMED.value and "JSON" in err.header["error"]
     c.send_raw([b"garbage"])
@@ -278,3 +286,59 @@ def test_death_is_charged_to_the_job_the_executor_ran_not_the_one_it_finished(ma
     ex.send(Kind.RESULT, {"id": first.header["id"], "status": "ok"}, b"v")
     results = {r.header["id"]: r.header["status"] for r in (c.recv({Kind.RESULT}), c.recv({Kind.RESULT}))}
     assert results == {1: "ok", 2: "lost"}
+
+
+def test_death_is_charged_to_the_job_the_supervisor_saw_running(master):
+    """Results of short jobs go back in batches: the first job held may be done."""
+    c, sup, ex, first, second = two_tasks(master)
+    sup.send(Kind.DIED, {"executor": ex.sock.identity.hex(), "exitcode": 0, "signal": 11,
+                         "job": second.header["id"]})
+    res = c.recv({Kind.RESULT}).header
+    assert (res["id"], res["status"]) == (2, "lost") and "signal 11" in res["error"]
+    assert master.jobs[first.header["id"]].deaths == 0  # requeued, not charged
+    ex2 = executor(master)
+    run(ex2)
+    assert c.recv({Kind.RESULT}).header == {"id": 1, "status": "ok"}
+
+
+def raw_tasks(peer):
+    """Each TASK message as it came: its job ids."""
+    for _ in range(100):
+        peer.master.step(timeout=0.01)
+        while peer.sock.poll(0):
+            msg = Message.from_frames(peer.sock.recv_multipart())
+            if msg.kind is Kind.TASK:
+                return msg.header["ids"]
+    raise AssertionError("no TASK arrived")
+
+
+def test_short_jobs_travel_in_batches_long_ones_one_by_one(master):
+    c = client(master)
+    c.send(Kind.SUBMIT, {"ids": list(range(1, 1001))}, b"ctx", *[b"call"] * 1000)
+    ex = Peer(master, b"e")
+    ex.send(Kind.READY, {"capacity": 2, "batch": 64, "supervisor": "", **PEER})
+    first = raw_tasks(ex)
+    assert len(first) == 2  # nothing known of its jobs yet: its capacity
+    done = [[tid, "ok", None, 0] for tid in first]
+    ex.send(Kind.RESULT, {"results": done, "busy": 0.00002})  # 10 us a job
+    assert len(raw_tasks(ex)) == 64  # short jobs: up to its batch at once
+    ex.send(Kind.RESULT, {"results": [[first[0] + 2, "ok", None, 0]], "busy": 0.5})  # a long one
+    state = master.executors[ex.sock.identity]
+    for _ in range(100):
+        master.step(timeout=0.01)
+        if state.done == 3:
+            break
+    assert master.window(state) == 2  # back to its capacity at once
+
+
+def test_batches_leave_work_for_every_executor(master):
+    """An executor's batch is at most its share of the queue."""
+    c = client(master)
+    executors = [Peer(master, b"e") for _ in range(4)]
+    for ex in executors:
+        ex.send(Kind.READY, {"capacity": 2, "batch": 64, "supervisor": "", **PEER})
+    c.send(Kind.SUBMIT, {"ids": list(range(1, 41))}, b"ctx", *[b"call"] * 40)
+    firsts = [raw_tasks(ex) for ex in executors]
+    assert all(len(ids) == 2 for ids in firsts)
+    executors[0].send(Kind.RESULT, {"results": [[tid, "ok", None, 0] for tid in firsts[0]], "busy": 1e-5})
+    assert len(raw_tasks(executors[0])) == 2 + 32 // 4  # 32 queued, 4 executors

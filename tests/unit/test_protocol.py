@@ -18,7 +18,14 @@ def test_round_trip_keeps_kind_header_and_payload():
     msg = Message(Kind.SUBMIT, {"ids": [5], "retries": 1}, (b"ctx", b"call"))
     back = Message.from_frames(msg.to_frames())
     assert back == msg
-    assert msg.to_frames()[:2] == [b"CW\x01", b"S"]
+    assert msg.to_frames()[:2] == [MAGIC, b"S"]
+
+
+def test_jobs_with_buffers_count_their_frames():
+    msg = Message(Kind.SUBMIT, {"ids": [1, 2], "frames": [1, 3]}, (b"ctx", b"a", b"b", b"b1", b"b2"))
+    assert Message.from_frames(msg.to_frames()) == msg
+    task = Message(Kind.TASK, {"ids": [7, 8], "frames": [2, 4]}, (b"c", b"a", b"c", b"b", b"1", b"2"))
+    assert Message.from_frames(task.to_frames()) == task
 
 
 def test_header_is_compact_json():
@@ -43,7 +50,12 @@ def test_header_is_compact_json():
         (frames(b"C", {"id": 1}, b"unexpected"), "payload frames"),
         (frames(b"S", {"ids": [1]}, b"only one"), "payload frames"),
         (frames(b"S", {"ids": [1, "x"]}, b"a", b"b", b"c"), "list of job ids"),
-        (frames(b"R", {"id": 1, "status": "weird"}), "unknown job status"),
+        (frames(b"R", {"results": [[1, "weird", None, 0]]}), "malformed RESULT entry"),
+        (frames(b"R", {"results": [[1, "ok", None, 2]]}, b"one"), "announces 2 payload frames"),
+        (frames(b"S", {"ids": [1, 2], "frames": [1]}, b"c", b"a", b"b"), "2 counts"),
+        (frames(b"S", {"ids": [1], "frames": [2]}, b"c", b"a"), "expected 3"),
+        (frames(b"T", {"ids": [1]}, b"ctx"), "expected 2"),
+        (frames(b"T", {"ids": [1], "frames": [1]}, b"ctx"), "counts of 2"),
         (frames(b"H", {"session": "x" * 20000, "host": "h", "pid": 1, "v": 1,
                        "python": "3", "cloudpickle": "3"}), "longer than"),
         (frames(b"A", {"ids": [1, "two"]}), "list of job ids"),

@@ -70,12 +70,54 @@ def test_remote_exception_pickles_with_its_jobid():
 
 
 def test_results_pickle_plainly_when_they_can_and_by_value_when_they_must():
-    from cw.serialize import dumps_value
+    from cw.serialize import dumps_value, loads_value
 
-    assert pickle.loads(dumps_value({"a": [1, 2]})) == {"a": [1, 2]}
+    plain = dumps_value({"a": [1, 2]})
+    assert len(plain) == 1 and pickle.loads(plain[0]) == {"a": [1, 2]}
 
     class Local:  # not importable by name: must travel by value
         def __init__(self):
             self.x = 3
 
-    assert pickle.loads(dumps_value(Local())).x == 3
+    assert loads_value(dumps_value(Local())).x == 3
+
+
+def test_big_buffers_travel_out_of_band_and_arrive_writable():
+    import numpy
+
+    from cw.serialize import OUT_OF_BAND, dumps_value, loads_value
+
+    small, big = numpy.arange(10), numpy.arange(OUT_OF_BAND)  # 8 bytes an item: over the limit
+    frames = dumps_value({"small": small, "big": big, "again": big[::-1].copy()})
+    assert len(frames) == 3  # the pickle, then each big array's own buffer
+    assert [len(f) for f in frames[1:]] == [big.nbytes, big.nbytes]
+    assert big.nbytes > len(frames[0]) * 100  # not inside the pickle as well
+    back = loads_value(frames)
+    assert (back["big"] == big).all() and (back["small"] == small).all() and back["again"][0] == big[-1]
+    back["big"][0] = -1  # a job may change its arrays in place
+    func, args, _ = loads_call(dumps_call(numpy.sum, (big,), {}))
+    assert func(*args) == big.sum() and args[0].flags.writeable
+
+
+def test_a_function_is_pickled_once_until_what_it_names_changes():
+    namespace = {"offset": 1}
+    exec("def shifted(x):\n    return x + offset\n", namespace)
+    shifted = namespace["shifted"]
+    first = dumps_call(shifted, (1,), {})
+    again = dumps_call(shifted, (2,), {})
+    length = int.from_bytes(first[0][:4], "little")
+    assert first[0][:4 + length] == again[0][:4 + length]
+    func, args, _ = loads_call(again)
+    assert func(*args) == 3
+    namespace["offset"] = 10  # a global it names, rebound: pickled afresh
+    func, args, _ = loads_call(dumps_call(shifted, (2,), {}))
+    assert func(*args) == 12
+
+
+def test_a_closure_with_new_contents_is_pickled_afresh():
+    def make(k):
+        return lambda x: x * k
+
+    for k in (2, 3):
+        func, args, _ = loads_call(dumps_call(make(k), (5,), {}))
+        assert func(*args) == 5 * k
