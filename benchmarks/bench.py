@@ -1,104 +1,217 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmarks: cw with CURVE on and off, and ProcessPoolExecutor.
+"""cw against Dask, Ray, ipyparallel, loky and ProcessPoolExecutor, side by side.
 
-    python benchmarks/bench.py [--jobs 5000] [--repeat 3]
+    pip install -e '.[bench]'
+    python benchmarks/bench.py                 # every suite, 3 repetitions
+    python benchmarks/bench.py --suite peers --jobs 20000 --repeat 3
 
-Every system runs on this machine with 2 workers, in the same run, and the
-table reports medians of ``--repeat`` runs plus ratios, because these
-machines are shared and noisy: absolute numbers vary, ratios much less.
+Suites:
+  peers   the same workloads on every installed system, 2 workers each:
+          one submit per no-op job, a chunked map, sequential round trips,
+          a 64 MiB numpy array in and out of a job, start-up to first result
+  memory  cw's memory: map over a generator of 10,000,000 items (client and
+          master RSS), and the master's cost per queued job
+  scale   cw's dispatch rate with 1,000 registered executors, as a ratio of
+          its rate with 2 (light executors packed into a few processes)
+
+Each repetition of each system runs in a fresh process, the systems taking
+turns, so drift on a shared machine hits them alike. The table shows medians
+and cw's ratio to each system; everything goes to a JSON file as well.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib
+import json
 import os
+import platform
 import statistics
+import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+# Workers of every system must import the job functions by name.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
 
-import cw.mp  # noqa: E402
-from cw.client import ClusterExecutor  # noqa: E402
+import peers  # noqa: E402
+from workloads import echo, noop  # noqa: E402
+
+METRICS = {  # name -> (unit, higher is better)
+    "tasks/s": ("jobs/s", True),
+    "map/s": ("jobs/s", True),
+    "latency median": ("ms", False),
+    "latency p99": ("ms", False),
+    "64 MiB round trip": ("MiB/s", True),
+    "start-up": ("s", False),
+}
 
 
-def noop(x=None):
-    return x
-
-
-def echo(data):
-    return data
-
-
-def measure(executor, jobs: int) -> dict:
-    t = time.perf_counter()
-    futs = [executor.submit(noop, i) for i in range(jobs)]
-    for f in futs:
-        f.result()
-    throughput = jobs / (time.perf_counter() - t)
-    t = time.perf_counter()
-    n = 20 * jobs
-    assert sum(1 for _ in executor.map(noop, range(n), chunksize=1000)) == n
-    mapped = n / (time.perf_counter() - t)
-    lat = []
-    for _ in range(300):
-        t = time.perf_counter()
-        executor.submit(noop).result()
-        lat.append(time.perf_counter() - t)
-    lat.sort()
+def measure(system: peers.System, jobs: int, mapped: int) -> dict:
     import numpy
 
-    data = numpy.ones(64 * 2**20, dtype=numpy.uint8)
     t = time.perf_counter()
-    back = executor.submit(echo, data).result()
-    payload = 64 / (time.perf_counter() - t)
-    assert back.nbytes == data.nbytes
-    return {"tasks/s": throughput, "map tasks/s": mapped, "latency ms": lat[len(lat) // 2] * 1e3,
-            "p99 ms": lat[int(len(lat) * 0.99)] * 1e3, "64MiB MiB/s": payload}
-
-
-def run_cw(insecure: bool, jobs: int) -> dict:
-    home = tempfile.mkdtemp(prefix="cw-bench-")
-    os.environ["CW_HOME"] = home
-    cw.mp.start(2, port=0, insecure=insecure)
+    system.start()
+    system.submit(noop, 0).result()
+    out = {"start-up": time.perf_counter() - t}
     try:
-        with ClusterExecutor(insecure=insecure, max_pending=100_000) as ex:
-            measure(ex, 200)  # warm up
-            return measure(ex, jobs)
+        system.gather([system.submit(noop, i) for i in range(200)])  # warm up
+        t = time.perf_counter()
+        assert system.gather([system.submit(noop, i) for i in range(jobs)]) == list(range(jobs))
+        out["tasks/s"] = jobs / (time.perf_counter() - t)
+        t = time.perf_counter()
+        it = system.map(noop, range(mapped), 1000)
+        if it is not None:
+            assert sum(1 for _ in it) == mapped
+            out["map/s"] = mapped / (time.perf_counter() - t)
+        lat = []
+        for _ in range(300):
+            t = time.perf_counter()
+            system.submit(noop).result()
+            lat.append(time.perf_counter() - t)
+        lat.sort()
+        out["latency median"] = statistics.median(lat) * 1e3
+        out["latency p99"] = lat[int(len(lat) * 0.99)] * 1e3
+        data = numpy.ones(64 << 20, dtype=numpy.uint8)
+        rates = []
+        for _ in range(3):
+            t = time.perf_counter()
+            back = system.submit(echo, data).result()
+            rates.append(64 / (time.perf_counter() - t))
+            assert back.nbytes == data.nbytes
+            del back
+        out["64 MiB round trip"] = statistics.median(rates)
     finally:
-        cw.mp.stop()
+        system.stop()
+    return out
 
 
-def run_pool(jobs: int) -> dict:
-    with ProcessPoolExecutor(2) as ex:
-        measure(ex, 200)
-        return measure(ex, jobs)
+def child(name: str, jobs: int, mapped: int) -> None:
+    system = next(s for s in peers.all_systems() if s.name == name)
+    print(json.dumps(measure(system, jobs, mapped)))
+
+
+def run_child(name: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--jobs", str(args.jobs), "--map", str(args.map)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.timeout} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail[:200]}"}
+    return json.loads(lines[-1])
+
+
+def installed(system: peers.System) -> bool:
+    try:
+        importlib.import_module(system.module)
+        return True
+    except ImportError:
+        return False
+
+
+def peers_suite(args: argparse.Namespace) -> dict:
+    systems = [s for s in peers.all_systems() if installed(s)]
+    runs: dict = {s.name: [] for s in systems}
+    for rep in range(args.repeat):
+        for s in systems:
+            print(f"  [{rep + 1}/{args.repeat}] {s.name} ...", file=sys.stderr, flush=True)
+            runs[s.name].append(run_child(s.name, args))
+    medians = {}
+    for name, rs in runs.items():
+        ok = [r for r in rs if "error" not in r]
+        medians[name] = {m: statistics.median(r[m] for r in ok) for m in METRICS if ok and m in ok[0]}
+        if not ok:
+            medians[name] = {"error": rs[0]["error"]}
+    return {"runs": runs, "medians": medians}
+
+
+def print_peers(result: dict) -> None:
+    med = result["medians"]
+    cw = med.get("cw", {})
+    print(f"\n{'system':22}" + "".join(f"{m:>18}" for m in METRICS))
+    print(f"{'':22}" + "".join(f"{'(' + u + ')':>18}" for u, _ in METRICS.values()))
+    for name, row in med.items():
+        if "error" in row:
+            print(f"{name:22}  failed: {row['error']}")
+            continue
+        print(f"{name:22}" + "".join(f"{_fmt(row.get(m)):>18}" for m in METRICS))
+    print("\ncw's ratio to each (above 1: cw is better)")
+    for name, row in med.items():
+        if name == "cw" or "error" in row:
+            continue
+        cells = []
+        for m, (_, higher) in METRICS.items():
+            a, b = cw.get(m), row.get(m)
+            cells.append("-" if not a or not b else f"{(a / b if higher else b / a):.2f}x")
+        print(f"{name:22}" + "".join(f"{c:>18}" for c in cells))
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
+def machine() -> dict:
+    info = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "platform": platform.platform()}
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        info["memory GiB"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (OSError, ValueError):
+        pass
+    versions = {}
+    for mod in ("cw", "zmq", "distributed", "ray", "ipyparallel", "loky", "numpy"):
+        try:
+            versions[mod] = importlib.import_module(mod).__version__
+        except Exception:
+            pass
+    info["versions"] = versions
+    return info
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=5000)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--suite", default="peers,memory,scale",
+                        help="comma-separated: peers, memory, scale (default: all)")
+    parser.add_argument("--jobs", type=int, default=20_000, help="no-op jobs submitted one by one")
+    parser.add_argument("--map", type=int, default=1_000_000, help="no-op jobs in the chunked map")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=900, help="seconds one system's run may take")
+    parser.add_argument("--json", default=str(HERE / "results.json"), help="where to write the results")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    systems = {"cw (CURVE on)": lambda: run_cw(False, args.jobs),
-               "cw (--insecure)": lambda: run_cw(True, args.jobs),
-               "ProcessPoolExecutor": lambda: run_pool(args.jobs)}
-    runs: dict = {name: [] for name in systems}
-    for _ in range(args.repeat):  # interleaved, so drift hits every system alike
-        for name, run in systems.items():
-            runs[name].append(run())
-    table = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
-    cols = list(next(iter(table.values())))
-    print(f"{'system':22}" + "".join(f"{c:>14}" for c in cols))
-    for name, row in table.items():
-        print(f"{name:22}" + "".join(f"{row[c]:>14.1f}" for c in cols))
-    on, off = table["cw (CURVE on)"], table["cw (--insecure)"]
-    print(f"\nCURVE cost on no-op throughput: {100 * (1 - on['tasks/s'] / off['tasks/s']):.1f}% "
-          f"(map: {100 * (1 - on['map tasks/s'] / off['map tasks/s']):.1f}%, "
-          f"64 MiB payload: {100 * (1 - on['64MiB MiB/s'] / off['64MiB MiB/s']):.1f}%)")
-    pool = table["ProcessPoolExecutor"]
-    print(f"cw (CURVE on) / ProcessPoolExecutor no-op throughput: {on['tasks/s'] / pool['tasks/s']:.2f}x")
+    if args.child:
+        return child(args.child, args.jobs, args.map)
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    unknown = set(suites) - {"peers", "memory", "scale"}
+    if unknown:
+        parser.error(f"unknown suite {', '.join(sorted(unknown))}; choose from: peers, memory, scale")
+    report: dict = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "child"}}
+    if "peers" in suites:
+        report["peers"] = peers_suite(args)
+        print_peers(report["peers"])
+    if "memory" in suites or "scale" in suites:
+        import limits
+
+        if "memory" in suites:
+            report["memory"] = limits.memory_suite()
+            limits.print_memory(report["memory"])
+        if "scale" in suites:
+            report["scale"] = limits.scale_suite(args.repeat)
+            limits.print_scale(report["scale"])
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"\nresults written to {args.json}")
 
 
 if __name__ == "__main__":

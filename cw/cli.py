@@ -25,8 +25,8 @@ LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=
 
 
 def _setup_logging(level: str, logfile: Optional[Path] = None) -> None:
-    """Log to ``logfile`` (in the cluster's ``logs/``) and to stderr, unless a
-    launcher already sends stderr to a file there."""
+    """Log to ``logfile`` (in the cluster's ``logs/``) and to stderr; only warnings
+    and errors to stderr when a launcher already sends it to a file there."""
     from .logfiles import FORMAT, stderr_in
 
     handlers: list[logging.Handler] = []
@@ -36,8 +36,11 @@ def _setup_logging(level: str, logfile: Optional[Path] = None) -> None:
         except OSError as e:
             print(f"cw: cannot write the log file {logfile}: {e}; logging to stderr only", file=sys.stderr)
             logfile = None
-    if logfile is None or not stderr_in(logfile.parent):
-        handlers.append(logging.StreamHandler(sys.stderr))
+    stream = logging.StreamHandler(sys.stderr)
+    if logfile is not None and stderr_in(logfile.parent):
+        # A launcher keeps stderr in logs/ already: only what explains a failure goes there too.
+        stream.setLevel(logging.WARNING)
+    handlers.append(stream)
     logging.basicConfig(level=getattr(logging, level.upper()), format=FORMAT, handlers=handlers, force=True)
 
 
@@ -228,6 +231,9 @@ def _dashboard(master: Any, host: str, port: int) -> Any:
 @click.option("--batch", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="Most tasks an executor holds while its jobs take about a millisecond or "
                    "less, to save messages (1: never more than --prefetch allows).")
+@click.option("--master-timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Exit when the master is silent this many seconds, counted from the start "
+                   "(no orphans once it is gone) [default: wait for it forever].")
 @cluster_option
 @insecure_option
 @_options(heartbeat_options)
@@ -238,9 +244,10 @@ def _dashboard(master: Any, host: str, port: int) -> Any:
 @click.option("--log-file", hidden=True, envvar="CW_LOG_FILE", default=None)
 @_friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
-                   grace: float, prefetch: int, batch: int, cluster: Optional[str], insecure: bool,
-                   heartbeat: float, liveness: int, log_level: str, executor: Optional[str],
-                   supervisor: str, job_fd: Optional[int], log_file: Optional[str]) -> None:
+                   grace: float, prefetch: int, batch: int, master_timeout: Optional[float],
+                   cluster: Optional[str], insecure: bool, heartbeat: float, liveness: int,
+                   log_level: str, executor: Optional[str], supervisor: str,
+                   job_fd: Optional[int], log_file: Optional[str]) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
     from .cluster import cluster_dir, cluster_name, find_master
     from .security import client_keys
@@ -262,7 +269,8 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
                       prefetch, batch, job_fd)
         return
     sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
-                     keys=keys, cluster=cluster_name(cluster), prefetch=prefetch, batch=batch)
+                     keys=keys, cluster=cluster_name(cluster), prefetch=prefetch, batch=batch,
+                     master_timeout=master_timeout)
 
     def on_signal(signum: int, frame: Any) -> None:
         sup.stopping = True
@@ -453,6 +461,92 @@ slurm_command = _launcher_commands(slurm_group, "slurm.py", slurm_options, _slur
                                    "a cw cluster of SLURM jobs")
 
 
+# -- SSH -------------------------------------------------------------------------
+@main.group("ssh")
+def ssh_group() -> None:
+    """Start, stop and show a cw cluster over machines reached by SSH."""
+
+
+@ssh_group.command("start")
+@click.argument("machines_csv", metavar="CLUSTER.csv", type=click.Path(exists=True, dir_okay=False))
+@click.option("--master-address", envvar="CW_MASTER_ADDRESS", default=None,
+              help="Address the workers use to reach the master (it listens there) "
+                   "[default: this machine's address on the route to the first machine].")
+@click.option("--port", type=PORT, envvar="CW_PORT", default=DEFAULT_PORT, show_default=True,
+              help="Master port; 0 picks a free one.")
+@click.option("--no-local-workers", is_flag=True, help="Run no worker on this machine.")
+@click.option("--cpu-limit", type=click.IntRange(1), default=None,
+              help="Executors of the local worker [default: all CPUs].")
+@click.option("--python", default=None,
+              help="Python on the machines [default: this one's path, the shared-filesystem model].")
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE",
+              help="Pass `-o KEY=VALUE` to ssh (repeatable), e.g. UserKnownHostsFile=FILE.")
+@click.option("--connect-timeout", type=click.IntRange(1, 600), default=10, show_default=True,
+              help="Seconds ssh may take to connect to a machine.")
+@click.option("--master-timeout", type=click.FloatRange(1), default=60.0, show_default=True,
+              help="Seconds a remote worker outlives a silent master (no orphans if this machine goes).")
+@click.option("--timeout", type=click.FloatRange(1), default=60.0, show_default=True,
+              help="Seconds to wait for the master and the workers to come up.")
+@cluster_option
+@insecure_option
+@_friendly
+def ssh_start(machines_csv: str, master_address: Optional[str], port: int, no_local_workers: bool,
+              cpu_limit: Optional[int], python: Optional[str], ssh_options: tuple,
+              connect_timeout: int, master_timeout: float, timeout: float, cluster: Optional[str],
+              insecure: bool) -> None:
+    """Start a master here and a worker on each machine of CLUSTER.csv.
+
+    One row per machine: address, ssh_user, ssh_port, local_ssh_file, cpu_limit
+    (blank: current user, port 22, ssh's default key, all CPUs); `#` starts a comment.
+    """
+    from .launch import ssh
+
+    report = ssh.start(machines_csv, cluster=cluster, master_address=master_address, port=port,
+                       local_workers=not no_local_workers, cpu_limit=cpu_limit, python=python,
+                       ssh_options=ssh_options, connect_timeout=connect_timeout,
+                       master_timeout=master_timeout, timeout=timeout, insecure=insecure)
+    lines, failed = ssh.start_report(report)
+    click.echo("\n".join(lines))
+    if failed:
+        raise click.ClickException(
+            f"{failed} of {len(report['machines'])} machine(s) failed (above); the rest of the cluster "
+            "is running: fix those rows, then `cw ssh stop` and start again, or go on without them")
+
+
+@ssh_group.command("stop")
+@click.option("--timeout", type=click.FloatRange(1), default=60.0, show_default=True,
+              help="Seconds a worker may take to drain before it is killed.")
+@cluster_option
+@_friendly
+def ssh_stop(timeout: float, cluster: Optional[str]) -> None:
+    """Stop the workers on every machine, then the master and the local worker."""
+    from .launch import ssh
+
+    report = ssh.stop(cluster, timeout=timeout)
+    lines, failed = ssh.stop_report(report)
+    click.echo("\n".join(lines))
+    if failed:
+        raise click.ClickException(
+            f"could not reach {', '.join(failed)}: workers there exit by themselves once the master has "
+            "been gone --master-timeout seconds; run `cw ssh stop` again to remove what is left there")
+
+
+@ssh_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@cluster_option
+@insecure_option
+@_friendly
+def ssh_status(as_json: bool, cluster: Optional[str], insecure: bool) -> None:
+    """Show each machine's workers and what the master sees."""
+    from .launch import ssh
+
+    st = ssh.status(cluster, insecure=insecure)
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    click.echo("\n".join(ssh.status_report(st)))
+
+
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON snapshot (as /api/status serves it).")
 @click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
@@ -594,6 +688,7 @@ def keys_remove(name: str, cluster: Optional[str]) -> None:
 def keys_show(cluster: Optional[str]) -> None:
     """Print the path of this user's public client key, to send to a cluster's owner."""
     click.echo(str(_authorized(cluster).parent / "client.key"))
+
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ shared filesystem and holds::
     master.json     host, port, pid, protocol version of the running master
     pids/*.json     processes a launcher started: pid and create time
     logs/           master and worker logs
+    ssh.json, ssh/  machines `cw ssh start` started workers on, and their records
 
 Also here: how a client or worker finds its master when given no host.
 """

@@ -63,14 +63,14 @@ def _matches(stem: str, part: str) -> bool:
     return part in stem.split("-") or (not part.isdigit() and part in stem)
 
 
-def _events(lines: list[str], label: str) -> Iterator[tuple[str, str]]:
-    """(timestamp, text) per event; lines without a timestamp (tracebacks)
+def _events(lines: list[str], label: str) -> Iterator[tuple[str, str, str]]:
+    """(timestamp, line, label) per line; lines without a timestamp (tracebacks)
     stay with the event before them."""
     stamp = ""
     for line in lines:
         if _STAMP.match(line):
             stamp = line[:23]
-        yield stamp, f"{label}{line}"
+        yield stamp, line, label
 
 
 def merged(files: list[Path], tail: Optional[int] = None) -> list[str]:
@@ -80,7 +80,16 @@ def merged(files: list[Path], tail: Optional[int] = None) -> list[str]:
         lines = _read(path).decode("utf-8", "replace").splitlines()
         label = f"{path.stem}| " if len(files) > 1 else ""
         streams.append(list(_events(lines, label)))
-    out = [text for _, text in heapq.merge(*streams, key=lambda e: e[0])]
+    out: list[str] = []
+    seen: set[str] = set()
+    current = ""
+    for stamp, line, label in heapq.merge(*streams, key=lambda e: e[0]):
+        if stamp != current:
+            seen, current = set(), stamp
+        if stamp and line in seen:
+            continue  # a warning both in a process's log and in what its launcher captured
+        seen.add(line)
+        out.append(f"{label}{line}")
     return out[-tail:] if tail else out
 
 

@@ -110,7 +110,11 @@ def master_keys(cdir: Path) -> Keys:
 
 
 def client_keys(cdir: Path) -> Keys:
-    kdir = ensure_keys(cdir)
+    kdir = keys_dir(cdir)
+    # A worker's machine may hold only the client keys and the master's
+    # public key (copied by `cw ssh start`): create nothing then.
+    if not (kdir / "client.key_secret").exists():
+        kdir = ensure_keys(cdir)
     public, secret = load_secret(kdir / "client.key_secret")
     return Keys(public, secret, load_public(kdir / "master.key"))
 

@@ -303,8 +303,14 @@ class Supervisor:
 
     def __init__(self, host: str, port: int, procs: int = 1, *, heartbeat: float = 1.0,
                  liveness: int = 10, grace: float = 30.0, keys: Optional[Keys] = None,
-                 cluster: str = "default", prefetch: int = 1, batch: int = 64) -> None:
+                 cluster: str = "default", prefetch: int = 1, batch: int = 64,
+                 master_timeout: Optional[float] = None) -> None:
         self.prefetch, self.batch = prefetch, batch
+        # A master silent this long (counted from our start, so a head that
+        # vanished before its first heartbeat counts too) is presumed gone
+        # for good: the worker exits rather than outlive it (SSH launcher).
+        self.master_timeout = master_timeout
+        self.heard_at = time.monotonic()
         self.cluster = cluster
         self.exit_code = 0
         self.host, self.port, self.procs = host, port, procs
@@ -359,7 +365,13 @@ class Supervisor:
         while not self.stopping:
             self.check_children()
             msg = self.peer.recv(0.1)
-            if msg is not None and _unknown_peer(msg):
+            if msg is not None:
+                self.heard_at = time.monotonic()
+            if self.master_lost():
+                log.error("no word from the master at %s for %g s (--master-timeout); exiting",
+                          self.address, self.master_timeout)
+                self.exit_code, self.stopping = 3, True
+            elif msg is not None and _unknown_peer(msg):
                 self.register()
             elif msg is not None and msg.kind is Kind.KILL:
                 self.kill(msg.header["executor"])
@@ -370,6 +382,9 @@ class Supervisor:
             if not self.peer.tick():
                 self.peer.last_heard = time.monotonic()
                 self.register()
+
+    def master_lost(self) -> bool:
+        return self.master_timeout is not None and time.monotonic() - self.heard_at > self.master_timeout
 
     def check_children(self) -> None:
         now = time.monotonic()

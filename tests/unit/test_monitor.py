@@ -210,3 +210,11 @@ def test_cw_log_dir_moves_the_logs(tmp_path, monkeypatch):
     monkeypatch.setenv("CW_LOG_DIR", str(tmp_path / "elsewhere"))
     assert logfiles.logs_dir(tmp_path) == tmp_path / "elsewhere"
     assert logfiles.log_path(tmp_path, "worker").name == f"worker-{os.uname().nodename}-{os.getpid()}.log"
+
+
+def test_a_line_both_in_a_log_and_in_a_launchers_capture_is_shown_once(tmp_path):
+    line = "2026-01-01 10:00:00,000 WARNING cw.worker[200]: executor pid 201 died"
+    (tmp_path / "worker-node2-200.log").write_text(f"{line}\n")
+    (tmp_path / "worker-20260101-100000-99.log").write_text(f"{line}\nTraceback (most recent call last):\n")
+    assert [x.split("| ", 1)[1] for x in logfiles.merged(logfiles.select(tmp_path))] == [
+        line, "Traceback (most recent call last):"]

@@ -1,0 +1,163 @@
+"""cw's memory and scale figures (suites ``memory`` and ``scale`` of bench.py)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+from workloads import noop
+
+import cw
+from cw.client import ClusterExecutor
+from cw.cluster import cluster_dir, read_json
+
+HERE = Path(__file__).resolve().parent
+MiB = 2**20
+
+
+@contextlib.contextmanager
+def cluster(nworkers: int) -> Iterator[psutil.Process]:
+    """A local cluster with CURVE on; yields the master process."""
+    os.environ["CW_HOME"] = tempfile.mkdtemp(prefix="cw-bench-")
+    cw.start(nworkers, launcher="local", port=0)
+    try:
+        yield psutil.Process(read_json(cluster_dir() / "master.json")["pid"])
+    finally:
+        cw.stop(launcher="local")
+
+
+class PeakRSS:
+    """Samples processes' RSS in a thread; keeps each one's peak."""
+
+    def __init__(self, **procs: psutil.Process) -> None:
+        self.procs, self.peak = procs, {name: 0 for name in procs}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            for name, proc in self.procs.items():
+                self.peak[name] = max(self.peak[name], proc.memory_info().rss)
+
+    def __enter__(self) -> "PeakRSS":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def map_memory(items: int = 10_000_000, chunksize: int = 1000) -> dict:
+    with cluster(2) as master, ClusterExecutor() as ex:
+        with PeakRSS(client=psutil.Process(), master=master) as rss:
+            t = time.perf_counter()
+            count = sum(1 for _ in ex.map(noop, (i for i in range(items)), chunksize=chunksize))
+            seconds = time.perf_counter() - t
+        assert count == items
+    return {"items": items, "chunksize": chunksize, "jobs/s": items / seconds,
+            "client peak RSS MiB": rss.peak["client"] / MiB, "master peak RSS MiB": rss.peak["master"] / MiB}
+
+
+def queued_memory(jobs: int = 1_000_000) -> dict:
+    """The master's RSS per queued job, beyond the bytes of the jobs themselves."""
+    with cluster(0) as master, ClusterExecutor(max_pending=jobs) as ex:
+        ex.submit(noop).cancel()
+        time.sleep(0.5)
+        before = master.memory_info().rss
+        calls = [ex.submit(noop, i) for i in range(jobs)]
+        wait_queued(ex, jobs)
+        after = master.memory_info().rss
+        from cw.serialize import context_frame, dumps_call
+
+        # Each job's own frame, and one context frame per SUBMIT of up to 1000 jobs.
+        payload = sum(len(dumps_call(noop, (i,), {})[0]) for i in range(0, jobs, 1000)) * 1000
+        payload += len(context_frame()) * (jobs // 1000)
+        del calls
+    return {"queued jobs": jobs, "master RSS growth MiB": (after - before) / MiB,
+            "payload MiB": payload / MiB, "bytes per job beyond payload": (after - before - payload) / jobs}
+
+
+def wait_queued(ex: ClusterExecutor, jobs: int, timeout: float = 300) -> None:
+    from cw.launch import query_status
+
+    host, port = ex.address.split("//")[1].rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while query_status(host, int(port))["queued"] < jobs:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the master did not queue every job")
+        time.sleep(0.2)
+
+
+def memory_suite() -> dict:
+    print("  memory: map over 10,000,000 items ...", file=sys.stderr, flush=True)
+    result = {"map": map_memory()}
+    print("  memory: 1,000,000 queued jobs ...", file=sys.stderr, flush=True)
+    result["queue"] = queued_memory()
+    return result
+
+
+def print_memory(result: dict) -> None:
+    m, q = result["map"], result["queue"]
+    print(f"\nmap over a generator of {m['items']:,} no-op items (chunksize {m['chunksize']}): "
+          f"{m['jobs/s']:,.0f} items/s; peak RSS client {m['client peak RSS MiB']:.0f} MiB, "
+          f"master {m['master peak RSS MiB']:.0f} MiB")
+    print(f"{q['queued jobs']:,} queued jobs: master RSS +{q['master RSS growth MiB']:.0f} MiB, of which "
+          f"payload {q['payload MiB']:.0f} MiB: {q['bytes per job beyond payload']:.0f} bytes a job more")
+
+
+def dispatch_rate(executors: int, jobs: int) -> float:
+    """No-op jobs per second through a master serving ``executors`` light executors."""
+    with cluster(0):
+        port = read_json(cluster_dir() / "master.json")["port"]
+        per_process = 250
+        light = str(HERE / "light_executors.py")
+        procs = [subprocess.Popen([sys.executable, light, str(port), str(min(per_process, executors - i))])
+                 for i in range(0, executors, per_process)]
+        try:
+            from cw.launch import query_status
+
+            deadline = time.monotonic() + 120
+            while len(query_status("127.0.0.1", port)["executors"]) < executors:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("light executors did not register")
+                time.sleep(0.2)
+            with ClusterExecutor(max_pending=jobs) as ex:
+                t = time.perf_counter()
+                for f in [ex.submit(noop, i) for i in range(jobs)]:
+                    f.result()
+                return jobs / (time.perf_counter() - t)
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+
+
+def scale_suite(repeat: int = 3, jobs: int = 20_000) -> dict:
+    rates: dict = {"2 executors": [], "1000 executors": [], "2 executors, 200,000 queued": []}
+    for rep in range(repeat):
+        print(f"  [{rep + 1}/{repeat}] scale ...", file=sys.stderr, flush=True)
+        rates["2 executors"].append(dispatch_rate(2, jobs))
+        rates["1000 executors"].append(dispatch_rate(1000, jobs))
+        rates["2 executors, 200,000 queued"].append(dispatch_rate(2, 200_000))
+    medians = {k: statistics.median(v) for k, v in rates.items()}
+    return {"runs": rates, "medians": medians,
+            "1000 / 2 executors": medians["1000 executors"] / medians["2 executors"],
+            "200,000 / 20,000 queued": medians["2 executors, 200,000 queued"] / medians["2 executors"]}
+
+
+def print_scale(result: dict) -> None:
+    med = result["medians"]
+    print("\ndispatch through the master to light executors (jobs/s, medians):")
+    for name, rate in med.items():
+        print(f"  {name:32} {rate:>10,.0f}")
+    print(f"  1,000 executors run at {result['1000 / 2 executors']:.0%} of the 2-executor rate; "
+          f"200,000 queued at {result['200,000 / 20,000 queued']:.0%} of 20,000")

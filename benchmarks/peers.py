@@ -1,0 +1,185 @@
+"""Each system under test behind one small interface.
+
+``start()`` brings up 2 workers; ``submit(fn, *args)`` returns an object with
+``result()``; ``map(fn, items, chunksize)`` returns an iterator, or None where
+the system has no chunked map; ``stop()`` tears everything down.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any, Callable, Iterable, Optional
+
+WORKERS = 2
+
+
+class System:
+    name = ""
+    module = ""  # the package that must be importable for it to run
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def gather(self, futures: list) -> list:
+        return [f.result() for f in futures]
+
+    def map(self, fn: Callable, items: Iterable, chunksize: int) -> Optional[Iterable]:
+        return None
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class CW(System):
+    module = "cw"
+
+    def __init__(self, insecure: bool = False) -> None:
+        self.insecure = insecure
+        self.name = "cw --insecure" if insecure else "cw"
+
+    def start(self) -> None:
+        import cw
+        from cw.client import ClusterExecutor
+
+        os.environ["CW_HOME"] = tempfile.mkdtemp(prefix="cw-bench-")
+        cw.start(WORKERS, launcher="local", port=0, insecure=self.insecure)
+        self.ex = ClusterExecutor(insecure=self.insecure, max_pending=100_000)
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        return self.ex.submit(fn, *args)
+
+    def map(self, fn: Callable, items: Iterable, chunksize: int) -> Optional[Iterable]:
+        return self.ex.map(fn, items, chunksize=chunksize)
+
+    def stop(self) -> None:
+        import cw
+
+        self.ex.shutdown()
+        cw.stop(launcher="local")
+
+
+class Pool(System):
+    """concurrent.futures.ProcessPoolExecutor, or loky's."""
+
+    def __init__(self, loky: bool = False) -> None:
+        self.loky = loky
+        self.name = "loky" if loky else "ProcessPoolExecutor"
+        self.module = "loky" if loky else "concurrent"
+
+    def start(self) -> None:
+        if self.loky:
+            import loky
+
+            self.ex = loky.ProcessPoolExecutor(WORKERS)
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.ex = ProcessPoolExecutor(WORKERS)
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        return self.ex.submit(fn, *args)
+
+    def map(self, fn: Callable, items: Iterable, chunksize: int) -> Optional[Iterable]:
+        return self.ex.map(fn, items, chunksize=chunksize)
+
+    def stop(self) -> None:
+        self.ex.shutdown()
+
+
+class Dask(System):
+    name = "Dask distributed"
+    module = "distributed"
+
+    def start(self) -> None:
+        from distributed import Client, LocalCluster
+
+        for name in ("distributed", "tornado", "bokeh"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        self.cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
+                                    dashboard_address=None)
+        self.client = Client(self.cluster)
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        return self.client.submit(fn, *args, pure=False)
+
+    def gather(self, futures: list) -> list:
+        return self.client.gather(futures)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.cluster.close()
+
+
+class _RayRef:
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    def result(self) -> Any:
+        import ray
+
+        return ray.get(self.ref)
+
+
+class Ray(System):
+    name = "Ray"
+    module = "ray"
+
+    def start(self) -> None:
+        import ray
+
+        ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR, configure_logging=False)
+        self.remotes: dict = {}
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        import ray
+
+        remote = self.remotes.get(fn)
+        if remote is None:
+            remote = self.remotes[fn] = ray.remote(fn)
+        return _RayRef(remote.remote(*args))
+
+    def gather(self, futures: list) -> list:
+        import ray
+
+        return ray.get([f.ref for f in futures])
+
+    def stop(self) -> None:
+        import ray
+
+        ray.shutdown()
+
+
+class IPyParallel(System):
+    name = "ipyparallel"
+    module = "ipyparallel"
+
+    def start(self) -> None:
+        import ipyparallel
+
+        self.cluster = ipyparallel.Cluster(n=WORKERS, log_level=logging.ERROR)
+        self.rc = self.cluster.start_and_connect_sync(activate=False)
+        self.view = self.rc.load_balanced_view()
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        return _IppResult(self.view.apply_async(fn, *args))
+
+    def stop(self) -> None:
+        self.rc.close()
+        self.cluster.stop_cluster_sync()
+
+
+class _IppResult:
+    def __init__(self, ar: Any) -> None:
+        self.ar = ar
+
+    def result(self) -> Any:
+        return self.ar.get()
+
+
+def all_systems() -> list[System]:
+    return [CW(), CW(insecure=True), Pool(), Pool(loky=True), Dask(), Ray(), IPyParallel()]

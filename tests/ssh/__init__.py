@@ -1,0 +1,1 @@
+"""The SSH launcher against real sshd "machines" (a package, so its conftest shadows no other)."""
