@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import click
@@ -23,11 +24,38 @@ from .protocol import DEFAULT_PORT, PROTOCOL_VERSION
 LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
+def _setup_logging(level: str, logfile: Optional[Path] = None) -> None:
+    """Log to ``logfile`` (in the cluster's ``logs/``) and to stderr; only warnings
+    and errors to stderr when a launcher already sends it to a file there."""
+    from .logfiles import FORMAT, stderr_in
+
+    handlers: list[logging.Handler] = []
+    if logfile is not None:
+        try:
+            handlers.append(logging.FileHandler(logfile, encoding="utf-8"))
+        except OSError as e:
+            print(f"cw: cannot write the log file {logfile}: {e}; logging to stderr only", file=sys.stderr)
+            logfile = None
+    stream = logging.StreamHandler(sys.stderr)
+    if logfile is not None and stderr_in(logfile.parent):
+        # A launcher keeps stderr in logs/ already: only what explains a failure goes there too.
+        stream.setLevel(logging.WARNING)
+    handlers.append(stream)
+    logging.basicConfig(level=getattr(logging, level.upper()), format=FORMAT, handlers=handlers, force=True)
+
+
+def _log_file(cluster: Optional[str], role: str, given: Optional[str] = None) -> Optional[Path]:
+    from .cluster import cluster_dir
+    from .logfiles import log_path, logs_dir
+
+    if given:
+        return Path(given)
+    try:
+        logs = logs_dir(cluster_dir(cluster, create=True))
+        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return log_path(logs, role)
+    except OSError:
+        return None  # no writable cluster directory here: stderr only
 
 
 def _friendly(func: Callable) -> Callable:
@@ -107,21 +135,27 @@ def main() -> None:
               help="Unfinished jobs the master holds for one client.")
 @click.option("--max-bytes-per-client", type=SIZE, default=4 << 30, show_default=True,
               help="Payload bytes the master holds for one client.")
+@click.option("--http-port", type=PORT, envvar="CW_HTTP_PORT", default=None,
+              help="Serve the live dashboard and /api/status on this port (0 = a free one) "
+                   "[default: off].")
+@click.option("--http-host", envvar="CW_HTTP_HOST", default="127.0.0.1", show_default=True,
+              help="Address the dashboard binds; reach it from elsewhere through an SSH tunnel.")
 @_options(heartbeat_options)
 @log_option
 @_friendly
 def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
                    max_message_size: int, max_jobs_per_client: int, max_bytes_per_client: int,
-                   heartbeat: float, liveness: int, log_level: str) -> None:
+                   http_port: Optional[int], http_host: str, heartbeat: float, liveness: int,
+                   log_level: str) -> None:
     """Run a master: route jobs from clients to workers until SIGINT/SIGTERM."""
     import zmq
 
-    from .cluster import advertised_host, cluster_dir, pid_namespace, read_json, write_json
+    from .cluster import advertised_host, cluster_dir, read_json
     from .master import Limits, Master
     from .security import master_keys
 
-    _setup_logging(log_level)
     cdir = cluster_dir(cluster, create=True)
+    _setup_logging(log_level, _log_file(cluster, "master"))
     keys = None if insecure else master_keys(cdir)
     limits = Limits(max_message_size, max_jobs_per_client, max_bytes_per_client)
     try:
@@ -137,20 +171,49 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    mjson = cdir / "master.json"
-    write_json(mjson, {"host": advertised_host(host), "port": master.port, "pid": os.getpid(),
-                       "protocol": PROTOCOL_VERSION, "hostname": socket.gethostname(),
-                       "started": time.time(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
-                       "cluster": cdir.name, "secure": keys is not None,
-                       "pidns": pid_namespace()})
+    dashboard = None if http_port is None else _dashboard(master, http_host, http_port)
+    mjson = _record_master(cdir, advertised_host(host), master.port, keys is not None,
+                           dashboard.url if dashboard else None)
     logging.getLogger("cw.master").info("master listening on %s:%d (%s)", host, master.port, mjson)
     try:
         master.run()
     finally:
+        if dashboard is not None:
+            dashboard.close()
         master.close()
         if (read_json(mjson) or {}).get("pid") == os.getpid():
             mjson.unlink(missing_ok=True)
         logging.getLogger("cw.master").info("master stopped")
+
+
+def _record_master(cdir: Path, host: str, port: int, secure: bool, http: Optional[str]) -> Path:
+    """master.json: how clients, workers and launchers find this master."""
+    from .cluster import pid_namespace, write_json
+
+    mjson = cdir / "master.json"
+    write_json(mjson, {"host": host, "port": port, "pid": os.getpid(), "protocol": PROTOCOL_VERSION,
+                       "hostname": socket.gethostname(), "started": time.time(),
+                       "slurm_job": os.environ.get("SLURM_JOB_ID"), "cluster": cdir.name,
+                       "secure": secure, "http": http, "pidns": pid_namespace()})
+    return mjson
+
+
+def _dashboard(master: Any, host: str, port: int) -> Any:
+    """Start the dashboard's HTTP thread; the master's loop feeds it snapshots."""
+    from .dashboard import Dashboard
+
+    try:
+        dashboard = Dashboard(host, port)
+    except OSError as e:
+        master.close()
+        raise click.ClickException(f"cannot serve the dashboard on {host}:{port}: {e}; "
+                                   "pick another --http-port, or 0 for a free one") from e
+    master.monitor.http_url = dashboard.url
+    master.monitor.dashboard = dashboard
+    dashboard.publish(master.snapshot())
+    dashboard.start()
+    logging.getLogger("cw.master").info("dashboard at %s", dashboard.url)
+    return dashboard
 
 
 @main.command("worker")
@@ -178,18 +241,23 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
 @click.option("--executor", hidden=True, default=None)
 @click.option("--supervisor", hidden=True, default="")
 @click.option("--job-fd", hidden=True, type=int, default=None)
+@click.option("--log-file", hidden=True, envvar="CW_LOG_FILE", default=None)
 @_friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
                    grace: float, prefetch: int, batch: int, master_timeout: Optional[float],
                    cluster: Optional[str], insecure: bool, heartbeat: float, liveness: int,
                    log_level: str, executor: Optional[str], supervisor: str,
-                   job_fd: Optional[int]) -> None:
+                   job_fd: Optional[int], log_file: Optional[str]) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
     from .cluster import cluster_dir, cluster_name, find_master
     from .security import client_keys
     from .worker import Supervisor
 
-    _setup_logging(log_level)
+    logfile = _log_file(cluster, "worker", log_file)
+    _setup_logging(log_level, logfile)
+    if logfile is not None:  # the executors it starts log to the same file, at the same level
+        os.environ["CW_LOG_FILE"] = str(logfile)
+    os.environ["CW_LOG_LEVEL"] = log_level
     keys = None if insecure else client_keys(cluster_dir(cluster))
     if slurm and host is None:
         from .slurm import master_host
@@ -215,8 +283,10 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
 
 def _run_executor(address: str, ident: str, supervisor: str, heartbeat: float, liveness: int,
                   keys: Any, prefetch: int, batch: int, job_fd: Optional[int]) -> None:
+    from . import joblog
     from .worker import Executor
 
+    joblog.install()  # a job's prints go to the worker's log, tagged with its id
     try:
         identity = bytes.fromhex(ident)
     except ValueError as e:
@@ -539,26 +609,77 @@ _launcher_commands(docker_group, "docker", docker_options, _docker, "a cw cluste
 
 
 @main.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON snapshot.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON snapshot (as /api/status serves it).")
+@click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
+              help="Seconds to wait for the master's answer.")
 @cluster_option
 @insecure_option
 @_friendly
-def status_command(as_json: bool, cluster: Optional[str], insecure: bool) -> None:
-    """Show the master, its workers, clients and queue."""
+def status_command(as_json: bool, watch: bool, interval: float, timeout: float, cluster: Optional[str],
+                   insecure: bool) -> None:
+    """Show the master, its workers, clients, queue and throughput."""
     from .cluster import find_master
+    from .errors import MasterUnavailableError
     from .launch import query_status
+    from .view import render
 
     host, port = find_master(None, None, cluster)
-    snap = query_status(host, port, cluster=cluster, insecure=insecure)
-    if as_json:
-        click.echo(json.dumps(snap, indent=2))
+
+    def show() -> str:
+        snap = query_status(host, port, timeout, cluster=cluster, insecure=insecure)
+        return json.dumps(snap, indent=2) if as_json else render(snap, f"{host}:{port}")
+
+    if not watch:
+        try:
+            click.echo(show())
+        except MasterUnavailableError as e:
+            raise click.ClickException(f"{e}; is the master running? (`cw local start`, or --cluster "
+                                       "NAME / CW_MASTER_ADDRESS to look elsewhere)") from e
         return
-    click.echo(f"master {host}:{port}  up {snap['uptime']:.0f} s  "
-               f"queued {snap['queued']}  running {snap['running']}")
-    for w in snap["workers"]:
-        click.echo(f"  worker {w['host']} pid {w['pid']}: {w['executors']} executor(s)")
-    for c in snap["clients"]:
-        click.echo(f"  client {c['host']} pid {c['pid']}: {c['jobs']} unfinished, {c['done']} done")
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            try:
+                text = show()
+            except MasterUnavailableError as e:
+                text = f"{e} (retrying every {interval:g} s)"
+            # Home and clear-to-end redraw in place on a terminal; elsewhere, one frame after another.
+            click.echo(f"\x1b[H\x1b[J{text}" if tty else f"{text}\n")
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command("logs")
+@click.argument("worker", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("-n", "--lines", type=click.IntRange(0), default=None,
+              help="Only the last N lines [default: all].")
+@cluster_option
+@_friendly
+def logs_command(worker: Optional[str], follow: bool, lines: Optional[int], cluster: Optional[str]) -> None:
+    """Show the cluster's logs in time order, or one process's: WORKER is 'master',
+    a host, a pid or HOST:PID. Jobs' prints are there, tagged 'job ID stdout:'."""
+    from .cluster import cluster_dir
+    from .logfiles import follow as follow_logs
+    from .logfiles import logs_dir, merged, select
+
+    logs = logs_dir(cluster_dir(cluster))
+    files = select(logs, worker)
+    if not files and not follow:
+        what = f" matching {worker!r}" if worker else ""
+        raise click.ClickException(f"no log files{what} in {logs}; another cluster (--cluster, "
+                                   f"CW_HOME)? `ls {logs}` lists what there is")
+    for line in merged(files, lines):
+        click.echo(line)
+    if follow:
+        try:
+            follow_logs(logs, worker, click.echo)
+        except KeyboardInterrupt:
+            pass
 
 
 # -- keys ------------------------------------------------------------------------

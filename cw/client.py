@@ -15,11 +15,12 @@ import time
 from collections import deque
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Generator, Hashable, Iterable, Iterator, Optional, Union
 
 from .cluster import cluster_dir, find_master
 from .errors import JobRejectedError, MasterUnavailableError, RemoteException, WorkerLostError
 from .iocore import IOCore
+from .progress import Progress
 from .protocol import Status
 from .security import client_keys, insecure_default
 from .serialize import context_frame, dumps_call, error_text, loads_error, loads_value
@@ -234,14 +235,19 @@ class ClusterExecutor(futures.Executor):
         return True
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
-            chunksize: int = 1) -> Iterator:
+            chunksize: int = 1, progress: bool = False) -> Iterator:
         """Like ``Executor.map``, but lazy: at most ``max_pending`` items in flight.
 
         The first window is submitted at once; each result taken lets one more
         item in, so a map over ten million items holds a bounded number.
+        ``progress=True`` shows the results taken so far on stderr, with rate
+        and ETA (the total is known when every iterable has a length).
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
+        if progress:
+            inner = self.map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+            return _progress(inner, _total(iterables))  # type: ignore[arg-type]
         end = None if timeout is None else time.monotonic() + timeout
         items = zip(*iterables)
         if chunksize > 1:
@@ -306,6 +312,23 @@ def _options(retries: int, timeout: Optional[float]) -> dict:
     return {"retries": retries} if timeout is None else {"retries": retries, "timeout": timeout}
 
 
+def _total(iterables: tuple) -> Optional[int]:
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None  # an iterator: no total, no ETA
+
+
+def _progress(results: Generator, total: Optional[int]) -> Iterator:
+    with Progress(total) as bar:
+        try:
+            for value in results:
+                bar.update()
+                yield value
+        finally:
+            results.close()  # left early: the map cancels what it still holds
+
+
 def _run_chunk(fn: Callable, chunk: list) -> list:
     return [fn(*args) for args in chunk]
 
@@ -325,7 +348,8 @@ class ClientThread:
 
     ``callback(jobid, result)`` runs in the client's I/O thread for each
     successful job. The first failed job makes ``wait()`` raise
-    ``RemoteException`` holding the remote traceback.
+    ``RemoteException`` holding the remote traceback. ``progress=True``
+    shows jobs finished out of those submitted on stderr, with rate and ETA.
     """
 
     def __init__(self, callback: Callable[[Hashable, Any], Any], host: Optional[str] = None,
@@ -333,8 +357,9 @@ class ClientThread:
                  max_pending: int = DEFAULT_MAX_PENDING, retries: int = 2,
                  timeout: Optional[float] = None, cluster: Optional[str] = None,
                  insecure: Optional[bool] = None, heartbeat: float = 1.0,
-                 liveness: int = 10) -> None:
+                 liveness: int = 10, progress: bool = False) -> None:
         self.callback = callback
+        self.progress = Progress() if progress else None
         self.options = _options(retries, timeout)
         self.heartbeat, self.liveness = heartbeat, liveness
         self.insecure = insecure
@@ -364,6 +389,8 @@ class ClientThread:
                 self._cond.wait_for(lambda: len(self._jobids) < self.max_pending)
             jid = next(self._ids)
             self._jobids[jid] = jobid
+        if self.progress is not None:
+            self.progress.add()
         try:
             self._core.submit(jid, (self._context(), *call), self.options)
         except BaseException:
@@ -381,6 +408,8 @@ class ClientThread:
     def stop(self) -> None:
         if self._core is not None:
             self._core.close(timeout=10)
+        if self.progress is not None:
+            self.progress.close()
 
     def __enter__(self) -> "ClientThread":
         self.start()
@@ -403,6 +432,8 @@ class ClientThread:
                 self.callback(jobid, value)
             except Exception as e:  # the user's callback failed: wait() raises it as is
                 failure = e
+        if self.progress is not None:
+            self.progress.update()
         with self._cond:
             del self._jobids[jid]
             if failure is not None and self.remote_exception is None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 import platform
 import time
 import uuid
@@ -37,6 +36,7 @@ from typing import Callable, Iterator, Optional
 import zmq
 
 from .errors import ProtocolError
+from .monitor import Monitor
 from .protocol import (
     COPY_BELOW,
     NOBLOCK,
@@ -139,6 +139,7 @@ class Master:
         self.next_beat = 0.0
         self.stopping = False
         self.malformed: dict[bytes, int] = {}
+        self.monitor = Monitor(clock())  # throughput, job ages, worker CPU/RSS: for `cw status`
         self.counts = {"submitted": 0, "done": 0, "lost": 0, "requeued": 0, "malformed": 0,
                        "refused": 0, "duplicates": 0, "timeouts": 0, "killed": 0,
                        "unknown_peer": 0, "unknown_job": 0}
@@ -182,6 +183,7 @@ class Master:
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat
             self.beat(now)
+        self.monitor.tick(self, now)
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -429,6 +431,8 @@ class Master:
     def on_heartbeat(self, identity: bytes, msg: Message, now: float) -> None:
         if not self.touch(identity, now):
             self.refuse(identity, "unknown peer: send HELLO or READY first", None, ErrorCode.UNKNOWN_PEER)
+        elif "stats" in msg.header and identity in self.supervisors:
+            self.monitor.worker_stats(identity, msg.header["stats"])  # ignored if malformed
 
     def on_bye(self, identity: bytes, msg: Message, now: float) -> None:
         if identity in self.clients:
@@ -536,6 +540,8 @@ class Master:
     def reply(self, job: Job, status: Status, payload: tuple = (), error: Optional[str] = None,
               ran: Optional[float] = None) -> None:
         self.counts["done" if status is not Status.LOST else "lost"] += 1
+        if status is not Status.OK:
+            self.monitor.job_failed(self, job, status)
         self.answer(job.client, job.cid, status, payload, error, ran)
 
     def answer(self, identity: bytes, cid: int, status: Status, payload: tuple = (),
@@ -679,32 +685,8 @@ class Master:
             self.send(ident, beat)
 
     def snapshot(self) -> dict:
-        """A JSON-able picture of the cluster for STATUS requests."""
-        def peer(state, **extra):
-            return {"host": state.info.get("host"), "pid": state.info.get("pid"), **extra}
-
-        per_worker: dict[str, int] = {}
-        for e in self.executors.values():
-            sup = e.info.get("supervisor", "")
-            per_worker[sup] = per_worker.get(sup, 0) + 1
-
-        return {
-            "session": self.session,
-            "pid": os.getpid(),
-            "port": self.port,
-            "uptime": time.time() - self.started_at,
-            "workers": [peer(s, procs=s.info.get("procs", 0),
-                             executors=per_worker.get(s.identity.hex(), 0))
-                        for s in self.supervisors.values()],
-            "executors": [peer(s, running=min(1, len(s.running)), prefetched=max(0, len(s.running) - 1),
-                               done=s.done) for s in self.executors.values()],
-            "clients": [peer(c, queued=len(c.queue), jobs=len(c.jobs), done=c.done)
-                        for c in self.clients.values()],
-            "queued": sum(len(c.queue) for c in self.clients.values()),
-            "running": sum(1 for s in self.executors.values() if s.running),
-            "prefetched": sum(max(0, len(s.running) - 1) for s in self.executors.values()),
-            "counts": dict(self.counts),
-        }
+        """A JSON-able picture of the cluster for STATUS requests (see ``cw.monitor``)."""
+        return self.monitor.snapshot(self, self.clock())
 
 
 def main(argv: Optional[list] = None) -> None:

@@ -25,12 +25,14 @@ import subprocess
 import sys
 import time
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional
 
 import zmq
 
+from . import joblog
 from .errors import JobRejectedError
 from .iocore import close_dealer, dealer
+from .monitor import Usage
 from .protocol import (
     NOBLOCK,
     ErrorCode,
@@ -85,6 +87,7 @@ class _Peer:
         self.liveness = liveness
         self.sock, self.monitor = dealer(address, identity, keys)
         self.last_sent = self.last_heard = time.monotonic()
+        self.beat_header: Callable[[], dict] = dict  # what a HEARTBEAT says besides "alive"
 
     def send(self, msg: Message) -> None:
         """Send without blocking: with no connection the message is dropped
@@ -117,7 +120,7 @@ class _Peer:
         """Heartbeat if due; False when the master has been silent too long."""
         now = time.monotonic()
         if now - self.last_sent >= self.heartbeat:
-            self.send(Message(Kind.HEARTBEAT))
+            self.send(Message(Kind.HEARTBEAT, self.beat_header()))
         return now - self.last_heard < self.heartbeat * self.liveness
 
 
@@ -251,6 +254,7 @@ class Executor:
 
     def run_task(self, tid: int, frames: list) -> tuple[list, list]:
         """Run one job; return its RESULT entry and payload frames."""
+        joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
         old_cwd, old_path = os.getcwd(), sys.path[:]
         if self.slot is not None:
             self.slot[:8] = tid.to_bytes(8, "little")
@@ -273,6 +277,7 @@ class Executor:
             frame, summary = dumps_error(exc)
             return [tid, Status.ERROR.value, summary, 1], [frame]
         finally:
+            joblog.set_job(None)
             if self.slot is not None:
                 self.slot[:8] = bytes(8)
             sys.path[:] = old_path
@@ -321,6 +326,9 @@ class Supervisor:
         self.spawned_at = [0.0] * procs
         self.running: list[Optional[mmap.mmap]] = [None] * procs  # each executor's current task
         self.stopping = False
+        self.usage = Usage()  # CPU % and RSS of the executors, in each HEARTBEAT
+        self.peer.beat_header = lambda: self.usage.header(
+            [(self.ids[i], p.pid) for i, p in enumerate(self.slots) if p is not None])
 
     def spawn(self, i: int) -> None:
         ident = b"e" + os.urandom(8)

@@ -96,3 +96,17 @@ def kill_self_realtime():
 def node(_=None):
     """The SLURM node a job ran on."""
     return os.environ.get("SLURMD_NODENAME")
+
+
+def wait_for_file(path, value=None, timeout=60):
+    """Run until ``path`` exists: a job the test holds running as long as it needs."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+def shout(text):
+    print(text)
+    print(f"{text} on stderr", file=sys.stderr)
+    return text

@@ -1,0 +1,267 @@
+"""What the cluster is doing, as ``cw status`` and the dashboard show it.
+
+::
+
+    supervisor ──HEARTBEAT {"stats": {executor: {cpu, rss}}}──► Monitor.worker_stats
+    Master.step ──► Monitor.tick (every TICK s): throughput sample, job start times,
+                    the dashboard's fresh snapshot
+    STATUS ──► Monitor.snapshot(master): the JSON for `cw status --json` and /api/status
+
+The master holds no per-job timestamps for this: throughput is the master's
+cumulative count of finished jobs sampled each tick into a ring of one
+bucket per second (``WINDOW`` of them), and a job's age is measured from the
+first tick that saw it at the head of its executor. Both are cheap whatever
+the job rate. ``Usage`` is the supervisor's side: CPU % and RSS of its
+executors, from psutil.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import psutil
+
+from .protocol import Status
+
+if TYPE_CHECKING:
+    from .master import Master
+    from .state import ExecutorState, Job
+
+WINDOW = 60  # seconds of throughput history
+TICK = 0.5  # seconds between samples (and dashboard updates)
+MAX_STATS = 512  # executors one HEARTBEAT may report on
+
+log = logging.getLogger(__name__)
+
+
+class Throughput:
+    """Jobs finished per second over the last ``WINDOW`` seconds: a ring of counts."""
+
+    def __init__(self, now: float) -> None:
+        self.started = now
+        self.second = int(now)
+        self.counts = [0] * WINDOW
+        self.last_total: Optional[int] = None
+
+    def sample(self, now: float, total: int) -> None:
+        """Credit the jobs finished since the last sample to the current second."""
+        second = int(now)
+        for s in range(self.second + 1, self.second + 1 + min(max(0, second - self.second), WINDOW)):
+            self.counts[s % WINDOW] = 0
+        self.second = max(self.second, second)
+        if self.last_total is not None and total >= self.last_total:
+            self.counts[self.second % WINDOW] += total - self.last_total
+        self.last_total = total
+
+    def per_second(self) -> list[int]:
+        """The last ``WINDOW`` seconds, oldest first; the last one is under way."""
+        return [self.counts[(self.second + 1 + i) % WINDOW] for i in range(WINDOW)]
+
+    def summary(self, now: float) -> dict:
+        series = self.per_second()
+        total = sum(series)
+        span = min(float(WINDOW), max(1.0, now - self.started))
+        return {"window": WINDOW, "per_second": series, "last_minute": total,
+                "rate": round(total / span, 3)}
+
+
+def parse_stats(value: Any) -> Optional[dict[str, tuple[float, int]]]:
+    """A supervisor's HEARTBEAT ``stats``, or None if anything in it is malformed.
+
+    Expected: ``{executor identity (hex): {"cpu": percent, "rss": bytes}}``.
+    """
+    if not isinstance(value, dict) or len(value) > MAX_STATS:
+        return None
+    out = {}
+    for key, entry in value.items():
+        if not (isinstance(key, str) and len(key) <= 64 and isinstance(entry, dict)):
+            return None
+        cpu, rss = entry.get("cpu"), entry.get("rss")
+        if not (isinstance(cpu, (int, float)) and not isinstance(cpu, bool) and 0 <= cpu < 1e6):
+            return None  # (NaN and infinity fail the range check too)
+        if not (isinstance(rss, int) and not isinstance(rss, bool) and 0 <= rss < 2**62):
+            return None
+        out[key] = (float(cpu), rss)
+    return out
+
+
+@dataclass
+class _Seen:
+    """One executor as the last tick saw it."""
+
+    supervisor: Optional[bytes]
+    head: Optional[int]  # the job it runs (the first it holds)
+    since: float  # when that job was first seen at its head
+    done: int
+
+
+class Monitor:
+    """The master's bookkeeping for status; touched only by the master's thread."""
+
+    def __init__(self, now: float) -> None:
+        self.throughput = Throughput(now)
+        self.next_tick = now
+        self.seen: dict[bytes, _Seen] = {}
+        self.stats: dict[bytes, dict[str, tuple[float, int]]] = {}  # supervisor -> executor -> usage
+        self.retired: dict[bytes, int] = {}  # supervisor -> jobs done by executors since gone
+        self.failures: dict[bytes, int] = {}  # supervisor -> jobs that failed there
+        self.failed = 0
+        self.dashboard: Optional[Any] = None  # cw.dashboard.Dashboard, when it runs
+        self.http_url: Optional[str] = None
+
+    # -- fed by the master ---------------------------------------------------
+    def tick(self, master: "Master", now: float) -> None:
+        if now < self.next_tick:
+            return
+        self.next_tick = now + TICK
+        try:
+            self.sample(master, now)
+        except Exception:  # status is not worth the master: log it, route on
+            log.exception("status bookkeeping failed")
+
+    def sample(self, master: "Master", now: float) -> None:
+        self.throughput.sample(now, master.counts["done"] + master.counts["lost"])
+        self.track(master.executors, now)
+        for table in (self.stats, self.retired, self.failures):
+            for sup in [s for s in table if s not in master.supervisors]:
+                del table[sup]
+        if self.dashboard is not None and self.dashboard.wanted():  # someone looked lately
+            self.dashboard.publish(self.snapshot(master, now))
+
+    def track(self, executors: dict[bytes, "ExecutorState"], now: float) -> None:
+        """Note which job each executor runs since when, and what gone ones had done."""
+        old, new = self.seen, {}
+        for ident, state in executors.items():
+            head = next(iter(state.running), None)
+            prev = old.pop(ident, None)
+            sup = prev.supervisor if prev is not None else state.supervisor
+            since = prev.since if prev is not None and prev.head == head else now
+            if prev is not None and state.done < prev.done:  # re-registered under the same name
+                self.retire(prev)
+            new[ident] = _Seen(sup, head, since, state.done)
+        for prev in old.values():
+            self.retire(prev)
+        self.seen = new
+
+    def retire(self, seen: _Seen) -> None:
+        if seen.supervisor is not None:
+            self.retired[seen.supervisor] = self.retired.get(seen.supervisor, 0) + seen.done
+
+    def job_failed(self, master: "Master", job: "Job", status: Status) -> None:
+        """A job ended in error, timeout or loss (not a cancellation)."""
+        if status is Status.CANCELLED:
+            return
+        self.failed += 1
+        state = master.executors.get(job.executor) if job.executor else None
+        sup = state.supervisor if state is not None else None
+        if sup is not None:
+            self.failures[sup] = self.failures.get(sup, 0) + 1
+
+    def worker_stats(self, identity: bytes, value: Any) -> None:
+        stats = parse_stats(value)
+        if stats is not None:
+            self.stats[identity] = stats
+
+    # -- the snapshot ----------------------------------------------------------
+    def snapshot(self, master: "Master", now: float) -> dict:
+        """A JSON-able picture of the cluster: the STATUS reply."""
+        self.throughput.sample(now, master.counts["done"] + master.counts["lost"])
+        executors = [self.executor_view(state, now) for state in master.executors.values()]
+        clients = [client_view(c) for c in master.clients.values()]
+        by_worker: dict[Optional[str], list[dict]] = {}
+        for e in executors:
+            by_worker.setdefault(e["worker"], []).append(e)
+        workers = [self.worker_view(ident, sup, by_worker.get(ident.hex(), []))
+                   for ident, sup in master.supervisors.items()]
+        counts = dict(master.counts)
+        totals = {
+            "workers": len(workers), "executors": len(executors), "clients": len(clients),
+            "queued": sum(c["queued"] for c in clients),
+            "running": sum(e["running"] for e in executors),
+            "prefetched": sum(e["prefetched"] for e in executors),
+            "submitted": counts["submitted"], "done": counts["done"] + counts["lost"],
+            "failed": self.failed, "lost": counts["lost"],
+        }
+        return {
+            "session": master.session, "pid": os.getpid(), "hostname": socket.gethostname(),
+            "port": master.port, "uptime": time.time() - master.started_at, "time": time.time(),
+            "http": self.http_url,
+            "workers": workers, "executors": executors, "clients": clients,
+            "queued": totals["queued"], "running": totals["running"], "prefetched": totals["prefetched"],
+            "totals": totals, "throughput": self.throughput.summary(now), "counts": counts,
+        }
+
+    def executor_view(self, state: "ExecutorState", now: float) -> dict:
+        seen = self.seen.get(state.identity)
+        head = next(iter(state.running), None)
+        since = seen.since if seen is not None and seen.head == head else now
+        sup = state.supervisor
+        usage = self.stats.get(sup, {}).get(state.identity.hex()) if sup else None
+        return {
+            "host": state.info.get("host"), "pid": state.info.get("pid"),
+            "worker": sup.hex() if sup else None,
+            "running": min(1, len(state.running)), "prefetched": max(0, len(state.running) - 1),
+            "job": head, "age": None if head is None else round(now - since, 3),
+            "done": state.done, "draining": state.capacity == 0,
+            "cpu": usage[0] if usage else None, "rss": usage[1] if usage else None,
+        }
+
+    def worker_view(self, ident: bytes, sup: "ExecutorState", mine: list[dict]) -> dict:
+        busy = [e for e in mine if e["running"]]
+        oldest = max(busy, key=lambda e: e["age"], default=None)
+        usage = [e for e in mine if e["cpu"] is not None]
+        return {
+            "host": sup.info.get("host"), "pid": sup.info.get("pid"), "procs": sup.info.get("procs", 0),
+            "executors": len(mine), "state": worker_state(mine), "running": len(busy),
+            "jobs": [e["job"] for e in busy],
+            "job": oldest["job"] if oldest else None, "age": oldest["age"] if oldest else None,
+            "done": self.retired.get(ident, 0) + sum(e["done"] for e in mine),
+            "failed": self.failures.get(ident, 0),
+            "cpu": round(sum(e["cpu"] for e in usage), 1) if usage else None,
+            "rss": sum(e["rss"] for e in usage) if usage else None,
+        }
+
+
+def worker_state(executors: list[dict]) -> str:
+    if not executors:
+        return "starting"
+    if all(e["draining"] for e in executors):
+        return "draining"
+    return "busy" if any(e["running"] for e in executors) else "idle"
+
+
+def client_view(client: Any) -> dict:
+    queued = len(client.queue)
+    return {"host": client.info.get("host"), "pid": client.info.get("pid"), "queued": queued,
+            "running": max(0, len(client.jobs) - queued), "jobs": len(client.jobs), "done": client.done}
+
+
+class Usage:
+    """The supervisor's side: CPU % and RSS of each executor, for its HEARTBEAT."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, psutil.Process] = {}
+
+    def header(self, executors: list[tuple[bytes, int]]) -> dict:
+        """``{"stats": {...}}`` for ``(identity, pid)`` of the live executors."""
+        stats: dict[str, dict] = {}
+        live = set()
+        for ident, pid in executors[:MAX_STATS]:
+            live.add(pid)
+            try:
+                proc = self.procs.get(pid)
+                if proc is None:
+                    proc = self.procs[pid] = psutil.Process(pid)
+                    proc.cpu_percent(None)  # the first call only starts the measurement
+                with proc.oneshot():
+                    stats[ident.hex()] = {"cpu": round(proc.cpu_percent(None), 1),
+                                          "rss": proc.memory_info().rss}
+            except (psutil.Error, OSError):
+                continue  # gone meanwhile: the supervisor reports its death
+        for pid in [p for p in self.procs if p not in live]:
+            del self.procs[pid]
+        return {"stats": stats}
