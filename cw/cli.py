@@ -46,12 +46,16 @@ def _setup_logging(level: str, logfile: Optional[Path] = None) -> None:
 
 def _log_file(cluster: Optional[str], role: str, given: Optional[str] = None) -> Optional[Path]:
     from .cluster import cluster_dir
-    from .logfiles import log_path, logs_dir
+    from .logfiles import log_path, logs_dir, stderr_in
 
     if given:
         return Path(given)
     try:
         logs = logs_dir(cluster_dir(cluster, create=True))
+        if stderr_in(logs):
+            # A launcher (local, SLURM, the container entrypoint) keeps our
+            # stderr as this process's log already: one file, not two.
+            return None
         logs.mkdir(mode=0o700, parents=True, exist_ok=True)
         return log_path(logs, role)
     except OSError:
