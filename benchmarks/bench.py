@@ -198,20 +198,23 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown suite {', '.join(sorted(unknown))}; choose from: peers, memory, scale")
     report: dict = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "child"}}
+    out = Path(args.json)
     if "peers" in suites:
         report["peers"] = peers_suite(args)
         print_peers(report["peers"])
+        out.write_text(json.dumps(report, indent=2))  # after each suite: a later failure keeps it
     if "memory" in suites or "scale" in suites:
         import limits
 
         if "memory" in suites:
             report["memory"] = limits.memory_suite()
             limits.print_memory(report["memory"])
+            out.write_text(json.dumps(report, indent=2))
         if "scale" in suites:
             report["scale"] = limits.scale_suite(args.repeat)
             limits.print_scale(report["scale"])
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\nresults written to {args.json}")
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nresults written to {out}")
 
 
 if __name__ == "__main__":

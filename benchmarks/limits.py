@@ -125,13 +125,7 @@ def dispatch_rate(executors: int, jobs: int) -> float:
         procs = [subprocess.Popen([sys.executable, light, str(port), str(min(per_process, executors - i))])
                  for i in range(0, executors, per_process)]
         try:
-            from cw.launch import query_status
-
-            deadline = time.monotonic() + 120
-            while len(query_status("127.0.0.1", port)["executors"]) < executors:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("light executors did not register")
-                time.sleep(0.2)
+            wait_registered(port, executors)
             with ClusterExecutor(max_pending=jobs) as ex:
                 t = time.perf_counter()
                 for f in [ex.submit(noop, i) for i in range(jobs)]:
@@ -141,6 +135,22 @@ def dispatch_rate(executors: int, jobs: int) -> float:
             for p in procs:
                 p.kill()
                 p.wait()
+
+
+def wait_registered(port: int, executors: int, timeout: float = 180) -> None:
+    from cw.errors import MasterUnavailableError
+    from cw.launch import query_status
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:  # a master busy with a thousand handshakes may answer late
+            if len(query_status("127.0.0.1", port, timeout=30)["executors"]) >= executors:
+                return
+        except MasterUnavailableError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{executors} light executors did not register within {timeout:g} s")
+        time.sleep(0.5)
 
 
 def scale_suite(repeat: int = 3, jobs: int = 20_000) -> dict:

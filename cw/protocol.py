@@ -23,6 +23,9 @@ PROTOCOL_VERSION = 2
 MAGIC = b"CW" + bytes([PROTOCOL_VERSION])
 DEFAULT_PORT = 5494
 MAX_HEADER_BYTES = 64 * 1024
+# A STATUS reply describes every worker and executor: a cluster of thousands
+# outgrows the limit above, so this kind alone may be bigger.
+MAX_STATUS_BYTES = 16 * 1024 * 1024
 MAX_STRING = 16 * 1024
 MAX_INT = 2**62
 
@@ -140,7 +143,8 @@ class Message:
         kind = _KINDS.get(_bytes(frames[1]))
         if kind is None:
             raise ProtocolError(f"unknown message kind {_bytes(frames[1])[:8]!r}")
-        header = decode_header(_bytes(frames[2]))
+        limit = MAX_STATUS_BYTES if kind is Kind.STATUS else MAX_HEADER_BYTES
+        header = decode_header(_bytes(frames[2]), limit)
         payload = tuple(frames[3:])
         validate(kind, header, len(payload))
         return cls(kind, header, payload)
@@ -175,9 +179,9 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list:
     return frames
 
 
-def decode_header(raw: bytes) -> dict:
-    if len(raw) > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+def decode_header(raw: bytes, limit: int = MAX_HEADER_BYTES) -> dict:
+    if len(raw) > limit:
+        raise ProtocolError(f"header of {len(raw)} bytes exceeds {limit}")
     try:
         header = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deep nesting: RecursionError

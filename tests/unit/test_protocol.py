@@ -125,3 +125,13 @@ def test_mutated_headers_never_raise_anything_but_protocol_error(kind, header, p
 def test_deeply_nested_header_is_a_protocol_error_not_a_crash():
     with pytest.raises(ProtocolError, match="not JSON"):
         Message.from_frames([MAGIC, b"?", b"[" * 50_000])
+
+
+def test_a_status_reply_of_a_big_cluster_may_outgrow_other_headers():
+    """2,000 executors describe themselves in well over 64 KiB."""
+    snapshot = {"executors": [{"host": "node%04d" % i, "pid": i, "job": None} for i in range(2000)]}
+    raw = Message(Kind.STATUS, snapshot).to_frames()
+    assert len(raw[2]) > MAX_HEADER_BYTES
+    assert Message.from_frames(raw).header == snapshot
+    with pytest.raises(ProtocolError, match="exceeds"):
+        Message.from_frames([MAGIC, b"C", b" " * (MAX_HEADER_BYTES + 1)])
