@@ -179,6 +179,9 @@ def slurmbox():
     yield
     down = subprocess.run([str(SLURMBOX), "down"], capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
+    left = [p.pid for p in psutil.process_iter(["name", "status"])
+            if p.info["name"] in ("slurmd", "slurmctld") and p.info["status"] != psutil.STATUS_ZOMBIE]
+    assert not left, f"slurmbox down left SLURM daemons running: {left}"
 
 
 @pytest.fixture

@@ -110,14 +110,24 @@ down() {
     if command -v squeue >/dev/null && [ -e "$CONF" ]; then
         squeue -h -o %i 2>/dev/null | xargs -r scancel 2>/dev/null || true
     fi
+    # Read the pids first: a daemon removes its pid file as it starts to shut
+    # down, and slurmd can then hang on SIGTERM (seen here with its network
+    # namespace going), so what is still there after 3 s gets SIGKILL.
+    pids=()
     for pidfile in "$BOX"/run/slurmd-*.pid "$BOX/run/slurmctld.pid"; do
-        [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
-    done
-    sleep 1
-    for pidfile in "$BOX"/run/slurmd-*.pid "$BOX/run/slurmctld.pid"; do
-        [ -s "$pidfile" ] && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+        if [ -s "$pidfile" ]; then pids+=("$(cat "$pidfile")"); fi
         rm -f "$pidfile"
     done
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for _ in $(seq 30); do
+        alive=0
+        for pid in "${pids[@]}"; do
+            if [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then alive=1; fi
+        done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     if [ -e "$BOX/run/munged.ours" ]; then
         pkill -x munged || true
         rm -f "$BOX/run/munged.ours"
