@@ -10,7 +10,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import psutil
 from workloads import noop
@@ -18,6 +18,8 @@ from workloads import noop
 import cw
 from cw.client import ClusterExecutor
 from cw.cluster import cluster_dir, read_json
+from cw.errors import MasterUnavailableError
+from cw.launch import query_status, wait_until
 
 HERE = Path(__file__).resolve().parent
 MiB = 2**20
@@ -89,14 +91,23 @@ def queued_memory(jobs: int = 1_000_000) -> dict:
 
 
 def wait_queued(ex: ClusterExecutor, jobs: int, timeout: float = 300) -> None:
-    from cw.launch import query_status
-
     host, port = ex.address.split("//")[1].rsplit(":", 1)
-    deadline = time.monotonic() + timeout
-    while query_status(host, int(port))["queued"] < jobs:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the master did not queue every job")
-        time.sleep(0.2)
+    wait_status(host, int(port), lambda snap: snap["queued"] >= jobs, "the master did not queue every job",
+                timeout)
+
+
+def wait_status(host: str, port: int, done: Callable[[dict], bool], what: str, timeout: float) -> None:
+    """Poll the master's STATUS until ``done(snapshot)``; a master busy (a thousand
+    handshakes, a million jobs) may answer late, which is no failure."""
+    def check() -> Optional[dict]:
+        try:
+            snap = query_status(host, port, timeout=30)
+        except MasterUnavailableError:
+            return None
+        return snap if done(snap) else None
+
+    if wait_until(check, timeout, poll=0.2) is None:
+        raise TimeoutError(f"{what} within {timeout:g} s")
 
 
 def memory_suite() -> dict:
@@ -138,19 +149,8 @@ def dispatch_rate(executors: int, jobs: int) -> float:
 
 
 def wait_registered(port: int, executors: int, timeout: float = 180) -> None:
-    from cw.errors import MasterUnavailableError
-    from cw.launch import query_status
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:  # a master busy with a thousand handshakes may answer late
-            if len(query_status("127.0.0.1", port, timeout=30)["executors"]) >= executors:
-                return
-        except MasterUnavailableError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{executors} light executors did not register within {timeout:g} s")
-        time.sleep(0.5)
+    wait_status("127.0.0.1", port, lambda snap: len(snap["executors"]) >= executors,
+                f"{executors} light executors did not register", timeout)
 
 
 def scale_suite(repeat: int = 3, jobs: int = 20_000) -> dict:

@@ -34,7 +34,19 @@ class System:
         raise NotImplementedError
 
 
-class CW(System):
+class _Executor(System):
+    """A system that is a ``concurrent.futures.Executor`` (``self.ex``)."""
+
+    ex: Any
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        return self.ex.submit(fn, *args)
+
+    def map(self, fn: Callable, items: Iterable, chunksize: int) -> Optional[Iterable]:
+        return self.ex.map(fn, items, chunksize=chunksize)
+
+
+class CW(_Executor):
     module = "cw"
 
     def __init__(self, insecure: bool = False) -> None:
@@ -49,12 +61,6 @@ class CW(System):
         cw.start(WORKERS, launcher="local", port=0, insecure=self.insecure)
         self.ex = ClusterExecutor(insecure=self.insecure, max_pending=100_000)
 
-    def submit(self, fn: Callable, *args: Any) -> Any:
-        return self.ex.submit(fn, *args)
-
-    def map(self, fn: Callable, items: Iterable, chunksize: int) -> Optional[Iterable]:
-        return self.ex.map(fn, items, chunksize=chunksize)
-
     def stop(self) -> None:
         import cw
 
@@ -62,7 +68,7 @@ class CW(System):
         cw.stop(launcher="local")
 
 
-class Pool(System):
+class Pool(_Executor):
     """concurrent.futures.ProcessPoolExecutor, or loky's."""
 
     def __init__(self, loky: bool = False) -> None:
@@ -79,12 +85,6 @@ class Pool(System):
             from concurrent.futures import ProcessPoolExecutor
 
             self.ex = ProcessPoolExecutor(WORKERS)
-
-    def submit(self, fn: Callable, *args: Any) -> Any:
-        return self.ex.submit(fn, *args)
-
-    def map(self, fn: Callable, items: Iterable, chunksize: int) -> Optional[Iterable]:
-        return self.ex.map(fn, items, chunksize=chunksize)
 
     def stop(self) -> None:
         self.ex.shutdown()
