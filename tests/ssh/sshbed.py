@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,17 +75,3 @@ def cw_processes() -> list[str]:
             if "cw." in cmd:
                 found.append(f"{ns}: {proc.pid} {cmd}")
     return found
-
-
-
-
-def wait_for(check, timeout=20.0, interval=0.1, what="condition"):
-    """Poll ``check`` until truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)

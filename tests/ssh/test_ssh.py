@@ -12,12 +12,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import wait_for
 
 from cw.client import ClusterExecutor
 from cw.launch.sshcmd import remote_command
 
 from . import sshjobs
-from .sshbed import NET, ROOT, cw_processes, wait_for
+from .sshbed import NET, ROOT, cw_processes
 
 pytestmark = pytest.mark.ssh
 ODD = "it's a \"quoted\" dir"
@@ -158,7 +159,7 @@ def test_workers_exit_when_the_master_dies(sshbox, ssh_home, tmp_path):
     assert len(cw_processes()) == 4  # a supervisor and an executor on each machine
     master = json.loads((ssh_home / "default" / "master.json").read_text())["pid"]
     os.kill(master, signal.SIGKILL)  # the head "disappears"
-    wait_for(lambda: cw_processes() == [], timeout=30, what="no worker left on any machine")
+    wait_for(lambda: cw_processes() == [], timeout=30, interval=0.1, what="no worker left on any machine")
     stop = cw_ssh("stop")  # removes the keys copied to cwssh2
     assert stop.returncode == 0, stop.stderr
     assert "stopped 0 worker(s); removed the copied keys" in stop.stdout
