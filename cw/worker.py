@@ -148,9 +148,7 @@ class _Outbox:
                 or time.monotonic() - self.since >= HOLD_SECONDS)
 
     def message(self) -> Message:
-        msg = Message(Kind.RESULT, {"results": self.entries, "busy": self.busy}, tuple(self.frames))
-        self.__init__()  # type: ignore[misc]
-        return msg
+        return Message(Kind.RESULT, {"results": self.entries, "busy": self.busy}, tuple(self.frames))
 
 
 HOLD_SECONDS = 0.002  # a result waits for the next job only after a job this short
@@ -230,6 +228,7 @@ class Executor:
     def flush(self) -> None:
         if self.outbox.entries:
             self.peer.send(self.outbox.message())
+            self.outbox = _Outbox()
 
     def job_path(self, path: list, own: list) -> list:
         """The client's sys.path in front of ours, computed once per context."""
