@@ -199,7 +199,7 @@ class ClusterExecutor(futures.Executor):
             raise RuntimeError("cannot submit after shutdown")
         options = _options(self.retries if retries is None else retries,
                            self.timeout if timeout is None else timeout)
-        call = dumps_call(fn, tuple(args), kwargs or {})
+        call = dumps_call(fn, tuple(args), kwargs or {}, shared=self._core.shared)
         jid = next(self._ids)
         fut = _Future(self._core, jid, self._futures)
         self._futures[jid] = fut  # before the I/O thread can see the job
@@ -381,7 +381,7 @@ class ClientThread:
     def submit(self, jobid: Hashable, func: Callable, *args: Any, **kwargs: Any) -> None:
         if self._core is None:
             raise RuntimeError("call start() (or use `with ClientThread(...)`) before submit")
-        call = dumps_call(func, args, kwargs, jobid)
+        call = dumps_call(func, args, kwargs, jobid, shared=self._core.shared)
         with self._cond:
             # Back-pressure, except inside a callback: blocking the I/O thread
             # would stop the very results that free the window.

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import zmq
 
+from . import shm
 from .errors import CWError, JobRejectedError, MasterUnavailableError, ProtocolError, SecurityError
 from .protocol import (
     MAGIC,
@@ -105,6 +106,8 @@ class IOCore(threading.Thread):
         self.hello_due = False
         self.monitor: Optional[zmq.Socket] = None
         self.pending: dict[int, tuple] = {}  # id -> (payload frames, SUBMIT options)
+        # Big arguments go through shared memory until an executor cannot map them.
+        self.shared = shm.host_key() is not None
         self.session: Optional[str] = None
         self.sock: Optional[zmq.Socket] = None
         self.closing = False
@@ -263,8 +266,11 @@ class IOCore(threading.Thread):
                 self.send_jobs(batch)
             batch = []
             if cmd[0] == "cancel":
-                if self.pending.pop(cmd[1], None) is not None and self.connected.is_set():
-                    self.send(Message(Kind.CANCEL, {"id": cmd[1], "force": cmd[2]}))
+                held = self.pending.pop(cmd[1], None)
+                if held is not None:
+                    shm.release(held[0])
+                    if self.connected.is_set():
+                        self.send(Message(Kind.CANCEL, {"id": cmd[1], "force": cmd[2]}))
             else:
                 self.closing = True
         if batch and self.connected.is_set():
@@ -300,8 +306,13 @@ class IOCore(threading.Thread):
             frames = iter(msg.payload)
             for jid, status, error, nframes, *ran in msg.header["results"]:
                 payload = tuple(next(frames) for _ in range(nframes))
-                if self.pending.pop(jid, None) is not None:  # else a duplicate: drop it
+                held = self.pending.pop(jid, None)
+                if held is not None and status == Status.ERROR.value and shm.bounced(error, held[0]):
+                    self.send_inline(jid, *held)
+                elif held is not None:  # else a duplicate: drop it
+                    shm.release(held[0])  # its arguments' files: before anyone sees it done
                     self.on_result(jid, Status(status), payload, error, *ran)
+                shm.release(payload)  # result files the handler did not take
         elif msg.kind is Kind.STARTED:
             self.on_started(msg.header["ids"], msg.header.get("worker"))
         elif msg.kind is Kind.WELCOME:
@@ -360,9 +371,28 @@ class IOCore(threading.Thread):
             f"start one (`cw local start`) or pass host=/port= (see `cw status`){hint}"
         )
 
+    def send_inline(self, jid: int, payload: tuple, options: dict) -> None:
+        """Resend a job whose executor could not map its shared memory, with
+        the bytes in the message; later jobs send theirs inline from the start."""
+        if self.shared:
+            log.info("an executor cannot reach this client's shared memory (another "
+                     "host or container): big arguments travel through the master")
+            self.shared = False
+        try:
+            inline = tuple(shm.inline(f) for f in payload)
+        except OSError as e:
+            shm.release(payload)
+            self.on_result(jid, Status.LOST, (), JobRejectedError(
+                f"job {jid}: its arguments' shared-memory file is gone ({e})"))
+            return
+        shm.release(payload)
+        self.pending[jid] = (inline, options)
+        self.send_jobs([(jid, inline, options)])
+
     def fail_pending(self, error: Exception) -> None:
         pending, self.pending = self.pending, {}
-        for jid in pending:
+        for jid, (payload, _) in pending.items():
+            shm.release(payload)
             self.on_result(jid, Status.LOST, (), error)
 
     def shutdown(self) -> None:
@@ -372,6 +402,8 @@ class IOCore(threading.Thread):
             except zmq.ZMQError:
                 pass
         self.close_socket(linger=200 if self.connected.is_set() else 0)
+        for payload, _ in self.pending.values():
+            shm.release(payload)
         self.wake_r.close()
         self.wake_w.close()
 

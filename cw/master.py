@@ -35,6 +35,7 @@ from typing import Callable, Iterator, Optional
 
 import zmq
 
+from . import shm
 from .errors import ProtocolError
 from .monitor import Monitor
 from .protocol import (
@@ -540,7 +541,7 @@ class Master:
     def reply(self, job: Job, status: Status, payload: tuple = (), error: Optional[str] = None,
               ran: Optional[float] = None) -> None:
         self.counts["done" if status is not Status.LOST else "lost"] += 1
-        if status is not Status.OK:
+        if status is not Status.OK and not shm.unreachable(error):  # else the client resends it
             self.monitor.job_failed(self, job, status)
         self.answer(job.client, job.cid, status, payload, error, ran)
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 
 import cloudpickle
 
+from . import shm
 from .errors import RemoteException, UnpicklableError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -33,9 +34,13 @@ MAX_BUFFERS = 1000  # beyond this many, buffers go inside the pickle (frame limi
 
 
 def context_frame(cwd: str | None = None, path: list[str] | None = None) -> bytes:
-    return json.dumps(
-        {"cwd": os.getcwd() if cwd is None else cwd, "path": list(sys.path if path is None else path)}
-    ).encode()
+    """A SUBMIT's context: the client's cwd and sys.path, and its host key and
+    pid, so that an executor on its host returns big buffers in shared memory."""
+    ctx: dict = {"cwd": os.getcwd() if cwd is None else cwd,
+                 "path": list(sys.path if path is None else path)}
+    if shm.host_key() is not None:
+        ctx["shm"], ctx["pid"] = shm.host_key(), os.getpid()
+    return json.dumps(ctx).encode()
 
 
 class _LRU(OrderedDict):
@@ -95,12 +100,13 @@ def dumps_function(func: Callable) -> bytes:
     return data
 
 
-def _dumps(obj: Any) -> list:
+def _dumps(obj: Any, owner: Optional[int] = None) -> list:
     """``[pickle, *buffers]``: plain pickle (fast, in C) when it can, else cloudpickle.
 
     Plain pickle refers to classes and functions by name; one defined where
     the other side cannot import it (``__main__``, a closure) makes it fail,
-    and cloudpickle then sends it by value.
+    and cloudpickle then sends it by value. With an ``owner`` pid, buffers
+    of ``shm.SHARE_FROM`` bytes or more go to shared-memory files it removes.
     """
     buffers: list = []
 
@@ -108,7 +114,7 @@ def _dumps(obj: Any) -> list:
         raw = buf.raw()
         if raw.nbytes < OUT_OF_BAND or len(buffers) >= MAX_BUFFERS:
             return True  # in-band
-        buffers.append(raw)
+        buffers.append(shm.export(raw, owner) if owner and raw.nbytes >= shm.SHARE_FROM else raw)
         return False
 
     try:
@@ -117,22 +123,31 @@ def _dumps(obj: Any) -> list:
             return [data, *buffers]
     except Exception:
         pass
+    shm.release(buffers)
     buffers.clear()
-    return [cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=out_of_band), *buffers]
+    try:
+        return [cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=out_of_band), *buffers]
+    except BaseException:
+        shm.release(buffers)
+        raise
 
 
-def _loads(data: Any, buffers: Any) -> Any:
-    # Buffers are copied into writable memory: a job may change its arrays in
-    # place, as it could under ProcessPoolExecutor.
-    return pickle.loads(data, buffers=[bytearray(b) for b in buffers])
+def _loads(data: Any, buffers: Any, consume: bool) -> Any:
+    # Buffers are writable: a job may change its arrays in place, as it could
+    # under ProcessPoolExecutor. A frame is copied; a shared-memory file is
+    # mapped copy-on-write, so the sender's file stays as it was.
+    return pickle.loads(data, buffers=[shm.attach(b, consume) if shm.is_ref(b) else bytearray(b)
+                                       for b in buffers])
 
 
-def dumps_call(func: Callable, args: tuple, kwargs: dict, jobid: object = None) -> list:
+def dumps_call(func: Callable, args: tuple, kwargs: dict, jobid: object = None,
+               shared: bool = False) -> list:
     """A call's frames: [function length (4 bytes), function, arguments' pickle]
-    and the arguments' out-of-band buffers. On failure, name the culprit."""
+    and the arguments' out-of-band buffers (``shared``: big ones in shared
+    memory, see ``cw.shm``). On failure, name the culprit."""
     try:
         func_data = dumps_function(func)
-        frames = _dumps((args, kwargs))
+        frames = _dumps((args, kwargs), os.getpid() if shared else None)
     except Exception as e:  # cloudpickle raises many types here
         culprit = _find_culprit(func, args, kwargs)
         what = f" of job {jobid!r}" if jobid is not None else ""
@@ -171,7 +186,7 @@ def loads_call(frames: Any) -> tuple[Callable, tuple, dict]:
     raw = memoryview(frames[0])
     end = 4 + int.from_bytes(raw[:4], "little")
     pickled = bytes(raw[4:end])
-    args, kwargs = _loads(raw[end:], frames[1:])
+    args, kwargs = _loads(raw[end:], frames[1:], consume=False)
     func = _functions.get(pickled)
     if func is None:
         func = pickle.loads(pickled)
@@ -179,13 +194,15 @@ def loads_call(frames: Any) -> tuple[Callable, tuple, dict]:
     return func, args, kwargs
 
 
-def dumps_value(value: Any) -> list:
-    """A job's result as frames: its pickle and its out-of-band buffers."""
-    return _dumps(value)
+def dumps_value(value: Any, owner: Optional[int] = None) -> list:
+    """A job's result as frames: its pickle and its out-of-band buffers (big
+    ones in shared-memory files that the client ``owner`` removes)."""
+    return _dumps(value, owner)
 
 
 def loads_value(frames: Any) -> Any:
-    return _loads(frames[0], frames[1:])
+    """Rebuild a result; shared-memory files it names are removed."""
+    return _loads(frames[0], frames[1:], consume=True)
 
 
 def dumps_error(exc: BaseException) -> tuple[bytes, str]:

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 import zmq
 
-from . import joblog
+from . import joblog, shm
 from .errors import JobRejectedError
 from .iocore import close_dealer, dealer
 from .monitor import Usage
@@ -251,6 +251,15 @@ class Executor:
             self._ctx, self._ctx_raw = ctx, raw
         return self._ctx
 
+    @staticmethod
+    def shared_with(ctx: dict) -> Optional[int]:
+        """The client's pid when it shares our host: big results go to shared memory."""
+        pid = ctx.get("pid")
+        key = shm.host_key()
+        if key is not None and ctx.get("shm") == key and type(pid) is int and pid > 0:
+            return pid
+        return None
+
     def run_task(self, tid: int, frames: list) -> tuple[list, list]:
         """Run one job; return its RESULT entry and payload frames."""
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
@@ -265,7 +274,7 @@ class Executor:
                 log.warning("job %s: cannot enter the client's directory: %s", tid, e)
             sys.path[:] = self.job_path(ctx["path"], old_path)
             func, args, kwargs = loads_call(frames[1:])
-            value = dumps_value(func(*args, **kwargs))
+            value = dumps_value(func(*args, **kwargs), self.shared_with(ctx))
             size = sum(len(f) for f in value)
             if size > self.max_message_size:
                 raise JobRejectedError(

@@ -1,0 +1,87 @@
+"""Big arrays through shared memory: past the master, and back inline when
+an executor cannot map the client's files."""
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import jobs
+import numpy
+import pytest
+from conftest import ROOT, wait_for, wait_workers
+
+from cw import shm
+from cw.client import ClientThread, ClusterExecutor
+from cw.launch import query_status
+
+MIB = 1 << 20
+
+
+def our_files():
+    return [n for n in os.listdir(shm.ROOT) if n.startswith(f"cw-{shm._cached[1]}-{os.getpid()}-")]
+
+
+def test_big_arrays_skip_the_master_on_one_host(cluster):
+    # A master that refuses any message over 1 MiB: 16 MiB arrays pass both
+    # ways only if their bytes never cross it.
+    port = cluster(1, master_args=("--max-message-size", str(MIB)))
+    data = numpy.arange(2 * MIB, dtype=numpy.int64)
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        assert ex._core.shared
+        back = ex.submit(jobs.scale_in_place, data, 3).result(30)
+        assert back.flags.writeable and numpy.array_equal(back, numpy.arange(2 * MIB) * 3)
+        assert data[1] == 1  # the job changed its own copy only
+        assert our_files() == []
+        futs = [ex.submit(numpy.sum, data) for _ in range(5)]
+        assert [f.result(30) for f in futs] == [data.sum()] * 5
+        assert ex.submit(jobs.shm_files).result(30) == []  # nothing left on the worker's side
+
+    got = {}
+    with ClientThread(lambda jid, value: got.update({jid: value.sum()}), "127.0.0.1", port,
+                      connect_timeout=10) as client:
+        client.submit("a", jobs.scale_in_place, data, 2)
+    assert got == {"a": data.sum() * 2}
+    assert our_files() == []
+
+
+def test_cancelled_and_failed_jobs_leave_no_file(cluster):
+    port = cluster(1)
+    data = numpy.ones(2 * MIB, dtype=numpy.uint8)
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        blocker = ex.submit(jobs.sleep, 1.0, "slept")
+        wait_for(blocker.running, what="the first job to start")
+        queued = ex.submit(len, data)
+        assert len(our_files()) == 1
+        assert queued.cancel()
+        wait_for(lambda: our_files() == [], what="the cancelled job's file to go")
+        with pytest.raises(TypeError):
+            ex.submit(jobs.add, data, "text").result(30)
+        assert our_files() == [] and blocker.result(30) == "slept"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) for a private /dev/shm")
+def test_an_executor_without_our_shared_memory_gets_the_data_inline(procs, caplog):
+    """A worker with its own /dev/shm stands for one on another host."""
+    _, port = procs.master()
+    script = ('mount -t tmpfs -o size=64m cwshm /dev/shm && exec "$0" -m cw.worker 127.0.0.1 '
+              f'--port {port} --procs 1')
+    worker = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               script, sys.executable], cwd=ROOT, stdin=subprocess.DEVNULL)
+    procs.popens.append(worker)
+    procs.observe()
+    wait_workers(port, 1)
+    data = numpy.arange(MIB, dtype=numpy.int64)
+    with caplog.at_level(logging.INFO, logger="cw.iocore"):
+        with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+            assert ex._core.shared
+            back = ex.submit(jobs.scale_in_place, data, 2).result(30)
+            assert numpy.array_equal(back, data * 2) and back.flags.writeable
+            assert not ex._core.shared  # learnt: later jobs carry their bytes
+            assert ex.submit(numpy.sum, data).result(30) == data.sum()
+            assert ex.submit(jobs.shm_files).result(30) == []  # its /dev/shm: no result files
+            assert our_files() == []
+    assert "cannot reach this client's shared memory" in caplog.text
+    totals = query_status("127.0.0.1", port)["totals"]
+    assert (totals["done"], totals["failed"]) == (4, 0)  # the bounce is no failure
