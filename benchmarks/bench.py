@@ -16,7 +16,10 @@ Suites:
 
 Each repetition of each system runs in a fresh process, the systems taking
 turns, so drift on a shared machine hits them alike. The table shows medians
-and cw's ratio to each system; everything goes to a JSON file as well.
+and cw's ratio to each system; everything goes to a JSON file as well. Its
+last row, "pyzmq broker (floor)", is no system: the round trip of raw bytes
+through a bare Python ZeroMQ broker (floor.py), the least any brokered
+design pays on this machine.
 """
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ def measure(system: peers.System, jobs: int, mapped: int) -> dict:
         out["latency p99"] = lat[int(len(lat) * 0.99)] * 1e3
         data = numpy.ones(64 << 20, dtype=numpy.uint8)
         rates = []
-        for _ in range(3):
+        for _ in range(5):  # the median: the first job on each worker imports numpy
             t = time.perf_counter()
             back = system.submit(echo, data).result()
             rates.append(64 / (time.perf_counter() - t))
@@ -89,7 +92,15 @@ def measure(system: peers.System, jobs: int, mapped: int) -> dict:
     return out
 
 
+FLOOR = "pyzmq broker (floor)"  # not a system: what ZeroMQ alone allows here (floor.py)
+
+
 def child(name: str, jobs: int, mapped: int) -> None:
+    if name == FLOOR:
+        import floor
+
+        print(json.dumps(floor.round_trips()))
+        return
     system = next(s for s in peers.all_systems() if s.name == name)
     print(json.dumps(measure(system, jobs, mapped)))
 
@@ -115,13 +126,20 @@ def installed(system: peers.System) -> bool:
         return False
 
 
+def slug(name: str) -> str:
+    """A system's name as ``--systems`` takes it: ``cw --insecure`` is cw-insecure."""
+    return name.lower().replace(" --", "-").replace(" ", "-")
+
+
 def peers_suite(args: argparse.Namespace) -> dict:
-    systems = [s for s in peers.all_systems() if installed(s)]
-    runs: dict = {s.name: [] for s in systems}
+    names = [s.name for s in peers.all_systems() if installed(s)] + [FLOOR]
+    if args.systems:
+        names = [n for n in names if slug(n) in args.systems or n == FLOOR]
+    runs: dict = {name: [] for name in names}
     for rep in range(args.repeat):
-        for s in systems:
-            print(f"  [{rep + 1}/{args.repeat}] {s.name} ...", file=sys.stderr, flush=True)
-            runs[s.name].append(run_child(s.name, args))
+        for name in names:
+            print(f"  [{rep + 1}/{args.repeat}] {name} ...", file=sys.stderr, flush=True)
+            runs[name].append(run_child(name, args))
     medians = {}
     for name, rs in runs.items():
         ok = [r for r in rs if "error" not in r]
@@ -187,6 +205,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000, help="no-op jobs submitted one by one")
     parser.add_argument("--map", type=int, default=1_000_000, help="no-op jobs in the chunked map")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--systems", help="comma-separated systems of the peers suite (default: "
+                        "all installed): " + ", ".join(slug(s.name) for s in peers.all_systems()))
     parser.add_argument("--timeout", type=float, default=900, help="seconds one system's run may take")
     parser.add_argument("--json", default=str(HERE / "results.json"), help="where to write the results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -197,6 +217,13 @@ def main() -> None:
     unknown = set(suites) - {"peers", "memory", "scale"}
     if unknown:
         parser.error(f"unknown suite {', '.join(sorted(unknown))}; choose from: peers, memory, scale")
+    if args.systems is not None:
+        known = [slug(s.name) for s in peers.all_systems()]
+        args.systems = [x.strip().lower() for x in args.systems.split(",") if x.strip()]
+        unknown = set(args.systems) - set(known)
+        if unknown or not args.systems:
+            parser.error(f"unknown system {', '.join(sorted(unknown)) or '(none)'}; "
+                         f"choose from: {', '.join(known)}")
     report: dict = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "child"}}
     out = Path(args.json)
     if "peers" in suites:
