@@ -310,8 +310,9 @@ class IOCore(threading.Thread):
                 if held is not None and status == Status.ERROR.value and shm.bounced(error, held[0]):
                     self.send_inline(jid, *held)
                 elif held is not None:  # else a duplicate: drop it
-                    shm.release(held[0])  # its arguments' files: before anyone sees it done
                     self.on_result(jid, Status(status), payload, error, *ran)
+                    # After the handler: freeing a big file takes milliseconds.
+                    shm.release(held[0])
                 shm.release(payload)  # result files the handler did not take
         elif msg.kind is Kind.STARTED:
             self.on_started(msg.header["ids"], msg.header.get("worker"))

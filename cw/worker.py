@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 
@@ -179,6 +179,7 @@ class Executor:
         self.max_message_size = 1 << 62  # until the master's WELCOME
         self._path: list = []
         self._path_key: tuple = ()
+        self._args: Any = None  # the last job's arguments, dropped after its result left
 
     def register(self) -> None:
         header = _peer_header(self.capacity, supervisor=self.supervisor, batch=self.batch)
@@ -221,6 +222,7 @@ class Executor:
         self.outbox.add(entry, payload, seconds)
         if not self.tasks or self.outbox.due(seconds):
             self.flush()
+        self._args = None
         # Nothing could be heard while the job ran: do not take that
         # silence for a dead master.
         self.peer.last_heard = time.monotonic()
@@ -274,6 +276,9 @@ class Executor:
                 log.warning("job %s: cannot enter the client's directory: %s", tid, e)
             sys.path[:] = self.job_path(ctx["path"], old_path)
             func, args, kwargs = loads_call(frames[1:])
+            # Unmapping a big shared-memory argument takes milliseconds: not
+            # before the result is on its way.
+            self._args = args, kwargs
             value = dumps_value(func(*args, **kwargs), self.shared_with(ctx))
             size = sum(len(f) for f in value)
             if size > self.max_message_size:

@@ -32,7 +32,7 @@ def test_big_arrays_skip_the_master_on_one_host(cluster):
         back = ex.submit(jobs.scale_in_place, data, 3).result(30)
         assert back.flags.writeable and numpy.array_equal(back, numpy.arange(2 * MIB) * 3)
         assert data[1] == 1  # the job changed its own copy only
-        assert our_files() == []
+        wait_for(lambda: our_files() == [], what="the argument's file to go")
         futs = [ex.submit(numpy.sum, data) for _ in range(5)]
         assert [f.result(30) for f in futs] == [data.sum()] * 5
         assert ex.submit(jobs.shm_files).result(30) == []  # nothing left on the worker's side
@@ -57,7 +57,8 @@ def test_cancelled_and_failed_jobs_leave_no_file(cluster):
         wait_for(lambda: our_files() == [], what="the cancelled job's file to go")
         with pytest.raises(TypeError):
             ex.submit(jobs.add, data, "text").result(30)
-        assert our_files() == [] and blocker.result(30) == "slept"
+        wait_for(lambda: our_files() == [], what="the failed job's file to go")
+        assert blocker.result(30) == "slept"
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
