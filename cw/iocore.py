@@ -313,7 +313,7 @@ class IOCore(threading.Thread):
                     self.on_result(jid, Status(status), payload, error, *ran)
                     # After the handler: freeing a big file takes milliseconds.
                     shm.release(held[0])
-                shm.release(payload)  # result files the handler did not take
+                shm.discard(payload)  # result files the handler did not take
         elif msg.kind is Kind.STARTED:
             self.on_started(msg.header["ids"], msg.header.get("worker"))
         elif msg.kind is Kind.WELCOME:
@@ -382,11 +382,11 @@ class IOCore(threading.Thread):
         try:
             inline = tuple(shm.inline(f) for f in payload)
         except OSError as e:
-            shm.release(payload)
             self.on_result(jid, Status.LOST, (), JobRejectedError(
                 f"job {jid}: its arguments' shared-memory file is gone ({e})"))
             return
-        shm.release(payload)
+        finally:
+            shm.release(payload)
         self.pending[jid] = (inline, options)
         self.send_jobs([(jid, inline, options)])
 

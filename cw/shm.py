@@ -32,6 +32,7 @@ import re
 import secrets
 from typing import Any, Iterable, Optional
 
+from .cluster import pid_alive
 from .errors import CWError
 
 log = logging.getLogger(__name__)
@@ -163,11 +164,17 @@ def inline(frame: Any) -> Any:
 
 
 def release(frames: Iterable[Any]) -> None:
-    """Remove the files of references in ``frames`` (sent or received ones)."""
+    """Remove the files of the references among frames this process made."""
     for frame in frames:
         if isinstance(frame, Ref):
             _unlink(frame.path)
-        elif len(frame) < 256 and is_ref(frame):
+
+
+def discard(result: Any) -> None:
+    """Remove the files a received result names and nobody mapped (its
+    buffers follow its pickle, frame 0)."""
+    for frame in result[1:]:
+        if is_ref(frame):
             try:
                 _unlink(_path(frame))
             except DataUnreachable:
@@ -190,20 +197,10 @@ def sweep(pidns: int) -> int:
         return 0
     for name in names:
         m = _NAME.fullmatch(name)
-        if m is None or int(m.group(1)) != pidns or _alive(int(m.group(2))):
+        if m is None or int(m.group(1)) != pidns or pid_alive(int(m.group(2))):
             continue
         _unlink(os.path.join(ROOT, name))
         removed += 1
     if removed:
         log.info("removed %d shared-memory file(s) of dead cw processes", removed)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

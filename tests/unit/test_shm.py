@@ -51,6 +51,12 @@ def test_a_result_is_consumed_by_its_reader():
     back["a"][0] = 9  # writable
 
 
+def test_a_result_nobody_reads_is_discarded():
+    frames = dumps_value(numpy.ones(shm.SHARE_FROM, dtype=numpy.uint8), owner=os.getpid())
+    shm.discard([bytes(f) for f in frames])  # as received, then dropped (a cancelled job's)
+    assert not os.path.exists(frames[1].path)
+
+
 def test_unwritable_shared_memory_falls_back_to_inline(monkeypatch, tmp_path):
     monkeypatch.setattr(shm, "ROOT", str(tmp_path / "absent"))
     frames = dumps_call(len, (numpy.zeros(shm.SHARE_FROM, dtype=numpy.uint8),), {}, shared=True)
