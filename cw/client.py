@@ -118,6 +118,13 @@ class _Future(futures.Future):
         self._cw_queued = time.monotonic() - self._cw_submitted
         self._mark_running()
 
+    def _finished(self, ran: Optional[float], worker: Optional[str]) -> None:
+        """Its result came; a quick job's also says where it ran (no STARTED came)."""
+        self._cw_ran = ran
+        if worker is not None:
+            self._cw_worker = worker
+            self._cw_queued = max(0.0, time.monotonic() - self._cw_submitted - (ran or 0.0))
+
     def cancel(self, force: bool = False) -> bool:
         """Cancel a job not yet given to a worker: it leaves the master's queue.
 
@@ -292,11 +299,11 @@ class ClusterExecutor(futures.Executor):
                 fut._started(worker)
 
     def _on_result(self, jid: int, status: Status, payload: tuple, error,
-                   ran: Optional[float] = None) -> None:
+                   ran: Optional[float] = None, worker: Optional[str] = None) -> None:
         fut = self._futures.pop(jid, None)
         if fut is None or not fut._mark_running():
             return  # cancelled by the user meanwhile
-        fut._cw_ran = ran
+        fut._finished(ran, worker)
         ok, value = _outcome(status, payload, error, jid)
         if ok:
             fut.set_result(value)
@@ -423,7 +430,7 @@ class ClientThread:
             self.stop()
 
     def _on_result(self, jid: int, status: Status, payload: tuple, error,
-                   ran: Optional[float] = None) -> None:
+                   ran: Optional[float] = None, worker: Optional[str] = None) -> None:
         jobid = self._jobids.get(jid)
         ok, value = _outcome(status, payload, error, jobid)
         failure = None if ok else _as_remote(value, jobid)

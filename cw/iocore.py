@@ -74,8 +74,9 @@ log = logging.getLogger(__name__)
 
 RECV_BATCH = 1000
 
-# on_result(job id, status, payload frames, error[, seconds it ran]): the error
-# is the master's text for a failed job, or an exception when the client gave up.
+# on_result(job id, status, payload frames, error[, seconds it ran[, worker]]):
+# the error is the master's text for a failed job, or an exception when the
+# client gave up; the worker is named when no STARTED did (a quick job).
 ResultHandler = Callable[..., None]
 
 
@@ -304,13 +305,13 @@ class IOCore(threading.Thread):
     def handle(self, msg: Message) -> None:
         if msg.kind is Kind.RESULTS:
             frames = iter(msg.payload)
-            for jid, status, error, nframes, *ran in msg.header["results"]:
+            for jid, status, error, nframes, *extra in msg.header["results"]:
                 payload = tuple(next(frames) for _ in range(nframes))
                 held = self.pending.pop(jid, None)
                 if held is not None and status == Status.ERROR.value and shm.bounced(error, held[0]):
                     self.send_inline(jid, *held)
                 elif held is not None:  # else a duplicate: drop it
-                    self.on_result(jid, Status(status), payload, error, *ran)
+                    self.on_result(jid, Status(status), payload, error, *extra)
                     # After the handler: freeing a big file takes milliseconds.
                     shm.release(held[0])
                 shm.discard(payload)  # result files the handler did not take

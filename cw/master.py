@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import platform
 import time
 import uuid
@@ -61,6 +62,9 @@ RECV_BATCH = 1000  # messages handled per step before dispatching
 # this many seconds of work, and no more than its share of the queue.
 BATCH_SECONDS = 0.002
 TASK_BYTES = 1 << 20  # a TASK with several jobs stays under this
+# A job still running this long after it went to an executor is announced
+# to its client (STARTED); a quicker one names its worker in its result.
+ANNOUNCE_AFTER = 0.005
 
 
 def _chunks(results: list, budget: int = 40_000) -> Iterator[list]:
@@ -69,6 +73,8 @@ def _chunks(results: list, budget: int = 40_000) -> Iterator[list]:
     size = 0
     for entry in results:
         cost = 40 + (len(entry[2]) * 2 if entry[2] else 0)  # ids, status; escaped text
+        if len(entry) > 5:
+            cost += 2 * len(entry[5])  # the worker's name
         if chunk and size + cost > budget:
             yield chunk
             chunk, size = [], 0
@@ -133,6 +139,7 @@ class Master:
         self.deadlines: list[tuple[float, int, Job]] = []
         self.deadlines_live = 0  # entries that were not stale at the last compaction
         self.dying: deque = deque()  # (when, executor identity, reason) of reported deaths
+        self.announce: deque = deque()  # (when, job, executor identity): STARTED due, in dispatch order
         self.ready: deque[bytes] = deque()
         self.free: deque[bytes] = deque()  # executors that may have room for tasks
         self.queued = 0  # jobs in clients' queues (cancelled ones included until popped)
@@ -161,11 +168,14 @@ class Master:
     # -- the loop ---------------------------------------------------------
     def run(self) -> None:
         while not self.stopping:
-            self.step(timeout=min(self.heartbeat, 0.5))
+            timeout = min(self.heartbeat, 0.5)
+            if self.announce:  # wake up to say STARTED in time
+                timeout = min(timeout, max(0.0, self.announce[0][0] - self.clock()))
+            self.step(timeout)
 
     def step(self, timeout: float = 0.0, now: Optional[float] = None) -> None:
         """One turn: receive what is there, dispatch, heartbeat, purge."""
-        events = dict(self.poller.poll(int(timeout * 1000)))
+        events = dict(self.poller.poll(math.ceil(timeout * 1000)))
         if self.zap is not None and self.zap.sock in events:
             while self.zap.sock.poll(0):
                 self.zap.handle()
@@ -180,6 +190,7 @@ class Master:
         self.bury(now)
         self.dispatch(now)
         self.expire_jobs(now)
+        self.announce_started(now)
         self.flush()
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat
@@ -374,7 +385,7 @@ class Master:
             state.done += 1
             self.forget(job)
             if not job.cancelled:
-                self.reply(job, Status(status), payload, error, ran[0] if ran else None)
+                self.reply(job, Status(status), payload, error, ran[0] if ran else None, state.name)
 
     def finish_task(self, state: ExecutorState, tid: int, now: float) -> Optional[Job]:
         """A task left its executor: it has room; the next one there starts."""
@@ -476,9 +487,11 @@ class Master:
             room = self.window(state) - len(state.running)
             if room <= 0:
                 continue  # full: a result offers it again
-            jobs = self.take(room, state.name)
+            jobs = self.take(room)
             for job in jobs:
                 job.executor = state.identity
+                job.announced = False
+                self.announce.append((now + ANNOUNCE_AFTER, job, state.identity))
                 if not state.running and job.timeout is not None:
                     self.start_clock(job, now)  # else it waits, prefetched, behind another
                 state.running[job.tid] = job
@@ -487,7 +500,7 @@ class Master:
             if len(state.running) < self.window(state):
                 self.offer(state)  # the queue ran dry (or the message grew big) before it was full
 
-    def take(self, room: int, worker: str) -> list[Job]:
+    def take(self, room: int) -> list[Job]:
         """Up to ``room`` queued jobs, one client after another (round-robin)."""
         jobs: list[Job] = []
         size = 0
@@ -500,10 +513,6 @@ class Master:
                 client.in_ready = False
                 continue
             self.ready.append(client.identity)  # round-robin: back of the line
-            started = client.started.get(worker)
-            if started is None:
-                started = client.started[worker] = []
-            started.append(job.cid)
             jobs.append(job)
             size += job.size
         return jobs
@@ -523,15 +532,27 @@ class Master:
                 return job
         return None
 
-    def flush(self) -> None:
-        """Send each client what this turn produced: one STARTED, one RESULTS."""
-        for client in self.clients.values():
-            # Chunked, so no header outgrows what a peer accepts (64 KiB).
-            for worker, ids in client.started.items():
+    def announce_started(self, now: float) -> None:
+        """STARTED, per client and worker, for the jobs still running
+        ``ANNOUNCE_AFTER`` seconds after they went out; quicker ones name
+        their worker in their result instead, which saves a message a job."""
+        due: dict[tuple[bytes, str], list[int]] = {}
+        while self.announce and self.announce[0][0] <= now:
+            _, job, executor = self.announce.popleft()
+            state = self.executors.get(executor)
+            if job.announced or job.cancelled or job.executor != executor or state is None:
+                continue  # finished, gone, or sent elsewhere since (a later entry covers that)
+            job.announced = True
+            due.setdefault((job.client, state.name), []).append(job.cid)
+        for (identity, worker), ids in due.items():
+            if identity in self.clients:
+                # Chunked, so no header outgrows what a peer accepts (64 KiB).
                 for i in range(0, len(ids), 2000):
-                    started = {"ids": ids[i:i + 2000], "worker": worker}
-                    self.send(client.identity, Message(Kind.STARTED, started))
-            client.started = {}
+                    self.send(identity, Message(Kind.STARTED, {"ids": ids[i:i + 2000], "worker": worker}))
+
+    def flush(self) -> None:
+        """Send each client the results this turn produced, in one RESULTS."""
+        for client in self.clients.values():
             frames = iter(client.outbox)
             for chunk in _chunks(client.results):
                 payload = tuple(next(frames) for entry in chunk for _ in range(entry[3]))
@@ -539,21 +560,28 @@ class Master:
             client.results, client.outbox = [], []
 
     def reply(self, job: Job, status: Status, payload: tuple = (), error: Optional[str] = None,
-              ran: Optional[float] = None) -> None:
+              ran: Optional[float] = None, worker: Optional[str] = None) -> None:
+        """Answer a job's client; ``worker`` ran it, named unless STARTED did already."""
         self.counts["done" if status is not Status.LOST else "lost"] += 1
         if status is not Status.OK and not shm.unreachable(error):  # else the client resends it
             self.monitor.job_failed(self, job, status)
-        self.answer(job.client, job.cid, status, payload, error, ran)
+        if job.announced:
+            worker = None
+        job.announced = True  # no STARTED after its result
+        self.answer(job.client, job.cid, status, payload, error, ran, worker)
 
     def answer(self, identity: bytes, cid: int, status: Status, payload: tuple = (),
-               error: Optional[str] = None, ran: Optional[float] = None) -> None:
+               error: Optional[str] = None, ran: Optional[float] = None,
+               worker: Optional[str] = None) -> None:
         client = self.clients.get(identity)
         if client is None:
             return  # gone: nobody to tell
         client.done += 1
         entry: list = [cid, status.value, error[:1000] if error else None, len(payload)]
-        if ran is not None:
+        if ran is not None or worker is not None:
             entry.append(ran)  # seconds it ran on its executor
+        if worker is not None:
+            entry.append(worker)
         client.results.append(entry)
         client.outbox.extend(payload)
 

@@ -39,7 +39,7 @@ class Kind(enum.Enum):
     WELCOME = b"W"  # master -> client: accepted, master session
     SUBMIT = b"S"  # client -> master: jobs (payload: one context, then each job's frames)
     CANCEL = b"C"  # client -> master: drop a queued job
-    STARTED = b"A"  # master -> client: these jobs went to a worker
+    STARTED = b"A"  # master -> client: these jobs run on a worker (quick ones: said in RESULTS)
     RESULT = b"R"  # executor -> master: outcomes of jobs it ran, batched
     RESULTS = b"Z"  # master -> client: outcomes, batched per turn of the master's loop
     READY = b"Y"  # executor -> master: registered, capacity
@@ -232,16 +232,19 @@ def _check_jobs(kind: Kind, header: dict, npayload: int) -> None:
 
 
 def _check_results(kind: Kind, results: Any, npayload: int) -> None:
-    """[[id, status, error or null, number of payload frames(, seconds it ran)], ...]."""
+    """[[id, status, error or null, number of payload frames(, seconds it ran or
+    null(, the worker that ran it: RESULTS only))], ...]."""
     if not isinstance(results, list) or len(results) > MAX_BATCH:
         raise ProtocolError(f"{kind.name} header lacks its list of results")
+    longest = 6 if kind is Kind.RESULTS else 5
     frames = 0
     for entry in results:
-        if not (isinstance(entry, list) and len(entry) in (4, 5) and type(entry[0]) is int
+        if not (isinstance(entry, list) and 4 <= len(entry) <= longest and type(entry[0]) is int
                 and 0 <= entry[0] < MAX_INT and entry[1] in _STATUSES
                 and (entry[2] is None or (isinstance(entry[2], str) and len(entry[2]) <= MAX_STRING))
                 and type(entry[3]) is int and 0 <= entry[3] <= MAX_JOB_FRAMES
-                and (len(entry) == 4 or entry[4] is None or _seconds(entry[4]))):
+                and (len(entry) == 4 or entry[4] is None or _seconds(entry[4]))
+                and (len(entry) < 6 or (isinstance(entry[5], str) and len(entry[5]) <= MAX_STRING))):
             raise ProtocolError(f"malformed {kind.name} entry")
         frames += entry[3]
     if frames != npayload:

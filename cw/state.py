@@ -50,7 +50,7 @@ class Job:
     """A job the master holds. Slotted: a million queued ones must stay small."""
 
     __slots__ = ("tid", "client", "cid", "payload", "retries", "size", "timeout", "deadline",
-                 "deaths", "cancelled", "executor")
+                 "deaths", "cancelled", "executor", "announced")
 
     def __init__(self, tid: int, client: bytes, cid: int, payload: tuple, retries: int,
                  size: int = 0, timeout: Optional[float] = None) -> None:
@@ -65,6 +65,7 @@ class Job:
         self.deaths = 0
         self.cancelled = False
         self.executor: Optional[bytes] = None
+        self.announced = False  # its client heard where it runs (STARTED, or its result)
 
 
 @dataclass(eq=False)
@@ -74,7 +75,6 @@ class ClientState:
     last_seen: float
     queue: deque = field(default_factory=deque)
     jobs: dict = field(default_factory=dict)  # cid -> Job, queued or running
-    started: dict = field(default_factory=dict)  # executor name -> cids to announce as STARTED
     results: list = field(default_factory=list)  # RESULTS entries to send this turn
     outbox: list = field(default_factory=list)  # their payload frames
     in_ready: bool = False

@@ -245,3 +245,6 @@ def test_future_info_names_the_worker_and_how_long_the_job_queued_and_ran(cluste
         assert queued.info.worker == behind.info.worker == f"{executor['host']}:{executor['pid']}"
         assert 0.3 <= queued.info.ran < 5 and 0.01 <= behind.info.ran < 0.3
         assert 0 <= queued.info.queued < 5 and 0 <= behind.info.queued < 5
+        quick = ex.submit(jobs.square, 3)  # over before the master says STARTED: its result names the worker
+        assert quick.result(30) == 9 and quick.info.worker == queued.info.worker
+        assert 0 <= quick.info.queued < 5 and 0 <= quick.info.ran < 1

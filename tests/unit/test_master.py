@@ -5,7 +5,7 @@ import os
 import pytest
 import zmq
 
-from cw.master import Master
+from cw.master import ANNOUNCE_AFTER, Master
 from cw.protocol import MAGIC, ErrorCode, Kind, Message, Status, versions
 
 PEER = {"host": "test", "pid": 1, **versions()}
@@ -61,8 +61,9 @@ class Peer:
                 yield msg
                 continue
             frames = iter(msg.payload)
-            for jid, status, error, n in msg.header["results"]:
-                header = {"id": jid, "status": status, **({"error": error} if error else {})}
+            for jid, status, error, n, *extra in msg.header["results"]:
+                header = {"id": jid, "status": status, **({"error": error} if error else {}),
+                          **({"worker": extra[1]} if len(extra) > 1 else {})}
                 yield Message(Kind.RESULT, header, tuple(next(frames) for _ in range(n)))
 
     def recv(self, kinds=None) -> Message:
@@ -128,14 +129,34 @@ def test_clients_take_turns(master):
     assert order.index(b"call100") == 1  # b's one job does not wait for all of a's
 
 
-def test_result_payload_is_routed_untouched_and_started_is_announced(master):
-    c = client(master)
-    submit(c, 9)
-    ex = executor(master)
-    assert c.recv({Kind.STARTED}).header["ids"] == [9]
-    run(ex, value=b"\x00opaque\xff")
-    res = c.recv({Kind.RESULT})
-    assert res.header == {"id": 9, "status": "ok"} and res.payload[0] == b"\x00opaque\xff"
+def test_result_payload_is_routed_untouched_and_a_quick_job_names_its_worker_there():
+    now = [1000.0]  # the master's clock stands still: the job is quick
+    with running_master(clock=lambda: now[0]) as m:
+        c = client(m)
+        submit(c, 9)
+        ex = executor(m)
+        run(ex, value=b"\x00opaque\xff")
+        res = c.recv({Kind.RESULT})
+        assert res.header == {"id": 9, "status": "ok", "worker": "test:1"}
+        assert res.payload[0] == b"\x00opaque\xff"
+        now[0] += ANNOUNCE_AFTER
+        assert c.nothing({Kind.STARTED})  # its result said it all
+
+
+def test_a_job_still_running_after_a_moment_is_announced_once_as_started():
+    now = [1000.0]
+    with running_master(clock=lambda: now[0]) as m:
+        c = client(m)
+        submit(c, 9)
+        ex = executor(m)
+        task = ex.recv({Kind.TASK})
+        assert c.nothing({Kind.STARTED})
+        now[0] += ANNOUNCE_AFTER
+        assert c.recv({Kind.STARTED}).header == {"ids": [9], "worker": "test:1"}
+        ex.send(Kind.RESULT, {"id": task.header["id"], "status": "ok"}, b"v")
+        assert c.recv({Kind.RESULT}).header == {"id": 9, "status": "ok"}  # named already
+        now[0] += ANNOUNCE_AFTER
+        assert c.nothing({Kind.STARTED})
 
 
 def test_cancel_removes_a_queued_job(master):
@@ -276,7 +297,8 @@ def test_force_cancel_of_a_prefetched_job_spares_the_running_one(master):
     assert (res["id"], res["status"]) == (2, "cancelled")
     assert sup.nothing({Kind.KILL}) and master.counts["killed"] == 0
     ex.send(Kind.RESULT, {"id": first.header["id"], "status": "ok"}, b"v")
-    assert c.recv({Kind.RESULT}).header == {"id": 1, "status": "ok"}
+    res = c.recv({Kind.RESULT}).header
+    assert (res["id"], res["status"]) == (1, "ok")
 
 
 def test_death_is_charged_to_the_job_the_executor_ran_not_the_one_it_finished(master):
@@ -299,7 +321,8 @@ def test_death_is_charged_to_the_job_the_supervisor_saw_running(master):
     assert held[1].deaths == 0 and 2 not in held  # job 1 requeued, not charged; 2 lost
     ex2 = executor(master)
     run(ex2)
-    assert c.recv({Kind.RESULT}).header == {"id": 1, "status": "ok"}
+    res = c.recv({Kind.RESULT}).header
+    assert (res["id"], res["status"]) == (1, "ok")
 
 
 def raw_tasks(peer):

@@ -85,9 +85,14 @@ def test_submit_batch_frames_must_match_its_ids():
 
 def test_results_batch_is_checked_entry_by_entry():
     validate(Kind.RESULTS, {"results": [[1, "ok", None, 1], [2, "error", "boom", 0]]}, 1)
-    for bad in ([[1, "ok", None]], [[1, "fine", None, 1]], [["1", "ok", None, 1]], "x"):
+    named = [[1, "ok", None, 1, 0.5, "node7:42"], [2, "ok", None, 0, None, "n:1"]]  # quick jobs
+    validate(Kind.RESULTS, {"results": named}, 1)
+    for bad in ([[1, "ok", None]], [[1, "fine", None, 1]], [["1", "ok", None, 1]], "x",
+                [[1, "ok", None, 1, 0.5, 7]], [[1, "ok", None, 1, None, "n:1", "more"]]):
         with pytest.raises(ProtocolError):
             validate(Kind.RESULTS, {"results": bad}, 1)
+    with pytest.raises(ProtocolError):  # an executor does not name itself per result
+        validate(Kind.RESULT, {"results": [[1, "ok", None, 1, 0.5, "node7:42"]]}, 1)
     with pytest.raises(ProtocolError, match="announces 1 payload frames, carries 2"):
         validate(Kind.RESULTS, {"results": [[1, "ok", None, 1]]}, 2)
 
