@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,7 @@ def cluster(nworkers: int) -> Iterator[psutil.Process]:
         yield psutil.Process(read_json(cluster_dir() / "master.json")["pid"])
     finally:
         cw.stop(launcher="local")
+        shutil.rmtree(os.environ["CW_HOME"], ignore_errors=True)
 
 
 class PeakRSS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from typing import Any, Callable, Iterable, Optional
 
@@ -66,6 +67,7 @@ class CW(_Executor):
 
         self.ex.shutdown()
         cw.stop(launcher="local")
+        shutil.rmtree(os.environ["CW_HOME"], ignore_errors=True)
 
 
 class Pool(_Executor):

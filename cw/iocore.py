@@ -7,11 +7,16 @@
     I/O thread: DEALER ◄──────────────────┘──► master
         HELLO → WELCOME → SUBMIT every held job; RESULT → on_result(id, ...)
 
-ZeroMQ sockets are not thread-safe, so only the I/O thread touches the
-socket; a user thread appends a command to a deque (atomic) and writes one
-byte to a pipe to wake the poller. The core holds every unfinished job's
-frames until its result arrives, so after a reconnect (a restarted master,
-a network cut) it resubmits them: the client is the source of truth.
+ZeroMQ sockets are not thread-safe: a lock guards the socket and the
+jobs held. The I/O thread takes it for each turn of its loop, and waits
+between turns on the socket's file descriptor (ZMQ_FD) without it. A user
+thread appends a command to a deque (atomic) and writes one byte to a pipe
+to wake the poller, except for a job submitted while none is in flight: that
+one the user thread sends itself, sparing a round trip the hop through the
+I/O thread (jobs submitted in a burst still go out in batches). The core
+holds every unfinished job's frames until its result arrives, so after a
+reconnect (a restarted master, a network cut) it resubmits them: the client
+is the source of truth.
 """
 from __future__ import annotations
 
@@ -100,6 +105,9 @@ class IOCore(threading.Thread):
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
         self.waking = False
+        self.lock = threading.Lock()  # the socket, ``pending``: the I/O thread's turn, or a direct submit
+        self.sock_fd = -1  # the socket's ZMQ_FD, polled without the lock
+        self.readable = False  # the socket held a message at the end of the last turn
         self.connected = threading.Event()
         self.settled = threading.Event()  # connected, or failed for good
         self.fatal: Optional[Exception] = None
@@ -123,7 +131,28 @@ class IOCore(threading.Thread):
             raise JobRejectedError(
                 f"a job of {size} bytes exceeds the master's --max-message-size "
                 f"{self.max_message_size}; pass big data through files, or raise the limit")
+        if not self.pending and self.send_directly(jid, payload, options):
+            return
         self._command(("submit", jid, payload, options))
+
+    def send_directly(self, jid: int, payload: tuple, options: dict) -> bool:
+        """Send a job from this (user) thread when nothing is in flight and
+        the I/O thread is between turns; False: queue it for the I/O thread."""
+        if not self.lock.acquire(blocking=False):
+            return False  # the I/O thread's turn (or a callback submitting)
+        try:
+            if self.pending or self.commands or self.closing or self.fatal is not None \
+                    or not self.connected.is_set():
+                return False
+            self.pending[jid] = (payload, options)
+            self.send_jobs([(jid, payload, options)])
+            # Our send may have taken in the news of a message waiting,
+            # which the I/O thread's poll then never sees: hand it over.
+            if self.sock is not None and int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
+                self.wake()
+            return True
+        finally:
+            self.lock.release()
 
     def cancel(self, jid: int, force: bool = False) -> None:
         self._command(("cancel", jid, force))
@@ -143,6 +172,9 @@ class IOCore(threading.Thread):
         self.commands.append(cmd)
         if self.fatal is not None:  # the thread ended meanwhile: nobody will drain it
             raise self.fatal
+        self.wake()
+
+    def wake(self) -> None:
         # The flag saves a syscall per command; the I/O thread clears it
         # *before* draining, so a command never waits unseen.
         if not self.waking:
@@ -162,31 +194,41 @@ class IOCore(threading.Thread):
         self.reset_socket(poller)
         try:
             while not self.closing:
-                events = dict(poller.poll(int(self.heartbeat * 250)))
-                if wake_fd in events:
-                    self.drain_commands()
-                if self.sock in events:
-                    self.drain_socket()
-                if self.monitor is not None and self.monitor in events:
-                    error = read_monitor(self.monitor, self.address, self.keys is not None)
-                    if error:
-                        self.die(SecurityError(error))
-                self.keep_alive(poller)
+                events = dict(poller.poll(0 if self.readable else int(self.heartbeat * 250)))
+                with self.lock:
+                    self.turn(poller, events, wake_fd)
         except BaseException:  # a bug here must not hang the user's futures
             log.exception("client I/O thread failed")
             self.fatal = MasterUnavailableError("the cw client I/O thread failed; see the log")
-            self.fail_pending(self.fatal)
+            with self.lock:
+                self.fail_pending(self.fatal)
         finally:
             if self.fatal is None:
                 self.fatal = RuntimeError("this cw client is closed")
             self.settled.set()
-            self.shutdown()
+            with self.lock:
+                self.shutdown()
+
+    def turn(self, poller: zmq.Poller, events: dict, wake_fd: int) -> None:
+        if wake_fd in events:
+            self.drain_commands()
+        if self.sock is not None:
+            self.drain_socket()
+        if self.monitor is not None and self.monitor in events:
+            error = read_monitor(self.monitor, self.address, self.keys is not None)
+            if error:
+                self.die(SecurityError(error))
+        self.keep_alive(poller)
+        # ZMQ_FD only says that something changed since the socket was last
+        # used: a send may have taken in a message's arrival unseen.
+        self.readable = self.sock is not None and bool(int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN)
 
     def reset_socket(self, poller: zmq.Poller) -> None:
         """(Re)connect: a fresh socket, then HELLO; WELCOME resubmits held jobs."""
         self.close_socket(poller)
         self.sock, self.monitor = dealer(self.address, self.identity, self.keys)
-        poller.register(self.sock, zmq.POLLIN)
+        self.sock_fd = int(self.sock.get(zmq.FD))
+        poller.register(self.sock_fd, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
         self.connected.clear()
         self.last_heard = time.monotonic()
@@ -197,7 +239,7 @@ class IOCore(threading.Thread):
             return
         if poller is not None:
             poller.unregister(self.monitor)
-            poller.unregister(self.sock)
+            poller.unregister(self.sock_fd)
         close_dealer(self.sock, self.monitor, linger)
         self.sock = self.monitor = None
 
@@ -309,7 +351,7 @@ class IOCore(threading.Thread):
                 payload = tuple(next(frames) for _ in range(nframes))
                 held = self.pending.pop(jid, None)
                 if held is not None and status == Status.ERROR.value and shm.bounced(error, held[0]):
-                    self.send_inline(jid, *held)
+                    self.resend(jid, *held)
                 elif held is not None:  # else a duplicate: drop it
                     self.on_result(jid, Status(status), payload, error, *extra)
                     # After the handler: freeing a big file takes milliseconds.
@@ -348,6 +390,7 @@ class IOCore(threading.Thread):
         self.settled.set()
 
     def keep_alive(self, poller: zmq.Poller) -> None:
+        shm.tidy()
         now = time.monotonic()
         if self.connected.is_set():
             self.lost_since = now
@@ -373,23 +416,25 @@ class IOCore(threading.Thread):
             f"start one (`cw local start`) or pass host=/port= (see `cw status`){hint}"
         )
 
-    def send_inline(self, jid: int, payload: tuple, options: dict) -> None:
-        """Resend a job whose executor could not map its shared memory, with
-        the bytes in the message; later jobs send theirs inline from the start."""
-        if self.shared:
-            log.info("an executor cannot reach this client's shared memory (another "
-                     "host or container): big arguments travel through the master")
-            self.shared = False
-        try:
-            inline = tuple(shm.inline(f) for f in payload)
-        except OSError as e:
-            self.on_result(jid, Status.LOST, (), JobRejectedError(
-                f"job {jid}: its arguments' shared-memory file is gone ({e})"))
-            return
-        finally:
-            shm.release(payload)
-        self.pending[jid] = (inline, options)
-        self.send_jobs([(jid, inline, options)])
+    def resend(self, jid: int, payload: tuple, options: dict) -> None:
+        """Resend a job whose executor could not map its shared memory.
+
+        Files still here: that executor cannot see them (another host or
+        container), so the bytes go in the message, and later jobs' too.
+        Files gone: an executor of this host claimed them for an earlier run
+        of the job (it died, the job was requeued): fresh files, then.
+        """
+        if shm.unclaimed(payload):
+            if self.shared:
+                log.info("an executor cannot reach this client's shared memory (another "
+                         "host or container): big arguments travel through the master")
+                self.shared = False
+            again = tuple(shm.inline(f) for f in payload)
+        else:
+            again = tuple(shm.reissue(f, os.getpid()) for f in payload)
+        shm.release(payload)
+        self.pending[jid] = (again, options)
+        self.send_jobs([(jid, again, options)])
 
     def fail_pending(self, error: Exception) -> None:
         pending, self.pending = self.pending, {}

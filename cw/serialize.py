@@ -132,11 +132,11 @@ def _dumps(obj: Any, owner: Optional[int] = None) -> list:
         raise
 
 
-def _loads(data: Any, buffers: Any, consume: bool) -> Any:
+def _loads(data: Any, buffers: Any) -> Any:
     # Buffers are writable: a job may change its arrays in place, as it could
     # under ProcessPoolExecutor. A frame is copied; a shared-memory file is
-    # mapped copy-on-write, so the sender's file stays as it was.
-    return pickle.loads(data, buffers=[shm.attach(b, consume) if shm.is_ref(b) else bytearray(b)
+    # mapped copy-on-write, so the file stays as it was.
+    return pickle.loads(data, buffers=[shm.attach(b) if shm.is_ref(b) else bytearray(b)
                                        for b in buffers])
 
 
@@ -186,7 +186,7 @@ def loads_call(frames: Any) -> tuple[Callable, tuple, dict]:
     raw = memoryview(frames[0])
     end = 4 + int.from_bytes(raw[:4], "little")
     pickled = bytes(raw[4:end])
-    args, kwargs = _loads(raw[end:], frames[1:], consume=False)
+    args, kwargs = _loads(raw[end:], frames[1:])
     func = _functions.get(pickled)
     if func is None:
         func = pickle.loads(pickled)
@@ -201,8 +201,8 @@ def dumps_value(value: Any, owner: Optional[int] = None) -> list:
 
 
 def loads_value(frames: Any) -> Any:
-    """Rebuild a result; shared-memory files it names are removed."""
-    return _loads(frames[0], frames[1:], consume=True)
+    """Rebuild a result (mapping the shared-memory files it names)."""
+    return _loads(frames[0], frames[1:])
 
 
 def dumps_error(exc: BaseException) -> tuple[bytes, str]:

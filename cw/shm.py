@@ -8,9 +8,17 @@
               else ──► the job bounces: the client sends it again inline
 
 A result's big buffers travel the same way back when the job's context says
-the client's host key equals the executor's; the client maps the file and
-unlinks it at once. The master never sees the bytes, only a reference of a
-few dozen bytes, and ``--max-message-size`` does not limit them.
+the client's host key equals the executor's. The master never sees the
+bytes, only a reference of a few dozen bytes, and ``--max-message-size``
+does not limit them.
+
+Whoever maps a file first claims it: it renames the file to a *spare* name
+of its own (``cw-<pidns>-<pid>-s-<token>``), so no other process can map it
+(a job requeued meanwhile gets its data inline). Once its mapping is gone,
+the file is a spare: the next big buffer this process sends overwrites it,
+which costs half as much as filling fresh pages, and renames it to a job
+file. Spares are few (``SPARE_FILES``, ``SPARE_BYTES``), short-lived
+(``SPARE_SECONDS``) and removed when their process exits.
 
 The *host key* names what two processes must share for a file one writes to
 be the same file the other reads: the boot, the ``/dev/shm`` filesystem, the
@@ -25,11 +33,15 @@ Docker container) makes a buffer travel inline instead.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import mmap
 import os
 import re
 import secrets
+import threading
+import time
+import weakref
 from typing import Any, Iterable, Optional
 
 from .cluster import pid_alive
@@ -40,7 +52,11 @@ log = logging.getLogger(__name__)
 ROOT = "/dev/shm"
 SHARE_FROM = 1 << 20  # smaller out-of-band buffers are cheaper as frames
 MARK = b"cw-shm:"
-_NAME = re.compile(r"cw-(\d+)-(\d+)-[0-9a-f]{32}")
+_NAME = re.compile(r"cw-(\d+)-(\d+)-[0-9a-f]{32}")  # a job's file, named after its remover
+_ANY = re.compile(r"cw-(\d+)-(\d+)-(?:s-)?[0-9a-f]{32}")  # a job's file or a spare
+SPARE_FILES = 4  # spare files a process keeps at most,
+SPARE_BYTES = 1 << 30  # in all this big,
+SPARE_SECONDS = 10.0  # each for this long unused
 
 
 class DataUnreachable(CWError):
@@ -50,9 +66,64 @@ class DataUnreachable(CWError):
 
 
 class Ref(bytes):
-    """A payload frame naming a shared-memory file instead of holding bytes."""
+    """A payload frame naming a shared-memory file instead of holding bytes;
+    ``source``, the buffer written there, is what an inline resend sends."""
 
     path: str
+    source: memoryview
+
+
+class _Spares:
+    """Files this process mapped and no longer does: their pages are there
+    already. Thread-safe (a mapping dies in whichever thread drops it)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.files: list[tuple[str, int, float]] = []  # (path, size, since), oldest first
+
+    def put(self, path: str, size: int) -> None:
+        with self.lock:
+            self.files.append((path, size, time.monotonic()))
+            while len(self.files) > SPARE_FILES or sum(f[1] for f in self.files) > SPARE_BYTES:
+                _unlink(self.files.pop(0)[0])
+
+    def take(self, size: int) -> Optional[tuple[str, int]]:
+        """The spare that fits ``size`` best: the smallest big enough, else the largest."""
+        with self.lock:
+            if not self.files:
+                return None
+            fits = [f for f in self.files if f[1] >= size]
+            best = min(fits, key=lambda f: f[1]) if fits else max(self.files, key=lambda f: f[1])
+            self.files.remove(best)
+            return best[0], best[1]
+
+    def tidy(self, now: float) -> None:
+        if not self.files:
+            return
+        with self.lock:
+            for f in [f for f in self.files if now - f[2] >= SPARE_SECONDS]:
+                self.files.remove(f)
+                _unlink(f[0])
+
+    def clear(self) -> None:
+        with self.lock:
+            for f in self.files:
+                _unlink(f[0])
+            self.files.clear()
+
+
+_spares = _Spares()
+atexit.register(_spares.clear)  # runs after weakref.finalize's own exit hook: nothing escapes
+
+
+def tidy() -> None:
+    """Remove spare files unused for ``SPARE_SECONDS`` (call now and then)."""
+    _spares.tidy(time.monotonic())
+
+
+def drop_spares() -> None:
+    """Remove every spare file of this process now."""
+    _spares.clear()
 
 
 def _identity() -> Optional[tuple]:
@@ -85,30 +156,49 @@ def host_key() -> Optional[str]:
     return None if _cached is None else _cached[0]
 
 
-def export(buf: memoryview, owner: int) -> Any:
-    """Write ``buf`` to a new file that process ``owner`` will remove; return
-    its ``Ref``, or ``buf`` itself when the file cannot be written."""
+def _new_path(owner: int, spare: bool = False) -> str:
     assert _cached is not None, "call host_key() first"
-    name = f"cw-{_cached[1]}-{owner}-{secrets.token_hex(16)}"
-    path = os.path.join(ROOT, name)
+    return os.path.join(ROOT, f"cw-{_cached[1]}-{owner}-{'s-' if spare else ''}{secrets.token_hex(16)}")
+
+
+def export(buf: memoryview, owner: int) -> Any:
+    """Write ``buf`` to a file that process ``owner`` will remove (a spare
+    of ours if there is one); return its ``Ref``, or ``buf`` itself when
+    the file cannot be written."""
+    path = _new_path(owner)
+    view = buf.cast("B")
+    spare = _spares.take(len(view))
     try:
-        # os.write, not a mapping: the kernel fills the pages in one pass,
-        # without a page fault for each of them.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = buf.cast("B")
-            done = 0
-            while done < len(view):
-                done += os.write(fd, view[done:])
-        finally:
-            os.close(fd)
+        if spare is not None:
+            try:
+                _write(spare[0], view, os.O_WRONLY, truncate=spare[1] > len(view))
+                os.rename(spare[0], path)
+            except OSError:
+                _unlink(spare[0])
+                spare = None
+        if spare is None:
+            _write(path, view, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     except OSError as e:  # full (ENOSPC), or gone: this buffer travels inline
         log.debug("shared memory unavailable for %d bytes: %s", buf.nbytes, e)
         _unlink(path)
         return buf
-    ref = Ref(MARK + name.encode())
-    ref.path = path
+    ref = Ref(MARK + os.path.basename(path).encode())
+    ref.path, ref.source = path, buf
     return ref
+
+
+def _write(path: str, view: memoryview, flags: int, truncate: bool = False) -> None:
+    # os.write, not a mapping: the kernel fills the pages in one pass,
+    # without a page fault for each of them.
+    fd = os.open(path, flags, 0o600)
+    try:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        if truncate:
+            os.ftruncate(fd, len(view))
+    finally:
+        os.close(fd)
 
 
 _BOUNCE = f"{DataUnreachable.__module__}.{DataUnreachable.__qualname__}:"
@@ -136,31 +226,44 @@ def _path(frame: Any) -> str:
     return os.path.join(ROOT, name)
 
 
-def attach(frame: Any, consume: bool = False) -> mmap.mmap:
-    """Map a referenced file copy-on-write: writable, and the writes stay here.
-
-    ``consume``: the file was written for this process, which unlinks it
-    (the mapping lives on until the last object using it is gone).
-    """
+def attach(frame: Any) -> mmap.mmap:
+    """Claim a referenced file and map it copy-on-write: writable, and the
+    writes stay here. When the mapping is gone, the file is a spare."""
     path = _path(frame)
+    if host_key() is None:
+        raise DataUnreachable(f"cannot open {path}: shared memory is off here (CW_SHM) or missing")
+    mine = _new_path(os.getpid(), spare=True)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        os.rename(path, mine)  # atomic: only one process ever maps a file
     except OSError as e:
         raise DataUnreachable(f"cannot open {path}: {e.strerror}") from e
     try:
-        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
-    finally:
-        os.close(fd)
-        if consume:
-            _unlink(path)
+        fd = os.open(mine, os.O_RDONLY)
+        try:
+            m = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        _unlink(mine)
+        raise DataUnreachable(f"cannot map {path}: {e.strerror}") from e
+    weakref.finalize(m, _spares.put, mine, len(m))
+    return m
 
 
 def inline(frame: Any) -> Any:
-    """A frame with a referenced file's bytes in place of the reference."""
-    if not isinstance(frame, Ref):
-        return frame
-    with open(frame.path, "rb") as f:
-        return f.read()
+    """A frame with the bytes in place of a reference to their file."""
+    return frame.source if isinstance(frame, Ref) else frame
+
+
+def reissue(frame: Any, owner: int) -> Any:
+    """A frame with a reference to a fresh copy of its file's bytes."""
+    return export(frame.source, owner) if isinstance(frame, Ref) else frame
+
+
+def unclaimed(frames: Iterable[Any]) -> bool:
+    """Whether a file we referenced is still where we wrote it: nobody
+    could map (and so claim) it."""
+    return any(isinstance(f, Ref) and os.path.exists(f.path) for f in frames)
 
 
 def release(frames: Iterable[Any]) -> None:
@@ -196,7 +299,7 @@ def sweep(pidns: int) -> int:
     except OSError:
         return 0
     for name in names:
-        m = _NAME.fullmatch(name)
+        m = _ANY.fullmatch(name)
         if m is None or int(m.group(1)) != pidns or pid_alive(int(m.group(2))):
             continue
         _unlink(os.path.join(ROOT, name))

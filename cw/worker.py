@@ -194,6 +194,7 @@ class Executor:
             if not self.peer.tick():
                 self.peer.last_heard = time.monotonic()
                 self.register()
+            shm.tidy()
         self.flush()
         self.peer.send(Message(Kind.BYE))
         self.peer.close(linger=1000)

@@ -118,8 +118,19 @@ def scale_in_place(array, factor):
     return array
 
 
-def shm_files():
-    """The names of cw's shared-memory files this executor can see."""
+def sum_dying_once(array, marker):
+    """Kill the executor the first time (``marker`` does not exist yet)."""
     import os
 
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("cw-"))
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    return int(array.sum())
+
+
+def shm_files(spares=False):
+    """The names of cw's job files in shared memory this executor can see
+    (with ``spares``: the spare files too)."""
+    import os
+
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("cw-") and (spares or "-s-" not in n))

@@ -18,8 +18,10 @@ from cw.launch import query_status
 MIB = 1 << 20
 
 
-def our_files():
-    return [n for n in os.listdir(shm.ROOT) if n.startswith(f"cw-{shm._cached[1]}-{os.getpid()}-")]
+def our_files(spares=False):
+    """This process's job files (with ``spares``: its spare files too)."""
+    return [n for n in os.listdir(shm.ROOT) if n.startswith(f"cw-{shm._cached[1]}-{os.getpid()}-")
+            and (spares or "-s-" not in n)]
 
 
 def test_big_arrays_skip_the_master_on_one_host(cluster):
@@ -35,7 +37,10 @@ def test_big_arrays_skip_the_master_on_one_host(cluster):
         wait_for(lambda: our_files() == [], what="the argument's file to go")
         futs = [ex.submit(numpy.sum, data) for _ in range(5)]
         assert [f.result(30) for f in futs] == [data.sum()] * 5
-        assert ex.submit(jobs.shm_files).result(30) == []  # nothing left on the worker's side
+        assert ex.submit(jobs.shm_files).result(30) == []  # no job's file left on the worker's side
+        assert len(ex.submit(jobs.shm_files, True).result(30)) <= 2 * shm.SPARE_FILES  # spares: few
+        del back
+        assert our_files(spares=True)  # the result's file, a spare now
 
     got = {}
     with ClientThread(lambda jid, value: got.update({jid: value.sum()}), "127.0.0.1", port,
@@ -43,6 +48,8 @@ def test_big_arrays_skip_the_master_on_one_host(cluster):
         client.submit("a", jobs.scale_in_place, data, 2)
     assert got == {"a": data.sum() * 2}
     assert our_files() == []
+    shm.drop_spares()
+    assert our_files(spares=True) == []
 
 
 def test_cancelled_and_failed_jobs_leave_no_file(cluster):
@@ -59,6 +66,17 @@ def test_cancelled_and_failed_jobs_leave_no_file(cluster):
             ex.submit(jobs.add, data, "text").result(30)
         wait_for(lambda: our_files() == [], what="the failed job's file to go")
         assert blocker.result(30) == "slept"
+
+
+def test_a_job_requeued_after_its_executor_died_gets_a_fresh_file(cluster, tmp_path):
+    port = cluster(1)
+    data = numpy.arange(MIB, dtype=numpy.int64)
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        # The dead executor claimed the first file: the rerun bounces, and
+        # the client writes the data again, still through shared memory.
+        assert ex.submit(jobs.sum_dying_once, data, str(tmp_path / "died")).result(60) == data.sum()
+        assert ex._core.shared
+        wait_for(lambda: our_files() == [], what="the job's files to go")
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,

@@ -1,4 +1,5 @@
-"""Shared-memory files for big buffers: naming, mapping, clean-up."""
+"""Shared-memory files for big buffers: naming, mapping, spares, clean-up."""
+import gc
 import os
 import subprocess
 
@@ -13,26 +14,75 @@ def ours():
     return {n for n in os.listdir(shm.ROOT) if n.startswith(f"cw-{shm._cached[1]}-{os.getpid()}-")}
 
 
+def spares():
+    return [path for path, _, _ in shm._spares.files]
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers():
     assert shm.host_key() is not None, "this machine has /dev/shm"
+    shm.drop_spares()
     before = ours()
     yield
+    gc.collect()
+    shm.drop_spares()
     assert ours() == before, "a test left shared-memory files behind"
 
 
 def test_big_arguments_travel_as_a_reference_and_map_writable():
     array = numpy.arange(shm.SHARE_FROM, dtype=numpy.int64)  # 8 MiB
     frames = dumps_call(numpy.sum, (array,), {}, shared=True)
-    assert len(frames) == 2 and isinstance(frames[1], shm.Ref) and len(frames[1]) < 100
-    assert os.stat(frames[1].path).st_mode & 0o777 == 0o600
+    ref = frames[1]
+    assert len(frames) == 2 and isinstance(ref, shm.Ref) and len(ref) < 100
+    assert os.stat(ref.path).st_mode & 0o777 == 0o600
     func, (got,), _ = loads_call(frames)
     assert func(got) == array.sum() and got.flags.writeable
-    got[0] = -5  # copy-on-write: a retry of the job would see the data as sent
-    _, (again,), _ = loads_call(frames)
-    assert again[0] == 0
+    # Claimed: a second reader (a requeued run elsewhere) gets the bytes another way.
+    assert not os.path.exists(ref.path) and not shm.unclaimed(frames)
+    with pytest.raises(shm.DataUnreachable):
+        loads_call(frames)
+    assert numpy.array_equal(numpy.frombuffer(shm.inline(ref), dtype=numpy.int64), array)
+    assert numpy.array_equal(loads_call([frames[0], shm.reissue(ref, os.getpid())])[1][0], array)
+    got[0] = -5  # copy-on-write: the file keeps the data as sent
+    del got
+    gc.collect()
+    assert len(spares()) == 2  # both mappings are gone: their files are spares
+    for path in spares():
+        assert numpy.fromfile(path, dtype=numpy.int64)[0] == 0
     shm.release(frames)
-    assert not os.path.exists(frames[1].path)
+
+
+def test_a_spare_is_overwritten_for_the_next_big_buffer_and_expires(monkeypatch):
+    frames = dumps_value(numpy.ones(2 * shm.SHARE_FROM, dtype=numpy.uint8), owner=os.getpid())
+    back = loads_value([bytes(f) for f in frames])
+    assert spares() == []  # mapped: not a spare yet
+    del back
+    (spare,) = spares()
+    inode = os.stat(spare).st_ino
+    again = dumps_value(numpy.full(shm.SHARE_FROM, 7, dtype=numpy.uint8), owner=os.getpid())
+    assert spares() == [] and not os.path.exists(spare)
+    assert os.stat(again[1].path).st_ino == inode  # the same pages, cut to size
+    assert os.path.getsize(again[1].path) == shm.SHARE_FROM
+    back = loads_value([bytes(f) for f in again])
+    assert back.sum() == 7 * shm.SHARE_FROM
+    del back
+    assert len(spares()) == 1
+    shm.tidy()
+    assert len(spares()) == 1  # fresh
+    monkeypatch.setattr(shm, "SPARE_SECONDS", 0.0)
+    shm.tidy()
+    assert spares() == [] and not os.path.exists(spare)
+
+
+def test_spares_are_few(monkeypatch):
+    monkeypatch.setattr(shm, "SPARE_FILES", 2)
+    values = [loads_value([bytes(f) for f in dumps_value(numpy.ones(shm.SHARE_FROM, dtype=numpy.uint8),
+                                                         owner=os.getpid())]) for _ in range(3)]
+    assert spares() == []  # all mapped
+    del values
+    gc.collect()
+    assert len(spares()) == 2 and all(os.path.exists(p) for p in spares())
+    assert len([n for n in ours() if "-s-" in n]) == 2  # the third went at once
 
 
 def test_small_buffers_and_unshared_calls_stay_inline():
@@ -42,13 +92,15 @@ def test_small_buffers_and_unshared_calls_stay_inline():
     assert not any(isinstance(f, shm.Ref) for f in dumps_call(len, (big,), {}))
 
 
-def test_a_result_is_consumed_by_its_reader():
+def test_a_result_is_claimed_by_its_reader():
     value = {"a": numpy.ones(shm.SHARE_FROM, dtype=numpy.uint8)}
     frames = dumps_value(value, owner=os.getpid())
     path = frames[1].path
     back = loads_value([bytes(f) for f in frames])  # as received: plain frames
     assert not os.path.exists(path) and back["a"].sum() == shm.SHARE_FROM
     back["a"][0] = 9  # writable
+    shm.discard([bytes(f) for f in frames])  # a late duplicate of the result: harmless
+    assert back["a"].sum() == shm.SHARE_FROM + 8
 
 
 def test_a_result_nobody_reads_is_discarded():
@@ -79,13 +131,14 @@ def test_sweep_removes_files_of_dead_processes_only():
     dead.wait()
     pidns = shm._cached[1]
     names = {"dead": f"cw-{pidns}-{dead.pid}-{'a' * 32}", "alive": f"cw-{pidns}-{os.getpid()}-{'b' * 32}",
-             "other namespace": f"cw-{pidns + 1}-{dead.pid}-{'c' * 32}"}
+             "other namespace": f"cw-{pidns + 1}-{dead.pid}-{'c' * 32}",
+             "dead's spare": f"cw-{pidns}-{dead.pid}-s-{'d' * 32}"}
     for name in names.values():
         open(os.path.join(shm.ROOT, name), "w").close()
     try:
-        assert shm.sweep(pidns) >= 1
+        assert shm.sweep(pidns) >= 2
         left = set(os.listdir(shm.ROOT))
-        assert names["dead"] not in left
+        assert names["dead"] not in left and names["dead's spare"] not in left
         assert names["alive"] in left and names["other namespace"] in left
     finally:
         for name in names.values():
