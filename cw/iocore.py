@@ -115,6 +115,7 @@ class IOCore(threading.Thread):
         self.hello_due = False
         self.monitor: Optional[zmq.Socket] = None
         self.pending: dict[int, tuple] = {}  # id -> (payload frames, SUBMIT options)
+        self.delivering: deque = deque()  # results of this turn, for on_result after it
         # Big arguments go through shared memory until an executor cannot map them.
         self.shared = shm.host_key() is not None
         self.session: Optional[str] = None
@@ -136,10 +137,10 @@ class IOCore(threading.Thread):
         self._command(("submit", jid, payload, options))
 
     def send_directly(self, jid: int, payload: tuple, options: dict) -> bool:
-        """Send a job from this (user) thread when nothing is in flight and
-        the I/O thread is between turns; False: queue it for the I/O thread."""
+        """Send a job from this (user) thread when nothing is in flight;
+        False: queue it for the I/O thread."""
         if not self.lock.acquire(blocking=False):
-            return False  # the I/O thread's turn (or a callback submitting)
+            return False  # the I/O thread's turn
         try:
             if self.pending or self.commands or self.closing or self.fatal is not None \
                     or not self.connected.is_set():
@@ -197,6 +198,7 @@ class IOCore(threading.Thread):
                 events = dict(poller.poll(0 if self.readable else int(self.heartbeat * 250)))
                 with self.lock:
                     self.turn(poller, events, wake_fd)
+                self.deliver()
         except BaseException:  # a bug here must not hang the user's futures
             log.exception("client I/O thread failed")
             self.fatal = MasterUnavailableError("the cw client I/O thread failed; see the log")
@@ -339,10 +341,22 @@ class IOCore(threading.Thread):
                 log.warning("dropped a bad message from the master: %s", e)
                 continue
             self.handle(msg)
+
+    def deliver(self) -> None:
+        """Hand the turn's results to ``on_result``, without the lock: a user
+        thread woken by one can send its next job at once."""
+        while self.delivering:
+            jid, status, payload, error, extra, sent = self.delivering.popleft()
+            self.on_result(jid, Status(status), payload, error, *extra)
+            # After the handler: freeing a big file takes milliseconds.
+            shm.release(sent)
+            shm.discard(payload)  # result files the handler did not take
             # Slow callbacks run here; keep the master from taking their
             # silence for a vanished client.
             if self.connected.is_set() and time.monotonic() - self.last_sent >= self.heartbeat:
-                self.send(Message(Kind.HEARTBEAT))
+                with self.lock:
+                    if self.sock is not None:
+                        self.send(Message(Kind.HEARTBEAT))
 
     def handle(self, msg: Message) -> None:
         if msg.kind is Kind.RESULTS:
@@ -350,13 +364,13 @@ class IOCore(threading.Thread):
             for jid, status, error, nframes, *extra in msg.header["results"]:
                 payload = tuple(next(frames) for _ in range(nframes))
                 held = self.pending.pop(jid, None)
-                if held is not None and status == Status.ERROR.value and shm.bounced(error, held[0]):
+                if held is None:  # a duplicate: drop it
+                    shm.discard(payload)
+                elif status == Status.ERROR.value and shm.bounced(error, held[0]):
                     self.resend(jid, *held)
-                elif held is not None:  # else a duplicate: drop it
-                    self.on_result(jid, Status(status), payload, error, *extra)
-                    # After the handler: freeing a big file takes milliseconds.
-                    shm.release(held[0])
-                shm.discard(payload)  # result files the handler did not take
+                    shm.discard(payload)
+                else:
+                    self.delivering.append((jid, status, payload, error, extra, held[0]))
         elif msg.kind is Kind.STARTED:
             self.on_started(msg.header["ids"], msg.header.get("worker"))
         elif msg.kind is Kind.WELCOME:
@@ -438,6 +452,10 @@ class IOCore(threading.Thread):
 
     def fail_pending(self, error: Exception) -> None:
         pending, self.pending = self.pending, {}
+        while self.delivering:  # results not handed over (a handler failed)
+            jid, _, result, _, _, sent = self.delivering.popleft()
+            pending[jid] = (sent, None)
+            shm.discard(result)
         for jid, (payload, _) in pending.items():
             shm.release(payload)
             self.on_result(jid, Status.LOST, (), error)

@@ -116,7 +116,13 @@ MAX_JOB_FRAMES = 1024  # a job's or a result's frames: its pickle and out-of-ban
 FREE_FORM = frozenset({Kind.STATUS})
 
 
-@dataclass(frozen=True)
+# One encoder and decoder for every header: json.dumps with separators
+# builds an encoder per call, and json.loads sniffs the bytes' encoding.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode
+
+
+@dataclass(slots=True)
 class Message:
     """One decoded message: its kind, its JSON header, its opaque payload."""
 
@@ -125,8 +131,7 @@ class Message:
     payload: tuple = ()
 
     def to_frames(self) -> list:
-        head = json.dumps(self.header, separators=(",", ":")).encode()
-        return [MAGIC, self.kind.value, head, *self.payload]
+        return [MAGIC, self.kind.value, _encode(self.header).encode(), *self.payload]
 
     @classmethod
     def from_frames(cls, frames: Sequence[Frame]) -> "Message":
@@ -183,7 +188,7 @@ def decode_header(raw: bytes, limit: int = MAX_HEADER_BYTES) -> dict:
     if len(raw) > limit:
         raise ProtocolError(f"header of {len(raw)} bytes exceeds {limit}")
     try:
-        header = json.loads(raw)
+        header = _decode(raw.decode())
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deep nesting: RecursionError
         raise ProtocolError(f"header is not JSON: {str(e)[:200]}") from e
     if not isinstance(header, dict):
@@ -198,18 +203,42 @@ def validate(kind: Kind, header: dict, npayload: int) -> None:
     """Check a header against its kind's schema (types, ranges, sizes)."""
     if kind in FREE_FORM:
         return
-    for name, (typ, required) in SCHEMAS[kind].items():
-        if name not in header:
+    for name, typ, required, limit in _FIELDS[kind]:
+        value = header.get(name, _MISSING)
+        if value is _MISSING:
             if required:
                 raise ProtocolError(f"{kind.name} header lacks {name!r}")
-            continue
-        _check_value(kind, name, header[name], typ)
+        elif not _plainly_valid(name, value, typ, limit):
+            _check_value(kind, name, value, typ)  # says what is wrong, if anything
     if kind in (Kind.RESULT, Kind.RESULTS):
         _check_results(kind, header["results"], npayload)
     elif kind in (Kind.SUBMIT, Kind.TASK):
         _check_jobs(kind, header, npayload)
     elif npayload:
         raise ProtocolError(f"{kind.name} carries {npayload} payload frames, expected none")
+
+
+_MISSING = object()
+_FIELDS = {kind: [(name, typ, required, LIMITS.get(name, MAX_INT - 1))
+                  for name, (typ, required) in schema.items()] for kind, schema in SCHEMAS.items()}
+
+
+def _plainly_valid(name: str, value: Any, typ: type, limit: int) -> bool:
+    """The common case, checked fast: decoded JSON has exact types (a bool
+    is no int here). False sends the value to ``_check_value``."""
+    if name == "results":
+        return type(value) is list  # its entries: _check_results
+    if typ is int:
+        return type(value) is int and 0 <= value <= limit
+    if typ is list:
+        return type(value) is list and (not value or (
+            len(value) <= 1_000_000 and set(map(type, value)) == {int}
+            and min(value) >= 0 and max(value) < MAX_INT))
+    if typ is str:
+        return type(value) is str and len(value) <= MAX_STRING
+    if typ is float:
+        return (type(value) is float or type(value) is int) and 0 <= value < 1e9
+    return False
 
 
 def job_frames(header: dict, default: int) -> list:
@@ -223,10 +252,14 @@ def _check_jobs(kind: Kind, header: dict, npayload: int) -> None:
     if not 1 <= n <= MAX_BATCH:
         raise ProtocolError(f"{kind.name} carries {n} jobs, expected 1 to {MAX_BATCH}")
     least = 1 if kind is Kind.SUBMIT else 2
-    frames = job_frames(header, least)
-    if len(frames) != n or not all(least <= f <= MAX_JOB_FRAMES for f in frames):
+    frames = header.get("frames")
+    if frames is None:
+        expected = n * least
+    elif len(frames) != n or not least <= min(frames) <= max(frames) <= MAX_JOB_FRAMES:
         raise ProtocolError(f"{kind.name}.frames must give {n} counts of {least} to {MAX_JOB_FRAMES}")
-    expected = sum(frames) + (kind is Kind.SUBMIT)
+    else:
+        expected = sum(frames)
+    expected += kind is Kind.SUBMIT
     if npayload != expected:
         raise ProtocolError(f"{kind.name} of {n} jobs carries {npayload} payload frames, expected {expected}")
 
