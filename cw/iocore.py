@@ -147,9 +147,7 @@ class IOCore(threading.Thread):
                 return False
             self.pending[jid] = (payload, options)
             self.send_jobs([(jid, payload, options)])
-            # Our send may have taken in the news of a message waiting,
-            # which the I/O thread's poll then never sees: hand it over.
-            if self.sock is not None and int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
+            if self.check_readable():  # news our send took in: the I/O thread's poll won't see it
                 self.wake()
             return True
         finally:
@@ -192,7 +190,9 @@ class IOCore(threading.Thread):
         poller = zmq.Poller()
         wake_fd = self.wake_r.fileno()  # zmq's poller reports plain sockets by fd
         poller.register(wake_fd, zmq.POLLIN)
-        self.reset_socket(poller)
+        with self.lock:
+            self.reset_socket(poller)
+            self.readable = self.check_readable()
         try:
             while not self.closing:
                 events = dict(poller.poll(0 if self.readable else int(self.heartbeat * 250)))
@@ -221,9 +221,13 @@ class IOCore(threading.Thread):
             if error:
                 self.die(SecurityError(error))
         self.keep_alive(poller)
-        # ZMQ_FD only says that something changed since the socket was last
-        # used: a send may have taken in a message's arrival unseen.
-        self.readable = self.sock is not None and bool(int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN)
+        self.readable = self.check_readable()
+
+    def check_readable(self) -> bool:
+        """Whether a message waits. ZMQ_FD only signals news the socket has
+        not taken in yet: a send may take in a message's arrival unseen, so
+        after using the socket ask it, which also re-arms the descriptor."""
+        return self.sock is not None and bool(int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN)
 
     def reset_socket(self, poller: zmq.Poller) -> None:
         """(Re)connect: a fresh socket, then HELLO; WELCOME resubmits held jobs."""
@@ -357,6 +361,7 @@ class IOCore(threading.Thread):
                 with self.lock:
                     if self.sock is not None:
                         self.send(Message(Kind.HEARTBEAT))
+                        self.readable = self.check_readable()
 
     def handle(self, msg: Message) -> None:
         if msg.kind is Kind.RESULTS:
