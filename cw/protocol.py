@@ -19,7 +19,7 @@ import zmq
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAGIC = b"CW" + bytes([PROTOCOL_VERSION])
 DEFAULT_PORT = 5494
 MAX_HEADER_BYTES = 64 * 1024
