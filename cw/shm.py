@@ -81,7 +81,9 @@ class _Spares:
         self.lock = threading.Lock()
         self.files: list[tuple[str, int, float]] = []  # (path, size, since), oldest first
 
-    def put(self, path: str, size: int) -> None:
+    def put(self, path: str, size: int, pid: int) -> None:
+        if pid != os.getpid():
+            return  # a mapping inherited by a forked child: the parent's file
         with self.lock:
             self.files.append((path, size, time.monotonic()))
             while len(self.files) > SPARE_FILES or sum(f[1] for f in self.files) > SPARE_BYTES:
@@ -114,6 +116,14 @@ class _Spares:
 
 _spares = _Spares()
 atexit.register(_spares.clear)  # runs after weakref.finalize's own exit hook: nothing escapes
+
+
+def _forget_parents_spares() -> None:
+    """In a forked child: the spares it inherited are its parent's."""
+    _spares.files, _spares.lock = [], threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parents_spares)
 
 
 def tidy() -> None:
@@ -246,7 +256,7 @@ def attach(frame: Any) -> mmap.mmap:
     except OSError as e:
         _unlink(mine)
         raise DataUnreachable(f"cannot map {path}: {e.strerror}") from e
-    weakref.finalize(m, _spares.put, mine, len(m))
+    weakref.finalize(m, _spares.put, mine, len(m), os.getpid())
     return m
 
 

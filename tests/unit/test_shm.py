@@ -92,6 +92,27 @@ def test_small_buffers_and_unshared_calls_stay_inline():
     assert not any(isinstance(f, shm.Ref) for f in dumps_call(len, (big,), {}))
 
 
+def test_a_forked_child_leaves_its_parents_files_alone():
+    def value():
+        return loads_value([bytes(f) for f in dumps_value(numpy.ones(shm.SHARE_FROM, dtype=numpy.uint8),
+                                                          owner=os.getpid())])
+    spare, mapped = value(), value()
+    del spare
+    (path,) = spares()
+    child = os.fork()
+    if child == 0:  # what the child's exit would do: its mappings go, then its spares
+        try:
+            del mapped
+            gc.collect()
+            shm.drop_spares()
+        finally:
+            os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    assert spares() == [path] and os.path.exists(path)
+    del mapped
+    assert len(spares()) == 2  # the parent's own mapping ended: its file is a spare here
+
+
 def test_a_result_is_claimed_by_its_reader():
     value = {"a": numpy.ones(shm.SHARE_FROM, dtype=numpy.uint8)}
     frames = dumps_value(value, owner=os.getpid())
