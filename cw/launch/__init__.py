@@ -44,13 +44,17 @@ def query_status(host: str, port: int, timeout: float = 5.0, *, cluster: Optiona
 
 
 def wait_until(check: Callable[[], Optional[dict]], timeout: float, poll: float = 0.1) -> Optional[dict]:
-    """Call ``check`` until it returns a value or ``timeout`` passes."""
+    """Call ``check`` until it returns a value or ``timeout`` passes: soon
+    at first (a local cluster is up in a fraction of a second), then every
+    ``poll`` seconds."""
     deadline = time.monotonic() + timeout
+    pause = min(0.02, poll)
     while True:
         value = check()
         if value is not None or time.monotonic() > deadline:
             return value
-        time.sleep(poll)
+        time.sleep(pause)
+        pause = min(poll, pause * 2)
 
 
 def wait_for_workers(host: str, port: int, pids: set, procs: int, timeout: float, *,
