@@ -116,8 +116,13 @@ def test_dashboard_shows_live_worker_count_in_a_browser(procs, cw_home, browser)
     procs.worker(port)  # a second worker: the page follows without a reload
     wait_for(lambda: text_of(browser, "workers") == "2", timeout=30, what="the page showing 2 workers")
 
+    from selenium.common.exceptions import StaleElementReferenceException
+
     def rows():
-        return [r.text for r in browser.find_elements("css selector", "#worker-rows tr")]
+        try:
+            return [r.text for r in browser.find_elements("css selector", "#worker-rows tr")]
+        except StaleElementReferenceException:  # the table was redrawn meanwhile: look again
+            return []
 
     # A new worker shows as "starting" until its executor registers.
     wait_for(lambda: len(rows()) == 2 and all(" idle " in r for r in rows()), timeout=30,
