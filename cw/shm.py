@@ -60,9 +60,10 @@ SPARE_SECONDS = 10.0  # each for this long unused
 
 
 class DataUnreachable(CWError):
-    """An executor on another host (or in another container) cannot map the
-    shared-memory file a job's arguments are in; the client resends the job
-    with its data inline."""
+    """An executor cannot map the shared-memory file a job's arguments are
+    in: it is on another host (or in another container), and the client
+    resends the job with its data inline; or another executor claimed the
+    file for an earlier run of the job, and the client writes a fresh one."""
 
 
 class Ref(bytes):
