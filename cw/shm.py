@@ -79,13 +79,24 @@ class _Spares:
     already. Thread-safe (a mapping dies in whichever thread drops it)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # Reentrant: a mapping may die (and call put) in a garbage collection
+        # that an allocation under the lock set off.
+        self.lock = threading.RLock()
         self.files: list[tuple[str, int, float]] = []  # (path, size, since), oldest first
+        self.mapped: set[str] = set()  # claimed files mapped now
+        self.forks = 0  # forks since start: a child may still map what was mapped then
+        self.closed = False  # exiting: no more spares
 
-    def put(self, path: str, size: int, pid: int) -> None:
+    def put(self, path: str, size: int, pid: int, forks: int) -> None:
+        """A mapping died: its file becomes a spare, unless a forked child
+        may map it still (then it goes), or it is a parent's (left alone)."""
         if pid != os.getpid():
             return  # a mapping inherited by a forked child: the parent's file
         with self.lock:
+            self.mapped.discard(path)
+            if forks != self.forks or self.closed:
+                _unlink(path)
+                return
             self.files.append((path, size, time.monotonic()))
             while len(self.files) > SPARE_FILES or sum(f[1] for f in self.files) > SPARE_BYTES:
                 _unlink(self.files.pop(0)[0])
@@ -114,17 +125,31 @@ class _Spares:
                 _unlink(f[0])
             self.files.clear()
 
+    def close(self) -> None:
+        """At exit: remove the spares, and the files still mapped (their
+        mappings last as long as the process)."""
+        with self.lock:
+            self.closed = True
+            self.clear()
+            for path in self.mapped:
+                _unlink(path)
+            self.mapped.clear()
+
 
 _spares = _Spares()
-atexit.register(_spares.clear)  # runs after weakref.finalize's own exit hook: nothing escapes
+atexit.register(_spares.close)
+
+
+def _forked() -> None:
+    _spares.forks += 1
 
 
 def _forget_parents_spares() -> None:
-    """In a forked child: the spares it inherited are its parent's."""
-    _spares.files, _spares.lock = [], threading.Lock()
+    """In a forked child: the spares and mapped files it inherited are its parent's."""
+    _spares.files, _spares.mapped, _spares.lock = [], set(), threading.RLock()
 
 
-os.register_at_fork(after_in_child=_forget_parents_spares)
+os.register_at_fork(after_in_parent=_forked, after_in_child=_forget_parents_spares)
 
 
 def tidy() -> None:
@@ -257,13 +282,22 @@ def attach(frame: Any) -> mmap.mmap:
     except OSError as e:
         _unlink(mine)
         raise DataUnreachable(f"cannot map {path}: {e.strerror}") from e
-    weakref.finalize(m, _spares.put, mine, len(m), os.getpid())
+    with _spares.lock:
+        _spares.mapped.add(mine)
+    weakref.finalize(m, _spares.put, mine, len(m), os.getpid(), _spares.forks)
     return m
 
 
 def inline(frame: Any) -> Any:
-    """A frame with the bytes in place of a reference to their file."""
-    return frame.source if isinstance(frame, Ref) else frame
+    """A frame with the bytes in place of a reference to their file: the
+    file's (as they were sent), else the buffer's (as it is now)."""
+    if not isinstance(frame, Ref):
+        return frame
+    try:
+        with open(frame.path, "rb") as f:
+            return f.read()
+    except OSError:
+        return frame.source
 
 
 def reissue(frame: Any, owner: int) -> Any:
