@@ -122,7 +122,7 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 _decode = json.JSONDecoder().decode
 
 
-@dataclass(slots=True)
+@dataclass
 class Message:
     """One decoded message: its kind, its JSON header, its opaque payload."""
 
