@@ -203,6 +203,10 @@ class IOCore(threading.Thread):
             log.exception("client I/O thread failed")
             self.fatal = MasterUnavailableError("the cw client I/O thread failed; see the log")
             with self.lock:
+                while self.delivering:  # results not handed over (a handler failed)
+                    jid, _, result, _, _, sent = self.delivering.popleft()
+                    self.pending[jid] = (sent, None)
+                    shm.discard(result)
                 self.fail_pending(self.fatal)
         finally:
             if self.fatal is None:
@@ -456,11 +460,8 @@ class IOCore(threading.Thread):
         self.send_jobs([(jid, again, options)])
 
     def fail_pending(self, error: Exception) -> None:
+        """Fail every job held (results received this turn are still handed over)."""
         pending, self.pending = self.pending, {}
-        while self.delivering:  # results not handed over (a handler failed)
-            jid, _, result, _, _, sent = self.delivering.popleft()
-            pending[jid] = (sent, None)
-            shm.discard(result)
         for jid, (payload, _) in pending.items():
             shm.release(payload)
             self.on_result(jid, Status.LOST, (), error)
