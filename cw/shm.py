@@ -14,10 +14,10 @@ does not limit them.
 
 Whoever maps a file first claims it: it renames the file to a *spare* name
 of its own (``cw-<pidns>-<pid>-s-<token>``), so no other process can map it
-(a job requeued meanwhile gets its data inline). Once its mapping is gone,
-the file is a spare: the next big buffer this process sends overwrites it,
-which costs half as much as filling fresh pages, and renames it to a job
-file. Spares are few (``SPARE_FILES``, ``SPARE_BYTES``), short-lived
+(a job requeued meanwhile bounces, and its client writes a fresh file).
+Once its mapping is gone, the file is a spare: the next big buffer this
+process sends overwrites it, which costs half as much as filling fresh
+pages, and renames it to a job file. Spares are few (``SPARE_FILES``, ``SPARE_BYTES``), short-lived
 (``SPARE_SECONDS``) and removed when their process exits.
 
 The *host key* names what two processes must share for a file one writes to
@@ -68,7 +68,8 @@ class DataUnreachable(CWError):
 
 class Ref(bytes):
     """A payload frame naming a shared-memory file instead of holding bytes;
-    ``source``, the buffer written there, is what an inline resend sends."""
+    ``source``, the buffer written there, is what a resend sends once the
+    file is gone."""
 
     path: str
     source: memoryview
@@ -86,6 +87,12 @@ class _Spares:
         self.mapped: set[str] = set()  # claimed files mapped now
         self.forks = 0  # forks since start: a child may still map what was mapped then
         self.closed = False  # exiting: no more spares
+
+    def watch(self, mapping: mmap.mmap, path: str) -> None:
+        """Note a file this process mapped; ``put`` it when the mapping dies."""
+        with self.lock:
+            self.mapped.add(path)
+            weakref.finalize(mapping, self.put, path, len(mapping), os.getpid(), self.forks)
 
     def put(self, path: str, size: int, pid: int, forks: int) -> None:
         """A mapping died: its file becomes a spare, unless a forked child
@@ -282,9 +289,7 @@ def attach(frame: Any) -> mmap.mmap:
     except OSError as e:
         _unlink(mine)
         raise DataUnreachable(f"cannot map {path}: {e.strerror}") from e
-    with _spares.lock:
-        _spares.mapped.add(mine)
-    weakref.finalize(m, _spares.put, mine, len(m), os.getpid(), _spares.forks)
+    _spares.watch(m, mine)
     return m
 
 
