@@ -13,6 +13,7 @@ from conftest import ROOT, wait_for, wait_workers
 
 from cw import shm
 from cw.client import ClientThread, ClusterExecutor
+from cw.cluster import pid_alive
 from cw.launch import query_status
 
 MIB = 1 << 20
@@ -77,6 +78,11 @@ def test_a_job_requeued_after_its_executor_died_gets_a_fresh_file(cluster, tmp_p
         assert ex.submit(jobs.sum_dying_once, data, str(tmp_path / "died")).result(60) == data.sum()
         assert ex._core.shared
         wait_for(lambda: our_files() == [], what="the job's files to go")
+    # The file the dead executor claimed is named after it: the sweep takes it.
+    shm.sweep(shm._cached[1])
+    dead = [n for n in os.listdir(shm.ROOT) if n.startswith(f"cw-{shm._cached[1]}-")
+            and not pid_alive(int(n.split("-")[2]))]
+    assert dead == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
