@@ -180,6 +180,7 @@ class Executor:
         self._path: list = []
         self._path_key: tuple = ()
         self._args: Any = None  # the last job's arguments, dropped after its result left
+        self.home = os.getcwd()  # where each job's chdir is undone
 
     def register(self) -> None:
         header = _peer_header(self.capacity, supervisor=self.supervisor, batch=self.batch)
@@ -187,14 +188,19 @@ class Executor:
 
     def run(self) -> None:
         self.register()
-        while not self.stopping and os.getppid() == self.parent:
-            self.receive(0 if self.tasks else self.peer.heartbeat)
+        while not self.stopping:
+            # Between queued tasks nothing needs hearing: what arrived
+            # meanwhile waits in the socket until the queue runs dry.
+            if not self.tasks:
+                if os.getppid() != self.parent:
+                    break
+                shm.tidy()
+                self.receive(self.peer.heartbeat)
             if self.tasks and not self.stopping:  # stopping: the master requeues the rest at BYE
                 self.run_next()
             if not self.peer.tick():
                 self.peer.last_heard = time.monotonic()
                 self.register()
-            shm.tidy()
         self.flush()
         self.peer.send(Message(Kind.BYE))
         self.peer.close(linger=1000)
@@ -266,7 +272,7 @@ class Executor:
     def run_task(self, tid: int, frames: list) -> tuple[list, list]:
         """Run one job; return its RESULT entry and payload frames."""
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
-        old_cwd, old_path = os.getcwd(), sys.path[:]
+        old_path = sys.path[:]
         if self.slot is not None:
             self.slot[:8] = tid.to_bytes(8, "little")
         try:
@@ -296,7 +302,7 @@ class Executor:
                 self.slot[:8] = bytes(8)
             sys.path[:] = old_path
             try:
-                os.chdir(old_cwd)
+                os.chdir(self.home)
             except OSError:
                 pass
 
