@@ -35,13 +35,13 @@ import zmq
 from . import shm
 from .errors import CWError, JobRejectedError, MasterUnavailableError, ProtocolError, SecurityError
 from .protocol import (
-    MAGIC,
     NOBLOCK,
     PROTOCOL_VERSION,
     ErrorCode,
     Kind,
     Message,
     Status,
+    peer_version,
     recv_frames,
     send_frames,
     versions,
@@ -340,10 +340,10 @@ class IOCore(threading.Thread):
             try:
                 msg = Message.from_frames(frames)
             except ProtocolError as e:
-                magic = frames[0].bytes
-                if len(magic) == 3 and magic[:2] == b"CW" and magic != MAGIC:
+                version = peer_version(frames)
+                if version is not None and version != PROTOCOL_VERSION:
                     self.die(ProtocolError(
-                        f"the master at {self.address} speaks cw protocol {magic[2]}, this client "
+                        f"the master at {self.address} speaks cw protocol {version}, this client "
                         f"{PROTOCOL_VERSION}: install the same cw version on every machine"))
                     return
                 log.warning("dropped a bad message from the master: %s", e)

@@ -47,6 +47,7 @@ from .protocol import (
     Message,
     Status,
     job_frames,
+    legacy_layout,
     recv_frames,
     send_frames,
     versions,
@@ -217,7 +218,7 @@ class Master:
             handler(identity, msg, now)
         except ProtocolError as e:
             self.salvage(identity, frames[1:], str(e))
-            self.refuse(identity, str(e))
+            self.refuse(identity, str(e), legacy=legacy_layout(frames[1:]))
         except Exception as e:  # a bug must cost one message, never the master
             log.exception("error handling a message from peer %s", identity.hex()[:16])
             self.refuse(identity, f"internal error: {type(e).__name__}")
@@ -227,7 +228,7 @@ class Master:
         ids = salvage_ids(frames)
         if not ids:
             return
-        if identity in self.clients and bytes(frames[1]) == Kind.SUBMIT.value:
+        if identity in self.clients and bytes(frames[0])[3:4] == Kind.SUBMIT.value:
             for cid in ids:
                 self.reply_refused(identity, cid, reason)
             return
@@ -242,8 +243,9 @@ class Master:
                     self.reply(job, Status.ERROR, (), f"its result was refused: {reason}")
 
     def refuse(self, identity: bytes, reason: str, jid: Optional[int] = None,
-               code: ErrorCode = ErrorCode.MALFORMED) -> None:
-        """Count and drop a bad message; tell the peer why; log once per peer."""
+               code: ErrorCode = ErrorCode.MALFORMED, legacy: bool = False) -> None:
+        """Count and drop a bad message; tell the peer why (``legacy``: in the
+        layout of protocols 1 to 3, which it speaks); log once per peer."""
         self.counts[code.value.replace("-", "_")] += 1
         if identity not in self.malformed:
             if len(self.malformed) > 10_000:
@@ -254,11 +256,11 @@ class Master:
         header: dict = {"error": reason[:1000], "code": code.value}
         if jid is not None:
             header["id"] = jid
-        self.send(identity, Message(Kind.ERROR, header))
+        self.send(identity, Message(Kind.ERROR, header), legacy)
 
-    def send(self, identity: bytes, msg: Message) -> None:
+    def send(self, identity: bytes, msg: Message, legacy: bool = False) -> None:
         try:
-            send_frames(self.sock, [identity, *msg.to_frames()])
+            send_frames(self.sock, [identity, *(msg.to_legacy_frames() if legacy else msg.to_frames())])
         except zmq.ZMQError as e:  # peer gone: it will reconnect or be purged
             log.debug("send to %s failed: %s", identity.hex()[:16], e)
 

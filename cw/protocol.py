@@ -2,7 +2,12 @@
 
 Every message is a ZeroMQ multipart message::
 
-    [b"CW" + version byte] [kind: 1 ascii byte] [header: compact JSON] [payload ...]
+    [b"CW" + version byte + kind (1 ascii byte) + header (compact JSON)] [payload ...]
+
+(Protocols 1 to 3 sent the magic, the kind and the header as three frames;
+one frame costs every hop less. ``peer_version`` reads the version of a
+peer in either layout, and ``Message.to_legacy_frames`` answers an old peer
+in its own, so it is told to upgrade rather than left waiting.)
 
 Headers are JSON objects (never pickle) and are validated against a small
 schema per kind, so a malformed or hostile message can at worst be dropped.
@@ -19,7 +24,7 @@ import zmq
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAGIC = b"CW" + bytes([PROTOCOL_VERSION])
 DEFAULT_PORT = 5494
 MAX_HEADER_BYTES = 64 * 1024
@@ -131,28 +136,46 @@ class Message:
     payload: tuple = ()
 
     def to_frames(self) -> list:
+        return [MAGIC + self.kind.value + _encode(self.header).encode(), *self.payload]
+
+    def to_legacy_frames(self) -> list:
+        """The layout of protocols 1 to 3 (magic, kind, header: three frames),
+        with our version: what a peer speaking those can read to see that
+        it must upgrade."""
         return [MAGIC, self.kind.value, _encode(self.header).encode(), *self.payload]
 
     @classmethod
     def from_frames(cls, frames: Sequence[Frame]) -> "Message":
         """Decode and validate; any defect raises ``ProtocolError``."""
-        if len(frames) < 3:
-            raise ProtocolError(f"expected at least 3 frames, got {len(frames)}")
-        magic = _bytes(frames[0])
-        if magic[:2] != b"CW" or len(magic) != 3:
-            raise ProtocolError("not a cw message (bad magic frame)")
-        if magic != MAGIC:
+        if not frames:
+            raise ProtocolError("empty message")
+        first = _bytes(frames[0])
+        if first[:2] != b"CW" or len(first) < 3:
+            raise ProtocolError("not a cw message (bad magic)")
+        if first[:3] != MAGIC:
             raise ProtocolError(
-                f"protocol version {magic[2]} spoken by peer, {PROTOCOL_VERSION} here"
+                f"protocol version {first[2]} spoken by peer, {PROTOCOL_VERSION} here"
             )
-        kind = _KINDS.get(_bytes(frames[1]))
+        kind = _KINDS.get(first[3:4])
         if kind is None:
-            raise ProtocolError(f"unknown message kind {_bytes(frames[1])[:8]!r}")
+            raise ProtocolError(f"unknown message kind {first[3:4]!r}")
         limit = MAX_STATUS_BYTES if kind is Kind.STATUS else MAX_HEADER_BYTES
-        header = decode_header(_bytes(frames[2]), limit)
-        payload = tuple(frames[3:])
+        header = decode_header(first[4:], limit)
+        payload = tuple(frames[1:])
         validate(kind, header, len(payload))
         return cls(kind, header, payload)
+
+
+def peer_version(frames: Sequence[Frame]) -> Union[int, None]:
+    """The protocol version a cw peer's message says, whichever layout it
+    used; None when it is no cw message at all."""
+    first = _bytes(frames[0]) if frames else b""
+    return first[2] if first[:2] == b"CW" and len(first) >= 3 else None
+
+
+def legacy_layout(frames: Sequence[Frame]) -> bool:
+    """Whether a message uses protocol 1 to 3's layout (a 3-byte magic frame)."""
+    return bool(frames) and len(frames[0]) == 3 and peer_version(frames) is not None
 
 
 # pyzmq's send_multipart/recv_multipart cost twice these loops: they build

@@ -35,9 +35,10 @@ def salvage_ids(frames: list) -> list[int]:
     """The job ids of a broken SUBMIT (``ids``) or RESULT (``results``) that
     can be read, to fail those jobs rather than leave them hanging."""
     try:
-        if bytes(frames[1]) not in (Kind.SUBMIT.value, Kind.RESULT.value):
+        first = bytes(frames[0])
+        if first[3:4] not in (Kind.SUBMIT.value, Kind.RESULT.value):
             return []
-        header = json.loads(bytes(frames[2]))
+        header = json.loads(first[4:])
         ids = header.get("ids") or [e[0] for e in header["results"][:10_000] if isinstance(e, list) and e]
     except Exception:
         return []

@@ -30,7 +30,11 @@ header = st.one_of(
 )
 message = st.one_of(
     st.lists(st.binary(max_size=128), min_size=1, max_size=6),
+    # This protocol's layout (magic, kind and header in one frame), and the
+    # three frames of protocols 1 to 3.
     st.tuples(st.sampled_from([MAGIC, b"CW\x00", b"CW", b"XX\x01"]), st.sampled_from(KINDS), header,
+              st.lists(st.binary(max_size=256), max_size=3)).map(lambda t: [t[0] + t[1] + t[2], *t[3]]),
+    st.tuples(st.sampled_from([MAGIC, b"CW\x03"]), st.sampled_from(KINDS), header,
               st.lists(st.binary(max_size=256), max_size=3)).map(lambda t: [t[0], t[1], t[2], *t[3]]),
 )
 

@@ -93,8 +93,8 @@ def test_garbage_does_not_stop_the_master(cluster):
     apply_client(sock, client_keys(cluster_dir()))  # an authenticated peer sending garbage
     sock.connect(f"tcp://127.0.0.1:{port}")
     try:
-        for frames in ([b"junk"], [MAGIC, b"S", b"{bad"], [MAGIC, b"?", b"[]"],
-                       [b"CW\x07", b"H", b"{}"], [MAGIC, b"R", b'{"results": [[1, "ok", null, 0]]}', b"x"]):
+        for frames in ([b"junk"], [MAGIC + b"S{bad"], [MAGIC + b"?[]"], [b"CW\x07", b"H", b"{}"],
+                       [MAGIC + b'R{"results": [[1, "ok", null, 0]]}', b"x"]):
             sock.send_multipart(frames)
         wait_for(lambda: query_status("127.0.0.1", port)["counts"]["malformed"] >= 4, what="drops")
     finally:

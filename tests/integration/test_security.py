@@ -1,9 +1,11 @@
 """CURVE on by default: who gets in, who does not, and what each side is told."""
+import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import jobs
@@ -14,8 +16,9 @@ from conftest import ROOT, wait_for
 from cw import JobRejectedError, SecurityError
 from cw.client import ClusterExecutor
 from cw.cluster import cluster_dir
+from cw.errors import ProtocolError
 from cw.launch import query_status
-from cw.protocol import PROTOCOL_VERSION, Kind, Message, versions
+from cw.protocol import MAGIC, PROTOCOL_VERSION, Kind, Message, versions
 from cw.security import Keys, apply_client, client_keys, ensure_keys, load_public
 from cw.serialize import context_frame, dumps_call
 
@@ -158,15 +161,52 @@ def test_protocol_mismatch_is_refused_naming_both_versions(cluster):
     apply_client(sock, client_keys(cluster_dir()))
     sock.connect(f"tcp://127.0.0.1:{port}")
     try:
-        hello = {"session": "x", "host": "h", "pid": 1, **versions()}
+        hello = json.dumps({"session": "x", "host": "h", "pid": 1, **versions()}).encode()
         other = PROTOCOL_VERSION + 1
-        sock.send_multipart([b"CW" + bytes([other]), b"H", Message(Kind.HELLO, hello).to_frames()[2]])
+        sock.send_multipart([b"CW" + bytes([other]) + b"H" + hello])
         assert sock.poll(10_000)
         reply = Message.from_frames(sock.recv_multipart())
         assert reply.kind is Kind.ERROR
         assert f"protocol version {other} spoken by peer, {PROTOCOL_VERSION} here" in reply.header["error"]
+        # A peer of protocol 3 or older sent magic, kind and header as three
+        # frames: it is answered in that layout, which it can read.
+        sock.send_multipart([b"CW\x03", b"H", hello])
+        assert sock.poll(10_000)
+        magic, kind, header = sock.recv_multipart()
+        assert (magic, kind) == (MAGIC, Kind.ERROR.value)
+        assert f"protocol version 3 spoken by peer, {PROTOCOL_VERSION} here" in json.loads(header)["error"]
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("version", [3, PROTOCOL_VERSION + 1])
+def test_a_client_meeting_a_master_of_another_protocol_is_told_at_once(version):
+    """A master of protocol 3 refuses this client's one-frame HELLO in its
+    three-frame layout; a newer one in one frame. Either way the client
+    names both versions at once instead of waiting for its connect timeout."""
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    magic, kind = b"CW" + bytes([version]), Kind.ERROR.value
+    refusal = b'{"error":"protocol version %d spoken by peer","code":"malformed"}' % PROTOCOL_VERSION
+    reply = [magic, kind, refusal] if version <= 3 else [magic + kind + refusal]
+
+    def other_master():
+        if router.poll(30_000):
+            identity = router.recv_multipart()[0]
+            router.send_multipart([identity, *reply])
+
+    thread = threading.Thread(target=other_master, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    try:
+        told = f"speaks cw protocol {version}, this client {PROTOCOL_VERSION}"
+        with pytest.raises(ProtocolError, match=told):
+            ClusterExecutor("127.0.0.1", port, connect_timeout=60, insecure=True)
+        assert time.monotonic() - start < 30  # told at once, not at the timeout
+    finally:
+        thread.join(35)
+        router.close()
 
 
 def test_per_client_job_limit_is_a_clear_error_not_silent_loss(procs):

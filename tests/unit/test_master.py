@@ -208,7 +208,7 @@ def test_resubmitted_job_is_kept_once(master):
 
 def test_malformed_message_is_counted_and_answered(master):
     c = client(master)
-    c.send_raw([MAGIC, b"S", b"{oops"])
+    c.send_raw([MAGIC + b"S{oops"])
     err = c.recv({Kind.ERROR})
     assert err.header["code"] == ErrorCode.MALFORMED.value and "JSON" in err.header["error"]
     c.send_raw([b"garbage"])

@@ -6,19 +6,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cw.errors import ProtocolError
-from cw.protocol import MAGIC, MAX_HEADER_BYTES, Kind, Message, validate
+from cw.protocol import MAGIC, MAX_HEADER_BYTES, Kind, Message, legacy_layout, peer_version, validate
 
 
 def frames(kind: bytes, header, *payload, magic=MAGIC):
     head = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return [magic, kind, head, *payload]
+    return [magic + kind + head, *payload]
 
 
 def test_round_trip_keeps_kind_header_and_payload():
     msg = Message(Kind.SUBMIT, {"ids": [5], "retries": 1}, (b"ctx", b"call"))
     back = Message.from_frames(msg.to_frames())
     assert back == msg
-    assert msg.to_frames()[:2] == [MAGIC, b"S"]
+    assert msg.to_frames()[0][:4] == MAGIC + b"S"
+    assert msg.to_frames()[1:] == [b"ctx", b"call"]  # payload frames stay apart
 
 
 def test_jobs_with_buffers_count_their_frames():
@@ -29,13 +30,29 @@ def test_jobs_with_buffers_count_their_frames():
 
 
 def test_header_is_compact_json():
-    assert Message(Kind.CANCEL, {"id": 1}).to_frames()[2] == b'{"id":1}'
+    assert Message(Kind.CANCEL, {"id": 1}).to_frames() == [MAGIC + b'C{"id":1}']
+
+
+def test_the_version_of_a_peer_is_read_in_either_layout():
+    """Protocols 1 to 3 sent magic, kind and header as three frames: such a
+    peer is answered in its own layout, to be told to upgrade."""
+    old = [b"CW\x03", b"H", b"{}"]
+    assert peer_version(old) == 3 and legacy_layout(old)
+    new = Message(Kind.HELLO, {}).to_frames()
+    assert peer_version(new) == 4 and not legacy_layout(new)
+    assert peer_version([b"junk"]) is None and not legacy_layout([b"abc"])
+    legacy = Message(Kind.ERROR, {"error": "x"}).to_legacy_frames()
+    assert legacy == [MAGIC, b"E", b'{"error":"x"}']
+    with pytest.raises(ProtocolError, match="protocol version 3 spoken by peer, 4 here"):
+        Message.from_frames(old)
 
 
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ([MAGIC, b"S"], "at least 3 frames"),
+        ([], "empty message"),
+        ([b"CW"], "not a cw message"),
+        ([MAGIC + b"S"], "not JSON"),
         (frames(b"S", {"id": 1}, b"a", b"b", magic=b"XX\x01"), "not a cw message"),
         (frames(b"S", {"id": 1}, b"a", b"b", magic=b"CW\x09"), "protocol version 9"),
         (frames(b"Q", {}), "unknown message kind"),
@@ -122,21 +139,21 @@ def test_random_frames_never_raise_anything_but_protocol_error(raw):
 )
 def test_mutated_headers_never_raise_anything_but_protocol_error(kind, header, payload):
     try:
-        Message.from_frames([MAGIC, kind, json.dumps(header).encode(), *payload])
+        Message.from_frames([MAGIC + kind + json.dumps(header).encode(), *payload])
     except ProtocolError:
         pass
 
 
 def test_deeply_nested_header_is_a_protocol_error_not_a_crash():
     with pytest.raises(ProtocolError, match="not JSON"):
-        Message.from_frames([MAGIC, b"?", b"[" * 50_000])
+        Message.from_frames([MAGIC + b"?" + b"[" * 50_000])
 
 
 def test_a_status_reply_of_a_big_cluster_may_outgrow_other_headers():
     """2,000 executors describe themselves in well over 64 KiB."""
     snapshot = {"executors": [{"host": "node%04d" % i, "pid": i, "job": None} for i in range(2000)]}
     raw = Message(Kind.STATUS, snapshot).to_frames()
-    assert len(raw[2]) > MAX_HEADER_BYTES
+    assert len(raw[0]) > MAX_HEADER_BYTES
     assert Message.from_frames(raw).header == snapshot
     with pytest.raises(ProtocolError, match="exceeds"):
-        Message.from_frames([MAGIC, b"C", b" " * (MAX_HEADER_BYTES + 1)])
+        Message.from_frames([MAGIC + b"C" + b" " * (MAX_HEADER_BYTES + 1)])
