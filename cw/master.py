@@ -46,7 +46,7 @@ from .protocol import (
     Kind,
     Message,
     Status,
-    job_frames,
+    job_runs,
     legacy_layout,
     recv_frames,
     send_frames,
@@ -305,29 +305,28 @@ class Master:
             self.refuse(identity, "unknown client: send HELLO first", None, ErrorCode.UNKNOWN_PEER)
             return
         client.last_seen = now
-        context = msg.payload[0].bytes  # a Frame would pin its receive buffer while jobs wait
         retries = msg.header.get("retries", DEFAULT_RETRIES)
         timeout = msg.header.get("timeout")
-        end = 1
-        for cid, n in zip(msg.header["ids"], job_frames(msg.header, 1)):
-            start, end = end, end + n
-            if cid in client.jobs:
-                continue  # a resubmission of a job we hold: keep the first
-            # Small frames are copied out of their zmq.Frame, which costs far
-            # more memory than the bytes while a million jobs wait in the queue.
-            payload = (context, *(f.bytes if len(f) < COPY_BELOW else f for f in msg.payload[start:end]))
-            size = sum(len(f) for f in payload)
-            refusal = self.limits.check(len(client.jobs), client.held_bytes, size)
-            if refusal:
-                self.reply_refused(identity, cid, refusal)
-                continue
-            job = Job(self.next_tid, identity, cid, payload, retries, size, timeout)
-            client.held_bytes += size
-            self.next_tid += 1
-            client.jobs[cid] = job
-            client.queue.append(job)
-            self.queued += 1
-            self.counts["submitted"] += 1
+        for frame, run in job_runs(msg.header, msg.payload):
+            context = bytes(frame)  # a Frame would pin its receive buffer while jobs wait
+            for cid, frames in run:
+                if cid in client.jobs:
+                    continue  # a resubmission of a job we hold: keep the first
+                # Small frames are copied out of their zmq.Frame, which costs far
+                # more memory than the bytes while a million jobs wait in the queue.
+                payload = (context, *(f.bytes if len(f) < COPY_BELOW else f for f in frames))
+                size = sum(len(f) for f in payload)
+                refusal = self.limits.check(len(client.jobs), client.held_bytes, size)
+                if refusal:
+                    self.reply_refused(identity, cid, refusal)
+                    continue
+                job = Job(self.next_tid, identity, cid, payload, retries, size, timeout)
+                client.held_bytes += size
+                self.next_tid += 1
+                client.jobs[cid] = job
+                client.queue.append(job)
+                self.queued += 1
+                self.counts["submitted"] += 1
         if client.queue:
             self.mark_ready(client)
 
@@ -520,10 +519,24 @@ class Master:
         return jobs
 
     def send_task(self, state: ExecutorState, jobs: list[Job]) -> None:
+        """One TASK; neighbours that share a context (the same client, as a
+        rule) share its frame: see ``job_runs``."""
         header: dict = {"ids": [job.tid for job in jobs]}
-        frames = [f for job in jobs for f in job.payload]
-        if len(frames) != 2 * len(jobs):  # some job has out-of-band buffers
-            header["frames"] = [len(job.payload) for job in jobs]
+        frames: list = []
+        runs: list[int] = []
+        context = None
+        for job in jobs:
+            if runs and (job.payload[0] is context or job.payload[0] == context):
+                runs[-1] += 1
+                frames += job.payload[1:]
+            else:
+                context = job.payload[0]
+                runs.append(1)
+                frames += job.payload
+        if len(runs) > 1:
+            header["contexts"] = runs
+        if len(frames) != len(jobs) + len(runs):  # some job has out-of-band buffers
+            header["frames"] = [len(job.payload) - 1 for job in jobs]
         self.send(state.identity, Message(Kind.TASK, header, tuple(frames)))
 
     def next_job(self, client: ClientState) -> Optional[Job]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any, Iterator, Sequence, Union
 
 import zmq
 
@@ -42,13 +42,13 @@ class Kind(enum.Enum):
 
     HELLO = b"H"  # client -> master: who I am, versions
     WELCOME = b"W"  # master -> client: accepted, master session
-    SUBMIT = b"S"  # client -> master: jobs (payload: one context, then each job's frames)
+    SUBMIT = b"S"  # client -> master: jobs (payload: a context, then its jobs' frames; see job_runs)
     CANCEL = b"C"  # client -> master: drop a queued job
     STARTED = b"A"  # master -> client: these jobs run on a worker (quick ones: said in RESULTS)
     RESULT = b"R"  # executor -> master: outcomes of jobs it ran, batched
     RESULTS = b"Z"  # master -> client: outcomes, batched per turn of the master's loop
     READY = b"Y"  # executor -> master: registered, capacity
-    TASK = b"T"  # master -> executor: run these jobs, in order
+    TASK = b"T"  # master -> executor: run these jobs, in order (laid out as SUBMIT)
     DIED = b"D"  # supervisor -> master: an executor died (exit code)
     DRAIN = b"N"  # supervisor -> master: send my executors nothing more
     DEPART = b"P"  # supervisor -> master: leaving; requeue what my executors held
@@ -93,15 +93,15 @@ SCHEMAS: dict[Kind, dict[str, tuple[type, bool]]] = {
     Kind.HELLO: {"session": (str, True), **_PEER},
     Kind.WELCOME: {"session": (str, True), "heartbeat": (float, True),
                    "max_message_size": (int, False), **_VERSIONS},
-    Kind.SUBMIT: {"ids": (list, True), "frames": (list, False), "retries": (int, False),
-                  "timeout": (float, False)},
+    Kind.SUBMIT: {"ids": (list, True), "frames": (list, False), "contexts": (list, False),
+                  "retries": (int, False), "timeout": (float, False)},
     Kind.CANCEL: {"id": (int, True), "force": (bool, False)},
     Kind.STARTED: {"ids": (list, True), "worker": (str, False)},
     Kind.RESULT: {"results": (list, True), "busy": (float, False)},
     Kind.RESULTS: {"results": (list, True)},
     Kind.READY: {"capacity": (int, True), "batch": (int, False), "supervisor": (str, False),
                  "procs": (int, False), **_PEER},
-    Kind.TASK: {"ids": (list, True), "frames": (list, False)},
+    Kind.TASK: {"ids": (list, True), "frames": (list, False), "contexts": (list, False)},
     Kind.DIED: {"executor": (str, True), "exitcode": (int, True), "signal": (int, False),
                 "job": (int, False)},
     Kind.DRAIN: {},
@@ -264,25 +264,45 @@ def _plainly_valid(name: str, value: Any, typ: type, limit: int) -> bool:
     return False
 
 
-def job_frames(header: dict, default: int) -> list:
-    """Frames of each job of a SUBMIT (default 1: its call) or TASK (2: context, call)."""
-    return header.get("frames") or [default] * len(header["ids"])
+def job_runs(header: dict, payload: Sequence[Frame]) -> Iterator[tuple[Frame, list]]:
+    """The jobs of a (validated) SUBMIT or TASK: ``(context, [(id, frames), ...])``
+    for each run of jobs that share a context (the client's cwd and sys.path).
+
+    The payload holds each run's context frame, then its jobs' frames; the
+    header's ``contexts`` counts the jobs of each run (default: one run),
+    its ``frames`` the frames of each job (default: 1, its call)."""
+    ids = header["ids"]
+    counts = header.get("frames") or [1] * len(ids)
+    i = k = 0
+    for run in header.get("contexts") or [len(ids)]:
+        context, k = payload[k], k + 1
+        jobs = []
+        for _ in range(run):
+            jobs.append((ids[i], payload[k:k + counts[i]]))
+            k += counts[i]
+            i += 1
+        yield context, jobs
 
 
 def _check_jobs(kind: Kind, header: dict, npayload: int) -> None:
-    """SUBMIT: one context frame, then each job's; TASK: each job's (context first)."""
+    """Each run's context frame, then its jobs' frames (see ``job_runs``)."""
     n = len(header["ids"])
     if not 1 <= n <= MAX_BATCH:
         raise ProtocolError(f"{kind.name} carries {n} jobs, expected 1 to {MAX_BATCH}")
-    least = 1 if kind is Kind.SUBMIT else 2
     frames = header.get("frames")
     if frames is None:
-        expected = n * least
-    elif len(frames) != n or not least <= min(frames) <= max(frames) <= MAX_JOB_FRAMES:
-        raise ProtocolError(f"{kind.name}.frames must give {n} counts of {least} to {MAX_JOB_FRAMES}")
+        expected = n
+    elif len(frames) != n or not 1 <= min(frames) <= max(frames) <= MAX_JOB_FRAMES:
+        raise ProtocolError(f"{kind.name}.frames must give {n} counts of 1 to {MAX_JOB_FRAMES}")
     else:
         expected = sum(frames)
-    expected += kind is Kind.SUBMIT
+    runs = header.get("contexts")
+    if runs is None:
+        expected += 1
+    elif not runs or min(runs) < 1 or sum(runs) != n:
+        raise ProtocolError(f"{kind.name}.contexts must give runs of at least 1 job, {n} in all")
+    else:
+        expected += len(runs)
     if npayload != expected:
         raise ProtocolError(f"{kind.name} of {n} jobs carries {npayload} payload frames, expected {expected}")
 

@@ -39,7 +39,7 @@ from .protocol import (
     Kind,
     Message,
     Status,
-    job_frames,
+    job_runs,
     recv_frames,
     send_frames,
     versions,
@@ -209,9 +209,8 @@ class Executor:
         msg = self.peer.recv(timeout)
         while msg is not None:
             if msg.kind is Kind.TASK:
-                frames = iter(msg.payload)
-                for tid, n in zip(msg.header["ids"], job_frames(msg.header, 2)):
-                    self.tasks.append((tid, [next(frames) for _ in range(n)]))
+                for context, run in job_runs(msg.header, msg.payload):
+                    self.tasks.extend((tid, (context, *frames)) for tid, frames in run)
             elif msg.kind is Kind.WELCOME:
                 self.max_message_size = msg.header.get("max_message_size", self.max_message_size)
             elif _unknown_peer(msg):  # the master does not know us (restarted)
@@ -269,7 +268,7 @@ class Executor:
             return pid
         return None
 
-    def run_task(self, tid: int, frames: list) -> tuple[list, list]:
+    def run_task(self, tid: int, frames: tuple) -> tuple[list, list]:
         """Run one job; return its RESULT entry and payload frames."""
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
         old_path = sys.path[:]

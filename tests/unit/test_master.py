@@ -6,7 +6,7 @@ import pytest
 import zmq
 
 from cw.master import ANNOUNCE_AFTER, Master
-from cw.protocol import MAGIC, ErrorCode, Kind, Message, Status, versions
+from cw.protocol import MAGIC, ErrorCode, Kind, Message, Status, job_runs, versions
 
 PEER = {"host": "test", "pid": 1, **versions()}
 
@@ -52,10 +52,9 @@ class Peer:
         while self.sock.poll(0):
             msg = Message.from_frames(self.sock.recv_multipart())
             if msg.kind is Kind.TASK:
-                frames = iter(msg.payload)
-                counts = msg.header.get("frames") or [2] * len(msg.header["ids"])
-                for tid, n in zip(msg.header["ids"], counts):
-                    yield Message(Kind.TASK, {"id": tid}, tuple(next(frames) for _ in range(n)))
+                for context, run in job_runs(msg.header, msg.payload):
+                    for tid, frames in run:
+                        yield Message(Kind.TASK, {"id": tid}, (context, *frames))
                 continue
             if msg.kind is not Kind.RESULTS:
                 yield msg

@@ -6,7 +6,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cw.errors import ProtocolError
-from cw.protocol import MAGIC, MAX_HEADER_BYTES, Kind, Message, legacy_layout, peer_version, validate
+from cw.protocol import (
+    MAGIC,
+    MAX_HEADER_BYTES,
+    Kind,
+    Message,
+    job_runs,
+    legacy_layout,
+    peer_version,
+    validate,
+)
 
 
 def frames(kind: bytes, header, *payload, magic=MAGIC):
@@ -25,8 +34,23 @@ def test_round_trip_keeps_kind_header_and_payload():
 def test_jobs_with_buffers_count_their_frames():
     msg = Message(Kind.SUBMIT, {"ids": [1, 2], "frames": [1, 3]}, (b"ctx", b"a", b"b", b"b1", b"b2"))
     assert Message.from_frames(msg.to_frames()) == msg
-    task = Message(Kind.TASK, {"ids": [7, 8], "frames": [2, 4]}, (b"c", b"a", b"c", b"b", b"1", b"2"))
+    task = Message(Kind.TASK, {"ids": [7, 8], "frames": [1, 3]}, (b"c", b"a", b"b", b"1", b"2"))
     assert Message.from_frames(task.to_frames()) == task
+    assert list(job_runs(task.header, task.payload)) == [(b"c", [(7, (b"a",)), (8, (b"b", b"1", b"2"))])]
+
+
+def test_jobs_of_several_contexts_come_in_runs():
+    """A TASK of two clients' jobs sends each run's context once."""
+    payload = (b"c1", b"a", b"b", b"c2", b"x", b"x1", b"c1", b"d")
+    task = Message(Kind.TASK, {"ids": [1, 2, 3, 4], "frames": [1, 1, 2, 1], "contexts": [2, 1, 1]}, payload)
+    assert Message.from_frames(task.to_frames()) == task
+    assert list(job_runs(task.header, task.payload)) == [
+        (b"c1", [(1, (b"a",)), (2, (b"b",))]), (b"c2", [(3, (b"x", b"x1"))]), (b"c1", [(4, (b"d",))])]
+    for runs in ([2, 1], [2, 1, 1, 0], [4, 0], []):
+        with pytest.raises(ProtocolError, match="contexts"):
+            validate(Kind.TASK, {"ids": [1, 2, 3, 4], "frames": [1, 1, 2, 1], "contexts": runs}, 8)
+    with pytest.raises(ProtocolError, match="carries 7 payload frames, expected 8"):
+        validate(Kind.TASK, task.header, 7)
 
 
 def test_header_is_compact_json():
@@ -72,7 +96,8 @@ def test_the_version_of_a_peer_is_read_in_either_layout():
         (frames(b"S", {"ids": [1, 2], "frames": [1]}, b"c", b"a", b"b"), "2 counts"),
         (frames(b"S", {"ids": [1], "frames": [2]}, b"c", b"a"), "expected 3"),
         (frames(b"T", {"ids": [1]}, b"ctx"), "expected 2"),
-        (frames(b"T", {"ids": [1], "frames": [1]}, b"ctx"), "counts of 2"),
+        (frames(b"T", {"ids": [1], "frames": [0]}, b"ctx"), "counts of 1"),
+        (frames(b"T", {"ids": [1], "contexts": [2]}, b"ctx", b"call"), "contexts must give"),
         (frames(b"H", {"session": "x" * 20000, "host": "h", "pid": 1, "v": 1,
                        "python": "3", "cloudpickle": "3"}), "longer than"),
         (frames(b"A", {"ids": [1, "two"]}), "list of job ids"),
