@@ -175,7 +175,8 @@ def peer_version(frames: Sequence[Frame]) -> Union[int, None]:
 
 def legacy_layout(frames: Sequence[Frame]) -> bool:
     """Whether a message uses protocol 1 to 3's layout (a 3-byte magic frame)."""
-    return bool(frames) and len(frames[0]) == 3 and peer_version(frames) is not None
+    version = peer_version(frames)
+    return version is not None and version <= 3 and len(frames[0]) == 3
 
 
 # pyzmq's send_multipart/recv_multipart cost twice these loops: they build

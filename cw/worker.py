@@ -152,6 +152,7 @@ class _Outbox:
 
 
 HOLD_SECONDS = 0.002  # a result waits for the next job only after a job this short
+LISTEN_SECONDS = 0.05  # between queued tasks, the master is heard at least this often
 
 
 class Executor:
@@ -175,6 +176,7 @@ class Executor:
         # is charged to the right job even when earlier results were unsent.
         self.slot = mmap.mmap(job_fd, 8) if job_fd is not None else None
         self._ctx_raw = b""
+        self._ctx_frame: Any = None
         self._ctx: dict = {}
         self.max_message_size = 1 << 62  # until the master's WELCOME
         self._path: list = []
@@ -188,14 +190,17 @@ class Executor:
 
     def run(self) -> None:
         self.register()
+        listen_at = 0.0
         while not self.stopping:
-            # Between queued tasks nothing needs hearing: what arrived
-            # meanwhile waits in the socket until the queue runs dry.
-            if not self.tasks:
+            # Between queued tasks the socket, the parent and the spare
+            # files are looked at every LISTEN_SECONDS, not before each job:
+            # that costs a short job more than the job itself.
+            if not self.tasks or time.monotonic() >= listen_at:
                 if os.getppid() != self.parent:
                     break
                 shm.tidy()
-                self.receive(self.peer.heartbeat)
+                self.receive(0 if self.tasks else self.peer.heartbeat)
+                listen_at = time.monotonic() + LISTEN_SECONDS
             if self.tasks and not self.stopping:  # stopping: the master requeues the rest at BYE
                 self.run_next()
             if not self.peer.tick():
@@ -207,17 +212,20 @@ class Executor:
 
     def receive(self, timeout: float) -> None:
         msg = self.peer.recv(timeout)
+        forgotten = False
         while msg is not None:
             if msg.kind is Kind.TASK:
                 for context, run in job_runs(msg.header, msg.payload):
                     self.tasks.extend((tid, (context, *frames)) for tid, frames in run)
             elif msg.kind is Kind.WELCOME:
                 self.max_message_size = msg.header.get("max_message_size", self.max_message_size)
-            elif _unknown_peer(msg):  # the master does not know us (restarted)
+            elif _unknown_peer(msg):  # the master does not know us (restarted, or purged us)
                 self.tasks.clear()  # its clients send their jobs again
                 self.outbox = _Outbox()
-                self.register()
+                forgotten = True
             msg = self.peer.recv(0)
+        if forgotten:  # one READY for all the refusals that piled up
+            self.register()
 
     def run_next(self) -> None:
         tid, frames = self.tasks.popleft()
@@ -246,10 +254,14 @@ class Executor:
             self._path, self._path_key = path + [p for p in own if p not in seen], key
         return self._path
 
-    def context(self, raw: bytes) -> dict:
-        """The client's cwd and sys.path; a malformed one fails the job, not us."""
+    def context(self, frame: Any) -> dict:
+        """The client's cwd and sys.path; a malformed one fails the job, not us.
+        (The jobs of a TASK's run share one frame: it is read once.)"""
         import json
 
+        if frame is self._ctx_frame:
+            return self._ctx
+        raw = bytes(frame)
         if raw != self._ctx_raw:
             ctx = json.loads(raw)
             if not (isinstance(ctx, dict) and isinstance(ctx.get("cwd"), str)
@@ -257,6 +269,7 @@ class Executor:
                     and all(isinstance(p, str) for p in ctx["path"])):
                 raise ValueError("malformed job context (cwd, sys.path)")
             self._ctx, self._ctx_raw = ctx, raw
+        self._ctx_frame = frame
         return self._ctx
 
     @staticmethod
@@ -275,7 +288,7 @@ class Executor:
         if self.slot is not None:
             self.slot[:8] = tid.to_bytes(8, "little")
         try:
-            ctx = self.context(bytes(frames[0]))
+            ctx = self.context(frames[0])
             try:
                 os.chdir(ctx["cwd"])
             except OSError as e:

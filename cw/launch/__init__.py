@@ -13,7 +13,7 @@ import zmq
 
 from ..cluster import cluster_dir
 from ..errors import ClusterError, MasterUnavailableError
-from ..protocol import Kind, Message
+from ..protocol import PROTOCOL_VERSION, Kind, Message, peer_version
 from ..security import apply_client, client_keys, insecure_default
 
 
@@ -30,9 +30,15 @@ def query_status(host: str, port: int, timeout: float = 5.0, *, cluster: Optiona
         sock.send_multipart(Message(Kind.STATUS).to_frames())
         deadline = time.monotonic() + timeout
         while sock.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
+            frames = sock.recv_multipart()
             try:
-                msg = Message.from_frames(sock.recv_multipart())
+                msg = Message.from_frames(frames)
             except Exception:
+                version = peer_version(frames)
+                if version is not None and version != PROTOCOL_VERSION:
+                    raise ClusterError(
+                        f"the master at {host}:{port} speaks cw protocol {version}, this cw "
+                        f"{PROTOCOL_VERSION}: install the same cw version on every machine") from None
                 continue
             if msg.kind is Kind.STATUS:
                 return msg.header

@@ -16,7 +16,7 @@ from conftest import ROOT, wait_for
 from cw import JobRejectedError, SecurityError
 from cw.client import ClusterExecutor
 from cw.cluster import cluster_dir
-from cw.errors import ProtocolError
+from cw.errors import ClusterError, ProtocolError
 from cw.launch import query_status
 from cw.protocol import MAGIC, PROTOCOL_VERSION, Kind, Message, versions
 from cw.security import Keys, apply_client, client_keys, ensure_keys, load_public
@@ -179,11 +179,12 @@ def test_protocol_mismatch_is_refused_naming_both_versions(cluster):
         sock.close()
 
 
+@pytest.mark.parametrize("asker", ["client", "cw status"])
 @pytest.mark.parametrize("version", [3, PROTOCOL_VERSION + 1])
-def test_a_client_meeting_a_master_of_another_protocol_is_told_at_once(version):
-    """A master of protocol 3 refuses this client's one-frame HELLO in its
-    three-frame layout; a newer one in one frame. Either way the client
-    names both versions at once instead of waiting for its connect timeout."""
+def test_meeting_a_master_of_another_protocol_is_told_at_once(version, asker):
+    """A master of protocol 3 refuses a one-frame message in its three-frame
+    layout; a newer one in one frame. Either way the client (or ``cw
+    status``) names both versions at once instead of waiting for its timeout."""
     router = zmq.Context.instance().socket(zmq.ROUTER)
     router.linger = 0
     port = router.bind_to_random_port("tcp://127.0.0.1")
@@ -200,9 +201,14 @@ def test_a_client_meeting_a_master_of_another_protocol_is_told_at_once(version):
     thread.start()
     start = time.monotonic()
     try:
-        told = f"speaks cw protocol {version}, this client {PROTOCOL_VERSION}"
-        with pytest.raises(ProtocolError, match=told):
-            ClusterExecutor("127.0.0.1", port, connect_timeout=60, insecure=True)
+        if asker == "client":
+            told = f"speaks cw protocol {version}, this client {PROTOCOL_VERSION}"
+            with pytest.raises(ProtocolError, match=told):
+                ClusterExecutor("127.0.0.1", port, connect_timeout=60, insecure=True)
+        else:
+            told = f"speaks cw protocol {version}, this cw {PROTOCOL_VERSION}"
+            with pytest.raises(ClusterError, match=told):
+                query_status("127.0.0.1", port, timeout=60, insecure=True)
         assert time.monotonic() - start < 30  # told at once, not at the timeout
     finally:
         thread.join(35)
