@@ -1,11 +1,12 @@
 """The ``cw`` command: one click group; ``python -m cw.master``/``cw.worker`` and
 the top-level ``mp.py`` are the same commands under other names.
 
+Here: the group, ``master``, ``worker``, ``status``, ``logs`` and ``keys``;
+the launchers' groups are in ``cli_launch``, shared options in ``cli_common``.
 Only the CLI configures logging; the library just logs.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -14,14 +15,25 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import click
 
-from .errors import CWError
+from .cli_common import (
+    PORT,
+    SIZE,
+    Procs,
+    apply_options,
+    cluster_option,
+    friendly,
+    heartbeat_options,
+    insecure_option,
+    log_option,
+)
+from .cli_launch import docker_group, local_group, mp_command, slurm_command, slurm_group, ssh_group
 from .protocol import DEFAULT_PORT, PROTOCOL_VERSION
 
-LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+__all__ = ["main", "master_command", "worker_command", "mp_command", "slurm_command"]
 
 
 def _setup_logging(level: str, logfile: Optional[Path] = None) -> None:
@@ -62,69 +74,14 @@ def _log_file(cluster: Optional[str], role: str, given: Optional[str] = None) ->
         return None  # no writable cluster directory here: stderr only
 
 
-def _friendly(func: Callable) -> Callable:
-    """A cw failure is a one-line error, not a traceback."""
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except CWError as e:
-            raise click.ClickException(str(e)) from e
-    return wrapper
-
-
-class Procs(click.ParamType):
-    """A positive number of executor processes, or ``auto``."""
-
-    name = "N|auto"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> int:
-        from .worker import cpus_available
-
-        if isinstance(value, int):
-            n = value
-        elif str(value).strip().lower() == "auto":
-            return cpus_available()
-        else:
-            try:
-                n = int(value)
-            except ValueError:
-                self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
-        if n < 1:
-            self.fail(f"{n} is not at least 1", param, ctx)
-        return n
-
-
-PORT = click.IntRange(0, 65535)
-cluster_option = click.option("--cluster", envvar="CW_CLUSTER", default=None,
-                              help="Cluster name: its directory is $CW_HOME/NAME [default: default].")
-log_option = click.option("--log-level", envvar="CW_LOG_LEVEL", type=LOG_LEVELS, default="info",
-                          show_default=True, help="Logging verbosity.")
-insecure_option = click.option(
-    "--insecure", is_flag=True, envvar="CW_INSECURE",
-    help="Turn CURVE authentication and encryption off (both ends must agree). "
-         "Only on an isolated, trusted network.")
-SIZE = click.IntRange(1)
-heartbeat_options = [
-    click.option("--heartbeat", type=click.FloatRange(0.01, 3600), default=1.0, show_default=True,
-                 help="Seconds between heartbeats."),
-    click.option("--liveness", type=click.IntRange(2, 10_000), default=10, show_default=True,
-                 help="Missed heartbeats after which a peer is presumed gone."),
-]
-
-
-def _options(options: list) -> Callable:
-    def apply(func: Callable) -> Callable:
-        for option in reversed(options):
-            func = option(func)
-        return func
-    return apply
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cw", message="cw %(version)s")
 def main() -> None:
     """cw: run many Python function calls on a cluster of workers."""
+
+
+for _group in (local_group, slurm_group, ssh_group, docker_group):
+    main.add_command(_group)
 
 
 @main.command("master")
@@ -144,9 +101,9 @@ def main() -> None:
                    "[default: off].")
 @click.option("--http-host", envvar="CW_HTTP_HOST", default="127.0.0.1", show_default=True,
               help="Address the dashboard binds; reach it from elsewhere through an SSH tunnel.")
-@_options(heartbeat_options)
+@apply_options(heartbeat_options)
 @log_option
-@_friendly
+@friendly
 def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
                    max_message_size: int, max_jobs_per_client: int, max_bytes_per_client: int,
                    http_port: Optional[int], http_host: str, heartbeat: float, liveness: int,
@@ -240,13 +197,13 @@ def _dashboard(master: Any, host: str, port: int) -> Any:
                    "(no orphans once it is gone) [default: wait for it forever].")
 @cluster_option
 @insecure_option
-@_options(heartbeat_options)
+@apply_options(heartbeat_options)
 @log_option
 @click.option("--executor", hidden=True, default=None)
 @click.option("--supervisor", hidden=True, default="")
 @click.option("--job-fd", hidden=True, type=int, default=None)
 @click.option("--log-file", hidden=True, envvar="CW_LOG_FILE", default=None)
-@_friendly
+@friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
                    grace: float, prefetch: int, batch: int, master_timeout: Optional[float],
                    cluster: Optional[str], insecure: bool, heartbeat: float, liveness: int,
@@ -307,311 +264,6 @@ def _run_executor(address: str, ident: str, supervisor: str, heartbeat: float, l
     executor.run()
 
 
-# -- local clusters -------------------------------------------------------------
-local_options = [
-    click.option("-n", "--nworkers", type=click.IntRange(0), default=1, show_default=True,
-                 help="Worker processes to start."),
-    click.option("-M", "--no-master", is_flag=True, help="Do not start a master (use the running one)."),
-    click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
-    click.option("--procs-per-worker", type=Procs(), default="1", show_default=True,
-                 help="Executor processes per worker; 'auto' = CPUs."),
-    click.option("--host", default="127.0.0.1", show_default=True, help="Address the master binds."),
-    click.option("--port", type=PORT, envvar="CW_PORT", default=DEFAULT_PORT, show_default=True,
-                 help="Master port; 0 picks a free one."),
-    click.option("--timeout", type=click.FloatRange(1), default=60.0, show_default=True,
-                 help="Seconds to wait for the master and workers to come up."),
-    cluster_option,
-    insecure_option,
-]
-
-
-def _local(action: str, nworkers: int, no_master: bool, no_workers: bool, procs_per_worker: int,
-           host: str, port: int, timeout: float, cluster: Optional[str], insecure: bool) -> None:
-    from .launch import local
-
-    if action == "start":
-        info = local.start(nworkers, master=not no_master, workers=not no_workers, cluster=cluster,
-                           host=host, port=port, procs=procs_per_worker, timeout=timeout,
-                           insecure=insecure)
-        click.echo(f"cluster {info['cluster']}: master at {info['host']}:{info['port']}, "
-                   f"{len(info['worker_pids'])} worker(s) started")
-    elif action == "stop":
-        n = local.stop(cluster)
-        click.echo(f"stopped {n} process(es)")
-    else:
-        click.echo(json.dumps(local.status(cluster, insecure), indent=2))
-
-
-ACTIONS = {"start": "Start", "stop": "Stop", "status": "Show"}
-
-
-def _launcher_commands(group: click.Group, script: str, options: list,
-                       run: Callable[..., None], what: str) -> click.Command:
-    """``cw <group> start|stop|status`` and the top-level script taking ACTION,
-    both over ``run(action, **options)``; returns the script's command."""
-    for action in ACTIONS:
-        def command(action: str = action, **kwargs: Any) -> None:
-            run(action, **kwargs)
-        command.__doc__ = f"{ACTIONS[action]} {what}."
-        group.command(action)(_friendly(_options(options)(command)))
-
-    def script_command(action: str, **kwargs: Any) -> None:
-        run(action, **kwargs)
-    script_command.__doc__ = f"Start, stop or show {what} (ACTION: {'|'.join(ACTIONS)})."
-    decorate = _options([click.argument("action", type=click.Choice(list(ACTIONS))), *options])
-    return click.command(script, context_settings={"help_option_names": ["-h", "--help"]})(
-        _friendly(decorate(script_command)))
-
-
-@main.group("local")
-def local_group() -> None:
-    """Start and stop a cluster of processes on this machine."""
-
-
-mp_command = _launcher_commands(local_group, "mp.py", local_options, _local,
-                                "a cluster of local processes")
-
-
-# -- SLURM -----------------------------------------------------------------------
-def _slurm_time(ctx: Any, param: Any, value: Optional[str]) -> Optional[str]:
-    from .launch.slurm import check_time
-
-    try:
-        return None if value is None else check_time(value)
-    except CWError as e:
-        raise click.BadParameter(str(e).split(": ", 1)[-1]) from e
-
-
-engine_option = click.option(
-    "--container-engine", type=click.Choice(["docker", "podman"]), envvar="CW_CONTAINER_ENGINE",
-    default="docker", show_default=True, help="Container engine.")
-slurm_options = [
-    click.option("-n", "--nworkers", type=click.IntRange(0), default=1, show_default=True,
-                 help="Workers to start (sbatch jobs, or nodes with -i)."),
-    click.option("-M", "--no-master", is_flag=True, help="Do not start a master (use the running one)."),
-    click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
-    click.option("-d", "--docker-image", default=None, help="Run the workers in this container image."),
-    click.option("--docker-args", default="", help="Extra arguments for `docker run` (one string)."),
-    engine_option,
-    click.option("-i", "--isolated", is_flag=True, help="One worker per node (one job over N nodes)."),
-    click.option("--Xworkers", "xworkers", multiple=True, metavar="ARG",
-                 help="Pass ARG to sbatch for the workers (repeatable)."),
-    click.option("--Xmaster", "xmaster", multiple=True, metavar="ARG",
-                 help="Pass ARG to sbatch for the master (repeatable)."),
-    click.option("--partition", default=None, help="SLURM partition."),
-    click.option("--time", "time_limit", default=None, callback=_slurm_time,
-                 help="SLURM time limit of each job, e.g. 2:00:00 or 1-00:00:00."),
-    click.option("--procs-per-worker", type=Procs(), default="1", show_default=True,
-                 help="Executor processes per worker; 'auto' = the CPUs SLURM gave it."),
-    click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
-                 help="Seconds a worker may finish its job when SLURM warns it (time limit, scancel)."),
-    click.option("--port", type=PORT, envvar="CW_PORT", default=0, show_default=True,
-                 help="Master port on its node; 0 picks a free one (recorded in master.json)."),
-    click.option("--timeout", type=click.FloatRange(1), default=300.0, show_default=True,
-                 help="Seconds to wait for the master and workers to come up."),
-    cluster_option,
-    insecure_option,
-]
-
-
-def _slurm(action: str, nworkers: int, no_master: bool, no_workers: bool, docker_image: Optional[str],
-           docker_args: str, container_engine: str, isolated: bool, xworkers: tuple, xmaster: tuple,
-           partition: Optional[str], time_limit: Optional[str], procs_per_worker: int, grace: float,
-           port: int, timeout: float, cluster: Optional[str], insecure: bool) -> None:
-    from .launch import slurm as launcher
-    from .slurm import available
-
-    if not available():
-        raise click.ClickException("SLURM is not available here: no sbatch on PATH, or its "
-                                   "controller does not answer `scontrol ping`")
-    if action == "start":
-        info = launcher.start(
-            nworkers, master=not no_master, workers=not no_workers, cluster=cluster, timeout=timeout,
-            partition=partition, time=time_limit, procs=procs_per_worker, grace=grace, isolated=isolated,
-            port=port, insecure=insecure, xmaster=xmaster, xworkers=xworkers, docker_image=docker_image,
-            docker_args=docker_args, container_engine=container_engine)
-        click.echo(f"cluster {info['cluster']}: master at {info['host']}:{info['port']}; "
-                   f"jobs {' '.join(info['jobs']) or '-'}; {info['registered']} worker(s) registered")
-        wanted = 0 if no_workers else nworkers
-        if info["registered"] < wanted:
-            click.echo(f"warning: only {info['registered']} of {wanted} workers registered within "
-                       f"{timeout:g} s; the rest may still be pending (squeue)", err=True)
-    elif action == "stop":
-        click.echo(f"stopped {launcher.stop(cluster)} job(s)")
-    else:
-        _print_slurm_status(launcher.status(cluster))
-
-
-def _print_slurm_status(st: dict) -> None:
-    click.echo(f"cluster {st['cluster']}")
-    for job in st["jobs"]:
-        click.echo(f"  {job['id']:>10}  {job['name']:<28} {job['state']:<10} {job['nodes']}")
-    if not st["jobs"]:
-        click.echo("  no jobs in squeue")
-    snap = st.get("master")
-    if snap:
-        click.echo(f"  workers registered: {len(snap['workers'])}  executors: {len(snap['executors'])}  "
-                   f"queued: {snap['queued']}  running: {snap['running']}")
-        for w in snap["workers"]:
-            click.echo(f"    worker {w['host']} pid {w['pid']}: {w['executors']} executor(s)")
-    elif "master_error" in st:
-        click.echo(f"  master: {st['master_error']}")
-
-
-@main.group("slurm")
-def slurm_group() -> None:
-    """Start, stop and show a cw cluster of SLURM jobs."""
-
-
-slurm_command = _launcher_commands(slurm_group, "slurm.py", slurm_options, _slurm,
-                                   "a cw cluster of SLURM jobs")
-
-
-# -- SSH -------------------------------------------------------------------------
-@main.group("ssh")
-def ssh_group() -> None:
-    """Start, stop and show a cw cluster over machines reached by SSH."""
-
-
-@ssh_group.command("start")
-@click.argument("machines_csv", metavar="CLUSTER.csv", type=click.Path(exists=True, dir_okay=False))
-@click.option("--master-address", envvar="CW_MASTER_ADDRESS", default=None,
-              help="Address the workers use to reach the master (it listens there) "
-                   "[default: this machine's address on the route to the first machine].")
-@click.option("--port", type=PORT, envvar="CW_PORT", default=DEFAULT_PORT, show_default=True,
-              help="Master port; 0 picks a free one.")
-@click.option("--no-local-workers", is_flag=True, help="Run no worker on this machine.")
-@click.option("--cpu-limit", type=click.IntRange(1), default=None,
-              help="Executors of the local worker [default: all CPUs].")
-@click.option("--python", default=None,
-              help="Python on the machines [default: this one's path, the shared-filesystem model].")
-@click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE",
-              help="Pass `-o KEY=VALUE` to ssh (repeatable), e.g. UserKnownHostsFile=FILE.")
-@click.option("--connect-timeout", type=click.IntRange(1, 600), default=10, show_default=True,
-              help="Seconds ssh may take to connect to a machine.")
-@click.option("--master-timeout", type=click.FloatRange(1), default=60.0, show_default=True,
-              help="Seconds a remote worker outlives a silent master (no orphans if this machine goes).")
-@click.option("--timeout", type=click.FloatRange(1), default=60.0, show_default=True,
-              help="Seconds to wait for the master and the workers to come up.")
-@cluster_option
-@insecure_option
-@_friendly
-def ssh_start(machines_csv: str, master_address: Optional[str], port: int, no_local_workers: bool,
-              cpu_limit: Optional[int], python: Optional[str], ssh_options: tuple,
-              connect_timeout: int, master_timeout: float, timeout: float, cluster: Optional[str],
-              insecure: bool) -> None:
-    """Start a master here and a worker on each machine of CLUSTER.csv.
-
-    One row per machine: address, ssh_user, ssh_port, local_ssh_file, cpu_limit
-    (blank: current user, port 22, ssh's default key, all CPUs); `#` starts a comment.
-    """
-    from .launch import ssh
-
-    report = ssh.start(machines_csv, cluster=cluster, master_address=master_address, port=port,
-                       local_workers=not no_local_workers, cpu_limit=cpu_limit, python=python,
-                       ssh_options=ssh_options, connect_timeout=connect_timeout,
-                       master_timeout=master_timeout, timeout=timeout, insecure=insecure)
-    lines, failed = ssh.start_report(report)
-    click.echo("\n".join(lines))
-    if failed:
-        raise click.ClickException(
-            f"{failed} of {len(report['machines'])} machine(s) failed (above); the rest of the cluster "
-            "is running: fix those rows, then `cw ssh stop` and start again, or go on without them")
-
-
-@ssh_group.command("stop")
-@click.option("--timeout", type=click.FloatRange(1), default=60.0, show_default=True,
-              help="Seconds a worker may take to drain before it is killed.")
-@cluster_option
-@_friendly
-def ssh_stop(timeout: float, cluster: Optional[str]) -> None:
-    """Stop the workers on every machine, then the master and the local worker."""
-    from .launch import ssh
-
-    report = ssh.stop(cluster, timeout=timeout)
-    lines, failed = ssh.stop_report(report)
-    click.echo("\n".join(lines))
-    if failed:
-        raise click.ClickException(
-            f"could not reach {', '.join(failed)}: workers there exit by themselves once the master has "
-            "been gone --master-timeout seconds; run `cw ssh stop` again to remove what is left there")
-
-
-@ssh_group.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-@cluster_option
-@insecure_option
-@_friendly
-def ssh_status(as_json: bool, cluster: Optional[str], insecure: bool) -> None:
-    """Show each machine's workers and what the master sees."""
-    from .launch import ssh
-
-    st = ssh.status(cluster, insecure=insecure)
-    if as_json:
-        click.echo(json.dumps(st, indent=2))
-        return
-    click.echo("\n".join(ssh.status_report(st)))
-
-
-# -- containers ------------------------------------------------------------------
-docker_options = [
-    click.option("-n", "--nworkers", type=click.IntRange(0), default=1, show_default=True,
-                 help="Worker containers to start."),
-    click.option("-M", "--no-master", is_flag=True, help="Do not start a master (use the running one)."),
-    click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
-    click.option("--image", envvar="CW_IMAGE", default=None,
-                 help="The cw image (docker build -f docker/Dockerfile -t cw .)."),
-    click.option("--container-engine", type=click.Choice(["docker", "podman"]), envvar="CW_CONTAINER_ENGINE",
-                 default=None, help="Container engine [default: the one that started the cluster, "
-                                    "else docker]."),
-    click.option("--docker-args", default="", help="Extra arguments for `docker run` (one string)."),
-    click.option("--network", default="host", show_default=True,
-                 help="'host', or a network of the engine's: then only the master's port is published."),
-    click.option("--procs-per-worker", type=Procs(), default="1", show_default=True,
-                 help="Executor processes per worker container; 'auto' = CPUs."),
-    click.option("--port", type=PORT, envvar="CW_PORT", default=DEFAULT_PORT, show_default=True,
-                 help="Master port; 0 picks a free one (host network only)."),
-    click.option("--timeout", type=click.FloatRange(1), default=120.0, show_default=True,
-                 help="Seconds to wait for the master and workers to come up."),
-    cluster_option,
-    insecure_option,
-]
-
-
-def _docker(action: str, nworkers: int, no_master: bool, no_workers: bool, image: Optional[str],
-            container_engine: Optional[str], docker_args: str, network: str, procs_per_worker: int, port: int,
-            timeout: float, cluster: Optional[str], insecure: bool) -> None:
-    from .launch import docker
-
-    if action == "start":
-        info = docker.start(nworkers, master=not no_master, workers=not no_workers, cluster=cluster,
-                            image=image, engine=container_engine, port=port, procs=procs_per_worker,
-                            network=network, args=docker_args, insecure=insecure, timeout=timeout)
-        click.echo(f"cluster {info['cluster']}: master at {info['host']}:{info['port']}; "
-                   f"started {' '.join(info['containers']) or 'no container'}")
-    elif action == "stop":
-        click.echo(f"stopped {docker.stop(cluster, container_engine)} container(s)")
-    else:
-        st = docker.status(cluster, container_engine, insecure)
-        click.echo(f"cluster {st['cluster']}")
-        for c in st["containers"]:
-            click.echo(f"  {c['name']:<40} {c['role']:<8} {c['state']}")
-        snap = st.get("master")
-        if snap:
-            click.echo(f"  workers registered: {len(snap['workers'])}  executors: {len(snap['executors'])}  "
-                       f"queued: {snap['queued']}  running: {snap['running']}")
-        elif "master_error" in st:
-            click.echo(f"  master: {st['master_error']}")
-
-
-@main.group("docker")
-def docker_group() -> None:
-    """Start, stop and show a cw cluster of Docker/Podman containers on this machine."""
-
-
-_launcher_commands(docker_group, "docker", docker_options, _docker, "a cw cluster of containers")
-
-
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON snapshot (as /api/status serves it).")
 @click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
@@ -621,7 +273,7 @@ _launcher_commands(docker_group, "docker", docker_options, _docker, "a cw cluste
               help="Seconds to wait for the master's answer.")
 @cluster_option
 @insecure_option
-@_friendly
+@friendly
 def status_command(as_json: bool, watch: bool, interval: float, timeout: float, cluster: Optional[str],
                    insecure: bool) -> None:
     """Show the master, its workers, clients, queue and throughput."""
@@ -663,7 +315,7 @@ def status_command(as_json: bool, watch: bool, interval: float, timeout: float, 
 @click.option("-n", "--lines", type=click.IntRange(0), default=None,
               help="Only the last N lines [default: all].")
 @cluster_option
-@_friendly
+@friendly
 def logs_command(worker: Optional[str], follow: bool, lines: Optional[int], cluster: Optional[str]) -> None:
     """Show the cluster's logs in time order, or one process's: WORKER is 'master',
     a host, a pid or HOST:PID. Jobs' prints are there, tagged 'job ID stdout:'."""
@@ -701,7 +353,7 @@ def _authorized(cluster: Optional[str]):
 
 @keys_group.command("list")
 @cluster_option
-@_friendly
+@friendly
 def keys_list(cluster: Optional[str]) -> None:
     """List the admitted keys: NAME and public key."""
     from .security import load_public
@@ -714,7 +366,7 @@ def keys_list(cluster: Optional[str]) -> None:
 @click.argument("name")
 @click.argument("keyfile", type=click.Path(exists=True, dir_okay=False))
 @cluster_option
-@_friendly
+@friendly
 def keys_add(name: str, keyfile: str, cluster: Optional[str]) -> None:
     """Admit the public key in KEYFILE (a client.key) under NAME."""
     import shutil
@@ -736,7 +388,7 @@ def keys_add(name: str, keyfile: str, cluster: Optional[str]) -> None:
 @keys_group.command("remove")
 @click.argument("name")
 @cluster_option
-@_friendly
+@friendly
 def keys_remove(name: str, cluster: Optional[str]) -> None:
     """Stop admitting the key NAME (running connections keep going until they reconnect)."""
     target = _authorized(cluster) / f"{name}.key"
@@ -749,7 +401,7 @@ def keys_remove(name: str, cluster: Optional[str]) -> None:
 
 @keys_group.command("show")
 @cluster_option
-@_friendly
+@friendly
 def keys_show(cluster: Optional[str]) -> None:
     """Print the path of this user's public client key, to send to a cluster's owner."""
     click.echo(str(_authorized(cluster).parent / "client.key"))
