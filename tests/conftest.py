@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from beds import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/jobs.py for clients
@@ -162,13 +161,9 @@ SLURMBOX = Path(__file__).resolve().parent / "slurm" / "slurmbox.sh"
 
 
 def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, SLURM daemons)"
-    missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch", "ip", "nsenter")
-               if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}")]
-    if missing:
-        return f"missing {', '.join(missing)}: apt-get install slurm-wlm munge iproute2"
-    return None
+    return unavailable("network namespaces, SLURM daemons",
+                       ("slurmctld", "slurmd", "munged", "sbatch", "ip", "nsenter"),
+                       "slurm-wlm munge iproute2")
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from beds import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTBED = ROOT / "docker" / "testbed.sh"
@@ -40,11 +41,9 @@ def ours() -> list[str]:
 
 
 def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (rootful podman)"
-    missing = [b for b in ("podman", "runc") if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}")]
-    if missing:
-        return f"missing {', '.join(missing)}: apt-get install podman runc debootstrap"
+    reason = unavailable("rootful podman", ("podman", "runc"), "podman runc debootstrap")
+    if reason:
+        return reason
     if not shutil.which("debootstrap") and not os.path.exists("/usr/sbin/debootstrap"):
         if subprocess.run(["podman", "image", "exists", BASE], timeout=60).returncode != 0:
             return "no debootstrap to make the base image: apt-get install debootstrap"

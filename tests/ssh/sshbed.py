@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from beds import unavailable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -40,14 +40,9 @@ class Box:
 
 
 def why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, one sshd per machine)"
-    missing = [b for b in ("sshd", "ssh", "ssh-keygen", "ip", "nsenter", "unshare")
-               if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}")]
-    if missing:
-        return (f"missing {', '.join(missing)}: apt-get install openssh-server openssh-client "
-                "iproute2 util-linux")
-    return None
+    return unavailable("network namespaces, one sshd per machine",
+                       ("sshd", "ssh", "ssh-keygen", "ip", "nsenter", "unshare"),
+                       "openssh-server openssh-client iproute2 util-linux")
 
 
 def netns_processes(ns: str) -> list[psutil.Process]:
