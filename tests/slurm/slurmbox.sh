@@ -12,6 +12,8 @@
 # nsenter --net (ip netns exec remounts /sys and slurmd dies without cgroups);
 # node names must resolve, so "up" adds /etc/hosts lines and "down" removes them.
 set -euo pipefail
+# bridge_up, machine_up, machine_down
+source "$(dirname "$(readlink -f "$0")")/../netns.sh"
 
 N=${SLURMBOX_NODES:-3}
 BOX=${SLURMBOX_DIR:-/tmp/cw-slurmbox}
@@ -35,19 +37,9 @@ up() {
         echo started > "$BOX/run/munged.ours"
     fi
     # network: a bridge in the root namespace, one namespace per node
-    ip link show "$BR" >/dev/null 2>&1 || ip link add "$BR" type bridge
-    ip addr replace "$NET.1/24" dev "$BR"
-    ip link set "$BR" up
+    bridge_up "$BR" "$NET"
     for i in $(seq 1 "$N"); do
-        ns=cwnode$i
-        ip netns list | grep -qw "$ns" || ip netns add "$ns"
-        if ! ip link show "cwveth$i" >/dev/null 2>&1; then
-            ip link add "cwveth$i" type veth peer name eth0 netns "$ns"
-        fi
-        ip link set "cwveth$i" master "$BR" up
-        ip -n "$ns" addr replace "$NET.$((10 + i))/24" dev eth0
-        ip -n "$ns" link set eth0 up
-        ip -n "$ns" link set lo up
+        machine_up "cwnode$i" "cwveth$i" "$BR" "$NET.$((10 + i))"
         grep -q "^$NET.$((10 + i)) node$i " /etc/hosts || echo "$NET.$((10 + i)) node$i $MARK" >> /etc/hosts
     done
     # slurm.conf: only written where none of the machine's own is
@@ -133,8 +125,7 @@ down() {
         rm -f "$BOX/run/munged.ours"
     fi
     for i in $(seq 1 "$N"); do
-        ip netns del "cwnode$i" 2>/dev/null || true
-        ip link del "cwveth$i" 2>/dev/null || true
+        machine_down "cwnode$i" "cwveth$i"
     done
     ip link del "$BR" 2>/dev/null || true
     sed -i "/$MARK\$/d" /etc/hosts

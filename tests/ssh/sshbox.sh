@@ -20,6 +20,8 @@
 #   mN/              machine N's sshd_config, host key, pid file and log
 # Needs root, iproute2, util-linux (nsenter, unshare) and Debian's openssh-server.
 set -euo pipefail
+# bridge_up, machine_up, machine_down
+source "$(dirname "$(readlink -f "$0")")/../netns.sh"
 
 N=${SSHBOX_MACHINES:-2}
 BOX=${SSHBOX_DIR:-/tmp/cw-sshbox}
@@ -56,19 +58,10 @@ up() {
     [ -s "$BOX/wrong_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C cw-sshbox-wrong -f "$BOX/wrong_ed25519"
     cp "$BOX/id_ed25519.pub" "$BOX/authorized_keys"
     : > "$BOX/known_hosts"
-    ip link show "$BR" >/dev/null 2>&1 || ip link add "$BR" type bridge
-    ip addr replace "$NET.1/24" dev "$BR"
-    ip link set "$BR" up
+    bridge_up "$BR" "$NET"
     for i in $(seq 1 "$N"); do
         ns=cwssh$i
-        ip netns list | grep -qw "$ns" || ip netns add "$ns"
-        if ! ip link show "cwsshv$i" >/dev/null 2>&1; then
-            ip link add "cwsshv$i" type veth peer name eth0 netns "$ns"
-        fi
-        ip link set "cwsshv$i" master "$BR" up
-        ip -n "$ns" addr replace "$NET.$((10 + i))/24" dev eth0
-        ip -n "$ns" link set eth0 up
-        ip -n "$ns" link set lo up
+        machine_up "$ns" "cwsshv$i" "$BR" "$NET.$((10 + i))"
         mkdir -p "$BOX/m$i"
         [ -s "$BOX/m$i/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$BOX/m$i/ssh_host_ed25519_key"
         echo "$NET.$((10 + i)) $(cut -d' ' -f1,2 "$BOX/m$i/ssh_host_ed25519_key.pub")" >> "$BOX/known_hosts"
@@ -115,9 +108,8 @@ down() {
         ns=cwssh$i
         if ip netns list | grep -qw "$ns"; then
             ip netns pids "$ns" | xargs -r kill -9 2>/dev/null || true
-            ip netns del "$ns" 2>/dev/null || true
         fi
-        ip link del "cwsshv$i" 2>/dev/null || true
+        machine_down "$ns" "cwsshv$i"
     done
     ip link del "$BR" 2>/dev/null || true
     rm -rf "$BOX"
