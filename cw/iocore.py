@@ -36,14 +36,13 @@ from . import shm
 from .errors import CWError, JobRejectedError, MasterUnavailableError, ProtocolError, SecurityError
 from .protocol import (
     NOBLOCK,
-    PROTOCOL_VERSION,
     ErrorCode,
     Kind,
     Message,
     Status,
-    peer_version,
     recv_frames,
     send_frames,
+    version_mismatch,
     versions,
 )
 from .security import Keys, apply_client, monitor, read_monitor
@@ -340,11 +339,9 @@ class IOCore(threading.Thread):
             try:
                 msg = Message.from_frames(frames)
             except ProtocolError as e:
-                version = peer_version(frames)
-                if version is not None and version != PROTOCOL_VERSION:
-                    self.die(ProtocolError(
-                        f"the master at {self.address} speaks cw protocol {version}, this client "
-                        f"{PROTOCOL_VERSION}: install the same cw version on every machine"))
+                mismatch = version_mismatch(frames, self.address, "this client")
+                if mismatch:
+                    self.die(ProtocolError(mismatch))
                     return
                 log.warning("dropped a bad message from the master: %s", e)
                 continue

@@ -225,10 +225,10 @@ class Master:
 
     def salvage(self, identity: bytes, frames: list, reason: str) -> None:
         """Fail the jobs a refused SUBMIT or RESULT was about, so none hangs."""
-        ids = salvage_ids(frames)
+        kind, ids = salvage_ids(frames)
         if not ids:
             return
-        if identity in self.clients and bytes(frames[0])[3:4] == Kind.SUBMIT.value:
+        if identity in self.clients and kind is Kind.SUBMIT:
             for cid in ids:
                 self.reply_refused(identity, cid, reason)
             return
@@ -526,7 +526,7 @@ class Master:
         runs: list[int] = []
         context = None
         for job in jobs:
-            if runs and (job.payload[0] is context or job.payload[0] == context):
+            if runs and job.payload[0] == context:
                 runs[-1] += 1
                 frames += job.payload[1:]
             else:

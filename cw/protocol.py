@@ -173,6 +173,16 @@ def peer_version(frames: Sequence[Frame]) -> Union[int, None]:
     return first[2] if first[:2] == b"CW" and len(first) >= 3 else None
 
 
+def version_mismatch(frames: Sequence[Frame], master: str, us: str) -> Union[str, None]:
+    """What to tell a user whose master (at ``master``) sent ``frames`` in
+    another protocol version, naming both; None when the versions agree."""
+    version = peer_version(frames)
+    if version is None or version == PROTOCOL_VERSION:
+        return None
+    return (f"the master at {master} speaks cw protocol {version}, {us} {PROTOCOL_VERSION}: "
+            "install the same cw version on every machine")
+
+
 def legacy_layout(frames: Sequence[Frame]) -> bool:
     """Whether a message uses protocol 1 to 3's layout (a 3-byte magic frame)."""
     version = peer_version(frames)

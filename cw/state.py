@@ -31,20 +31,23 @@ class Limits:
         return None
 
 
-def salvage_ids(frames: list) -> list[int]:
-    """The job ids of a broken SUBMIT (``ids``) or RESULT (``results``) that
-    can be read, to fail those jobs rather than leave them hanging."""
+def salvage_ids(frames: list) -> tuple[Optional[Kind], list[int]]:
+    """A broken SUBMIT's or RESULT's kind and the job ids in it (``ids``,
+    ``results``) that can be read, to fail those jobs rather than leave
+    them hanging; (None, []) for any other message."""
     try:
         first = bytes(frames[0])
-        if first[3:4] not in (Kind.SUBMIT.value, Kind.RESULT.value):
-            return []
+        kind = Kind(first[3:4])  # no kind at all: ValueError
+        if kind not in (Kind.SUBMIT, Kind.RESULT):
+            return None, []
         header = json.loads(first[4:])
         ids = header.get("ids") or [e[0] for e in header["results"][:10_000] if isinstance(e, list) and e]
     except Exception:
-        return []
+        return None, []
     if not isinstance(ids, list):
-        return []
-    return [i for i in ids[:10_000] if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**62]
+        return None, []
+    return kind, [i for i in ids[:10_000]
+                  if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**62]
 
 
 class Job:

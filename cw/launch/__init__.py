@@ -13,7 +13,7 @@ import zmq
 
 from ..cluster import cluster_dir
 from ..errors import ClusterError, MasterUnavailableError
-from ..protocol import PROTOCOL_VERSION, Kind, Message, peer_version
+from ..protocol import Kind, Message, version_mismatch
 from ..security import apply_client, client_keys, insecure_default
 
 
@@ -34,11 +34,9 @@ def query_status(host: str, port: int, timeout: float = 5.0, *, cluster: Optiona
             try:
                 msg = Message.from_frames(frames)
             except Exception:
-                version = peer_version(frames)
-                if version is not None and version != PROTOCOL_VERSION:
-                    raise ClusterError(
-                        f"the master at {host}:{port} speaks cw protocol {version}, this cw "
-                        f"{PROTOCOL_VERSION}: install the same cw version on every machine") from None
+                mismatch = version_mismatch(frames, f"{host}:{port}", "this cw")
+                if mismatch:
+                    raise ClusterError(mismatch) from None
                 continue
             if msg.kind is Kind.STATUS:
                 return msg.header
