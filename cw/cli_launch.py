@@ -152,11 +152,16 @@ def _print_slurm_status(st: dict) -> None:
         click.echo(f"  {job['id']:>10}  {job['name']:<28} {job['state']:<10} {job['nodes']}")
     if not st["jobs"]:
         click.echo("  no jobs in squeue")
+    _echo_master(st, each_worker=True)
+
+
+def _echo_master(st: dict, each_worker: bool = False) -> None:
+    """A launcher status's last lines: what its master sees, or why it did not answer."""
     snap = st.get("master")
     if snap:
         click.echo(f"  workers registered: {len(snap['workers'])}  executors: {len(snap['executors'])}  "
                    f"queued: {snap['queued']}  running: {snap['running']}")
-        for w in snap["workers"]:
+        for w in snap["workers"] if each_worker else ():
             click.echo(f"    worker {w['host']} pid {w['pid']}: {w['executors']} executor(s)")
     elif "master_error" in st:
         click.echo(f"  master: {st['master_error']}")
@@ -300,12 +305,7 @@ def _docker(action: str, nworkers: int, no_master: bool, no_workers: bool, image
         click.echo(f"cluster {st['cluster']}")
         for c in st["containers"]:
             click.echo(f"  {c['name']:<40} {c['role']:<8} {c['state']}")
-        snap = st.get("master")
-        if snap:
-            click.echo(f"  workers registered: {len(snap['workers'])}  executors: {len(snap['executors'])}  "
-                       f"queued: {snap['queued']}  running: {snap['running']}")
-        elif "master_error" in st:
-            click.echo(f"  master: {st['master_error']}")
+        _echo_master(st)
 
 
 @click.group("docker")
