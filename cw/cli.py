@@ -101,13 +101,18 @@ for _group in (local_group, slurm_group, ssh_group, docker_group):
                    "[default: off].")
 @click.option("--http-host", envvar="CW_HTTP_HOST", default="127.0.0.1", show_default=True,
               help="Address the dashboard binds; reach it from elsewhere through an SSH tunnel.")
+@click.option("--spin", type=click.FloatRange(0, 0.1), envvar="CW_MASTER_SPIN", default=0.0005,
+              show_default=True, metavar="SECONDS",
+              help="After receiving jobs or results, poll this long before sleeping: "
+                   "quicker round trips for one job at a time, for some CPU while jobs "
+                   "flow; 0 never busy-waits.")
 @apply_options(heartbeat_options)
 @log_option
 @friendly
 def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
                    max_message_size: int, max_jobs_per_client: int, max_bytes_per_client: int,
-                   http_port: Optional[int], http_host: str, heartbeat: float, liveness: int,
-                   log_level: str) -> None:
+                   http_port: Optional[int], http_host: str, spin: float, heartbeat: float,
+                   liveness: int, log_level: str) -> None:
     """Run a master: route jobs from clients to workers until SIGINT/SIGTERM."""
     import zmq
 
@@ -121,7 +126,7 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
     limits = Limits(max_message_size, max_jobs_per_client, max_bytes_per_client)
     try:
         master = Master(host, port, heartbeat=heartbeat, liveness=liveness, keys=keys,
-                        cluster_dir=cdir, limits=limits)
+                        cluster_dir=cdir, limits=limits, spin=spin)
     except zmq.ZMQError as e:
         raise click.ClickException(
             f"cannot listen on {host}:{port}: {e}; is another master running? try --port 0"

@@ -44,6 +44,15 @@ def test_master_on_a_busy_port_is_a_one_line_error(cw_home):
     assert "cannot listen on 127.0.0.1" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("value", ["-1", "soon", "5"])
+def test_master_refuses_a_bad_spin_before_binding(cw_home, value):
+    done = subprocess.run([sys.executable, "-m", "cw.master", "--port", "0", "--spin", value],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "Invalid value for '--spin'" in done.stderr and "Traceback" not in done.stderr
+    assert not (cw_home / "default" / "master.json").exists()
+
+
 def test_worker_restarts_a_killed_executor_and_its_job_is_requeued(cluster, procs):
     port = cluster(1)
     with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:

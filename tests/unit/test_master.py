@@ -365,3 +365,39 @@ def test_batches_leave_work_for_every_executor(master):
     assert all(len(ids) == 2 for ids in firsts)
     executors[0].send(Kind.RESULT, {"results": [[tid, "ok", None, 0] for tid in firsts[0]], "busy": 1e-5})
     assert len(raw_tasks(executors[0])) == 2 + 32 // 4  # 32 queued, 4 executors
+
+
+class CountingPoller:
+    """The master's poller, with a record of each poll's timeout (ms)."""
+
+    def __init__(self, poller: zmq.Poller) -> None:
+        self.poller = poller
+        self.timeouts: list = []
+
+    def poll(self, timeout=None):
+        self.timeouts.append(timeout)
+        return self.poller.poll(timeout)
+
+
+@pytest.mark.parametrize("spin", [0.002, 0.0])
+def test_the_master_spins_only_after_jobs_moved(spin):
+    """A turn that received a submit or a result polls without sleeping for
+    up to ``spin`` seconds; a quiet turn, or ``spin=0``, sleeps at once."""
+    with running_master(spin=spin) as m:
+        c, ex = client(m), executor(m)
+        m.poller = counting = CountingPoller(m.poller)
+        assert ex.nothing({Kind.TASK})  # the READY turn is over; nothing moves
+        counting.timeouts.clear()
+        m.step(timeout=0.01)
+        assert counting.timeouts == [0, 10]  # one look, then sleep
+        submit(c, 1)
+        run(ex)  # steps until the TASK is out, then answers it
+        c.recv({Kind.RESULT})  # the result turn: jobs moved
+        counting.timeouts.clear()
+        m.step(timeout=0.01)  # nothing arrives
+        looks = counting.timeouts[:-1]
+        assert counting.timeouts[-1] == 10 and set(looks) == {0}
+        assert (len(looks) > 1) == (spin > 0)
+        counting.timeouts.clear()
+        m.step(timeout=0.01)  # the quiet turn before did not move jobs
+        assert counting.timeouts == [0, 10]
