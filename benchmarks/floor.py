@@ -60,7 +60,7 @@ def round_trips(n: int = 300) -> dict:
     front, back = ports.get(timeout=30)
     worker = mp.Process(target=_worker, args=(keys, back), daemon=True)
     worker.start()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     _secure(sock, keys, server=False)
     sock.connect(f"tcp://127.0.0.1:{front}")
