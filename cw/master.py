@@ -3,11 +3,11 @@
 ::
 
     client ──SUBMIT──► ROUTER ──► Job appended to ClientState.queue
-                         │        (clients with queued jobs take turns in `ready`)
+                         │        (clients with queued jobs take turns)
                          ▼
-    dispatch(): executors with room (`free`) take the ready clients' oldest jobs in
-                turns ──TASK──► one message per executor per turn, several jobs
-                when its jobs are short (``window``)
+    Scheduler.dispatch() (cw.scheduler): executors with room take the ready
+                clients' oldest jobs in turns ──TASK──► one message per executor
+                per turn, several jobs when its jobs are short
     executor ──RESULT──► master: Jobs leave ExecutorState.running ──RESULTS──► client
     supervisor ──DIED──► master: the dead executor's jobs go back to the front of
                          their client's queue, or fail as lost after `retries` deaths
@@ -24,7 +24,6 @@ busy with a long job cannot heartbeat: their supervisor speaks for them.
 """
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import platform
@@ -52,6 +51,7 @@ from .protocol import (
     send_frames,
     versions,
 )
+from .scheduler import Scheduler
 from .security import Keys, ZapHandler, apply_server
 from .state import ClientState, ExecutorState, Job, Limits, salvage_ids
 
@@ -59,13 +59,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETRIES = 2
 RECV_BATCH = 1000  # messages handled per step before dispatching
-# An executor holds jobs beyond its capacity only while they are short: about
-# this many seconds of work, and no more than its share of the queue.
-BATCH_SECONDS = 0.002
-TASK_BYTES = 1 << 20  # a TASK with several jobs stays under this
-# A job still running this long after it went to an executor is announced
-# to its client (STARTED); a quicker one names its worker in its result.
-ANNOUNCE_AFTER = 0.005
 # After a turn that moved jobs, poll this long before sleeping: the next
 # message (the result of the task just sent, a waiting client's next submit)
 # is likely that close, and a thread that sleeps pays for its wake-up. On a
@@ -144,15 +137,8 @@ class Master:
         self.clients: dict[bytes, ClientState] = {}
         self.executors: dict[bytes, ExecutorState] = {}
         self.supervisors: dict[bytes, ExecutorState] = {}
-        # Heap of (deadline, tid, job) of running jobs with a timeout; an entry
-        # whose job's deadline has changed or gone is stale and skipped.
-        self.deadlines: list[tuple[float, int, Job]] = []
-        self.deadlines_live = 0  # entries that were not stale at the last compaction
+        self.sched = Scheduler(self.clients, self.executors, self.send)
         self.dying: deque = deque()  # (when, executor identity, reason) of reported deaths
-        self.announce: deque = deque()  # (when, job, executor identity): STARTED due, in dispatch order
-        self.ready: deque[bytes] = deque()
-        self.free: deque[bytes] = deque()  # executors that may have room for tasks
-        self.queued = 0  # jobs in clients' queues (cancelled ones included until popped)
         self.next_tid = 1
         self.next_beat = 0.0
         self.stopping = False
@@ -179,8 +165,9 @@ class Master:
     def run(self) -> None:
         while not self.stopping:
             timeout = min(self.heartbeat, 0.5)
-            if self.announce:  # wake up to say STARTED in time
-                timeout = min(timeout, max(0.0, self.announce[0][0] - self.clock()))
+            due = self.sched.next_announcement()
+            if due is not None:  # wake up to say STARTED in time
+                timeout = min(timeout, max(0.0, due - self.clock()))
             self.step(timeout)
 
     def step(self, timeout: float = 0.0, now: Optional[float] = None) -> None:
@@ -198,9 +185,9 @@ class Master:
                 self.handle(frames, self.clock() if now is None else now)
         now = self.clock() if now is None else now
         self.bury(now)
-        self.dispatch(now)
+        self.sched.dispatch(now)
         self.expire_jobs(now)
-        self.announce_started(now)
+        self.sched.announce_started(now)
         self.flush()
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat
@@ -349,11 +336,10 @@ class Master:
                 client.held_bytes += size
                 self.next_tid += 1
                 client.jobs[cid] = job
-                client.queue.append(job)
-                self.queued += 1
+                self.sched.enqueue(client, job)
                 self.counts["submitted"] += 1
         if client.queue:
-            self.mark_ready(client)
+            self.sched.mark_ready(client)
 
     def on_cancel(self, identity: bytes, msg: Message, now: float) -> None:
         client = self.clients.get(identity)
@@ -387,7 +373,7 @@ class Master:
             self.requeue(state, "executor re-registered")
         state = self.executors[identity] = ExecutorState(identity, msg.header, now, capacity,
                                                          batch=msg.header.get("batch", capacity))
-        self.offer(state)
+        self.sched.offer(state)
         self.welcome(identity)  # tells the executor the message size limit
 
     def on_result(self, identity: bytes, msg: Message, now: float) -> None:
@@ -417,11 +403,11 @@ class Master:
     def finish_task(self, state: ExecutorState, tid: int, now: float) -> Optional[Job]:
         """A task left its executor: it has room; the next one there starts."""
         job = state.running.pop(tid, None)
-        self.offer(state)
+        self.sched.offer(state)
         if state.running and not state.killed:
             nxt = next(iter(state.running.values()))
             if nxt.timeout is not None and nxt.deadline is None:
-                self.start_clock(nxt, now)
+                self.sched.start_clock(nxt, now)
         return job
 
     def on_died(self, identity: bytes, msg: Message, now: float) -> None:
@@ -484,113 +470,7 @@ class Master:
     def on_status(self, identity: bytes, msg: Message, now: float) -> None:
         self.send(identity, Message(Kind.STATUS, self.snapshot()))
 
-    # -- scheduling -------------------------------------------------------
-    def mark_ready(self, client: ClientState) -> None:
-        if not client.in_ready:
-            client.in_ready = True
-            self.ready.append(client.identity)
-
-    def offer(self, state: ExecutorState) -> None:
-        if not state.offered:
-            state.offered = True
-            self.free.append(state.identity)
-
-    def window(self, state: ExecutorState) -> int:
-        """How many tasks an executor may hold: its capacity, or more while
-        its jobs are short and the queue is long (fewer, bigger messages)."""
-        if state.cost is None or state.batch <= state.capacity or state.capacity < 2:
-            return state.capacity
-        share = self.queued // len(self.executors)
-        return state.capacity + min(state.batch - state.capacity, share,
-                                    int(BATCH_SECONDS / max(state.cost, 1e-6)))
-
-    def dispatch(self, now: float) -> None:
-        """Fill executors with room, taking the ready clients' jobs in turns."""
-        while self.free and self.ready:
-            state = self.executors.get(self.free.popleft())
-            if state is None:
-                continue  # gone since it was offered
-            state.offered = False
-            room = self.window(state) - len(state.running)
-            if room <= 0:
-                continue  # full: a result offers it again
-            jobs = self.take(room)
-            for job in jobs:
-                job.executor = state.identity
-                job.announced = False
-                self.announce.append((now + ANNOUNCE_AFTER, job, state.identity))
-                if not state.running and job.timeout is not None:
-                    self.start_clock(job, now)  # else it waits, prefetched, behind another
-                state.running[job.tid] = job
-            if jobs:
-                self.send_task(state, jobs)
-            if len(state.running) < self.window(state):
-                self.offer(state)  # the queue ran dry (or the message grew big) before it was full
-
-    def take(self, room: int) -> list[Job]:
-        """Up to ``room`` queued jobs, one client after another (round-robin)."""
-        jobs: list[Job] = []
-        size = 0
-        while len(jobs) < room and size < TASK_BYTES and self.ready:
-            client = self.clients.get(self.ready.popleft())
-            if client is None:
-                continue  # dropped since it queued
-            job = self.next_job(client)
-            if job is None:
-                client.in_ready = False
-                continue
-            self.ready.append(client.identity)  # round-robin: back of the line
-            jobs.append(job)
-            size += job.size
-        return jobs
-
-    def send_task(self, state: ExecutorState, jobs: list[Job]) -> None:
-        """One TASK; neighbours that share a context (the same client, as a
-        rule) share its frame: see ``job_runs``."""
-        header: dict = {"ids": [job.tid for job in jobs]}
-        frames: list = []
-        runs: list[int] = []
-        context = None
-        for job in jobs:
-            if runs and job.payload[0] == context:
-                runs[-1] += 1
-                frames += job.payload[1:]
-            else:
-                context = job.payload[0]
-                runs.append(1)
-                frames += job.payload
-        if len(runs) > 1:
-            header["contexts"] = runs
-        if len(frames) != len(jobs) + len(runs):  # some job has out-of-band buffers
-            header["frames"] = [len(job.payload) - 1 for job in jobs]
-        self.send(state.identity, Message(Kind.TASK, header, tuple(frames)))
-
-    def next_job(self, client: ClientState) -> Optional[Job]:
-        while client.queue:
-            job = client.queue.popleft()
-            self.queued -= 1
-            if not job.cancelled:
-                return job
-        return None
-
-    def announce_started(self, now: float) -> None:
-        """STARTED, per client and worker, for the jobs still running
-        ``ANNOUNCE_AFTER`` seconds after they went out; quicker ones name
-        their worker in their result instead, which saves a message a job."""
-        due: dict[tuple[bytes, str], list[int]] = {}
-        while self.announce and self.announce[0][0] <= now:
-            _, job, executor = self.announce.popleft()
-            state = self.executors.get(executor)
-            if job.announced or job.cancelled or job.executor != executor or state is None:
-                continue  # finished, gone, or sent elsewhere since (a later entry covers that)
-            job.announced = True
-            due.setdefault((job.client, state.name), []).append(job.cid)
-        for (identity, worker), ids in due.items():
-            if identity in self.clients:
-                # Chunked, so no header outgrows what a peer accepts (64 KiB).
-                for i in range(0, len(ids), 2000):
-                    self.send(identity, Message(Kind.STARTED, {"ids": ids[i:i + 2000], "worker": worker}))
-
+    # -- answering clients ----------------------------------------------
     def flush(self) -> None:
         """Send each client the results this turn produced, in one RESULTS."""
         for client in self.clients.values():
@@ -626,22 +506,11 @@ class Master:
         client.results.append(entry)
         client.outbox.extend(payload)
 
-    def start_clock(self, job: Job, now: float) -> None:
-        """A job with a timeout starts running: its deadline counts from now."""
-        assert job.timeout is not None
-        job.deadline = now + job.timeout
-        heapq.heappush(self.deadlines, (job.deadline, job.tid, job))
-
+    # -- ending jobs ----------------------------------------------------
     def expire_jobs(self, now: float) -> None:
-        if len(self.deadlines) > 2 * self.deadlines_live + 1000:  # mostly jobs long finished
-            self.deadlines = [e for e in self.deadlines if e[2].deadline == e[0]]
-            heapq.heapify(self.deadlines)
-            self.deadlines_live = len(self.deadlines)
-        while self.deadlines and self.deadlines[0][0] <= now:
-            deadline, _, job = heapq.heappop(self.deadlines)
-            if job.executor is not None and job.deadline == deadline:
-                self.counts["timeouts"] += 1
-                self.stop_job(job, Status.TIMEOUT, f"job ran past its timeout of {job.timeout:g} s")
+        for job in self.sched.expired(now):
+            self.counts["timeouts"] += 1
+            self.stop_job(job, Status.TIMEOUT, f"job ran past its timeout of {job.timeout:g} s")
 
     def stop_job(self, job: Job, status: Status, reason: str) -> None:
         """End a running job now: kill its executor, answer the client.
@@ -714,9 +583,7 @@ class Master:
                 self.reply(job, Status.LOST, (), error)
                 continue
             self.counts["requeued"] += 1
-            client.queue.appendleft(job)
-            self.queued += 1
-            self.mark_ready(client)
+            self.sched.requeue(client, job)
         if held:
             log.warning("executor %s:%s gone (%s): %d job(s) requeued",
                         state.info["host"], state.info["pid"], reason, len(held))
@@ -732,8 +599,7 @@ class Master:
                 state.running.pop(job.tid, None)
                 self.kill(state)
         client.jobs.clear()
-        self.queued -= len(client.queue)
-        client.queue.clear()
+        self.sched.drop(client)
 
     # -- liveness ---------------------------------------------------------
     def beat(self, now: float) -> None:

@@ -1,6 +1,7 @@
 """What the master holds: jobs, clients, executors, and the limits on them.
 
-Plain data; the master (``cw.master``) is the only code that changes it.
+Plain data; the master (``cw.master``) and its scheduler (``cw.scheduler``) are
+the only code that changes it.
 """
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ import os
 import pytest
 import zmq
 
-from cw.master import ANNOUNCE_AFTER, Master
+from cw.master import Master
 from cw.protocol import MAGIC, ErrorCode, Kind, Message, Status, job_runs, versions
+from cw.scheduler import ANNOUNCE_AFTER
 
 PEER = {"host": "test", "pid": 1, **versions()}
 
@@ -231,7 +232,7 @@ def test_silent_client_is_dropped_and_its_queue_cleared(master):
     c.nothing({Kind.RESULT})
     now = master.clock() + master.heartbeat * (master.liveness + 1)
     master.beat(now)
-    assert master.clients == {} and master.queued == 0
+    assert master.clients == {} and master.sched.queued == 0
 
 
 def test_python_minor_mismatch_is_warned_once(master, caplog):
@@ -351,7 +352,7 @@ def test_short_jobs_travel_in_batches_long_ones_one_by_one(master):
         master.step(timeout=0.01)
         if state.done == 3:
             break
-    assert master.window(state) == 2  # back to its capacity at once
+    assert master.sched.window(state) == 2  # back to its capacity at once
 
 
 def test_batches_leave_work_for_every_executor(master):

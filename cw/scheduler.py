@@ -1,0 +1,199 @@
+"""Which job runs where, next: the master's scheduler.
+
+::
+
+    SUBMIT ─► enqueue(): the job joins its client's queue (first in, first
+              out); the client joins ``ready``, the clients with queued
+              jobs, which take turns
+    dispatch(): executors with room wait in ``free``; each takes the ready
+              clients' oldest jobs in turns (``take``), up to its
+              ``window``: its capacity, more while its jobs are short
+              ──TASK──► one message per executor per turn (``send_task``)
+    announce_started(): STARTED for the jobs still running a moment later
+    expired(): running jobs past their timeout, from a heap of deadlines
+
+No step scans all executors or all queued jobs: ``ready`` and ``free`` are
+queues, and a dispatch pops from their fronts. The master owns the clients
+and executors (``cw.state``) and decides what a death, a cancel or a
+timeout does; the scheduler reads them and sends through the master.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Callable, Iterator, Optional
+
+from .protocol import Kind, Message
+from .state import ClientState, ExecutorState, Job
+
+# An executor holds jobs beyond its capacity only while they are short: about
+# this many seconds of work, and no more than its share of the queue.
+BATCH_SECONDS = 0.002
+TASK_BYTES = 1 << 20  # a TASK with several jobs stays under this
+# A job still running this long after it went to an executor is announced
+# to its client (STARTED); a quicker one names its worker in its result.
+ANNOUNCE_AFTER = 0.005
+
+
+class Scheduler:
+    def __init__(self, clients: dict[bytes, ClientState], executors: dict[bytes, ExecutorState],
+                 send: Callable[[bytes, Message], None]) -> None:
+        self.clients = clients
+        self.executors = executors
+        self.send = send
+        self.ready: deque[bytes] = deque()  # clients with queued jobs, in turns
+        self.free: deque[bytes] = deque()  # executors that may have room for tasks
+        self.queued = 0  # jobs in clients' queues (cancelled ones included until popped)
+        self.announce: deque = deque()  # (when, job, executor identity): STARTED due, in dispatch order
+        # Heap of (deadline, tid, job) of running jobs with a timeout; an entry
+        # whose job's deadline has changed or gone is stale and skipped.
+        self.deadlines: list[tuple[float, int, Job]] = []
+        self.deadlines_live = 0  # entries that were not stale at the last compaction
+
+    # -- queues -----------------------------------------------------------
+    def enqueue(self, client: ClientState, job: Job) -> None:
+        """A new job, behind its client's others (``mark_ready`` the client after)."""
+        client.queue.append(job)
+        self.queued += 1
+
+    def requeue(self, client: ClientState, job: Job) -> None:
+        """A job back from a gone executor: first in its client's line."""
+        client.queue.appendleft(job)
+        self.queued += 1
+        self.mark_ready(client)
+
+    def drop(self, client: ClientState) -> None:
+        """A client gone: its queued jobs with it."""
+        self.queued -= len(client.queue)
+        client.queue.clear()
+
+    def mark_ready(self, client: ClientState) -> None:
+        if not client.in_ready:
+            client.in_ready = True
+            self.ready.append(client.identity)
+
+    def offer(self, state: ExecutorState) -> None:
+        """An executor may have room: it joins the line of those that take tasks."""
+        if not state.offered:
+            state.offered = True
+            self.free.append(state.identity)
+
+    # -- dispatch ---------------------------------------------------------
+    def window(self, state: ExecutorState) -> int:
+        """How many tasks an executor may hold: its capacity, or more while
+        its jobs are short and the queue is long (fewer, bigger messages)."""
+        if state.cost is None or state.batch <= state.capacity or state.capacity < 2:
+            return state.capacity
+        share = self.queued // len(self.executors)
+        return state.capacity + min(state.batch - state.capacity, share,
+                                    int(BATCH_SECONDS / max(state.cost, 1e-6)))
+
+    def dispatch(self, now: float) -> None:
+        """Fill executors with room, taking the ready clients' jobs in turns."""
+        while self.free and self.ready:
+            state = self.executors.get(self.free.popleft())
+            if state is None:
+                continue  # gone since it was offered
+            state.offered = False
+            room = self.window(state) - len(state.running)
+            if room <= 0:
+                continue  # full: a result offers it again
+            jobs = self.take(room)
+            for job in jobs:
+                job.executor = state.identity
+                job.announced = False
+                self.announce.append((now + ANNOUNCE_AFTER, job, state.identity))
+                if not state.running and job.timeout is not None:
+                    self.start_clock(job, now)  # else it waits, prefetched, behind another
+                state.running[job.tid] = job
+            if jobs:
+                self.send_task(state, jobs)
+            if len(state.running) < self.window(state):
+                self.offer(state)  # the queue ran dry (or the message grew big) before it was full
+
+    def take(self, room: int) -> list[Job]:
+        """Up to ``room`` queued jobs, one client after another (round-robin)."""
+        jobs: list[Job] = []
+        size = 0
+        while len(jobs) < room and size < TASK_BYTES and self.ready:
+            client = self.clients.get(self.ready.popleft())
+            if client is None:
+                continue  # dropped since it queued
+            job = self.next_job(client)
+            if job is None:
+                client.in_ready = False
+                continue
+            self.ready.append(client.identity)  # round-robin: back of the line
+            jobs.append(job)
+            size += job.size
+        return jobs
+
+    def next_job(self, client: ClientState) -> Optional[Job]:
+        while client.queue:
+            job = client.queue.popleft()
+            self.queued -= 1
+            if not job.cancelled:
+                return job
+        return None
+
+    def send_task(self, state: ExecutorState, jobs: list[Job]) -> None:
+        """One TASK; neighbours that share a context (the same client, as a
+        rule) share its frame: see ``job_runs``."""
+        header: dict = {"ids": [job.tid for job in jobs]}
+        frames: list = []
+        runs: list[int] = []
+        context = None
+        for job in jobs:
+            if runs and job.payload[0] == context:
+                runs[-1] += 1
+                frames += job.payload[1:]
+            else:
+                context = job.payload[0]
+                runs.append(1)
+                frames += job.payload
+        if len(runs) > 1:
+            header["contexts"] = runs
+        if len(frames) != len(jobs) + len(runs):  # some job has out-of-band buffers
+            header["frames"] = [len(job.payload) - 1 for job in jobs]
+        self.send(state.identity, Message(Kind.TASK, header, tuple(frames)))
+
+    # -- after dispatch ---------------------------------------------------
+    def announce_started(self, now: float) -> None:
+        """STARTED, per client and worker, for the jobs still running
+        ``ANNOUNCE_AFTER`` seconds after they went out; quicker ones name
+        their worker in their result instead, which saves a message a job."""
+        due: dict[tuple[bytes, str], list[int]] = {}
+        while self.announce and self.announce[0][0] <= now:
+            _, job, executor = self.announce.popleft()
+            state = self.executors.get(executor)
+            if job.announced or job.cancelled or job.executor != executor or state is None:
+                continue  # finished, gone, or sent elsewhere since (a later entry covers that)
+            job.announced = True
+            due.setdefault((job.client, state.name), []).append(job.cid)
+        for (identity, worker), ids in due.items():
+            if identity in self.clients:
+                # Chunked, so no header outgrows what a peer accepts (64 KiB).
+                for i in range(0, len(ids), 2000):
+                    self.send(identity, Message(Kind.STARTED, {"ids": ids[i:i + 2000], "worker": worker}))
+
+    def next_announcement(self) -> Optional[float]:
+        """When the next STARTED may be due."""
+        return self.announce[0][0] if self.announce else None
+
+    def start_clock(self, job: Job, now: float) -> None:
+        """A job with a timeout starts running: its deadline counts from now."""
+        assert job.timeout is not None
+        job.deadline = now + job.timeout
+        heapq.heappush(self.deadlines, (job.deadline, job.tid, job))
+
+    def expired(self, now: float) -> Iterator[Job]:
+        """Running jobs past their deadline, one at a time: each is checked
+        when its turn comes, after the caller dealt with the one before."""
+        if len(self.deadlines) > 2 * self.deadlines_live + 1000:  # mostly jobs long finished
+            self.deadlines = [e for e in self.deadlines if e[2].deadline == e[0]]
+            heapq.heapify(self.deadlines)
+            self.deadlines_live = len(self.deadlines)
+        while self.deadlines and self.deadlines[0][0] <= now:
+            deadline, _, job = heapq.heappop(self.deadlines)
+            if job.executor is not None and job.deadline == deadline:
+                yield job
