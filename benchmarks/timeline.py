@@ -121,7 +121,7 @@ def main() -> None:
         trips = segments(events(out))[-args.trips:]  # not the warm-up
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
     if not trips:
         sys.exit("no complete round trip was recorded")
     print(f"{len(trips)} round trips; the client measured a median of "

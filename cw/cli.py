@@ -103,9 +103,9 @@ for _group in (local_group, slurm_group, ssh_group, docker_group):
               help="Address the dashboard binds; reach it from elsewhere through an SSH tunnel.")
 @click.option("--spin", type=click.FloatRange(0, 0.1), envvar="CW_MASTER_SPIN", default=0.0005,
               show_default=True, metavar="SECONDS",
-              help="After receiving jobs or results, poll this long before sleeping: "
-                   "quicker round trips for one job at a time, for some CPU while jobs "
-                   "flow; 0 never busy-waits.")
+              help="After receiving jobs or results, while none is queued, poll this long "
+                   "before sleeping: quicker round trips for one job at a time, for some "
+                   "CPU; 0 never busy-waits.")
 @apply_options(heartbeat_options)
 @log_option
 @friendly

@@ -36,6 +36,8 @@ ANNOUNCE_AFTER = 0.005
 
 
 class Scheduler:
+    """The master's queues of jobs and of executors with room; see above."""
+
     def __init__(self, clients: dict[bytes, ClientState], executors: dict[bytes, ExecutorState],
                  send: Callable[[bytes, Message], None]) -> None:
         self.clients = clients
@@ -52,9 +54,10 @@ class Scheduler:
 
     # -- queues -----------------------------------------------------------
     def enqueue(self, client: ClientState, job: Job) -> None:
-        """A new job, behind its client's others (``mark_ready`` the client after)."""
+        """A new job, behind its client's others."""
         client.queue.append(job)
         self.queued += 1
+        self.mark_ready(client)
 
     def requeue(self, client: ClientState, job: Job) -> None:
         """A job back from a gone executor: first in its client's line."""
@@ -68,6 +71,7 @@ class Scheduler:
         client.queue.clear()
 
     def mark_ready(self, client: ClientState) -> None:
+        """A client with queued jobs joins the turns, once."""
         if not client.in_ready:
             client.in_ready = True
             self.ready.append(client.identity)
@@ -129,6 +133,7 @@ class Scheduler:
         return jobs
 
     def next_job(self, client: ClientState) -> Optional[Job]:
+        """A client's oldest queued job; cancelled ones leave the queue here."""
         while client.queue:
             job = client.queue.popleft()
             self.queued -= 1

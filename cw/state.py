@@ -98,7 +98,7 @@ class ExecutorState:
     killed: bool = False
     batch: int = 0  # how many tasks it accepts at most when they are short
     cost: Optional[float] = None  # recent seconds per job, as it reports them
-    offered: bool = False  # in the master's ``free`` line
+    offered: bool = False  # in the scheduler's ``free`` line
     died_in: Optional[int] = None  # the task it was running when it died, if known
 
     @property

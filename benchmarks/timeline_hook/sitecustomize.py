@@ -2,7 +2,8 @@
 
 On PYTHONPATH with ``CW_TIMELINE_DIR`` set, a master or executor process
 wraps ``send_frames``/``recv_frames`` and at exit writes one line per
-message: ``perf_counter() direction kind``. Nothing else changes.
+message: ``perf_counter() direction kind``. Nothing else changes. (Being a
+``sitecustomize``, it hides any other one for the processes it runs in.)
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 
 def _kind(frames: list) -> str:
     for frame in frames[:2]:  # a ROUTER's first frame is the peer's identity
-        head = bytes(getattr(frame, "bytes", frame)[:4])
+        head = bytes(getattr(frame, "buffer", frame)[:4])  # a zmq.Frame: no copy
         if head[:2] == b"CW" and len(head) == 4:
             return chr(head[3])
     return "?"

@@ -380,25 +380,55 @@ class CountingPoller:
         return self.poller.poll(timeout)
 
 
+def _turn(master: Master, counting: CountingPoller) -> tuple[bool, bool]:
+    """One turn with nothing arriving: (whether it spun, whether it slept after)."""
+    counting.timeouts.clear()
+    master.step(timeout=0.01)
+    looks, last = counting.timeouts[:-1], counting.timeouts[-1]
+    assert set(looks) <= {0}
+    return len(looks) > 1, last == 10
+
+
+def until(master: Master, count: str) -> None:
+    """Step the master until it has counted a message: a submit, a result."""
+    for _ in range(100):
+        if master.counts[count]:
+            return
+        master.step(timeout=0.05)  # sleeps until the message comes
+    raise AssertionError(f"the master counted no {count} message")
+
+
 @pytest.mark.parametrize("spin", [0.002, 0.0])
 def test_the_master_spins_only_after_jobs_moved(spin):
-    """A turn that received a submit or a result polls without sleeping for
-    up to ``spin`` seconds; a quiet turn, or ``spin=0``, sleeps at once."""
+    """A submit or a result makes the master poll without sleeping for up
+    to ``spin`` seconds before it sleeps; heartbeats alone, or ``spin=0``,
+    let it sleep at once."""
     with running_master(spin=spin) as m:
         c, ex = client(m), executor(m)
         m.poller = counting = CountingPoller(m.poller)
-        assert ex.nothing({Kind.TASK})  # the READY turn is over; nothing moves
-        counting.timeouts.clear()
-        m.step(timeout=0.01)
-        assert counting.timeouts == [0, 10]  # one look, then sleep
+        assert ex.nothing({Kind.TASK})  # registration is over; it slept since
+        assert _turn(m, counting) == (False, True)
+        c.send(Kind.HEARTBEAT)
+        m.step(timeout=0.01)  # a heartbeat moves no job
+        assert _turn(m, counting) == (False, True)
         submit(c, 1)
-        run(ex)  # steps until the TASK is out, then answers it
-        c.recv({Kind.RESULT})  # the result turn: jobs moved
-        counting.timeouts.clear()
-        m.step(timeout=0.01)  # nothing arrives
-        looks = counting.timeouts[:-1]
-        assert counting.timeouts[-1] == 10 and set(looks) == {0}
-        assert (len(looks) > 1) == (spin > 0)
-        counting.timeouts.clear()
-        m.step(timeout=0.01)  # the quiet turn before did not move jobs
-        assert counting.timeouts == [0, 10]
+        until(m, "submitted")
+        assert _turn(m, counting) == (spin > 0, True)  # after the submit
+        assert _turn(m, counting) == (False, True)  # it slept: quiet again
+        task = ex.recv({Kind.TASK})
+        assert _turn(m, counting) == (False, True)
+        ex.send(Kind.RESULT, {"id": task.header["id"], "status": "ok"}, b"v")
+        until(m, "done")
+        assert _turn(m, counting) == (spin > 0, True)  # after the result
+        assert c.recv({Kind.RESULT}).header["id"] == 1
+
+
+def test_the_master_does_not_spin_while_jobs_wait_in_the_queue(master):
+    """Queued jobs mean busy executors: the master leaves them the CPU."""
+    c, ex = client(master), executor(master)  # capacity 1: the second job waits
+    master.poller = counting = CountingPoller(master.poller)
+    submit(c, 1)
+    submit(c, 2)
+    ex.recv({Kind.TASK})
+    assert master.sched.queued == 1
+    assert _turn(master, counting) == (False, True)
