@@ -54,7 +54,9 @@ def dealer(address: str, identity: bytes, keys: Optional[Keys]) -> tuple[zmq.Soc
     Queues are unbounded (back-pressure is cw's own), nothing lingers at
     close, and libzmq redials a lost master by itself, backing off
     exponentially to 5 s from a random first interval, so a whole cluster
-    does not redial in step.
+    does not redial in step. That interval is short (20 to 100 ms): a worker
+    started beside its master often dials before the master listens, and
+    waits that long to try again.
     """
     sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     apply_client(sock, keys)
@@ -62,7 +64,7 @@ def dealer(address: str, identity: bytes, keys: Optional[Keys]) -> tuple[zmq.Soc
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
-    sock.setsockopt(zmq.RECONNECT_IVL, random.randint(100, 300))
+    sock.setsockopt(zmq.RECONNECT_IVL, random.randint(20, 100))
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
     mon = monitor(sock)
     sock.connect(address)
