@@ -11,19 +11,29 @@ from .cli_common import PORT, Procs, apply_options, cluster_option, friendly, in
 from .errors import CWError
 from .protocol import DEFAULT_PORT
 
+# Options every launcher's start shares.
+start_which = [
+    click.option("-M", "--no-master", is_flag=True, help="Do not start a master (use the running one)."),
+    click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
+]
+
+
+def up_timeout(default: float) -> Callable:
+    return click.option("--timeout", type=click.FloatRange(1), default=default, show_default=True,
+                        help="Seconds to wait for the master and workers to come up.")
+
+
 # -- local clusters -------------------------------------------------------------
 local_options = [
     click.option("-n", "--nworkers", type=click.IntRange(0), default=1, show_default=True,
                  help="Worker processes to start."),
-    click.option("-M", "--no-master", is_flag=True, help="Do not start a master (use the running one)."),
-    click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
+    *start_which,
     click.option("--procs-per-worker", type=Procs(), default="1", show_default=True,
                  help="Executor processes per worker; 'auto' = CPUs."),
     click.option("--host", default="127.0.0.1", show_default=True, help="Address the master binds."),
     click.option("--port", type=PORT, envvar="CW_PORT", default=DEFAULT_PORT, show_default=True,
                  help="Master port; 0 picks a free one."),
-    click.option("--timeout", type=click.FloatRange(1), default=60.0, show_default=True,
-                 help="Seconds to wait for the master and workers to come up."),
+    up_timeout(60.0),
     cluster_option,
     insecure_option,
 ]
@@ -92,8 +102,7 @@ engine_option = click.option(
 slurm_options = [
     click.option("-n", "--nworkers", type=click.IntRange(0), default=1, show_default=True,
                  help="Workers to start (sbatch jobs, or nodes with -i)."),
-    click.option("-M", "--no-master", is_flag=True, help="Do not start a master (use the running one)."),
-    click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
+    *start_which,
     click.option("-d", "--docker-image", default=None, help="Run the workers in this container image."),
     click.option("--docker-args", default="", help="Extra arguments for `docker run` (one string)."),
     engine_option,
@@ -111,8 +120,7 @@ slurm_options = [
                  help="Seconds a worker may finish its job when SLURM warns it (time limit, scancel)."),
     click.option("--port", type=PORT, envvar="CW_PORT", default=0, show_default=True,
                  help="Master port on its node; 0 picks a free one (recorded in master.json)."),
-    click.option("--timeout", type=click.FloatRange(1), default=300.0, show_default=True,
-                 help="Seconds to wait for the master and workers to come up."),
+    up_timeout(300.0),
     cluster_option,
     insecure_option,
 ]
@@ -266,8 +274,7 @@ def ssh_status(as_json: bool, cluster: Optional[str], insecure: bool) -> None:
 docker_options = [
     click.option("-n", "--nworkers", type=click.IntRange(0), default=1, show_default=True,
                  help="Worker containers to start."),
-    click.option("-M", "--no-master", is_flag=True, help="Do not start a master (use the running one)."),
-    click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
+    *start_which,
     click.option("--image", envvar="CW_IMAGE", default=None,
                  help="The cw image (docker build -f docker/Dockerfile -t cw .)."),
     click.option("--container-engine", type=click.Choice(["docker", "podman"]), envvar="CW_CONTAINER_ENGINE",
@@ -280,8 +287,7 @@ docker_options = [
                  help="Executor processes per worker container; 'auto' = CPUs."),
     click.option("--port", type=PORT, envvar="CW_PORT", default=DEFAULT_PORT, show_default=True,
                  help="Master port; 0 picks a free one (host network only)."),
-    click.option("--timeout", type=click.FloatRange(1), default=120.0, show_default=True,
-                 help="Seconds to wait for the master and workers to come up."),
+    up_timeout(120.0),
     cluster_option,
     insecure_option,
 ]
