@@ -70,12 +70,7 @@ def measure(system: peers.System, jobs: int, mapped: int) -> dict:
         if it is not None:
             assert sum(1 for _ in it) == mapped
             out["map/s"] = mapped / (time.perf_counter() - t)
-        lat = []
-        for _ in range(300):
-            t = time.perf_counter()
-            system.submit(noop).result()
-            lat.append(time.perf_counter() - t)
-        lat.sort()
+        lat = peers.round_trips(system, 300)
         out["latency median"] = statistics.median(lat) * 1e3
         out["latency p99"] = lat[int(len(lat) * 0.99)] * 1e3
         data = numpy.ones(64 << 20, dtype=numpy.uint8)

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Callable, Iterable, Optional
 
 WORKERS = 2
@@ -33,6 +34,18 @@ class System:
 
     def stop(self) -> None:
         raise NotImplementedError
+
+
+def round_trips(system: System, n: int) -> list[float]:
+    """Seconds each of ``n`` sequential no-op jobs took, submit to result, sorted."""
+    from workloads import noop
+
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter()
+        system.submit(noop).result()
+        lat.append(time.perf_counter() - t)
+    return sorted(lat)
 
 
 class _Executor(System):

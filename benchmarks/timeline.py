@@ -3,7 +3,7 @@
 
     python benchmarks/timeline.py [--trips 2000] [--spin SECONDS]
 
-Starts a local cluster (2 workers, CURVE on) whose master and executors
+Starts a local cluster (2 workers, CURVE on, as bench.py's cw) whose master and executors
 note when each message leaves and arrives (timeline_hook/sitecustomize.py
 wraps cw.protocol's send_frames and recv_frames; perf_counter is one clock
 for every process on a host), runs sequential round trips of a no-op job,
@@ -26,7 +26,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -48,24 +47,15 @@ def record(trips: int, out: str) -> list[float]:
     """Run ``trips`` round trips with every process noting its messages;
     return the client's own measure of each, in seconds."""
     hook.install("client", out)  # the client notes its messages too
-    from workloads import noop
+    import peers
 
-    import cw
-    from cw.client import ClusterExecutor
-
-    cw.start(2, launcher="local", port=0)
+    system = peers.CW()
+    system.start()
     try:
-        with ClusterExecutor() as ex:
-            for _ in range(50):  # warm up
-                ex.submit(noop).result()
-            lat = []
-            for _ in range(trips):
-                t = time.perf_counter()
-                ex.submit(noop).result()
-                lat.append(time.perf_counter() - t)
+        peers.round_trips(system, 50)  # warm up
+        return peers.round_trips(system, trips)
     finally:
-        cw.stop(launcher="local")
-    return lat
+        system.stop()
 
 
 def events(out: str) -> list[tuple[float, str, str, str]]:
@@ -108,8 +98,7 @@ def main() -> None:
     if args.trips < 1:
         parser.error("--trips must be at least 1")
     out = tempfile.mkdtemp(prefix="cw-timeline-")
-    home = tempfile.mkdtemp(prefix="cw-timeline-home-")
-    os.environ.update(CW_TIMELINE_DIR=out, CW_HOME=home)
+    os.environ["CW_TIMELINE_DIR"] = out
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOOK), str(HERE),
                                                              os.environ.get("PYTHONPATH")]))
     if args.spin is not None:
@@ -120,7 +109,6 @@ def main() -> None:
         atexit.unregister(hook.flush)
         trips = segments(events(out))[-args.trips:]  # not the warm-up
     finally:
-        shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
     if not trips:
         sys.exit("no complete round trip was recorded")
