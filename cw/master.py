@@ -101,7 +101,7 @@ class Master:
     ) -> None:
         self.clock = clock
         self.spin = spin
-        self.moved = False  # a submit or a result came since the master last slept
+        self.moved = False  # a submit or a result came since the last blocking wait
         self.limits = limits
         self.heartbeat = heartbeat
         self.liveness = liveness
@@ -196,18 +196,18 @@ class Master:
         self.monitor.tick(self, now)
 
     def wait(self, timeout: float) -> dict:
-        """Poll for up to ``timeout`` seconds; if jobs moved since the master
-        last slept and none is queued, spin for up to ``spin`` seconds first."""
-        events = dict(self.poller.poll(0))
-        if events or timeout <= 0:
-            return events
-        if self.moved and not self.sched.queued:
+        """Poll for up to ``timeout`` seconds; if jobs moved since the master's
+        last blocking wait and none is queued, spin for up to ``spin`` seconds first."""
+        if timeout > 0 and self.moved and not self.sched.queued:
             until = time.perf_counter() + min(self.spin, timeout)
-            while time.perf_counter() < until:
+            while True:
                 events = dict(self.poller.poll(0))
                 if events:
                     return events
-        self.moved = False
+                if time.perf_counter() >= until:
+                    break
+        if timeout > 0:
+            self.moved = False  # a blocking wait: traffic from now on counts anew
         return dict(self.poller.poll(math.ceil(timeout * 1000)))
 
     def close(self) -> None:
