@@ -41,6 +41,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
 
 import peers  # noqa: E402
+from awake import HELP as AWAKE_HELP  # noqa: E402
+from awake import awake, idle_settings  # noqa: E402
 from workloads import echo, noop  # noqa: E402
 
 METRICS = {  # name -> (unit, higher is better)
@@ -204,6 +206,7 @@ def main() -> None:
                         "all installed): " + ", ".join(slug(s.name) for s in peers.all_systems()))
     parser.add_argument("--timeout", type=float, default=900, help="seconds one system's run may take")
     parser.add_argument("--json", default=str(HERE / "results.json"), help="where to write the results")
+    parser.add_argument("--awake", action="store_true", help=AWAKE_HELP)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -219,7 +222,15 @@ def main() -> None:
         if unknown or not args.systems:
             parser.error(f"unknown system {', '.join(sorted(unknown)) or '(none)'}; "
                          f"choose from: {', '.join(known)}")
-    report: dict = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "child"}}
+    with awake(args.awake):
+        run_suites(args, suites)
+
+
+def run_suites(args: argparse.Namespace, suites: list) -> None:
+    report: dict = {"machine": {**machine(), "idle": idle_settings(), "awake": args.awake},
+                    "args": {k: v for k, v in vars(args).items() if k != "child"}}
+    if args.awake:
+        print("CPUs held awake (--awake)", file=sys.stderr)
     out = Path(args.json)
     if "peers" in suites:
         report["peers"] = peers_suite(args)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where a sequential round trip's time goes, hop by hop.
 
-    python benchmarks/timeline.py [--trips 2000] [--spin SECONDS]
+    python benchmarks/timeline.py [--trips 2000] [--spin SECONDS] [--awake]
 
 Starts a local cluster (2 workers, CURVE on, as bench.py's cw) whose master and executors
 note when each message leaves and arrives (timeline_hook/sitecustomize.py
@@ -13,7 +13,8 @@ and prints the median and 90th percentile of each segment:
 
 An arrow between two processes is a network hop (both sides' ZeroMQ I/O
 threads, CURVE, the receiver's wake-up); a step inside one is its Python
-work. ``--spin`` sets the master's (see ``cw master --help``).
+work. ``--spin`` sets the master's (see ``cw master --help``); ``--awake``
+keeps the CPUs from sleeping (awake.py).
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 HOOK = HERE / "timeline_hook"
 sys.path.insert(0, str(HERE))
+from awake import HELP as AWAKE_HELP  # noqa: E402
+from awake import awake  # noqa: E402
+
 _spec = importlib.util.spec_from_file_location("cw_timeline_hook", HOOK / "sitecustomize.py")
 assert _spec is not None and _spec.loader is not None
 hook = importlib.util.module_from_spec(_spec)
@@ -94,9 +98,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trips", type=int, default=2000, help="sequential round trips [2000]")
     parser.add_argument("--spin", type=float, help="the master's --spin, in seconds [its default]")
+    parser.add_argument("--awake", action="store_true", help=AWAKE_HELP)
     args = parser.parse_args()
     if args.trips < 1:
         parser.error("--trips must be at least 1")
+    with awake(args.awake):
+        show(args)
+
+
+def show(args: argparse.Namespace) -> None:
     out = tempfile.mkdtemp(prefix="cw-timeline-")
     os.environ["CW_TIMELINE_DIR"] = out
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOOK), str(HERE),
