@@ -5,7 +5,9 @@ when it is available, else local processes.
 """
 from __future__ import annotations
 
-from .client import ClientThread, ClusterExecutor, JobInfo, SlurmExecutor
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ClusterError,
     CWError,
@@ -17,7 +19,29 @@ from .errors import (
     UnpicklableError,
     WorkerLostError,
 )
-from .launch.auto import allocate, randid, start, stop
+
+if TYPE_CHECKING:
+    from .client import ClientThread, ClusterExecutor, JobInfo, SlurmExecutor
+    from .launch.auto import allocate, randid, start, stop
+
+# The client API and the launchers load on first use: ``python -m cw.master``
+# and ``cw.worker`` import this package first, and need neither (their
+# imports are most of a master's or an executor's start-up).
+_LAZY = {name: ".client" for name in ("ClientThread", "ClusterExecutor", "JobInfo", "SlurmExecutor")}
+_LAZY.update({name: ".launch.auto" for name in ("allocate", "randid", "start", "stop")})
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cw' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"
 
