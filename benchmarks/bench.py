@@ -4,6 +4,7 @@
     pip install -e '.[bench]'
     python benchmarks/bench.py                 # every suite, 3 repetitions
     python benchmarks/bench.py --suite peers --jobs 20000 --repeat 3
+    python benchmarks/bench.py --suite peers --awake   # CPUs kept from sleeping (root)
 
 Suites:
   peers   the same workloads on every installed system, 2 workers each:
