@@ -30,10 +30,16 @@ def awake(enabled: bool) -> Iterator[None]:
         return
     try:
         fd = os.open(DEVICE, os.O_WRONLY)
+    except FileNotFoundError:
+        raise SystemExit(f"--awake: this host has no {DEVICE} (Linux PM QoS); "
+                         "run without --awake") from None
     except OSError as e:
-        raise SystemExit(f"--awake needs write access to {DEVICE} (Linux, root): {e.strerror}") from None
+        raise SystemExit(f"--awake needs write access to {DEVICE} (root): {e.strerror}") from None
     try:
-        os.write(fd, struct.pack("i", 0))  # microseconds of wake-up latency allowed
+        try:
+            os.write(fd, struct.pack("i", 0))  # microseconds of wake-up latency allowed
+        except OSError as e:
+            raise SystemExit(f"--awake: {DEVICE} refused the request: {e.strerror}") from None
         yield
     finally:
         os.close(fd)  # the request ends with the last descriptor

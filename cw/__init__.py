@@ -5,8 +5,8 @@ when it is available, else local processes.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 from .errors import (
     ClusterError,
@@ -20,28 +20,26 @@ from .errors import (
     WorkerLostError,
 )
 
-if TYPE_CHECKING:
-    from .client import ClientThread, ClusterExecutor, JobInfo, SlurmExecutor
-    from .launch.auto import allocate, randid, start, stop
-
 # The client API and the launchers load on first use: ``python -m cw.master``
 # and ``cw.worker`` import this package first, and need neither (their
 # imports are most of a master's or an executor's start-up).
 _LAZY = {name: ".client" for name in ("ClientThread", "ClusterExecutor", "JobInfo", "SlurmExecutor")}
 _LAZY.update({name: ".launch.auto" for name in ("allocate", "randid", "start", "stop")})
 
+if _typing.TYPE_CHECKING:  # type checkers see the names themselves, and flag misspelt ones
+    from .client import ClientThread, ClusterExecutor, JobInfo, SlurmExecutor
+    from .launch.auto import allocate, randid, start, stop
+else:
+    def __getattr__(name):
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'cw' has no attribute {name!r}")
+        value = getattr(_importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cw' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_LAZY))
+    def __dir__():
+        return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"
 
