@@ -62,8 +62,10 @@ def wait_until(check: Callable[[], Optional[dict]], timeout: float, poll: float 
 
 
 def wait_for_workers(host: str, port: int, pids: set, procs: int, timeout: float, *,
-                     cluster: Optional[str] = None, insecure: Optional[bool] = None) -> dict:
-    """Wait until the workers with these supervisor pids and their executors registered."""
+                     cluster: Optional[str] = None, insecure: Optional[bool] = None,
+                     poll: float = 0.2) -> dict:
+    """Wait until the workers with these supervisor pids and their executors
+    registered, asking the master every ``poll`` seconds at most."""
     def registered() -> Optional[dict]:
         try:
             snap = query_status(host, port, timeout=2, cluster=cluster, insecure=insecure)
@@ -72,7 +74,7 @@ def wait_for_workers(host: str, port: int, pids: set, procs: int, timeout: float
         have = {w["pid"] for w in snap["workers"] if w["executors"] >= procs}
         return snap if pids <= have else None
 
-    snap = wait_until(registered, timeout, poll=0.2)
+    snap = wait_until(registered, timeout, poll=poll)
     if snap is None:
         raise ClusterError(
             f"workers did not all register with the master at {host}:{port} "

@@ -86,8 +86,10 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
             if not workers_started:
                 workers_started = _start_workers(name, info["host"], info["port"], nworkers, procs, flags)
                 started += workers_started
+            # Local workers register within a second: asking often (a STATUS
+            # costs the master little) returns soon after they did.
             wait_for_workers(info["host"], info["port"], {p.pid for p in workers_started}, procs,
-                             timeout, cluster=name, insecure=insecure)
+                             timeout, cluster=name, insecure=insecure, poll=0.05)
     except BaseException:
         _undo(name, started)  # a failed start leaves nothing running
         raise
@@ -139,7 +141,7 @@ def _start_master(name: str, host: str, port: int, timeout: float, flags: list,
         info = read_json(mjson)
         return info if info and info.get("pid") == proc.pid else None
 
-    info = wait_until(ready, timeout)
+    info = wait_until(ready, timeout, poll=0.02)  # a file read: cheap to look often
     if info is None:
         raise ClusterError(f"the master did not start within {timeout:g} s; see {_log_of(name, proc.pid)}")
     try:
