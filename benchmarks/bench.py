@@ -228,7 +228,7 @@ def main() -> None:
 
 
 def run_suites(args: argparse.Namespace, suites: list) -> None:
-    report: dict = {"machine": {**machine(), "idle": idle_settings(), "awake": args.awake},
+    report: dict = {"machine": {**machine(), "idle": idle_settings()},
                     "args": {k: v for k, v in vars(args).items() if k != "child"}}
     if args.awake:
         print("CPUs held awake (--awake)", file=sys.stderr)
