@@ -40,7 +40,9 @@ from .errors import ProtocolError
 from .monitor import Monitor
 from .protocol import (
     COPY_BELOW,
+    EVENTS,
     NOBLOCK,
+    POLLIN,
     ErrorCode,
     Kind,
     Message,
@@ -177,13 +179,16 @@ class Master:
         if self.zap is not None and self.zap.sock in events:
             while self.zap.sock.poll(0):
                 self.zap.handle()
-        if self.sock in events:
+        if self.sock in events:  # a message waits: the poll asked the socket
             for _ in range(RECV_BATCH):
                 try:
                     frames = recv_frames(self.sock, NOBLOCK)
                 except zmq.Again:
                     break
                 self.handle(frames, self.clock() if now is None else now)
+                # Asked before the next: ending on zmq.Again costs twice as much.
+                if not self.sock.get(EVENTS) & POLLIN:
+                    break
         now = self.clock() if now is None else now
         self.bury(now)
         self.sched.dispatch(now)

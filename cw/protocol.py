@@ -193,6 +193,8 @@ def legacy_layout(frames: Sequence[Frame]) -> bool:
 # flag enums and query RCVMORE per frame. Plain ints and Frame.more do not.
 _SNDMORE = int(zmq.SNDMORE)
 NOBLOCK = int(zmq.NOBLOCK)
+# Plain ints: pyzmq's flag enums cost more in ``sock.get(EVENTS) & POLLIN`` than the call.
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 COPY_BELOW = 64 * 1024  # smaller frames are cheaper copied than referenced
 
 

@@ -34,7 +34,9 @@ from .errors import JobRejectedError
 from .iocore import close_dealer, dealer
 from .monitor import Usage
 from .protocol import (
+    EVENTS,
     NOBLOCK,
+    POLLIN,
     ErrorCode,
     Kind,
     Message,
@@ -106,7 +108,10 @@ class _Peer:
         close_dealer(self.sock, self.monitor, linger)
 
     def recv(self, timeout: float) -> Optional[Message]:
-        if not self.sock.poll(int(timeout * 1000)):
+        if timeout > 0:
+            if not self.sock.poll(int(timeout * 1000)):
+                return None
+        elif not self.sock.get(EVENTS) & POLLIN:  # a poll builds a Poller: dearer
             return None
         frames = recv_frames(self.sock)
         self.last_heard = time.monotonic()
