@@ -38,6 +38,7 @@ from .protocol import (
     EVENTS,
     NOBLOCK,
     POLLIN,
+    STATUSES,
     ErrorCode,
     Kind,
     Message,
@@ -359,7 +360,7 @@ class IOCore(threading.Thread):
         thread woken by one can send its next job at once."""
         while self.delivering:
             jid, status, payload, error, extra, sent = self.delivering.popleft()
-            self.on_result(jid, Status(status), payload, error, *extra)
+            self.on_result(jid, STATUSES[status], payload, error, *extra)
             # After the handler: freeing a big file takes milliseconds.
             shm.release(sent)
             shm.discard(payload)  # result files the handler did not take

@@ -43,6 +43,7 @@ from .protocol import (
     EVENTS,
     NOBLOCK,
     POLLIN,
+    STATUSES,
     ErrorCode,
     Kind,
     Message,
@@ -402,7 +403,7 @@ class Master:
             state.done += 1
             self.forget(job)
             if not job.cancelled:
-                self.reply(job, Status(status), payload, error, ran[0] if ran else None, state.name)
+                self.reply(job, STATUSES[status], payload, error, ran[0] if ran else None, state.name)
 
     def finish_task(self, state: ExecutorState, tid: int, now: float) -> Optional[Job]:
         """A task left its executor: it has room; the next one there starts."""

@@ -58,6 +58,10 @@ class Kind(enum.Enum):
     STATUS = b"?"  # request (empty header) and reply (JSON snapshot)
     ERROR = b"E"  # master -> peer: your message was refused, and why
 
+    # Members are singletons: hash them by identity. Enum's own __hash__ is
+    # Python code, run at every dict and set lookup on the hot path.
+    __hash__ = object.__hash__
+
 
 _KINDS = {k.value: k for k in Kind}  # faster than Kind(value) on the hot path
 
@@ -76,7 +80,7 @@ class Status(str, enum.Enum):
     TIMEOUT = "timeout"
 
 
-_STATUSES = frozenset(s.value for s in Status)
+STATUSES = {s.value: s for s in Status}  # faster than Status(value) on the hot path
 
 
 class ErrorCode(str, enum.Enum):
@@ -329,7 +333,7 @@ def _check_results(kind: Kind, results: Any, npayload: int) -> None:
     frames = 0
     for entry in results:
         if not (isinstance(entry, list) and 4 <= len(entry) <= longest and type(entry[0]) is int
-                and 0 <= entry[0] < MAX_INT and entry[1] in _STATUSES
+                and 0 <= entry[0] < MAX_INT and entry[1] in STATUSES
                 and (entry[2] is None or (isinstance(entry[2], str) and len(entry[2]) <= MAX_STRING))
                 and type(entry[3]) is int and 0 <= entry[3] <= MAX_JOB_FRAMES
                 and (len(entry) == 4 or entry[4] is None or _seconds(entry[4]))
