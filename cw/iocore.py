@@ -35,14 +35,13 @@ import zmq
 from . import shm
 from .errors import CWError, JobRejectedError, MasterUnavailableError, ProtocolError, SecurityError
 from .protocol import (
-    EVENTS,
     NOBLOCK,
-    POLLIN,
     STATUSES,
     ErrorCode,
     Kind,
     Message,
     Status,
+    readable,
     recv_frames,
     send_frames,
     version_mismatch,
@@ -235,7 +234,7 @@ class IOCore(threading.Thread):
         """Whether a message waits. ZMQ_FD only signals news the socket has
         not taken in yet: a send may take in a message's arrival unseen, so
         after using the socket ask it, which also re-arms the descriptor."""
-        return self.sock is not None and bool(self.sock.get(EVENTS) & POLLIN)
+        return self.sock is not None and readable(self.sock)
 
     def reset_socket(self, poller: zmq.Poller) -> None:
         """(Re)connect: a fresh socket, then HELLO; WELCOME resubmits held jobs."""
@@ -337,7 +336,7 @@ class IOCore(threading.Thread):
         assert self.sock is not None
         for _ in range(RECV_BATCH):
             # Asked first: ending on zmq.Again costs twice as much.
-            if not self.sock.get(EVENTS) & POLLIN:
+            if not readable(self.sock):
                 return
             try:
                 frames = recv_frames(self.sock, NOBLOCK)

@@ -40,9 +40,7 @@ from .errors import ProtocolError
 from .monitor import Monitor
 from .protocol import (
     COPY_BELOW,
-    EVENTS,
     NOBLOCK,
-    POLLIN,
     STATUSES,
     ErrorCode,
     Kind,
@@ -50,6 +48,7 @@ from .protocol import (
     Status,
     job_runs,
     legacy_layout,
+    readable,
     recv_frames,
     send_frames,
     versions,
@@ -188,7 +187,7 @@ class Master:
                     break
                 self.handle(frames, self.clock() if now is None else now)
                 # Asked before the next: ending on zmq.Again costs twice as much.
-                if not self.sock.get(EVENTS) & POLLIN:
+                if not readable(self.sock):
                     break
         now = self.clock() if now is None else now
         self.bury(now)

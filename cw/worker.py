@@ -34,14 +34,13 @@ from .errors import JobRejectedError
 from .iocore import close_dealer, dealer
 from .monitor import Usage
 from .protocol import (
-    EVENTS,
     NOBLOCK,
-    POLLIN,
     ErrorCode,
     Kind,
     Message,
     Status,
     job_runs,
+    readable,
     recv_frames,
     send_frames,
     versions,
@@ -111,7 +110,7 @@ class _Peer:
         if timeout > 0:
             if not self.sock.poll(int(timeout * 1000)):
                 return None
-        elif not self.sock.get(EVENTS) & POLLIN:  # a poll builds a Poller: dearer
+        elif not readable(self.sock):  # a poll builds a Poller: dearer
             return None
         frames = recv_frames(self.sock)
         self.last_heard = time.monotonic()
