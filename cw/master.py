@@ -203,7 +203,9 @@ class Master:
     def wait(self, timeout: float) -> dict:
         """Poll for up to ``timeout`` seconds; if jobs moved since the master's
         last blocking wait and none is queued, spin for up to ``spin`` seconds first."""
-        if timeout > 0 and self.moved and not self.sched.queued:
+        if timeout <= 0:
+            return dict(self.poller.poll(0))
+        if self.moved and not self.sched.queued:
             until = time.perf_counter() + min(self.spin, timeout)
             while True:
                 events = dict(self.poller.poll(0))
@@ -211,8 +213,7 @@ class Master:
                     return events
                 if time.perf_counter() >= until:
                     break
-        if timeout > 0:
-            self.moved = False  # a blocking wait: traffic from now on counts anew
+        self.moved = False  # a blocking wait: traffic from now on counts anew
         return dict(self.poller.poll(math.ceil(timeout * 1000)))
 
     def close(self) -> None:

@@ -199,13 +199,13 @@ _SNDMORE = int(zmq.SNDMORE)
 NOBLOCK = int(zmq.NOBLOCK)
 # Plain ints: pyzmq's flag enums cost more in ``sock.get(EVENTS) & POLLIN`` than the call.
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+COPY_BELOW = 64 * 1024  # smaller frames are cheaper copied than referenced
 
 
 def readable(sock: zmq.Socket) -> bool:
     """Whether a message waits on ``sock``: cheaper than a poll of it, and
     than a receive that ends on ``zmq.Again``."""
     return bool(cast(int, sock.get(_EVENTS)) & _POLLIN)
-COPY_BELOW = 64 * 1024  # smaller frames are cheaper copied than referenced
 
 
 def send_frames(sock: zmq.Socket, frames: Sequence[Frame], flags: int = 0) -> None:
