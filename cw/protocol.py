@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import enum
 import json
+import json.encoder
+import json.scanner
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence, Union, cast
+from typing import Any, Callable, Iterator, Sequence, Union, cast
 
 import zmq
 
@@ -64,6 +66,7 @@ class Kind(enum.Enum):
 
 
 _KINDS = {k.value: k for k in Kind}  # faster than Kind(value) on the hot path
+_PREFIXES = {k: MAGIC + k.value for k in Kind}  # a header frame's start (.value is a property)
 
 
 def _bytes(frame: Frame) -> bytes:
@@ -125,10 +128,43 @@ MAX_JOB_FRAMES = 1024  # a job's or a result's frames: its pickle and out-of-ban
 FREE_FORM = frozenset({Kind.STATUS})
 
 
-# One encoder and decoder for every header: json.dumps with separators
-# builds an encoder per call, and json.loads sniffs the bytes' encoding.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
-_decode = json.JSONDecoder().decode
+# Headers are coded once per message on every hop, so the JSON codecs are
+# built once: JSONEncoder.encode builds its C encoder anew at each call (most
+# of the cost of a small header), and JSONDecoder.decode wraps the C scanner
+# in two regular-expression matches for whitespace, which compact headers
+# never hold. Without the C accelerator, the standard calls do the work.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
+
+def _header_encoder() -> Callable[[Any], str]:
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:
+        return _ENCODER.encode
+    # No markers: no check for cycles, which headers built here never have.
+    chunks = make(None, _ENCODER.default, json.encoder.encode_basestring_ascii, None,
+                  ":", ",", False, False, True)
+    return lambda header: "".join(chunks(header, 0))
+
+
+def _header_decoder() -> Callable[[str], Any]:
+    make = json.scanner.c_make_scanner  # type: ignore[attr-defined]
+    if make is None:
+        return _DECODER.decode
+    scan = make(_DECODER)
+
+    def decode(text: str) -> Any:
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:  # no value where it starts (whitespace?): as json.loads would
+            return _DECODER.decode(text)
+        return value if end == len(text) else _DECODER.decode(text)  # trailing text: idem
+
+    return decode
+
+
+_encode = _header_encoder()
+_decode = _header_decoder()
 
 
 @dataclass
@@ -140,7 +176,7 @@ class Message:
     payload: tuple = ()
 
     def to_frames(self) -> list:
-        return [MAGIC + self.kind.value + _encode(self.header).encode(), *self.payload]
+        return [_PREFIXES[self.kind] + _encode(self.header).encode(), *self.payload]
 
     def to_legacy_frames(self) -> list:
         """The layout of protocols 1 to 3 (magic, kind, header: three frames),

@@ -55,6 +55,22 @@ def test_jobs_of_several_contexts_come_in_runs():
 
 def test_header_is_compact_json():
     assert Message(Kind.CANCEL, {"id": 1}).to_frames() == [MAGIC + b'C{"id":1}']
+    header = {"s": "\u00e9\u2028\"\\", "f": [1.5e-05, 0.0, 2**62], "n": None, "b": True, "o": {"x": [[]]}}
+    first = Message(Kind.STATUS, header).to_frames()[0]
+    assert first[4:] == json.dumps(header, separators=(",", ":")).encode()
+    assert Message.from_frames([first]).header == header
+
+
+@pytest.mark.parametrize("raw", [b' {"id": 1}', b'{"id": 1}\n', b'\t{ "id" : 1 } '])
+def test_a_header_is_read_as_json_reads_it(raw):
+    """Whitespace around a header is tolerated, as by json.loads."""
+    assert Message.from_frames([MAGIC + b"C" + raw]).header == {"id": 1}
+
+
+@pytest.mark.parametrize("raw", [b'{"id":1}x', b'{"id":1}{}', b' ', b''])
+def test_text_beyond_a_header_is_a_protocol_error(raw):
+    with pytest.raises(ProtocolError, match="not JSON"):
+        Message.from_frames([MAGIC + b"C" + raw])
 
 
 def test_the_version_of_a_peer_is_read_in_either_layout():
