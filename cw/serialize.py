@@ -54,31 +54,30 @@ class _LRU(OrderedDict):
             self.popitem(last=False)
 
 
-_pickled_functions = _LRU(64)  # id(func) -> (identity check, bytes)
+_pickled_functions = _LRU(64)  # id(func) -> (identity, global names, bytes)
 
 
-def _identity(func: Any) -> Optional[tuple]:
-    """What a by-value pickle of ``func`` depends on, as object identities.
+def _identity(func: types.FunctionType, names: tuple) -> tuple:
+    """What a by-value pickle of ``func`` depends on, as object identities
+    (``names``: the globals its code names, see ``_global_names``).
 
     A cached pickle is reused only while all of these are the same objects:
     rebinding a global the function (or a function nested in it) names, or
-    changing its defaults or closure, pickles it afresh. A global mutated in
-    place is not seen: pass data that changes as arguments.
+    changing its code, defaults or closure, pickles it afresh. A global
+    mutated in place is not seen: pass data that changes as arguments.
     """
-    if not isinstance(func, types.FunctionType):
-        return None
     glob = func.__globals__
-    names = tuple(id(glob.get(n)) for n in _global_names(func.__code__))
     cells = tuple(id(c.cell_contents) if _full(c) else 0 for c in func.__closure__ or ())
-    return (func, func.__code__, id(func.__defaults__), id(func.__kwdefaults__), names, cells)
+    return (func, func.__code__, id(func.__defaults__), id(func.__kwdefaults__),
+            tuple(map(id, map(glob.get, names))), cells)
 
 
-def _global_names(code: types.CodeType) -> list:
+def _global_names(code: types.CodeType) -> tuple:
     names = list(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names += _global_names(const)
-    return names
+    return tuple(names)
 
 
 def _full(cell: Any) -> bool:
@@ -89,14 +88,19 @@ def _full(cell: Any) -> bool:
 
 
 def dumps_function(func: Callable) -> bytes:
-    key = _identity(func)
-    if key is not None:
-        hit = _pickled_functions.get(id(func))
-        if hit is not None and hit[0] == key:
-            return hit[1]
+    if not isinstance(func, types.FunctionType):
+        return cloudpickle.dumps(func, protocol=PROTOCOL)
+    hit = _pickled_functions.get(id(func))
+    if hit is not None:
+        # The names a code holds are fixed: kept with the pickle, not walked
+        # again per call (a new code fails the identity check all the same).
+        key, names, data = hit
+        if _identity(func, names) == key:
+            return data
+    names = _global_names(func.__code__)
+    key = _identity(func, names)
     data = cloudpickle.dumps(func, protocol=PROTOCOL)
-    if key is not None:
-        _pickled_functions.put(id(func), (key, data))
+    _pickled_functions.put(id(func), (key, names, data))
     return data
 
 

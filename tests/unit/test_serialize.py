@@ -114,6 +114,22 @@ def test_a_function_is_pickled_once_until_what_it_names_changes():
     assert func(*args) == 12
 
 
+def test_a_function_given_new_code_is_pickled_afresh():
+    namespace = {"offset": 1, "scale": 5}
+    exec("def f(x):\n    return x + offset\ndef g(x):\n    return x * scale\n", namespace)
+    f = namespace["f"]
+    assert _call(dumps_call(f, (2,), {})) == 3
+    f.__code__ = namespace["g"].__code__  # it names other globals now
+    assert _call(dumps_call(f, (2,), {})) == 10
+    namespace["scale"] = 7  # one of those, rebound: pickled afresh again
+    assert _call(dumps_call(f, (2,), {})) == 14
+
+
+def _call(frames: list):
+    func, args, kwargs = loads_call(frames)
+    return func(*args, **kwargs)
+
+
 def test_a_closure_with_new_contents_is_pickled_afresh():
     def make(k):
         return lambda x: x * k
