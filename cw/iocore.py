@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 from collections import deque
+from itertools import islice
 from typing import Any, Callable, Iterable, Optional
 
 import zmq
@@ -130,7 +131,7 @@ class IOCore(threading.Thread):
     # -- called from user threads ------------------------------------------
     def submit(self, jid: int, payload: tuple, options: dict) -> None:
         """Hand a job to the I/O thread; ``options``: retries, timeout (header fields)."""
-        size = sum(len(f) for f in payload)
+        size = sum(map(len, payload))
         if size > self.max_message_size:
             raise JobRejectedError(
                 f"a job of {size} bytes exceeds the master's --max-message-size "
@@ -292,7 +293,7 @@ class IOCore(threading.Thread):
         # its context, header (about 24 bytes a job) and frames all count.
         budget = min(1 << 20, self.max_message_size // 2)
         for jid, (context, *frames), options in jobs:
-            cost = sum(len(f) for f in frames) + 24
+            cost = sum(map(len, frames)) + 24
             if batch.ids and (batch.context is not context or batch.options != options
                               or len(batch.ids) >= 1000 or batch.size + cost > budget):
                 self.send(batch.message())
@@ -375,7 +376,7 @@ class IOCore(threading.Thread):
         if msg.kind is Kind.RESULTS:
             frames = iter(msg.payload)
             for jid, status, error, nframes, *extra in msg.header["results"]:
-                payload = tuple(next(frames) for _ in range(nframes))
+                payload = tuple(islice(frames, nframes))
                 held = self.pending.pop(jid, None)
                 if held is None:  # a duplicate: drop it
                     shm.discard(payload)

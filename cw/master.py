@@ -30,6 +30,7 @@ import platform
 import time
 import uuid
 from collections import deque
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -225,7 +226,7 @@ class Master:
     def handle(self, frames: list, now: float) -> None:
         identity = frames[0].bytes
         try:
-            size = sum(len(f) for f in frames[1:])
+            size = sum(map(len, frames[1:]))
             if size > self.limits.max_message_size:
                 raise ProtocolError(f"message of {size} bytes exceeds --max-message-size "
                                     f"{self.limits.max_message_size}")
@@ -334,7 +335,7 @@ class Master:
                 # Small frames are copied out of their zmq.Frame, which costs far
                 # more memory than the bytes while a million jobs wait in the queue.
                 payload = (context, *(f.bytes if len(f) < COPY_BELOW else f for f in frames))
-                size = sum(len(f) for f in payload)
+                size = sum(map(len, payload))
                 refusal = self.limits.check(len(client.jobs), client.held_bytes, size)
                 if refusal:
                     self.reply_refused(identity, cid, refusal)
@@ -394,7 +395,7 @@ class Master:
             state.observe(msg.header["busy"], len(results))
         frames = iter(msg.payload)
         for tid, status, error, nframes, *ran in results:
-            payload = tuple(next(frames) for _ in range(nframes))
+            payload = tuple(islice(frames, nframes))
             job = self.finish_task(state, tid, now)
             if job is None:  # a late duplicate of a job requeued, timed out or cancelled
                 self.counts["duplicates"] += 1
@@ -481,7 +482,7 @@ class Master:
         for client in self.clients.values():
             frames = iter(client.outbox)
             for chunk in _chunks(client.results):
-                payload = tuple(next(frames) for entry in chunk for _ in range(entry[3]))
+                payload = tuple(islice(frames, sum(entry[3] for entry in chunk)))
                 self.send(client.identity, Message(Kind.RESULTS, {"results": chunk}, payload))
             client.results, client.outbox = [], []
 

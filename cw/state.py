@@ -100,10 +100,10 @@ class ExecutorState:
     cost: Optional[float] = None  # recent seconds per job, as it reports them
     offered: bool = False  # in the scheduler's ``free`` line
     died_in: Optional[int] = None  # the task it was running when it died, if known
+    name: str = field(init=False)  # host:pid, as results and STARTED name it
 
-    @property
-    def name(self) -> str:
-        return f"{self.info.get('host')}:{self.info.get('pid')}"
+    def __post_init__(self) -> None:
+        self.name = f"{self.info.get('host')}:{self.info.get('pid')}"  # info never changes
 
     def observe(self, busy: float, jobs: int) -> None:
         """Learn how long its jobs take: quick to rise, slow to fall, so a long

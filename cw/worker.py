@@ -144,7 +144,7 @@ class _Outbox:
         self.entries.append(entry)
         self.frames += frames
         self.busy += seconds
-        self.size += sum(len(f) for f in frames)
+        self.size += sum(map(len, frames))
 
     def due(self, last_job: float) -> bool:
         """Send now unless the jobs are short and the batch small and young."""
@@ -155,6 +155,7 @@ class _Outbox:
         return Message(Kind.RESULT, {"results": self.entries, "busy": self.busy}, tuple(self.frames))
 
 
+_OK = Status.OK.value  # an Enum's .value is a property: dear per job
 HOLD_SECONDS = 0.002  # a result waits for the next job only after a job this short
 LISTEN_SECONDS = 0.05  # between queued tasks, the master is heard at least this often
 
@@ -303,12 +304,12 @@ class Executor:
             # before the result is on its way.
             self._args = args, kwargs
             value = dumps_value(func(*args, **kwargs), self.shared_with(ctx))
-            size = sum(len(f) for f in value)
+            size = sum(map(len, value))
             if size > self.max_message_size:
                 raise JobRejectedError(
                     f"the job's result is {size} bytes, over the master's --max-message-size "
                     f"{self.max_message_size}; write big results to files instead")
-            return [tid, Status.OK.value, None, len(value)], value
+            return [tid, _OK, None, len(value)], value
         except BaseException as exc:  # a job's failure, whatever it is, is its result
             frame, summary = dumps_error(exc)
             return [tid, Status.ERROR.value, summary, 1], [frame]
