@@ -88,6 +88,28 @@ def _chunks(results: list, budget: int = 40_000) -> Iterator[list]:
         yield chunk
 
 
+def _router(host: str, port: int, keys: Optional[Keys], max_message_size: int) -> tuple[zmq.Socket, int]:
+    """The master's bound ROUTER and its port (``port`` 0: a free one)."""
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer takes its name back
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    # Clients learn the limit at WELCOME and refuse bigger jobs themselves;
+    # only a hostile peer goes past it, and libzmq cuts that connection
+    # before buffering the frame.
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_size + (1 << 20))
+    try:
+        apply_server(sock, keys)
+        if port == 0:
+            return sock, sock.bind_to_random_port(f"tcp://{host}")
+        sock.bind(f"tcp://{host}:{port}")
+        return sock, port
+    except BaseException:  # the port is taken, say: no socket left behind
+        sock.close(linger=0)
+        raise
+
+
 class Master:
     def __init__(
         self,
@@ -110,22 +132,7 @@ class Master:
         self.liveness = liveness
         self.session = uuid.uuid4().hex
         self.started_at = time.time()
-        self.sock: zmq.Socket = zmq.Context.instance().socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer takes its name back
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        # Clients learn the limit at WELCOME and refuse bigger jobs themselves;
-        # only a hostile peer goes past it, and libzmq cuts that connection
-        # before buffering the frame.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_size + (1 << 20))
-        apply_server(self.sock, keys)
-        self.port: int
-        if port == 0:
-            self.port = self.sock.bind_to_random_port(f"tcp://{host}")
-        else:
-            self.sock.bind(f"tcp://{host}:{port}")
-            self.port = port
+        self.sock, self.port = _router(host, port, keys, limits.max_message_size)
         self.host = host
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
