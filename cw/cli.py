@@ -31,29 +31,10 @@ from .cli_common import (
     log_option,
 )
 from .cli_launch import docker_group, local_group, mp_command, slurm_command, slurm_group, ssh_group
+from .logfiles import setup_logging
 from .protocol import DEFAULT_PORT, PROTOCOL_VERSION
 
 __all__ = ["main", "master_command", "worker_command", "mp_command", "slurm_command"]
-
-
-def _setup_logging(level: str, logfile: Optional[Path] = None) -> None:
-    """Log to ``logfile`` (in the cluster's ``logs/``) and to stderr; only warnings
-    and errors to stderr when a launcher already sends it to a file there."""
-    from .logfiles import FORMAT, stderr_in
-
-    handlers: list[logging.Handler] = []
-    if logfile is not None:
-        try:
-            handlers.append(logging.FileHandler(logfile, encoding="utf-8"))
-        except OSError as e:
-            print(f"cw: cannot write the log file {logfile}: {e}; logging to stderr only", file=sys.stderr)
-            logfile = None
-    stream = logging.StreamHandler(sys.stderr)
-    if logfile is not None and stderr_in(logfile.parent):
-        # A launcher keeps stderr in logs/ already: only what explains a failure goes there too.
-        stream.setLevel(logging.WARNING)
-    handlers.append(stream)
-    logging.basicConfig(level=getattr(logging, level.upper()), format=FORMAT, handlers=handlers, force=True)
 
 
 def _log_file(cluster: Optional[str], role: str, given: Optional[str] = None) -> Optional[Path]:
@@ -121,7 +102,7 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
     from .security import master_keys
 
     cdir = cluster_dir(cluster, create=True)
-    _setup_logging(log_level, _log_file(cluster, "master"))
+    setup_logging(log_level, _log_file(cluster, "master"))
     keys = None if insecure else master_keys(cdir)
     limits = Limits(max_message_size, max_jobs_per_client, max_bytes_per_client)
     try:
@@ -204,23 +185,19 @@ def _dashboard(master: Any, host: str, port: int) -> Any:
 @insecure_option
 @apply_options(heartbeat_options)
 @log_option
-@click.option("--executor", hidden=True, default=None)
-@click.option("--supervisor", hidden=True, default="")
-@click.option("--job-fd", hidden=True, type=int, default=None)
 @click.option("--log-file", hidden=True, envvar="CW_LOG_FILE", default=None)
 @friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
                    grace: float, prefetch: int, batch: int, master_timeout: Optional[float],
                    cluster: Optional[str], insecure: bool, heartbeat: float, liveness: int,
-                   log_level: str, executor: Optional[str], supervisor: str,
-                   job_fd: Optional[int], log_file: Optional[str]) -> None:
+                   log_level: str, log_file: Optional[str]) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
     from .cluster import cluster_dir, cluster_name, find_master
     from .security import client_keys
     from .worker import Supervisor
 
     logfile = _log_file(cluster, "worker", log_file)
-    _setup_logging(log_level, logfile)
+    setup_logging(log_level, logfile)
     if logfile is not None:  # the executors it starts log to the same file, at the same level
         os.environ["CW_LOG_FILE"] = str(logfile)
     os.environ["CW_LOG_LEVEL"] = log_level
@@ -230,10 +207,6 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
 
         host = master_host(cluster, wait=True)
     host, port = find_master(host, port, cluster)
-    if executor is not None:
-        _run_executor(f"tcp://{host}:{port}", executor, supervisor, heartbeat, liveness, keys,
-                      prefetch, batch, job_fd)
-        return
     sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
                      keys=keys, cluster=cluster_name(cluster), prefetch=prefetch, batch=batch,
                      master_timeout=master_timeout)
@@ -245,28 +218,6 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
     signal.signal(signal.SIGINT, on_signal)
     sup.run()
     sys.exit(sup.exit_code)
-
-
-def _run_executor(address: str, ident: str, supervisor: str, heartbeat: float, liveness: int,
-                  keys: Any, prefetch: int, batch: int, job_fd: Optional[int]) -> None:
-    from . import joblog
-    from .worker import Executor
-
-    joblog.install()  # a job's prints go to the worker's log, tagged with its id
-    try:
-        identity = bytes.fromhex(ident)
-    except ValueError as e:
-        raise click.BadParameter("not hex", param_hint="--executor") from e
-    executor = Executor(address, identity, supervisor, heartbeat, liveness, keys, prefetch, batch, job_fd)
-
-    def on_term(signum: int, frame: Any) -> None:
-        executor.stopping = True
-
-    # The supervisor decides when executors stop; a Ctrl-C in its terminal
-    # must not kill a job halfway.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, on_term)
-    executor.run()
 
 
 @main.command("status")

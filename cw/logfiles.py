@@ -16,9 +16,11 @@ many processes merge into one time-ordered stream.
 from __future__ import annotations
 
 import heapq
+import logging
 import os
 import re
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -47,6 +49,26 @@ def stderr_in(directory: Path) -> bool:
         return Path(os.readlink("/proc/self/fd/2")).parent == directory.resolve()
     except OSError:
         return False  # not Linux, or stderr is no file
+
+
+def setup_logging(level: str, logfile: Optional[Path] = None) -> None:
+    """Log to ``logfile`` (in the cluster's ``logs/``) and to stderr; only warnings
+    and errors to stderr when a launcher already sends it to a file there.
+    (Processes call this once, at start: the library itself configures no logging.)"""
+    handlers: list[logging.Handler] = []
+    if logfile is not None:
+        try:
+            handlers.append(logging.FileHandler(logfile, encoding="utf-8"))
+        except OSError as e:
+            print(f"cw: cannot write the log file {logfile}: {e}; logging to stderr only", file=sys.stderr)
+            logfile = None
+    stream = logging.StreamHandler(sys.stderr)
+    if logfile is not None and stderr_in(logfile.parent):
+        # A launcher keeps stderr in logs/ already: only what explains a failure goes there too.
+        stream.setLevel(logging.WARNING)
+    handlers.append(stream)
+    logging.basicConfig(level=getattr(logging, level.upper()), format=FORMAT, handlers=handlers, force=True)
+
 
 
 def select(logs: Path, who: Optional[str] = None) -> list[Path]:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import zmq
@@ -502,9 +503,60 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def main(argv: Optional[list] = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--executor" in args:
+        # The package's module, as the CLI's path imports it; not this file
+        # run as __main__ by ``python -m``.
+        from .worker import executor_main as run
+
+        run(args)
+        return
     from .cli import worker_command
 
     worker_command.main(args=argv, prog_name="python -m cw.worker")
+
+
+def executor_main(args: list) -> None:
+    """An executor, as its supervisor starts it (see ``Supervisor.spawn``).
+
+    Its flags are the supervisor's, not a user's: parsed here without the
+    CLI, whose imports (click and every launcher) would add a tenth of a
+    second to each executor's start, and to a cluster's.
+    """
+    import argparse
+
+    from .cluster import cluster_dir
+    from .logfiles import setup_logging
+    from .security import client_keys
+
+    parser = argparse.ArgumentParser(prog="python -m cw.worker (executor)")
+    parser.add_argument("host")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--executor", type=bytes.fromhex, required=True)
+    parser.add_argument("--supervisor", default="")
+    parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument("--liveness", type=int, default=10)
+    parser.add_argument("--cluster")
+    parser.add_argument("--prefetch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--job-fd", type=int)
+    opts = parser.parse_args(args)
+    log_file = os.environ.get("CW_LOG_FILE")
+    setup_logging(os.environ.get("CW_LOG_LEVEL", "info"), Path(log_file) if log_file else None)
+    joblog.install()  # a job's prints go to the worker's log, tagged with its id
+    keys = None if opts.insecure else client_keys(cluster_dir(opts.cluster))
+    executor = Executor(f"tcp://{opts.host}:{opts.port}", opts.executor, opts.supervisor,
+                        opts.heartbeat, opts.liveness, keys, opts.prefetch, opts.batch, opts.job_fd)
+
+    def on_term(signum: int, frame: Any) -> None:
+        executor.stopping = True
+
+    # The supervisor decides when executors stop; a Ctrl-C in its terminal
+    # must not kill a job halfway.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_term)
+    executor.run()
 
 
 if __name__ == "__main__":
