@@ -70,7 +70,6 @@ def setup_logging(level: str, logfile: Optional[Path] = None) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), format=FORMAT, handlers=handlers, force=True)
 
 
-
 def select(logs: Path, who: Optional[str] = None) -> list[Path]:
     """The log files, or those of one process: ``master``, ``worker``, a host, a pid
     or ``host:pid`` (any part of the file name matches)."""

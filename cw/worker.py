@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 import zmq
 
 from . import joblog, shm
-from .errors import JobRejectedError
+from .errors import CWError, JobRejectedError
 from .iocore import close_dealer, dealer
 from .monitor import Usage
 from .protocol import (
@@ -545,7 +545,10 @@ def executor_main(args: list) -> None:
     log_file = os.environ.get("CW_LOG_FILE")
     setup_logging(os.environ.get("CW_LOG_LEVEL", "info"), Path(log_file) if log_file else None)
     joblog.install()  # a job's prints go to the worker's log, tagged with its id
-    keys = None if opts.insecure else client_keys(cluster_dir(opts.cluster))
+    try:
+        keys = None if opts.insecure else client_keys(cluster_dir(opts.cluster))
+    except (CWError, OSError) as e:  # its keys went missing since the supervisor read them
+        sys.exit(f"cw executor: {e}")
     executor = Executor(f"tcp://{opts.host}:{opts.port}", opts.executor, opts.supervisor,
                         opts.heartbeat, opts.liveness, keys, opts.prefetch, opts.batch, opts.job_fd)
 
