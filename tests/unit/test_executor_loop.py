@@ -8,7 +8,7 @@ import zmq
 
 from cw.protocol import ErrorCode, Kind, Message, recv_frames, send_frames
 from cw.serialize import context_frame, dumps_call
-from cw.worker import Executor
+from cw.executor import Executor
 
 
 class ScriptedMaster:

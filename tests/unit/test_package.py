@@ -55,7 +55,7 @@ runpy.run_module("{module}", run_name="__main__", alter_sys=True)
 @pytest.mark.parametrize("module, loop, argv", [
     ("cw.master", "Master.run", ["--insecure", "--host", "127.0.0.1", "--port", "0"]),
     ("cw.worker", "Supervisor.run", ["127.0.0.1", "--port", "9", "--insecure"]),
-    ("cw.worker", "Executor.run", ["127.0.0.1", "--port", "9", "--insecure", "--executor", "ab"]),
+    ("cw.executor", "Executor.run", ["127.0.0.1", "--port", "9", "--insecure", "--executor", "ab"]),
 ], ids=["master", "supervisor", "executor"])
 def test_a_master_or_worker_does_not_load_the_client_api(module, loop, argv, tmp_path):
     """Their start-up is mostly imports; the client API and launchers are a
