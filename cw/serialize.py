@@ -15,6 +15,7 @@ the text survives an exception the client cannot unpickle.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import pickle
 import sys
@@ -58,18 +59,25 @@ _pickled_functions = _LRU(64)  # id(func) -> (identity, global names, bytes)
 
 
 def _identity(func: types.FunctionType, names: tuple) -> tuple:
-    """What a by-value pickle of ``func`` depends on, as object identities
+    """What a by-value pickle of ``func`` depends on: the objects themselves
     (``names``: the globals its code names, see ``_global_names``).
 
-    A cached pickle is reused only while all of these are the same objects:
-    rebinding a global the function (or a function nested in it) names, or
-    changing its code, defaults or closure, pickles it afresh. A global
-    mutated in place is not seen: pass data that changes as arguments.
+    A cached pickle is reused only while all of these are the same objects
+    (``_same``): rebinding a global the function (or a function nested in
+    it) names, or changing its code, defaults or closure, pickles it afresh.
+    Held, not their ids, which a new object may reuse once an old one is
+    freed. A global mutated in place is not seen: pass data that changes as
+    arguments.
     """
     glob = func.__globals__
-    cells = tuple(id(c.cell_contents) if _full(c) else 0 for c in func.__closure__ or ())
-    return (func, func.__code__, id(func.__defaults__), id(func.__kwdefaults__),
-            tuple(map(id, map(glob.get, names))), cells)
+    cells = tuple(c.cell_contents if _full(c) else _full for c in func.__closure__ or ())
+    return (func, func.__code__, func.__defaults__, func.__kwdefaults__,
+            *map(glob.get, names), *cells)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Element by element identity (``==`` might call an array's ``__eq__``)."""
+    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 def _global_names(code: types.CodeType) -> tuple:
@@ -95,7 +103,7 @@ def dumps_function(func: Callable) -> bytes:
         # The names a code holds are fixed: kept with the pickle, not walked
         # again per call (a new code fails the identity check all the same).
         key, names, data = hit
-        if _identity(func, names) == key:
+        if _same(_identity(func, names), key):
             return data
     names = _global_names(func.__code__)
     key = _identity(func, names)

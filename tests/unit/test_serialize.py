@@ -125,6 +125,19 @@ def test_a_function_given_new_code_is_pickled_afresh():
     assert _call(dumps_call(f, (2,), {})) == 14
 
 
+def test_a_global_rebound_to_an_object_at_a_freed_address_is_seen():
+    """The cache holds the objects it checks, not their ids: a new object
+    often takes the address of one just freed."""
+    namespace = {"data": [1, 2]}
+    exec("def f():\n    return data\n", namespace)
+    assert _call(dumps_call(namespace["f"], (), {})) == [1, 2]
+    for _ in range(20):
+        value = list(range(len(namespace["data"]) + 1))
+        namespace["data"] = None
+        namespace["data"] = value[:]  # frequently where the last list was
+        assert _call(dumps_call(namespace["f"], (), {})) == value
+
+
 def _call(frames: list):
     func, args, kwargs = loads_call(frames)
     return func(*args, **kwargs)
