@@ -20,9 +20,9 @@ from .errors import (
     WorkerLostError,
 )
 
-# The client API and the launchers load on first use: ``python -m cw.master``
-# and ``cw.worker`` import this package first, and need neither (their
-# imports are most of a master's or an executor's start-up).
+# The client API and the launchers load on first use: ``python -m cw.master``,
+# ``cw.worker`` and ``cw.executor`` import this package first, and need
+# neither (their imports are most of a master's or an executor's start-up).
 _LAZY = {name: ".client" for name in ("ClientThread", "ClusterExecutor", "JobInfo", "SlurmExecutor")}
 _LAZY.update({name: ".launch.auto" for name in ("allocate", "randid", "start", "stop")})
 

@@ -3,7 +3,8 @@ the top-level ``mp.py`` are the same commands under other names.
 
 Here: the group, ``master``, ``worker``, ``status``, ``logs`` and ``keys``;
 the launchers' groups are in ``cli_launch``, shared options in ``cli_common``.
-Only the CLI configures logging; the library just logs.
+Processes configure logging where they start (here, and in ``cw.executor``);
+the library itself only logs.
 """
 from __future__ import annotations
 
@@ -37,12 +38,10 @@ from .protocol import DEFAULT_PORT, PROTOCOL_VERSION
 __all__ = ["main", "master_command", "worker_command", "mp_command", "slurm_command"]
 
 
-def _log_file(cluster: Optional[str], role: str, given: Optional[str] = None) -> Optional[Path]:
+def _log_file(cluster: Optional[str], role: str) -> Optional[Path]:
     from .cluster import cluster_dir
     from .logfiles import log_path, logs_dir, stderr_in
 
-    if given:
-        return Path(given)
     try:
         logs = logs_dir(cluster_dir(cluster, create=True))
         if stderr_in(logs):
@@ -185,18 +184,17 @@ def _dashboard(master: Any, host: str, port: int) -> Any:
 @insecure_option
 @apply_options(heartbeat_options)
 @log_option
-@click.option("--log-file", hidden=True, envvar="CW_LOG_FILE", default=None)
 @friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
                    grace: float, prefetch: int, batch: int, master_timeout: Optional[float],
                    cluster: Optional[str], insecure: bool, heartbeat: float, liveness: int,
-                   log_level: str, log_file: Optional[str]) -> None:
+                   log_level: str) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
     from .cluster import cluster_dir, cluster_name, find_master
     from .security import client_keys
     from .worker import Supervisor
 
-    logfile = _log_file(cluster, "worker", log_file)
+    logfile = _log_file(cluster, "worker")
     setup_logging(log_level, logfile)
     if logfile is not None:  # the executors it starts log to the same file, at the same level
         os.environ["CW_LOG_FILE"] = str(logfile)

@@ -6,10 +6,10 @@
                                            READY → TASK → run job → RESULT → TASK ...
 
 An executor runs each job inside the client's cwd with the client's
-sys.path in front, and restores both afterwards. It holds a task or more
-beyond the running one (``--prefetch``, ``--batch``), so it never waits a
-round trip for its next job, and it sends the results of short jobs
-together. Its supervisor starts it as ``python -m cw.executor`` with flags
+sys.path in front, and restores both afterwards. It holds up to
+``--prefetch`` tasks beyond the running one (``--batch`` while jobs are
+short), so it need not wait a round trip for its next job, and it sends
+the results of short jobs together. Its supervisor starts it as ``python -m cw.executor`` with flags
 of its own (see ``Supervisor.spawn``), and restarts it when it dies.
 ``Peer`` is the connection to the master that both roles use.
 """
@@ -333,8 +333,11 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--job-fd", type=int)
     opts = parser.parse_args(argv)
+    # The supervisor passes its (checked) log file and level on in the environment.
     log_file = os.environ.get("CW_LOG_FILE")
-    setup_logging(os.environ.get("CW_LOG_LEVEL", "info"), Path(log_file) if log_file else None)
+    level = os.environ.get("CW_LOG_LEVEL", "").lower()
+    setup_logging(level if level in ("debug", "info", "warning", "error") else "info",
+                  Path(log_file) if log_file else None)
     joblog.install()  # a job's prints go to the worker's log, tagged with its id
     try:
         keys = None if opts.insecure else client_keys(cluster_dir(opts.cluster))

@@ -141,7 +141,8 @@ def _header_encoder() -> Callable[[Any], str]:
     make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
     if make is None:
         return _ENCODER.encode
-    # No markers: no check for cycles, which headers built here never have.
+    # No markers: no check for cycles, which headers built here never have
+    # (one would end in RecursionError, not json's ValueError).
     chunks = make(None, _ENCODER.default, json.encoder.encode_basestring_ascii, None,
                   ":", ",", False, False, True)
     return lambda header: "".join(chunks(header, 0))

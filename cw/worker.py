@@ -229,5 +229,6 @@ def main(argv: Optional[list] = None) -> None:
 
     worker_command.main(args=argv, prog_name="python -m cw.worker")
 
+
 if __name__ == "__main__":
     main()
