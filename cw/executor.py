@@ -320,7 +320,8 @@ def main(argv: Optional[list] = None) -> None:
     from .security import client_keys
 
     parser = argparse.ArgumentParser(prog="python -m cw.executor",
-                                     description="An executor, as a worker starts it.")
+                                     description="Run jobs for a cw worker. A worker (`cw worker`) "
+                                                 "starts its executors itself: not a command to run by hand.")
     parser.add_argument("host")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--executor", type=bytes.fromhex, required=True)
