@@ -8,8 +8,9 @@ from typing import Any, Callable
 import click
 
 from .errors import CWError
+from .logfiles import LEVELS
 
-LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+LOG_LEVELS = click.Choice(LEVELS, case_sensitive=False)
 
 
 def friendly(func: Callable) -> Callable:

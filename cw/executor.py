@@ -9,8 +9,9 @@ An executor runs each job inside the client's cwd with the client's
 sys.path in front, and restores both afterwards. It holds up to
 ``--prefetch`` tasks beyond the running one (``--batch`` while jobs are
 short), so it need not wait a round trip for its next job, and it sends
-the results of short jobs together. Its supervisor starts it as ``python -m cw.executor`` with flags
-of its own (see ``Supervisor.spawn``), and restarts it when it dies.
+the results of short jobs together. Its supervisor starts it as
+``python -m cw.executor`` with flags of its own (see ``Supervisor.spawn``),
+and restarts it when it dies.
 ``Peer`` is the connection to the master that both roles use.
 """
 from __future__ import annotations
@@ -316,7 +317,7 @@ def main(argv: Optional[list] = None) -> None:
     import argparse
 
     from .cluster import cluster_dir
-    from .logfiles import setup_logging
+    from .logfiles import LEVELS, setup_logging
     from .security import client_keys
 
     parser = argparse.ArgumentParser(prog="python -m cw.executor",
@@ -337,7 +338,7 @@ def main(argv: Optional[list] = None) -> None:
     # The supervisor passes its (checked) log file and level on in the environment.
     log_file = os.environ.get("CW_LOG_FILE")
     level = os.environ.get("CW_LOG_LEVEL", "").lower()
-    setup_logging(level if level in ("debug", "info", "warning", "error") else "info",
+    setup_logging(level if level in LEVELS else "info",
                   Path(log_file) if log_file else None)
     joblog.install()  # a job's prints go to the worker's log, tagged with its id
     try:

@@ -51,6 +51,9 @@ def stderr_in(directory: Path) -> bool:
         return False  # not Linux, or stderr is no file
 
 
+LEVELS = ("debug", "info", "warning", "error")  # what --log-level and CW_LOG_LEVEL take
+
+
 def setup_logging(level: str, logfile: Optional[Path] = None) -> None:
     """Log to ``logfile`` (in the cluster's ``logs/``) and to stderr; only warnings
     and errors to stderr when a launcher already sends it to a file there.
