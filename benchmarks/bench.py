@@ -18,9 +18,10 @@ Suites:
 Each repetition of each system runs in a fresh process, the systems taking
 turns, so drift on a shared machine hits them alike. The table shows medians
 and cw's ratio to each system; everything goes to a JSON file as well. Its
-last row, "pyzmq broker (floor)", is no system: the round trip of raw bytes
-through a bare Python ZeroMQ broker (floor.py), the least any brokered
-design pays on this machine.
+last rows, marked "(floor)", are no system: the round trip of raw bytes
+through a bare Python ZeroMQ broker, the least any brokered design pays on
+this machine; the same with a client shaped like cw's (a thread receives,
+a Future hands over); and with no broker at all (floor.py).
 """
 from __future__ import annotations
 
@@ -90,14 +91,16 @@ def measure(system: peers.System, jobs: int, mapped: int) -> dict:
     return out
 
 
-FLOOR = "pyzmq broker (floor)"  # not a system: what ZeroMQ alone allows here (floor.py)
+# Not systems: what ZeroMQ alone allows here, by floor.py's shapes.
+FLOORS = {"pyzmq broker (floor)": "broker", "pyzmq broker, cw's client (floor)": "handoff",
+          "pyzmq, no broker (floor)": "direct"}
 
 
 def child(name: str, jobs: int, mapped: int) -> None:
-    if name == FLOOR:
+    if name in FLOORS:
         import floor
 
-        print(json.dumps(floor.round_trips()))
+        print(json.dumps(floor.round_trips(shape=FLOORS[name])))
         return
     system = next(s for s in peers.all_systems() if s.name == name)
     print(json.dumps(measure(system, jobs, mapped)))
@@ -130,9 +133,9 @@ def slug(name: str) -> str:
 
 
 def peers_suite(args: argparse.Namespace) -> dict:
-    names = [s.name for s in peers.all_systems() if installed(s)] + [FLOOR]
+    names = [s.name for s in peers.all_systems() if installed(s)] + list(FLOORS)
     if args.systems:
-        names = [n for n in names if slug(n) in args.systems or n == FLOOR]
+        names = [n for n in names if slug(n) in args.systems or n in FLOORS]
     runs: dict = {name: [] for name in names}
     for rep in range(args.repeat):
         for name in names:
@@ -150,13 +153,14 @@ def peers_suite(args: argparse.Namespace) -> dict:
 def print_peers(result: dict) -> None:
     med = result["medians"]
     cw = med.get("cw", {})
-    print(f"\n{'system':22}" + "".join(f"{m:>18}" for m in METRICS))
-    print(f"{'':22}" + "".join(f"{'(' + u + ')':>18}" for u, _ in METRICS.values()))
+    w = max(map(len, med), default=6) + 2
+    print(f"\n{'system':{w}}" + "".join(f"{m:>18}" for m in METRICS))
+    print(f"{'':{w}}" + "".join(f"{'(' + u + ')':>18}" for u, _ in METRICS.values()))
     for name, row in med.items():
         if "error" in row:
-            print(f"{name:22}  failed: {row['error']}")
+            print(f"{name:{w}}  failed: {row['error']}")
             continue
-        print(f"{name:22}" + "".join(f"{_fmt(row.get(m)):>18}" for m in METRICS))
+        print(f"{name:{w}}" + "".join(f"{_fmt(row.get(m)):>18}" for m in METRICS))
     print("\ncw's ratio to each (above 1: cw is better)")
     for name, row in med.items():
         if name == "cw" or "error" in row:
@@ -165,7 +169,7 @@ def print_peers(result: dict) -> None:
         for m, (_, higher) in METRICS.items():
             a, b = cw.get(m), row.get(m)
             cells.append("-" if not a or not b else f"{(a / b if higher else b / a):.2f}x")
-        print(f"{name:22}" + "".join(f"{c:>18}" for c in cells))
+        print(f"{name:{w}}" + "".join(f"{c:>18}" for c in cells))
 
 
 def _fmt(value) -> str:
