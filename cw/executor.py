@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 
 import zmq
 
-from . import joblog, shm
+from . import joblog, lane, shm
 from .errors import CWError, JobRejectedError
 from .iocore import close_dealer, dealer
 from .protocol import (
@@ -167,12 +167,37 @@ class Executor:
         self._path_key: tuple = ()
         self._args: Any = None  # the last job's arguments, dropped after its result left
         self.home = os.getcwd()  # where each job's chdir is undone
+        self.lane: Optional[zmq.Socket] = None  # opened by run()
+        self.lane_address: Optional[str] = None
+        self.lane_done = self.lane_failed = 0  # lane jobs ended (failed) since a HEARTBEAT said so
+        self.lane_told = 0.0  # when a HEARTBEAT last said so
+        self.poller = zmq.Poller()
+        self.poller.register(self.peer.sock, zmq.POLLIN)
 
     def register(self) -> None:
         header = peer_header(self.capacity, supervisor=self.supervisor, batch=self.batch)
+        if self.lane_address is not None:
+            header["lane"], header["shm"] = self.lane_address, shm.host_key()
         self.peer.send(Message(Kind.READY, header))
 
+    def lane_header(self) -> dict:
+        """A HEARTBEAT's count of the lane's jobs, for the master's totals."""
+        header = {"lane": self.lane_done, "lane_failed": self.lane_failed} if self.lane_done else {}
+        self.lane_done = self.lane_failed = 0
+        self.lane_told = time.monotonic()
+        return header
+
+    def open_lane(self) -> None:
+        """Clients of this host may be lent our lane (cw.lane): their jobs
+        come straight from them, and their results go straight back."""
+        bound = lane.bind()
+        if bound is not None:
+            self.lane, self.lane_address = bound
+            self.poller.register(self.lane, zmq.POLLIN)
+            self.peer.beat_header = self.lane_header
+
     def run(self) -> None:
+        self.open_lane()
         self.register()
         listen_at = 0.0
         while not self.stopping:
@@ -190,11 +215,22 @@ class Executor:
             if not self.peer.tick():
                 self.peer.last_heard = time.monotonic()
                 self.register()
+            if self.lane_done and time.monotonic() - self.lane_told >= self.peer.heartbeat:
+                self.peer.send(Message(Kind.HEARTBEAT, self.lane_header()))  # busy with the master's too
         self.flush()
+        if self.lane_done:
+            self.peer.send(Message(Kind.HEARTBEAT, self.lane_header()))
         self.peer.send(Message(Kind.BYE))
         self.peer.close(linger=1000)
+        if self.lane is not None:
+            self.lane.close(linger=1000)  # tasks it still held: their clients send them again
 
     def receive(self, timeout: float) -> None:
+        if self.lane is not None:
+            if timeout > 0 and not readable(self.peer.sock) and not readable(self.lane):
+                self.poller.poll(int(timeout * 1000))
+            self.receive_lane()
+            timeout = 0
         msg = self.peer.recv(timeout)
         forgotten = False
         while msg is not None:
@@ -211,19 +247,50 @@ class Executor:
         if forgotten:  # one READY for all the refusals that piled up
             self.register()
 
+    def receive_lane(self) -> None:
+        """Take the lane's tasks: ``(id, frames, client)``, queued with the master's."""
+        assert self.lane is not None
+        while readable(self.lane):
+            frames = recv_frames(self.lane, NOBLOCK)
+            try:
+                msg = Message.from_frames(frames[1:])
+                if msg.kind is not Kind.TASK:
+                    raise ValueError(f"a {msg.kind.name} message")
+            except Exception as e:  # its client sends the lane's jobs through the master instead
+                log.warning("refused a bad message on the lane: %s", e)
+                send_frames(self.lane, [frames[0], *Message(Kind.ERROR, {"error": str(e)}).to_frames()],
+                            NOBLOCK)
+                continue
+            client = frames[0].bytes
+            for context, run in job_runs(msg.header, msg.payload):
+                self.tasks.extend((tid, (context, *frames), client) for tid, frames in run)
+
     def run_next(self) -> None:
-        tid, frames = self.tasks.popleft()
+        tid, frames, *client = self.tasks.popleft()
         started = time.perf_counter()
-        entry, payload = self.run_task(tid, frames)
+        entry, payload = self.run_task(tid, frames, lane.SLOT_MARK if client else tid)
         seconds = time.perf_counter() - started
         entry.append(round(seconds, 6))
-        self.outbox.add(entry, payload, seconds)
+        if client:  # a lane's: straight back to its client, now
+            self.answer_lane(client[0], entry, payload)
+        else:
+            self.outbox.add(entry, payload, seconds)
         if not self.tasks or self.outbox.due(seconds):
             self.flush()
         self._args = None
         # Nothing could be heard while the job ran: do not take that
         # silence for a dead master.
         self.peer.last_heard = time.monotonic()
+
+    def answer_lane(self, client: bytes, entry: list, payload: list) -> None:
+        assert self.lane is not None
+        try:
+            send_frames(self.lane, [client, *Message(Kind.RESULTS, {"results": [entry]},
+                                                     tuple(payload)).to_frames()], NOBLOCK)
+        except zmq.ZMQError as e:  # the client is gone: nobody waits for it
+            log.debug("a lane result for job %s not sent: %s", entry[0], e)
+        self.lane_done += 1
+        self.lane_failed += entry[1] != _OK
 
     def flush(self) -> None:
         if self.outbox.entries:
@@ -265,12 +332,13 @@ class Executor:
             return pid
         return None
 
-    def run_task(self, tid: int, frames: tuple) -> tuple[list, list]:
-        """Run one job; return its RESULT entry and payload frames."""
+    def run_task(self, tid: int, frames: tuple, mark: int) -> tuple[list, list]:
+        """Run one job; return its RESULT entry and payload frames. ``mark``:
+        what the job slot says while it runs (its id, or a lane job's mark)."""
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
         old_path = sys.path[:]
         if self.slot is not None:
-            self.slot[:8] = tid.to_bytes(8, "little")
+            self.slot[:8] = mark.to_bytes(8, "little")
         try:
             ctx = self.context(frames[0])
             try:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import zmq
 
-from . import shm
+from . import lane, shm
 from .errors import CWError, JobRejectedError, MasterUnavailableError, ProtocolError, SecurityError
 from .protocol import (
     NOBLOCK,
@@ -127,6 +127,8 @@ class IOCore(threading.Thread):
         self.closing = False
         self.lost_since = time.monotonic()
         self.last_sent = self.last_heard = 0.0
+        self.poller: Optional[zmq.Poller] = None
+        self.lanes: list[lane.Lane] = []  # lanes lent to us (cw.lane); the last may be open
 
     # -- called from user threads ------------------------------------------
     def submit(self, jid: int, payload: tuple, options: dict) -> None:
@@ -150,7 +152,12 @@ class IOCore(threading.Thread):
                     or not self.connected.is_set():
                 return False
             self.pending[jid] = (payload, options)
-            self.send_jobs([(jid, payload, options)])
+            lent = self.lanes[-1] if self.lanes else None
+            if lent is not None and lent.usable() and "timeout" not in options:
+                lent.send(jid, payload)
+                self.on_started([jid], lent.worker)
+            else:
+                self.send_jobs([(jid, payload, options)])
             if self.check_readable():  # news our send took in: the I/O thread's poll won't see it
                 self.wake()
             return True
@@ -194,6 +201,7 @@ class IOCore(threading.Thread):
         poller = zmq.Poller()
         wake_fd = self.wake_r.fileno()  # zmq's poller reports plain sockets by fd
         poller.register(wake_fd, zmq.POLLIN)
+        self.poller = poller
         with self.lock:
             self.reset_socket(poller)
             self.readable = self.check_readable()
@@ -224,6 +232,8 @@ class IOCore(threading.Thread):
             self.drain_commands()
         if self.sock is not None:
             self.drain_socket()
+        if self.lanes:
+            self.drain_lanes()
         if self.monitor is not None and self.monitor in events:
             error = read_monitor(self.monitor, self.address, self.keys is not None)
             if error:
@@ -235,11 +245,14 @@ class IOCore(threading.Thread):
         """Whether a message waits. ZMQ_FD only signals news the socket has
         not taken in yet: a send may take in a message's arrival unseen, so
         after using the socket ask it, which also re-arms the descriptor."""
-        return self.sock is not None and readable(self.sock)
+        return (self.sock is not None and readable(self.sock)) \
+            or any(readable(x.sock) for x in self.lanes)
 
     def reset_socket(self, poller: zmq.Poller) -> None:
         """(Re)connect: a fresh socket, then HELLO; WELCOME resubmits held jobs."""
         self.close_socket(poller)
+        for x in self.lanes:  # the master forgets our loan: finish what is in flight
+            x.open = False
         self.sock, self.monitor = dealer(self.address, self.identity, self.keys)
         self.sock_fd = int(self.sock.get(zmq.FD))
         poller.register(self.sock_fd, zmq.POLLIN)
@@ -268,6 +281,9 @@ class IOCore(threading.Thread):
     def send_hello(self) -> None:
         hello = {"session": self.identity.hex(), "host": socket.gethostname(),
                  "pid": os.getpid(), **versions()}
+        key = shm.host_key()
+        if key is not None and lane.enabled():  # executors of this host may lend us their lanes
+            hello["shm"] = key
         self.hello_due = not self.send(Message(Kind.HELLO, hello))
 
     def send(self, msg: Message) -> bool:
@@ -324,9 +340,14 @@ class IOCore(threading.Thread):
             batch = []
             if cmd[0] == "cancel":
                 held = self.pending.pop(cmd[1], None)
+                laned = next((x for x in self.lanes if cmd[1] in x.inflight), None)
                 if held is not None:
                     shm.release(held[0])
-                    if self.connected.is_set():
+                    if laned is not None:  # it runs (or will) on a lane: its executor must go
+                        if cmd[2] and self.connected.is_set():
+                            self.send(Message(Kind.CANCEL, {"id": cmd[1], "force": True,
+                                                            "lane": laned.worker}))
+                    elif self.connected.is_set():
                         self.send(Message(Kind.CANCEL, {"id": cmd[1], "force": cmd[2]}))
             else:
                 self.closing = True
@@ -389,6 +410,8 @@ class IOCore(threading.Thread):
             self.on_started(msg.header["ids"], msg.header.get("worker"))
         elif msg.kind is Kind.WELCOME:
             self.welcome(msg.header)
+        elif msg.kind is Kind.LEASE:
+            self.lease(msg.header)
         elif msg.kind is Kind.ERROR:
             if msg.header.get("code") == ErrorCode.UNKNOWN_PEER.value:
                 if self.connected.is_set():  # one HELLO per loss, not one per refused job
@@ -412,10 +435,58 @@ class IOCore(threading.Thread):
         if self.connected.is_set():
             return  # an answer to a repeated HELLO: the jobs went out already
         # The master drops resubmissions of jobs it still holds, so resending
-        # everything is safe after any reconnect.
-        self.send_jobs((jid, payload, options) for jid, (payload, options) in self.pending.items())
+        # everything is safe after any reconnect; a lane's answer for itself.
+        laned = set().union(*(x.inflight for x in self.lanes))
+        self.send_jobs((jid, payload, options) for jid, (payload, options) in self.pending.items()
+                       if jid not in laned)
         self.connected.set()
         self.settled.set()
+
+    def lease(self, header: dict) -> None:
+        """The master lends us a lane, or (no lane) takes ours back."""
+        for x in self.lanes:
+            x.open = False  # jobs in flight there still come back there
+        address = header.get("lane")
+        if address is None:
+            return
+        if not lane.valid_address(address):
+            log.warning("ignored a lease of a lane outside this user's directory: %s", address)
+            return
+        assert self.poller is not None
+        x = lane.Lane(address, header.get("worker") or "", self.identity)
+        for fd in x.fds:
+            self.poller.register(fd, zmq.POLLIN)
+        self.lanes.append(x)
+
+    def drain_lanes(self) -> None:
+        """Results from the lanes; a lane that closed has its jobs sent again
+        through the master; a lane taken back is closed once it is empty."""
+        for x in list(self.lanes):
+            alive = True
+            for msg in x.receive():
+                if msg.kind is Kind.RESULTS:
+                    x.inflight.difference_update(entry[0] for entry in msg.header["results"])
+                    self.handle(msg)
+                elif msg.kind is Kind.ERROR:
+                    log.warning("a lane refused our job: %s", msg.header["error"])
+                    alive = False
+            alive = x.alive() and alive
+            if alive and (x.open or x.inflight):
+                continue
+            if not alive and x.inflight:
+                log.info("a lane closed with %d job(s) in it: sending them through the master",
+                         len(x.inflight))
+                again = [jid for jid in x.inflight if jid in self.pending]
+                if self.connected.is_set():
+                    self.send_jobs((jid, *self.pending[jid]) for jid in again)
+            self.drop_lane(x)
+
+    def drop_lane(self, x: lane.Lane) -> None:
+        if self.poller is not None:
+            for fd in x.fds:
+                self.poller.unregister(fd)
+        x.close()
+        self.lanes.remove(x)
 
     def keep_alive(self, poller: zmq.Poller) -> None:
         shm.tidy()
@@ -478,6 +549,8 @@ class IOCore(threading.Thread):
             except zmq.ZMQError:
                 pass
         self.close_socket(linger=200 if self.connected.is_set() else 0)
+        for x in list(self.lanes):
+            self.drop_lane(x)
         for payload, _ in self.pending.values():
             shm.release(payload)
         self.wake_r.close()

@@ -38,6 +38,7 @@ import zmq
 
 from . import shm
 from .errors import ProtocolError
+from .lane import SLOT_MARK, Leases
 from .monitor import Monitor
 from .protocol import (
     COPY_BELOW,
@@ -149,6 +150,7 @@ class Master:
         self.executors: dict[bytes, ExecutorState] = {}
         self.supervisors: dict[bytes, ExecutorState] = {}
         self.sched = Scheduler(self.clients, self.executors, self.send)
+        self.leases = Leases(self.send)  # executors' lanes lent to clients of their host
         self.dying: deque = deque()  # (when, executor identity, reason) of reported deaths
         self.next_tid = 1
         self.next_beat = 0.0
@@ -157,7 +159,7 @@ class Master:
         self.monitor = Monitor(clock())  # throughput, job ages, worker CPU/RSS: for `cw status`
         self.counts = {"submitted": 0, "done": 0, "lost": 0, "requeued": 0, "malformed": 0,
                        "refused": 0, "duplicates": 0, "timeouts": 0, "killed": 0,
-                       "unknown_peer": 0, "unknown_job": 0}
+                       "unknown_peer": 0, "unknown_job": 0, "laned": 0}
         self.handlers = {
             Kind.HELLO: self.on_hello,
             Kind.SUBMIT: self.on_submit,
@@ -200,6 +202,8 @@ class Master:
         now = self.clock() if now is None else now
         self.bury(now)
         self.sched.dispatch(now)
+        if self.sched.queued and self.leases.held:  # jobs wait: no executor is anyone's own
+            self.leases.recall()
         self.expire_jobs(now)
         self.sched.announce_started(now)
         self.flush()
@@ -311,6 +315,8 @@ class Master:
         if client is None:
             client = self.clients[identity] = ClientState(identity, msg.header, now)
             log.info("client %s:%s connected", msg.header["host"], msg.header["pid"])
+        else:  # it reconnected, and dropped any lane it held
+            self.leases.give_back(identity, tell=False)
         client.last_seen = now
         self.check_python(msg.header)
         self.welcome(identity)
@@ -353,11 +359,18 @@ class Master:
                 client.jobs[cid] = job
                 self.sched.enqueue(client, job)
                 self.counts["submitted"] += 1
+        # A client with one job in flight and nothing else queued: a caller
+        # that waits for each result. Its next jobs may take a lane.
+        if len(client.jobs) == 1 and self.sched.queued <= 1 and self.leases.shelf:
+            self.leases.lend(client)
 
     def on_cancel(self, identity: bytes, msg: Message, now: float) -> None:
         client = self.clients.get(identity)
         if client is None:
             self.refuse(identity, "unknown client: send HELLO first", None, ErrorCode.UNKNOWN_PEER)
+            return
+        if "lane" in msg.header:  # a job it sent down a lane, to stop by force
+            self.kill_lane(client, msg.header["lane"], msg.header.get("force", False))
             return
         job = client.jobs.get(msg.header["id"])
         if job is None:  # finished meanwhile (the client drops the late result), or never held
@@ -387,6 +400,7 @@ class Master:
         state = self.executors[identity] = ExecutorState(identity, msg.header, now, capacity,
                                                          batch=msg.header.get("batch", capacity))
         self.sched.offer(state)
+        self.leases.add(state)
         self.welcome(identity)  # tells the executor the message size limit
 
     def on_result(self, identity: bytes, msg: Message, now: float) -> None:
@@ -456,6 +470,7 @@ class Master:
         self.touch(identity, now)
         for state in self.executors_of(identity):
             state.capacity = 0
+            self.leases.withdraw(state)
         log.info("worker %s draining", identity.hex()[:16])
 
     def on_depart(self, identity: bytes, msg: Message, now: float) -> None:
@@ -471,6 +486,12 @@ class Master:
             self.refuse(identity, "unknown peer: send HELLO or READY first", None, ErrorCode.UNKNOWN_PEER)
         elif "stats" in msg.header and identity in self.supervisors:
             self.monitor.worker_stats(identity, msg.header["stats"])  # ignored if malformed
+        elif "lane" in msg.header and identity in self.executors:  # jobs its lane ran
+            state, ran = self.executors[identity], msg.header["lane"]
+            state.done += ran
+            for count in ("submitted", "done", "laned"):
+                self.counts[count] += ran
+            self.monitor.lane_failed(state, min(ran, msg.header.get("lane_failed", 0)))
 
     def on_bye(self, identity: bytes, msg: Message, now: float) -> None:
         if identity in self.clients:
@@ -550,6 +571,7 @@ class Master:
         """Ask an executor's supervisor to kill it; it takes no task meanwhile."""
         state.capacity = 0
         state.killed = True  # its death is ours: no job counts it
+        self.leases.withdraw(state)
         if state.supervisor is not None and state.supervisor in self.supervisors:
             self.counts["killed"] += 1
             self.send(state.supervisor, Message(Kind.KILL, {"executor": state.identity.hex()}))
@@ -558,6 +580,16 @@ class Master:
             log.warning("cannot kill executor %s:%s: its supervisor is unknown",
                         state.info["host"], state.info["pid"])
             self.requeue(self.executors.pop(state.identity), "its supervisor is unknown")
+
+    def kill_lane(self, client: ClientState, worker: str, force: bool) -> None:
+        """Stop a job a client sent down a lane it was lent: only by killing
+        the lane's executor (the client resends what else the lane held)."""
+        for ident in list(client.lanes):
+            state = self.executors.get(ident)
+            if state is None:
+                client.lanes.discard(ident)
+            elif state.name == worker and force and not state.killed:
+                self.kill(state)
 
     def forget(self, job: Job) -> None:
         job.deadline = None
@@ -578,8 +610,10 @@ class Master:
         in ``running`` (an executor runs its tasks in arrival order; the rest
         were prefetched and never started, or finished with results unsent).
         """
+        self.leases.withdraw(state)
         held = list(state.running.values())
-        culprit = state.died_in if state.died_in in state.running else next(iter(state.running), None)
+        culprit = (None if state.died_in == SLOT_MARK  # it died running a lane's job
+                   else state.died_in if state.died_in in state.running else next(iter(state.running), None))
         for job in reversed(held):
             job.executor = None
             job.deadline = None
@@ -612,6 +646,7 @@ class Master:
                 state.running.pop(job.tid, None)
                 self.kill(state)
         client.jobs.clear()
+        self.leases.give_back(client.identity, tell=False)
         self.sched.drop(client)
 
     # -- liveness ---------------------------------------------------------

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -67,12 +68,14 @@ class Throughput:
         span = min(float(WINDOW), max(1.0, now - self.started))
         return {"window": WINDOW, "per_second": series, "last_minute": total,
                 "rate": round(total / span, 3)}
+_LANE = -1  # what the executor runs, for its age, while it runs a lane's job (no id of ours)
 
 
-def parse_stats(value: Any) -> Optional[dict[str, tuple[float, int]]]:
+def parse_stats(value: Any) -> Optional[dict[str, tuple[float, int, bool]]]:
     """A supervisor's HEARTBEAT ``stats``, or None if anything in it is malformed.
 
-    Expected: ``{executor identity (hex): {"cpu": percent, "rss": bytes}}``.
+    Expected: ``{executor identity (hex): {"cpu": percent, "rss": bytes}}``,
+    with ``"lane": 1`` for one that runs a job a client sent down its lane.
     """
     if not isinstance(value, dict) or len(value) > MAX_STATS:
         return None
@@ -85,7 +88,10 @@ def parse_stats(value: Any) -> Optional[dict[str, tuple[float, int]]]:
             return None  # (NaN and infinity fail the range check too)
         if not (isinstance(rss, int) and not isinstance(rss, bool) and 0 <= rss < 2**62):
             return None
-        out[key] = (float(cpu), rss)
+        lane = entry.get("lane", 0)
+        if lane not in (0, 1) or isinstance(lane, float):
+            return None
+        out[key] = (float(cpu), rss, bool(lane))
     return out
 
 
@@ -106,7 +112,7 @@ class Monitor:
         self.throughput = Throughput(now)
         self.next_tick = now
         self.seen: dict[bytes, _Seen] = {}
-        self.stats: dict[bytes, dict[str, tuple[float, int]]] = {}  # supervisor -> executor -> usage
+        self.stats: dict[bytes, dict[str, tuple[float, int, bool]]] = {}  # supervisor -> executor -> usage
         self.retired: dict[bytes, int] = {}  # supervisor -> jobs done by executors since gone
         self.failures: dict[bytes, int] = {}  # supervisor -> jobs that failed there
         self.failed = 0
@@ -136,7 +142,7 @@ class Monitor:
         """Note which job each executor runs since when, and what gone ones had done."""
         old, new = self.seen, {}
         for ident, state in executors.items():
-            head = next(iter(state.running), None)
+            head = _LANE if self.on_lane(state) else next(iter(state.running), None)
             prev = old.pop(ident, None)
             sup = prev.supervisor if prev is not None else state.supervisor
             since = prev.since if prev is not None and prev.head == head else now
@@ -161,6 +167,13 @@ class Monitor:
         if sup is not None:
             self.failures[sup] = self.failures.get(sup, 0) + 1
 
+    def lane_failed(self, state: "ExecutorState", failed: int) -> None:
+        """Jobs that failed on an executor's lane (cw.lane), as its heartbeat counts them."""
+        if failed > 0:
+            self.failed += failed
+            if state.supervisor is not None:
+                self.failures[state.supervisor] = self.failures.get(state.supervisor, 0) + failed
+
     def worker_stats(self, identity: bytes, value: Any) -> None:
         stats = parse_stats(value)
         if stats is not None:
@@ -171,7 +184,8 @@ class Monitor:
         """A JSON-able picture of the cluster: the STATUS reply."""
         self.throughput.sample(now, master.counts["done"] + master.counts["lost"])
         executors = [self.executor_view(state, now) for state in master.executors.values()]
-        clients = [client_view(c) for c in master.clients.values()]
+        on_lanes = Counter(state.lane_client for state in master.executors.values() if self.on_lane(state))
+        clients = [client_view(c, on_lanes[c.identity]) for c in master.clients.values()]
         by_worker: dict[Optional[str], list[dict]] = {}
         for e in executors:
             by_worker.setdefault(e["worker"], []).append(e)
@@ -195,18 +209,30 @@ class Monitor:
             "totals": totals, "throughput": self.throughput.summary(now), "counts": counts,
         }
 
+    def usage(self, state: "ExecutorState") -> Optional[tuple[float, int, bool]]:
+        """CPU %, RSS and whether it runs a lane's job, as its supervisor last said."""
+        sup = state.supervisor
+        return self.stats.get(sup, {}).get(state.identity.hex()) if sup else None
+
+    def on_lane(self, state: "ExecutorState") -> bool:
+        usage = self.usage(state)
+        return usage is not None and usage[2]
+
     def executor_view(self, state: "ExecutorState", now: float) -> dict:
         seen = self.seen.get(state.identity)
+        usage = self.usage(state)
+        lane = usage is not None and usage[2]  # a job from a lane runs: the master's all wait
         head = next(iter(state.running), None)
-        since = seen.since if seen is not None and seen.head == head else now
-        sup = state.supervisor
-        usage = self.stats.get(sup, {}).get(state.identity.hex()) if sup else None
+        shown = _LANE if lane else head
+        since = seen.since if seen is not None and seen.head == shown else now
+        held, sup = len(state.running), state.supervisor
         return {
             "host": state.info.get("host"), "pid": state.info.get("pid"),
             "worker": sup.hex() if sup else None,
-            "running": min(1, len(state.running)), "prefetched": max(0, len(state.running) - 1),
-            "job": head, "age": None if head is None else round(now - since, 3),
+            "running": 1 if lane or held else 0, "prefetched": held if lane else max(0, held - 1),
+            "job": "lane" if lane else head, "age": None if shown is None else round(now - since, 3),
             "done": state.done, "draining": state.capacity == 0,
+            "lent": state.leased_to is not None, "lane": lane,
             "cpu": usage[0] if usage else None, "rss": usage[1] if usage else None,
         }
 
@@ -234,10 +260,12 @@ def worker_state(executors: list[dict]) -> str:
     return "busy" if any(e["running"] for e in executors) else "idle"
 
 
-def client_view(client: Any) -> dict:
+def client_view(client: Any, on_lanes: int = 0) -> dict:
+    """``on_lanes``: its jobs that run on lanes (cw.lane), which the master holds not."""
     queued = len(client.queue)
     return {"host": client.info.get("host"), "pid": client.info.get("pid"), "queued": queued,
-            "running": max(0, len(client.jobs) - queued), "jobs": len(client.jobs), "done": client.done}
+            "running": max(0, len(client.jobs) - queued) + on_lanes, "jobs": len(client.jobs) + on_lanes,
+            "done": client.done}
 
 
 class Usage:
@@ -246,11 +274,11 @@ class Usage:
     def __init__(self) -> None:
         self.procs: dict[int, psutil.Process] = {}
 
-    def header(self, executors: list[tuple[bytes, int]]) -> dict:
-        """``{"stats": {...}}`` for ``(identity, pid)`` of the live executors."""
+    def header(self, executors: list[tuple[bytes, int, bool]]) -> dict:
+        """``{"stats": {...}}`` for ``(identity, pid, runs a lane's job)`` of the live executors."""
         stats: dict[str, dict] = {}
         live = set()
-        for ident, pid in executors[:MAX_STATS]:
+        for ident, pid, on_lane in executors[:MAX_STATS]:
             live.add(pid)
             try:
                 proc = self.procs.get(pid)
@@ -259,7 +287,7 @@ class Usage:
                     proc.cpu_percent(None)  # the first call only starts the measurement
                 with proc.oneshot():
                     stats[ident.hex()] = {"cpu": round(proc.cpu_percent(None), 1),
-                                          "rss": proc.memory_info().rss}
+                                          "rss": proc.memory_info().rss, **({"lane": 1} if on_lane else {})}
             except (psutil.Error, OSError):
                 continue  # gone meanwhile: the supervisor reports its death
         for pid in [p for p in self.procs if p not in live]:

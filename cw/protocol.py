@@ -59,6 +59,7 @@ class Kind(enum.Enum):
     BYE = b"X"  # any peer -> master: leaving
     STATUS = b"?"  # request (empty header) and reply (JSON snapshot)
     ERROR = b"E"  # master -> peer: your message was refused, and why
+    LEASE = b"L"  # master -> client: an executor's lane you may use (or no longer)
 
     # Members are singletons: hash them by identity. Enum's own __hash__ is
     # Python code, run at every dict and set lookup on the hot path.
@@ -97,27 +98,28 @@ class ErrorCode(str, enum.Enum):
 _VERSIONS = {"v": (int, True), "python": (str, True), "cloudpickle": (str, True)}
 _PEER = {"host": (str, True), "pid": (int, True), **_VERSIONS}
 SCHEMAS: dict[Kind, dict[str, tuple[type, bool]]] = {
-    Kind.HELLO: {"session": (str, True), **_PEER},
+    Kind.HELLO: {"session": (str, True), "shm": (str, False), **_PEER},
     Kind.WELCOME: {"session": (str, True), "heartbeat": (float, True),
                    "max_message_size": (int, False), **_VERSIONS},
     Kind.SUBMIT: {"ids": (list, True), "frames": (list, False), "contexts": (list, False),
                   "retries": (int, False), "timeout": (float, False)},
-    Kind.CANCEL: {"id": (int, True), "force": (bool, False)},
+    Kind.CANCEL: {"id": (int, True), "force": (bool, False), "lane": (str, False)},
     Kind.STARTED: {"ids": (list, True), "worker": (str, False)},
     Kind.RESULT: {"results": (list, True), "busy": (float, False)},
     Kind.RESULTS: {"results": (list, True)},
     Kind.READY: {"capacity": (int, True), "batch": (int, False), "supervisor": (str, False),
-                 "procs": (int, False), **_PEER},
+                 "procs": (int, False), "lane": (str, False), "shm": (str, False), **_PEER},
     Kind.TASK: {"ids": (list, True), "frames": (list, False), "contexts": (list, False)},
     Kind.DIED: {"executor": (str, True), "exitcode": (int, True), "signal": (int, False),
                 "job": (int, False)},
     Kind.DRAIN: {},
     Kind.DEPART: {},
     Kind.KILL: {"executor": (str, True)},
-    Kind.HEARTBEAT: {},
+    Kind.HEARTBEAT: {"lane": (int, False), "lane_failed": (int, False)},
     Kind.BYE: {},
     Kind.STATUS: {},
     Kind.ERROR: {"error": (str, True), "code": (str, False), "id": (int, False)},
+    Kind.LEASE: {"lane": (str, False), "worker": (str, False)},
 }
 # Kinds whose payload frames are counted by their header (checked below).
 BATCHES = frozenset({Kind.SUBMIT, Kind.TASK, Kind.RESULT, Kind.RESULTS})

@@ -85,6 +85,7 @@ class ClientState:
     in_ready: bool = False
     held_bytes: int = 0
     done: int = 0
+    lanes: set = field(default_factory=set)  # executors ever lent to it, while they live (cw.lane)
 
 
 @dataclass(eq=False)
@@ -100,6 +101,8 @@ class ExecutorState:
     cost: Optional[float] = None  # recent seconds per job, as it reports them
     offered: bool = False  # in the scheduler's ``free`` line
     died_in: Optional[int] = None  # the task it was running when it died, if known
+    leased_to: Optional[bytes] = None  # the client its lane is lent to (cw.lane)
+    lane_client: Optional[bytes] = None  # the last one it was lent to: whose jobs its lane runs
     name: str = field(init=False)  # host:pid, as results and STARTED name it
 
     def __post_init__(self) -> None:

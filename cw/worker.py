@@ -24,6 +24,7 @@ import time
 from typing import Optional
 
 from .executor import Peer, peer_header, unknown_peer
+from .lane import SLOT_MARK
 from .monitor import Usage
 from .protocol import Kind, Message
 from .security import Keys
@@ -88,7 +89,12 @@ class Supervisor:
         self.stopping = False
         self.usage = Usage()  # CPU % and RSS of the executors, in each HEARTBEAT
         self.peer.beat_header = lambda: self.usage.header(
-            [(self.ids[i], p.pid) for i, p in enumerate(self.slots) if p is not None])
+            [(self.ids[i], p.pid, self.on_lane(i)) for i, p in enumerate(self.slots) if p is not None])
+
+    def on_lane(self, i: int) -> bool:
+        """Whether executor ``i`` runs a job a client sent down its lane (cw.lane)."""
+        word = self.running[i]
+        return word is not None and int.from_bytes(word[:8], "little") == SLOT_MARK
 
     def spawn(self, i: int) -> None:
         ident = b"e" + os.urandom(8)

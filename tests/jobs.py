@@ -133,4 +133,14 @@ def shm_files(spares=False):
     (with ``spares``: the spare files too)."""
     import os
 
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("cw-") and (spares or "-s-" not in n))
+    from cw import shm
+
+    return sorted(n for n in os.listdir("/dev/shm") if shm._ANY.fullmatch(n) and (spares or "-s-" not in n))
+
+
+def log_pid_and_wait(path, release, timeout=60):
+    """Append this executor's pid to ``path``, then run until ``release`` exists."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    wait_for_file(release, timeout=timeout)
+    return os.getpid()

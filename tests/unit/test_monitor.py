@@ -37,6 +37,8 @@ def test_throughput_counts_each_second_and_forgets_after_a_minute():
     {"e1": {"cpu": math.inf, "rss": 1}}, {"e1": {"cpu": 1.0, "rss": -5}}, {"e1": {"cpu": True, "rss": 1}},
     {"e1": {"cpu": 1.0}}, {"e1": [1, 2]}, {"x" * 100: {"cpu": 1, "rss": 1}},
     {f"e{i}": {"cpu": 1, "rss": 1} for i in range(10_000)},
+    {"e1": {"cpu": 1.0, "rss": 1, "lane": 2}}, {"e1": {"cpu": 1.0, "rss": 1, "lane": 1.0}},
+    {"e1": {"cpu": 1.0, "rss": 1, "lane": "yes"}},
 ])
 def test_malformed_worker_stats_are_refused(bad):
     assert parse_stats(bad) is None
@@ -44,9 +46,10 @@ def test_malformed_worker_stats_are_refused(bad):
 
 def test_usage_reports_cpu_and_rss_of_live_processes():
     usage = Usage()
-    stats = usage.header([(b"e1", os.getpid()), (b"e2", 2**22 + 12345)])["stats"]  # the second: no such pid
-    assert list(stats) == [b"e1".hex()] and stats[b"e1".hex()]["rss"] > 1 << 20
-    assert parse_stats(stats) is not None
+    stats = usage.header([(b"e1", os.getpid(), False), (b"e2", 2**22 + 12345, False),  # no such pid
+                          (b"e3", os.getpid(), True)])["stats"]  # it runs a lane's job
+    assert list(stats) == [b"e1".hex(), b"e3".hex()] and stats[b"e1".hex()]["rss"] > 1 << 20
+    assert [v[2] for v in parse_stats(stats).values()] == [False, True]
 
 
 def supervisor(master, procs=2):

@@ -1,0 +1,151 @@
+"""Lanes (cw.lane): which clients the master lends an executor's lane, when
+it takes it back, and which lane directories an executor trusts."""
+import os
+
+import pytest
+from test_master import PEER, Peer, client, running_master, submit
+
+from cw import lane, shm
+from cw.protocol import Kind
+
+LANE = f"ipc://{shm.ROOT}/cw-lanes-{os.getuid()}/lane-1"
+
+
+@pytest.fixture
+def master():
+    with running_master() as m:
+        yield m
+
+
+def lane_executor(m, key="host-a", capacity=1, supervisor=None):
+    ex = Peer(m, b"e")
+    ex.send(Kind.READY, {"capacity": capacity, "supervisor": supervisor.sock.identity.hex()
+                         if supervisor else "", "lane": LANE, "shm": key, **PEER})
+    return ex
+
+
+def lane_client(m, key="host-a"):
+    c = Peer(m, b"c")
+    c.send(Kind.HELLO, {"session": "s", "shm": key, **PEER})
+    assert c.recv().kind is Kind.WELCOME
+    return c
+
+
+def test_a_lone_job_lends_its_client_a_lane_of_its_host(master):
+    ex = lane_executor(master)
+    c = lane_client(master)
+    submit(c, 1)
+    lease = c.recv({Kind.LEASE})
+    assert lease.header == {"lane": LANE, "worker": "test:1"}
+    assert ex.recv({Kind.TASK}).header["id"]  # the job itself still goes through the master
+    other = lane_client(master, key="host-b")  # another host: no lane of ours reaches it
+    submit(other, 1)
+    assert other.nothing({Kind.LEASE})
+    late = lane_client(master)  # one lane, lent to one client at a time
+    submit(late, 1)
+    assert late.nothing({Kind.LEASE})
+
+
+def test_a_client_without_a_host_key_or_with_jobs_in_flight_gets_no_lane(master):
+    lane_executor(master)
+    plain = client(master)  # no shm key: it cannot reach an ipc:// socket of ours
+    submit(plain, 1)
+    assert plain.nothing({Kind.LEASE})
+    busy = lane_client(master)
+    busy.send(Kind.SUBMIT, {"ids": [1, 2]}, b"ctx", b"call1", b"call2")
+    assert busy.nothing({Kind.LEASE})
+
+
+def test_jobs_queueing_up_take_the_lane_back(master):
+    ex = lane_executor(master)
+    c = lane_client(master)
+    submit(c, 1)
+    assert "lane" in c.recv({Kind.LEASE}).header
+    ex.recv({Kind.TASK})  # the one executor is busy now
+    other = client(master)
+    for jid in (1, 2, 3):
+        submit(other, jid)
+    back = c.recv({Kind.LEASE})
+    assert back.header == {}
+    assert master.leases.held == {}
+
+
+def test_draining_or_killed_executors_leave_the_shelf(master):
+    sup = Peer(master, b"s")
+    sup.send(Kind.READY, {"capacity": 0, **PEER})
+    lane_executor(master, supervisor=sup)
+    c = lane_client(master)
+    submit(c, 1)
+    c.recv({Kind.LEASE})
+    sup.send(Kind.DRAIN)
+    assert c.recv({Kind.LEASE}).header == {}
+    assert master.leases.shelf.get("host-a", {}) == {} and master.leases.held == {}
+
+
+def test_lane_jobs_count_in_the_totals(master):
+    sup = Peer(master, b"s")
+    sup.send(Kind.READY, {"capacity": 0, **PEER})
+    ex = lane_executor(master, supervisor=sup)
+    ex.send(Kind.HEARTBEAT, {"lane": 3, "lane_failed": 1})
+    ex.send(Kind.HEARTBEAT, {"lane": -5})  # nonsense counts nothing
+    ex.nothing({Kind.ERROR})
+    assert (master.counts["laned"], master.counts["done"], master.counts["submitted"]) == (3, 3, 3)
+    snap = master.snapshot()
+    assert snap["totals"]["failed"] == 1 and snap["workers"][0]["failed"] == 1
+
+
+def test_force_cancel_of_a_lane_job_kills_only_that_lane_executor(master):
+    sup = Peer(master, b"s")
+    sup.send(Kind.READY, {"capacity": 0, **PEER})
+    lane_executor(master, supervisor=sup)
+    c = lane_client(master)
+    submit(c, 1)
+    c.recv({Kind.LEASE})
+    c.send(Kind.CANCEL, {"id": 7, "force": True, "lane": "elsewhere:9"})  # no lane it was lent
+    assert sup.nothing({Kind.KILL})
+    c.send(Kind.CANCEL, {"id": 7, "lane": "test:1"})  # not forced: a lane job cannot stop
+    assert sup.nothing({Kind.KILL})
+    stranger = lane_client(master)  # never lent it: may not kill it
+    stranger.send(Kind.CANCEL, {"id": 7, "force": True, "lane": "test:1"})
+    assert sup.nothing({Kind.KILL})
+    c.send(Kind.CANCEL, {"id": 7, "force": True, "lane": "test:1"})
+    assert sup.recv({Kind.KILL}) and master.counts["killed"] == 1
+    assert c.recv({Kind.LEASE}).header == {}  # a killed executor's lane is no one's
+
+
+def test_a_lane_binds_only_in_a_directory_of_this_user_alone(tmp_path, monkeypatch):
+    if shm.host_key() is None:
+        pytest.skip("no shared memory here")
+    monkeypatch.setattr(shm, "ROOT", str(tmp_path))
+    directory = tmp_path / f"cw-lanes-{os.getuid()}"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)  # others may enter: a socket there is not ours alone
+    assert lane.bind() is None
+    directory.chmod(0o700)
+    sock, address = lane.bind()
+    try:
+        assert address == f"ipc://{directory}/lane-{os.getpid()}"
+        assert lane.valid_address(address)
+        assert (directory / f"lane-{os.getpid()}").exists()
+    finally:
+        sock.close()
+    monkeypatch.setenv("CW_LANES", "0")
+    assert lane.bind() is None
+
+
+def test_a_client_takes_only_lanes_in_its_own_directory():
+    uid = os.getuid()
+    assert lane.valid_address(f"ipc://{shm.ROOT}/cw-lanes-{uid}/lane-42")
+    for bad in (f"ipc://{shm.ROOT}/cw-lanes-{uid + 1}/lane-42", "tcp://10.0.0.1:5555",
+                f"ipc://{shm.ROOT}/cw-lanes-{uid}/lane-1/../../x", "ipc:///tmp/lane-1"):
+        assert not lane.valid_address(bad), bad
+
+
+def test_a_stale_socket_of_a_dead_executor_is_swept(tmp_path):
+    dead = tmp_path / "lane-999999999"
+    dead.touch()
+    mine = tmp_path / f"lane-{os.getpid()}"
+    mine.touch()
+    lane._sweep(tmp_path)
+    assert not dead.exists() and mine.exists()
+
