@@ -240,7 +240,8 @@ class Executor:
             elif msg.kind is Kind.WELCOME:
                 self.max_message_size = msg.header.get("max_message_size", self.max_message_size)
             elif unknown_peer(msg):  # the master does not know us (restarted, or purged us)
-                self.tasks.clear()  # its clients send their jobs again
+                # Its clients send their jobs again; a lane's are no job of the master's.
+                self.tasks = deque(task for task in self.tasks if len(task) == 3)
                 self.outbox = _Outbox()
                 forgotten = True
             msg = self.peer.recv(0)

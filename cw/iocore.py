@@ -153,8 +153,7 @@ class IOCore(threading.Thread):
                 return False
             self.pending[jid] = (payload, options)
             lent = self.lanes[-1] if self.lanes else None
-            if lent is not None and lent.usable() and "timeout" not in options:
-                lent.send(jid, payload)
+            if lent is not None and lent.usable() and "timeout" not in options and lent.send(jid, payload):
                 self.on_started([jid], lent.worker)
             else:
                 self.send_jobs([(jid, payload, options)])
@@ -413,14 +412,20 @@ class IOCore(threading.Thread):
         elif msg.kind is Kind.LEASE:
             self.lease(msg.header)
         elif msg.kind is Kind.ERROR:
-            if msg.header.get("code") == ErrorCode.UNKNOWN_PEER.value:
-                if self.connected.is_set():  # one HELLO per loss, not one per refused job
-                    self.connected.clear()
-                    self.send_hello()
-            elif msg.header.get("code") == ErrorCode.UNKNOWN_JOB.value:
-                log.debug("the master knew no job %s (finished meanwhile)", msg.header.get("id"))
-            else:
-                log.warning("the master refused a message: %s", msg.header["error"])
+            self.refused(msg.header)
+
+    def refused(self, header: dict) -> None:
+        """The master's ERROR."""
+        if header.get("code") == ErrorCode.UNKNOWN_PEER.value:
+            if self.connected.is_set():  # one HELLO per loss, not one per refused job
+                self.connected.clear()
+                for x in self.lanes:  # it forgot our loan too: finish what is in flight
+                    x.open = False
+                self.send_hello()
+        elif header.get("code") == ErrorCode.UNKNOWN_JOB.value:
+            log.debug("the master knew no job %s (finished meanwhile)", header.get("id"))
+        else:
+            log.warning("the master refused a message: %s", header["error"])
 
     def welcome(self, header: dict) -> None:
         if self.session is None and \
@@ -453,7 +458,7 @@ class IOCore(threading.Thread):
             log.warning("ignored a lease of a lane outside this user's directory: %s", address)
             return
         assert self.poller is not None
-        x = lane.Lane(address, header.get("worker") or "", self.identity)
+        x = lane.Lane(address, header.get("worker") or "")
         for fd in x.fds:
             self.poller.register(fd, zmq.POLLIN)
         self.lanes.append(x)

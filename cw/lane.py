@@ -43,7 +43,7 @@ from .state import ClientState, ExecutorState
 
 log = logging.getLogger(__name__)
 
-_SOCKET = re.compile(r"lane-(\d+)")
+_SOCKET = re.compile(r"lane-(\d+)-(\d+)")  # pid namespace, pid
 # A lane job's mark in the executor's job slot: the supervisor reports a
 # death under it, and the master charges it to no job of its own.
 SLOT_MARK = MAX_INT - 1  # the largest DIED.job; the master's job ids never get there
@@ -68,18 +68,19 @@ def _directory() -> Optional[Path]:
     return path
 
 
-def _sweep(directory: Path) -> None:
-    """Remove the sockets of executors that died without closing theirs."""
+def _sweep(directory: Path, pidns: int) -> None:
+    """Remove the sockets of executors of our pid namespace that died
+    without closing theirs (another namespace's pids mean nothing here)."""
     for entry in directory.iterdir():
         m = _SOCKET.fullmatch(entry.name)
-        if m is None:
+        if m is None or int(m.group(1)) != pidns:
             continue
         try:
-            os.kill(int(m.group(1)), 0)
+            os.kill(int(m.group(2)), 0)
         except ProcessLookupError:
             entry.unlink(missing_ok=True)
         except OSError:
-            pass  # alive (another user's pid namespace cannot be in this directory)
+            pass  # alive
 
 
 def bind() -> Optional[tuple[zmq.Socket, str]]:
@@ -90,8 +91,9 @@ def bind() -> Optional[tuple[zmq.Socket, str]]:
     directory = _directory()
     if directory is None:
         return None
-    _sweep(directory)
-    path = directory / f"lane-{os.getpid()}"
+    pidns = shm.pid_namespace()
+    _sweep(directory, pidns)
+    path = directory / f"lane-{pidns}-{os.getpid()}"
     address = f"ipc://{path}"
     if len(address.encode()) > 100:  # sun_path holds 108 bytes
         log.info("no lanes: %s is too long a socket path", path)
@@ -101,7 +103,6 @@ def bind() -> Optional[tuple[zmq.Socket, str]]:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
-    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a client lent the lane again takes over its old link
     try:
         sock.bind(address)
     except zmq.ZMQError as e:
@@ -118,13 +119,16 @@ class Lane:
     _WATCH = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
               | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
-    def __init__(self, address: str, worker: str, identity: bytes) -> None:
+    def __init__(self, address: str, worker: str) -> None:
         self.worker = worker  # host:pid of its executor, as STARTED names it
         self.inflight: set[int] = set()
         self.ready = False  # connected: jobs sent now reach the executor
         self.open = True  # lent still: new jobs may take it
         self.sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, identity)
+        # An identity of its own: a client lent the same lane again connects
+        # anew while its old link still holds jobs (two links, one identity:
+        # the executor would refuse one).
+        self.sock.setsockopt(zmq.IDENTITY, b"l" + os.urandom(8))
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
@@ -137,12 +141,19 @@ class Lane:
     def usable(self) -> bool:
         return self.open and self.ready
 
-    def send(self, jid: int, payload: tuple) -> None:
+    def send(self, jid: int, payload: tuple) -> bool:
+        """Send a job down the lane; False (and the lane closed to new jobs)
+        if it cannot take it now: its executor went, unseen yet."""
         header: dict = {"ids": [jid]}
         if len(payload) > 2:  # its call, then out-of-band buffers (after the context)
             header["frames"] = [len(payload) - 1]
-        send_frames(self.sock, Message(Kind.TASK, header, payload).to_frames(), NOBLOCK)
+        try:
+            send_frames(self.sock, Message(Kind.TASK, header, payload).to_frames(), NOBLOCK)
+        except zmq.ZMQError:
+            self.open = False
+            return False
         self.inflight.add(jid)
+        return True
 
     def receive(self) -> Iterator[Message]:
         """Its results waiting now (a malformed one is dropped, logged)."""
@@ -190,6 +201,7 @@ class Leases:
         self.send = send
         self.shelf: dict[str, dict[bytes, ExecutorState]] = {}  # host key -> executors lent to no one
         self.held: dict[bytes, ExecutorState] = {}  # client -> the executor lent to it
+        self.lent_last: dict[bytes, ExecutorState] = {}  # client -> the last executor lent to it
 
     def add(self, state: ExecutorState) -> None:
         """A newly registered executor: on the shelf if it has a lane."""
@@ -204,9 +216,11 @@ class Leases:
         if not shelf or client.identity in self.held:
             return
         _, state = shelf.popitem()
+        if not state.capacity or state.killed:  # dying meanwhile: the next submit may find another
+            return
         state.leased_to = state.lane_client = client.identity
         self.held[client.identity] = state
-        client.lanes.add(state.identity)  # it may send jobs down the lane until it sees it close
+        self.lent_last[client.identity] = state  # its jobs may run there until it sees the lane close
         self.send(client.identity, Message(Kind.LEASE, {"lane": state.info["lane"], "worker": state.name}))
 
     def give_back(self, client: bytes, tell: bool, shelve: bool = True) -> None:
@@ -220,6 +234,11 @@ class Leases:
             self.send(client, Message(Kind.LEASE, {}))
         if shelve and state.capacity and not state.killed:
             self.add(state)
+
+    def leave(self, client: bytes) -> None:
+        """A client that left: its loan ends, and nothing of it is kept."""
+        self.give_back(client, tell=False)
+        self.lent_last.pop(client, None)
 
     def recall(self) -> None:
         """Jobs wait in the master's queue: every executor is the queue's again."""

@@ -204,6 +204,11 @@ class Master:
         self.sched.dispatch(now)
         if self.sched.queued and self.leases.held:  # jobs wait: no executor is anyone's own
             self.leases.recall()
+        elif self.sched.shared:
+            for state in self.sched.shared:
+                if state.leased_to is not None:
+                    self.leases.give_back(state.leased_to, tell=True)
+        self.sched.shared.clear()
         self.expire_jobs(now)
         self.sched.announce_started(now)
         self.flush()
@@ -543,6 +548,12 @@ class Master:
     # -- ending jobs ----------------------------------------------------
     def expire_jobs(self, now: float) -> None:
         for job in self.sched.expired(now):
+            state = self.executors.get(job.executor) if job.executor else None
+            if state is not None and self.monitor.on_lane(state):
+                # Its executor runs a job from its lane (as its supervisor
+                # said, within 0.1 s): this one waits behind it, not started.
+                self.sched.start_clock(job, now)
+                continue
             self.counts["timeouts"] += 1
             self.stop_job(job, Status.TIMEOUT, f"job ran past its timeout of {job.timeout:g} s")
 
@@ -583,13 +594,12 @@ class Master:
 
     def kill_lane(self, client: ClientState, worker: str, force: bool) -> None:
         """Stop a job a client sent down a lane it was lent: only by killing
-        the lane's executor (the client resends what else the lane held)."""
-        for ident in list(client.lanes):
-            state = self.executors.get(ident)
-            if state is None:
-                client.lanes.discard(ident)
-            elif state.name == worker and force and not state.killed:
-                self.kill(state)
+        the lane's executor (the client resends what else the lane held).
+        Not if the lane was lent to another since: that one's jobs run there."""
+        state = self.leases.lent_last.get(client.identity)
+        if state is not None and force and state.name == worker and state.lane_client == client.identity \
+                and not state.killed and state.identity in self.executors:
+            self.kill(state)
 
     def forget(self, job: Job) -> None:
         job.deadline = None
@@ -646,7 +656,7 @@ class Master:
                 state.running.pop(job.tid, None)
                 self.kill(state)
         client.jobs.clear()
-        self.leases.give_back(client.identity, tell=False)
+        self.leases.leave(client.identity)
         self.sched.drop(client)
 
     # -- liveness ---------------------------------------------------------

@@ -45,6 +45,7 @@ class Scheduler:
         self.send = send
         self.ready: deque[bytes] = deque()  # clients with queued jobs, in turns
         self.free: deque[bytes] = deque()  # executors that may have room for tasks
+        self.shared: list[ExecutorState] = []  # lent executors (cw.lane) just given others' jobs
         self.queued = 0  # jobs in clients' queues (cancelled ones included until popped)
         self.announce: deque = deque()  # (when, job, executor identity): STARTED due, in dispatch order
         # Heap of (deadline, tid, job) of running jobs with a timeout; an entry
@@ -112,6 +113,8 @@ class Scheduler:
                 state.running[job.tid] = job
             if jobs:
                 self.send_task(state, jobs)
+                if state.leased_to is not None and any(job.client != state.leased_to for job in jobs):
+                    self.shared.append(state)  # its lane's next jobs would wait behind these
             if len(state.running) < self.window(state):
                 self.offer(state)  # the queue ran dry (or the message grew big) before it was full
 

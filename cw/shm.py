@@ -199,6 +199,12 @@ def host_key() -> Optional[str]:
     return None if _cached is None else _cached[0]
 
 
+def pid_namespace() -> int:
+    """This process's pid namespace (its inode), part of its host key."""
+    assert _cached is not None, "call host_key() first"
+    return _cached[1]
+
+
 def _new_path(owner: int, spare: bool = False) -> str:
     assert _cached is not None, "call host_key() first"
     return os.path.join(ROOT, f"cw-{_cached[1]}-{owner}-{'s-' if spare else ''}{secrets.token_hex(16)}")

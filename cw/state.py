@@ -85,7 +85,6 @@ class ClientState:
     in_ready: bool = False
     held_bytes: int = 0
     done: int = 0
-    lanes: set = field(default_factory=set)  # executors ever lent to it, while they live (cw.lane)
 
 
 @dataclass(eq=False)

@@ -88,8 +88,21 @@ class Supervisor:
         self.running: list[Optional[mmap.mmap]] = [None] * procs  # each executor's current task
         self.stopping = False
         self.usage = Usage()  # CPU % and RSS of the executors, in each HEARTBEAT
+        self.lane_seen: set[int] = set()  # executors running a lane's job at the last look
+        self.lane_told: set[int] = set()  # those the master was told of
         self.peer.beat_header = lambda: self.usage.header(
             [(self.ids[i], p.pid, self.on_lane(i)) for i, p in enumerate(self.slots) if p is not None])
+
+    def report_lanes(self) -> None:
+        """Tell the master at once (not at the next heartbeat) when an
+        executor has run a lane's job for a while, or stopped: it must not
+        time out a job of its own waiting behind (cw.lane)."""
+        now = {i for i in range(self.procs) if self.slots[i] is not None and self.on_lane(i)}
+        lasting = now & self.lane_seen  # on at two looks in a row, 0.1 s apart: not a short job's
+        if lasting != self.lane_told:
+            self.lane_told = lasting
+            self.peer.send(Message(Kind.HEARTBEAT, self.peer.beat_header()))
+        self.lane_seen = now
 
     def on_lane(self, i: int) -> bool:
         """Whether executor ``i`` runs a job a client sent down its lane (cw.lane)."""
@@ -131,6 +144,7 @@ class Supervisor:
         log.info("worker pid %d: %d executor(s) for %s", os.getpid(), self.procs, self.address)
         while not self.stopping:
             self.check_children()
+            self.report_lanes()
             msg = self.peer.recv(0.1)
             if msg is not None:
                 self.heard_at = time.monotonic()

@@ -54,12 +54,13 @@ def test_refusals_that_piled_up_draw_one_ready(scripted):
     master, executor = scripted
     executor.register()
     assert master.recv().kind is Kind.READY
-    executor.tasks.extend([(1, ()), (2, ())])
+    lane_task = (3, (), b"lane-client")  # a job a client sent down the lane: not the master's
+    executor.tasks.extend([(1, ()), (2, ()), lane_task])
     for _ in range(5):
         master.forget()
     time.sleep(0.2)  # let all five arrive: the point is one READY for a burst
     executor.receive(5.0)
-    assert not executor.tasks
+    assert list(executor.tasks) == [lane_task]
     assert [m.kind for m in master.messages(0.5)] == [Kind.READY]
 
 

@@ -113,6 +113,54 @@ def test_force_cancel_of_a_lane_job_kills_only_that_lane_executor(master):
     assert c.recv({Kind.LEASE}).header == {}  # a killed executor's lane is no one's
 
 
+def test_another_clients_job_on_a_lent_executor_takes_the_lane_back(master):
+    ex = lane_executor(master)
+    c = lane_client(master)
+    submit(c, 1)
+    assert "lane" in c.recv({Kind.LEASE}).header
+    task = ex.recv({Kind.TASK})
+    ex.send(Kind.RESULT, {"id": task.header["id"], "status": "ok"}, b"v")
+    c.recv({Kind.RESULT})
+    other = client(master)
+    submit(other, 1)  # the lent executor is free to the master: it takes this one
+    ex.recv({Kind.TASK})
+    assert c.recv({Kind.LEASE}).header == {}  # the lane's jobs would wait behind it
+
+
+def test_a_timed_job_behind_a_lane_job_does_not_time_out(master):
+    sup = Peer(master, b"s")
+    sup.send(Kind.READY, {"capacity": 0, **PEER})
+    ex = lane_executor(master, supervisor=sup)
+    key = ex.sock.identity.hex()
+    sup.send(Kind.HEARTBEAT, {"stats": {key: {"cpu": 100.0, "rss": 1 << 20, "lane": 1}}})
+    other = client(master)
+    other.send(Kind.SUBMIT, {"ids": [1], "timeout": 0.05}, b"ctx", b"call1")
+    ex.recv({Kind.TASK})
+    assert other.nothing({Kind.RESULT}) and sup.nothing({Kind.KILL})  # 0.1 s and more: not started
+    sup.send(Kind.HEARTBEAT, {"stats": {key: {"cpu": 100.0, "rss": 1 << 20}}})  # the lane's job ended
+    res = other.recv({Kind.RESULT}).header
+    assert (res["id"], res["status"]) == (1, "timeout") and sup.recv({Kind.KILL})
+
+
+def test_a_lane_lent_to_another_since_is_not_killed_for_the_first(master):
+    sup = Peer(master, b"s")
+    sup.send(Kind.READY, {"capacity": 0, **PEER})
+    ex = lane_executor(master, supervisor=sup)
+    first = lane_client(master)
+    submit(first, 1)
+    first.recv({Kind.LEASE})
+    task = ex.recv({Kind.TASK})
+    ex.send(Kind.RESULT, {"id": task.header["id"], "status": "ok"}, b"v")
+    first.recv({Kind.RESULT})
+    first.send(Kind.BYE)  # gone: its loan ends
+    second = lane_client(master)
+    submit(second, 1)
+    assert "lane" in second.recv({Kind.LEASE}).header
+    first = lane_client(master)  # back, under a new session: it never held this lane
+    first.send(Kind.CANCEL, {"id": 1, "force": True, "lane": "test:1"})
+    assert sup.nothing({Kind.KILL})
+
+
 def test_a_lane_binds_only_in_a_directory_of_this_user_alone(tmp_path, monkeypatch):
     if shm.host_key() is None:
         pytest.skip("no shared memory here")
@@ -124,9 +172,10 @@ def test_a_lane_binds_only_in_a_directory_of_this_user_alone(tmp_path, monkeypat
     directory.chmod(0o700)
     sock, address = lane.bind()
     try:
-        assert address == f"ipc://{directory}/lane-{os.getpid()}"
+        name = f"lane-{shm.pid_namespace()}-{os.getpid()}"  # pids of one namespace only
+        assert address == f"ipc://{directory}/{name}"
         assert lane.valid_address(address)
-        assert (directory / f"lane-{os.getpid()}").exists()
+        assert (directory / name).exists()
     finally:
         sock.close()
     monkeypatch.setenv("CW_LANES", "0")
@@ -142,10 +191,11 @@ def test_a_client_takes_only_lanes_in_its_own_directory():
 
 
 def test_a_stale_socket_of_a_dead_executor_is_swept(tmp_path):
-    dead = tmp_path / "lane-999999999"
-    dead.touch()
-    mine = tmp_path / f"lane-{os.getpid()}"
-    mine.touch()
-    lane._sweep(tmp_path)
-    assert not dead.exists() and mine.exists()
+    dead = tmp_path / "lane-7-999999999"
+    mine = tmp_path / f"lane-7-{os.getpid()}"
+    elsewhere = tmp_path / "lane-8-999999999"  # another pid namespace: its pids are not ours to check
+    for path in (dead, mine, elsewhere):
+        path.touch()
+    lane._sweep(tmp_path, 7)
+    assert not dead.exists() and mine.exists() and elsewhere.exists()
 
