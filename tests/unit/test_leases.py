@@ -17,6 +17,17 @@ def master():
         yield m
 
 
+def supervisor(m):
+    """A worker's supervisor, registered before any executor of its names it."""
+    sup = Peer(m, b"s")
+    sup.send(Kind.READY, {"capacity": 0, **PEER})
+    for _ in range(500):
+        if sup.sock.identity in m.supervisors:
+            return sup
+        m.step(timeout=0.01)
+    raise AssertionError("the supervisor never registered")
+
+
 def lane_executor(m, key="host-a", capacity=1, supervisor=None):
     ex = Peer(m, b"e")
     ex.send(Kind.READY, {"capacity": capacity, "supervisor": supervisor.sock.identity.hex()
@@ -71,8 +82,7 @@ def test_jobs_queueing_up_take_the_lane_back(master):
 
 
 def test_draining_or_killed_executors_leave_the_shelf(master):
-    sup = Peer(master, b"s")
-    sup.send(Kind.READY, {"capacity": 0, **PEER})
+    sup = supervisor(master)
     lane_executor(master, supervisor=sup)
     c = lane_client(master)
     submit(c, 1)
@@ -83,8 +93,7 @@ def test_draining_or_killed_executors_leave_the_shelf(master):
 
 
 def test_lane_jobs_count_in_the_totals(master):
-    sup = Peer(master, b"s")
-    sup.send(Kind.READY, {"capacity": 0, **PEER})
+    sup = supervisor(master)
     ex = lane_executor(master, supervisor=sup)
     ex.send(Kind.HEARTBEAT, {"lane": 3, "lane_failed": 1})
     ex.send(Kind.HEARTBEAT, {"lane": -5})  # nonsense counts nothing
@@ -95,8 +104,7 @@ def test_lane_jobs_count_in_the_totals(master):
 
 
 def test_force_cancel_of_a_lane_job_kills_only_that_lane_executor(master):
-    sup = Peer(master, b"s")
-    sup.send(Kind.READY, {"capacity": 0, **PEER})
+    sup = supervisor(master)
     lane_executor(master, supervisor=sup)
     c = lane_client(master)
     submit(c, 1)
@@ -128,8 +136,7 @@ def test_another_clients_job_on_a_lent_executor_takes_the_lane_back(master):
 
 
 def test_a_timed_job_behind_a_lane_job_does_not_time_out(master):
-    sup = Peer(master, b"s")
-    sup.send(Kind.READY, {"capacity": 0, **PEER})
+    sup = supervisor(master)
     ex = lane_executor(master, supervisor=sup)
     key = ex.sock.identity.hex()
     sup.send(Kind.HEARTBEAT, {"stats": {key: {"cpu": 100.0, "rss": 1 << 20, "lane": 1}}})
@@ -143,8 +150,7 @@ def test_a_timed_job_behind_a_lane_job_does_not_time_out(master):
 
 
 def test_a_lane_lent_to_another_since_is_not_killed_for_the_first(master):
-    sup = Peer(master, b"s")
-    sup.send(Kind.READY, {"capacity": 0, **PEER})
+    sup = supervisor(master)
     ex = lane_executor(master, supervisor=sup)
     first = lane_client(master)
     submit(first, 1)
