@@ -245,13 +245,12 @@ class IOCore(threading.Thread):
         not taken in yet: a send may take in a message's arrival unseen, so
         after using the socket ask it, which also re-arms the descriptor."""
         return (self.sock is not None and readable(self.sock)) \
-            or any(readable(x.sock) for x in self.lanes)
+            or bool(self.lanes) and any(readable(x.sock) for x in self.lanes)
 
     def reset_socket(self, poller: zmq.Poller) -> None:
         """(Re)connect: a fresh socket, then HELLO; WELCOME resubmits held jobs."""
         self.close_socket(poller)
-        for x in self.lanes:  # the master forgets our loan: finish what is in flight
-            x.open = False
+        self.shut_lanes()  # the master forgets our loan
         self.sock, self.monitor = dealer(self.address, self.identity, self.keys)
         self.sock_fd = int(self.sock.get(zmq.FD))
         poller.register(self.sock_fd, zmq.POLLIN)
@@ -419,8 +418,7 @@ class IOCore(threading.Thread):
         if header.get("code") == ErrorCode.UNKNOWN_PEER.value:
             if self.connected.is_set():  # one HELLO per loss, not one per refused job
                 self.connected.clear()
-                for x in self.lanes:  # it forgot our loan too: finish what is in flight
-                    x.open = False
+                self.shut_lanes()  # it forgot our loan too
                 self.send_hello()
         elif header.get("code") == ErrorCode.UNKNOWN_JOB.value:
             log.debug("the master knew no job %s (finished meanwhile)", header.get("id"))
@@ -449,8 +447,7 @@ class IOCore(threading.Thread):
 
     def lease(self, header: dict) -> None:
         """The master lends us a lane, or (no lane) takes ours back."""
-        for x in self.lanes:
-            x.open = False  # jobs in flight there still come back there
+        self.shut_lanes()
         address = header.get("lane")
         if address is None:
             return
@@ -462,6 +459,11 @@ class IOCore(threading.Thread):
         for fd in x.fds:
             self.poller.register(fd, zmq.POLLIN)
         self.lanes.append(x)
+
+    def shut_lanes(self) -> None:
+        """No new job down any lane we hold; those in flight still come back there."""
+        for x in self.lanes:
+            x.open = False
 
     def drain_lanes(self) -> None:
         """Results from the lanes; a lane that closed has its jobs sent again

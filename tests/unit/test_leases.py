@@ -3,7 +3,7 @@ it takes it back, and which lane directories an executor trusts."""
 import os
 
 import pytest
-from test_master import PEER, Peer, client, running_master, submit
+from test_master import PEER, Peer, client, run, running_master, submit
 
 from cw import lane, shm
 from cw.protocol import Kind
@@ -42,6 +42,17 @@ def lane_client(m, key="host-a"):
     return c
 
 
+def lent(m, supervised=False):
+    """A lane executor (under a supervisor, if ``supervised``) lent to a
+    client that submitted job 1: ``(supervisor, executor, client)``."""
+    sup = supervisor(m) if supervised else None
+    ex = lane_executor(m, supervisor=sup)
+    c = lane_client(m)
+    submit(c, 1)
+    assert "lane" in c.recv({Kind.LEASE}).header
+    return sup, ex, c
+
+
 def test_a_lone_job_lends_its_client_a_lane_of_its_host(master):
     ex = lane_executor(master)
     c = lane_client(master)
@@ -68,10 +79,7 @@ def test_a_client_without_a_host_key_or_with_jobs_in_flight_gets_no_lane(master)
 
 
 def test_jobs_queueing_up_take_the_lane_back(master):
-    ex = lane_executor(master)
-    c = lane_client(master)
-    submit(c, 1)
-    assert "lane" in c.recv({Kind.LEASE}).header
+    _, ex, c = lent(master)
     ex.recv({Kind.TASK})  # the one executor is busy now
     other = client(master)
     for jid in (1, 2, 3):
@@ -82,11 +90,7 @@ def test_jobs_queueing_up_take_the_lane_back(master):
 
 
 def test_draining_or_killed_executors_leave_the_shelf(master):
-    sup = supervisor(master)
-    lane_executor(master, supervisor=sup)
-    c = lane_client(master)
-    submit(c, 1)
-    c.recv({Kind.LEASE})
+    sup, _, c = lent(master, supervised=True)
     sup.send(Kind.DRAIN)
     assert c.recv({Kind.LEASE}).header == {}
     assert master.leases.shelf.get("host-a", {}) == {} and master.leases.held == {}
@@ -104,11 +108,7 @@ def test_lane_jobs_count_in_the_totals(master):
 
 
 def test_force_cancel_of_a_lane_job_kills_only_that_lane_executor(master):
-    sup = supervisor(master)
-    lane_executor(master, supervisor=sup)
-    c = lane_client(master)
-    submit(c, 1)
-    c.recv({Kind.LEASE})
+    sup, _, c = lent(master, supervised=True)
     c.send(Kind.CANCEL, {"id": 7, "force": True, "lane": "elsewhere:9"})  # no lane it was lent
     assert sup.nothing({Kind.KILL})
     c.send(Kind.CANCEL, {"id": 7, "lane": "test:1"})  # not forced: a lane job cannot stop
@@ -122,12 +122,8 @@ def test_force_cancel_of_a_lane_job_kills_only_that_lane_executor(master):
 
 
 def test_another_clients_job_on_a_lent_executor_takes_the_lane_back(master):
-    ex = lane_executor(master)
-    c = lane_client(master)
-    submit(c, 1)
-    assert "lane" in c.recv({Kind.LEASE}).header
-    task = ex.recv({Kind.TASK})
-    ex.send(Kind.RESULT, {"id": task.header["id"], "status": "ok"}, b"v")
+    _, ex, c = lent(master)
+    run(ex)
     c.recv({Kind.RESULT})
     other = client(master)
     submit(other, 1)  # the lent executor is free to the master: it takes this one
@@ -150,13 +146,8 @@ def test_a_timed_job_behind_a_lane_job_does_not_time_out(master):
 
 
 def test_a_lane_lent_to_another_since_is_not_killed_for_the_first(master):
-    sup = supervisor(master)
-    ex = lane_executor(master, supervisor=sup)
-    first = lane_client(master)
-    submit(first, 1)
-    first.recv({Kind.LEASE})
-    task = ex.recv({Kind.TASK})
-    ex.send(Kind.RESULT, {"id": task.header["id"], "status": "ok"}, b"v")
+    sup, ex, first = lent(master, supervised=True)
+    run(ex)
     first.recv({Kind.RESULT})
     first.send(Kind.BYE)  # gone: its loan ends
     second = lane_client(master)
