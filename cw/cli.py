@@ -9,49 +9,23 @@ the library itself only logs.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import signal
-import socket
 import sys
 import time
-from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import click
 
 from .cli_common import (
-    PORT,
-    SIZE,
-    Procs,
-    apply_options,
     cluster_option,
     friendly,
-    heartbeat_options,
     insecure_option,
-    log_option,
 )
 from .cli_launch import docker_group, local_group, mp_command, slurm_command, slurm_group, ssh_group
-from .logfiles import setup_logging
-from .protocol import DEFAULT_PORT, PROTOCOL_VERSION
+from .master.command import master_command
+from .worker.command import worker_command
 
 __all__ = ["main", "master_command", "worker_command", "mp_command", "slurm_command"]
-
-
-def _log_file(cluster: Optional[str], role: str) -> Optional[Path]:
-    from .cluster import cluster_dir
-    from .logfiles import log_path, logs_dir, stderr_in
-
-    try:
-        logs = logs_dir(cluster_dir(cluster, create=True))
-        if stderr_in(logs):
-            # A launcher (local, SLURM, the container entrypoint) keeps our
-            # stderr as this process's log already: one file, not two.
-            return None
-        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return log_path(logs, role)
-    except OSError:
-        return None  # no writable cluster directory here: stderr only
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,158 +38,8 @@ for _group in (local_group, slurm_group, ssh_group, docker_group):
     main.add_command(_group)
 
 
-@main.command("master")
-@click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")
-@click.option("--port", type=PORT, envvar="CW_PORT", default=DEFAULT_PORT, show_default=True,
-              help="Port to bind; 0 picks a free one (recorded in master.json).")
-@cluster_option
-@insecure_option
-@click.option("--max-message-size", type=SIZE, default=1 << 30, show_default=True,
-              help="Largest message in bytes; bigger ones are dropped.")
-@click.option("--max-jobs-per-client", type=SIZE, default=1_000_000, show_default=True,
-              help="Unfinished jobs the master holds for one client.")
-@click.option("--max-bytes-per-client", type=SIZE, default=4 << 30, show_default=True,
-              help="Payload bytes the master holds for one client.")
-@click.option("--http-port", type=PORT, envvar="CW_HTTP_PORT", default=None,
-              help="Serve the live dashboard and /api/status on this port (0 = a free one) "
-                   "[default: off].")
-@click.option("--http-host", envvar="CW_HTTP_HOST", default="127.0.0.1", show_default=True,
-              help="Address the dashboard binds; reach it from elsewhere through an SSH tunnel.")
-@click.option("--spin", type=click.FloatRange(0, 0.1), envvar="CW_MASTER_SPIN", default=0.0005,
-              show_default=True, metavar="SECONDS",
-              help="After receiving jobs or results, while none is queued, poll this long "
-                   "before sleeping: quicker round trips for one job at a time, for some "
-                   "CPU; 0 never busy-waits.")
-@apply_options(heartbeat_options)
-@log_option
-@friendly
-def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
-                   max_message_size: int, max_jobs_per_client: int, max_bytes_per_client: int,
-                   http_port: Optional[int], http_host: str, spin: float, heartbeat: float,
-                   liveness: int, log_level: str) -> None:
-    """Run a master: route jobs from clients to workers until SIGINT/SIGTERM."""
-    import zmq
-
-    from .cluster import advertised_host, cluster_dir, read_json
-    from .master import Limits, Master
-    from .security import master_keys
-
-    cdir = cluster_dir(cluster, create=True)
-    setup_logging(log_level, _log_file(cluster, "master"))
-    keys = None if insecure else master_keys(cdir)
-    limits = Limits(max_message_size, max_jobs_per_client, max_bytes_per_client)
-    try:
-        master = Master(host, port, heartbeat=heartbeat, liveness=liveness, keys=keys,
-                        cluster_dir=cdir, limits=limits, spin=spin)
-    except zmq.ZMQError as e:
-        raise click.ClickException(
-            f"cannot listen on {host}:{port}: {e}; is another master running? try --port 0"
-        ) from e
-
-    def on_signal(signum: int, frame: Any) -> None:
-        master.stopping = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    dashboard = None if http_port is None else _dashboard(master, http_host, http_port)
-    mjson = _record_master(cdir, advertised_host(host), master.port, keys is not None,
-                           dashboard.url if dashboard else None)
-    logging.getLogger("cw.master").info("master listening on %s:%d (%s)", host, master.port, mjson)
-    try:
-        master.run()
-    finally:
-        if dashboard is not None:
-            dashboard.close()
-        master.close()
-        if (read_json(mjson) or {}).get("pid") == os.getpid():
-            mjson.unlink(missing_ok=True)
-        logging.getLogger("cw.master").info("master stopped")
-
-
-def _record_master(cdir: Path, host: str, port: int, secure: bool, http: Optional[str]) -> Path:
-    """master.json: how clients, workers and launchers find this master."""
-    from .cluster import pid_namespace, write_json
-
-    mjson = cdir / "master.json"
-    write_json(mjson, {"host": host, "port": port, "pid": os.getpid(), "protocol": PROTOCOL_VERSION,
-                       "hostname": socket.gethostname(), "started": time.time(),
-                       "slurm_job": os.environ.get("SLURM_JOB_ID"), "cluster": cdir.name,
-                       "secure": secure, "http": http, "pidns": pid_namespace()})
-    return mjson
-
-
-def _dashboard(master: Any, host: str, port: int) -> Any:
-    """Start the dashboard's HTTP thread; the master's loop feeds it snapshots."""
-    from .dashboard import Dashboard
-
-    try:
-        dashboard = Dashboard(host, port)
-    except OSError as e:
-        master.close()
-        raise click.ClickException(f"cannot serve the dashboard on {host}:{port}: {e}; "
-                                   "pick another --http-port, or 0 for a free one") from e
-    master.monitor.http_url = dashboard.url
-    master.monitor.dashboard = dashboard
-    dashboard.publish(master.snapshot())
-    dashboard.start()
-    logging.getLogger("cw.master").info("dashboard at %s", dashboard.url)
-    return dashboard
-
-
-@main.command("worker")
-@click.argument("host", required=False)
-@click.option("--port", type=PORT, envvar="CW_PORT", default=None,
-              help="Master port [default: from master.json, else 5494].")
-@click.option("--procs", type=Procs(), default="1", show_default=True,
-              help="Executor processes; 'auto' = the CPUs this worker may use.")
-@click.option("--slurm", is_flag=True, help="Find the master through SLURM's queue.")
-@click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
-              help="Seconds a running job may take to finish on SIGTERM.")
-@click.option("--prefetch", type=click.IntRange(0, 64), default=1, show_default=True,
-              help="Tasks each executor holds beyond the one it runs (0 for long jobs "
-                   "that should start on the first free executor).")
-@click.option("--batch", type=click.IntRange(1, 4096), default=64, show_default=True,
-              help="Most tasks an executor holds while its jobs take about a millisecond or "
-                   "less, to save messages (1: never more than --prefetch allows).")
-@click.option("--master-timeout", type=click.FloatRange(0, min_open=True), default=None,
-              help="Exit when the master is silent this many seconds, counted from the start "
-                   "(no orphans once it is gone) [default: wait for it forever].")
-@cluster_option
-@insecure_option
-@apply_options(heartbeat_options)
-@log_option
-@friendly
-def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
-                   grace: float, prefetch: int, batch: int, master_timeout: Optional[float],
-                   cluster: Optional[str], insecure: bool, heartbeat: float, liveness: int,
-                   log_level: str) -> None:
-    """Run a worker for the master at HOST [default: from the cluster directory]."""
-    from .cluster import cluster_dir, cluster_name, find_master
-    from .security import client_keys
-    from .worker import Supervisor
-
-    logfile = _log_file(cluster, "worker")
-    setup_logging(log_level, logfile)
-    if logfile is not None:  # the executors it starts log to the same file, at the same level
-        os.environ["CW_LOG_FILE"] = str(logfile)
-    os.environ["CW_LOG_LEVEL"] = log_level
-    keys = None if insecure else client_keys(cluster_dir(cluster))
-    if slurm and host is None:
-        from .slurm import master_host
-
-        host = master_host(cluster, wait=True)
-    host, port = find_master(host, port, cluster)
-    sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
-                     keys=keys, cluster=cluster_name(cluster), prefetch=prefetch, batch=batch,
-                     master_timeout=master_timeout)
-
-    def on_signal(signum: int, frame: Any) -> None:
-        sup.stopping = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    sup.run()
-    sys.exit(sup.exit_code)
+main.add_command(master_command)
+main.add_command(worker_command)
 
 
 @main.command("status")
@@ -231,7 +55,7 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
 def status_command(as_json: bool, watch: bool, interval: float, timeout: float, cluster: Optional[str],
                    insecure: bool) -> None:
     """Show the master, its workers, clients, queue and throughput."""
-    from .cluster import find_master
+    from .discovery import find_master
     from .errors import MasterUnavailableError
     from .launch import query_status
     from .view import render

@@ -30,7 +30,7 @@ class Procs(click.ParamType):
     name = "N|auto"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
-        from .worker import cpus_available
+        from .host import cpus_available
 
         if isinstance(value, int):
             n = value

@@ -131,7 +131,7 @@ def _slurm(action: str, nworkers: int, no_master: bool, no_workers: bool, docker
            partition: Optional[str], time_limit: Optional[str], procs_per_worker: int, grace: float,
            port: int, timeout: float, cluster: Optional[str], insecure: bool) -> None:
     from .launch import slurm as launcher
-    from .slurm import available
+    from .squeue import available
 
     if not available():
         raise click.ClickException("SLURM is not available here: no sbatch on PATH, or its "

@@ -22,7 +22,6 @@ from typing import Optional
 import psutil
 
 from .errors import ClusterError
-from .protocol import DEFAULT_PORT
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -101,22 +100,6 @@ def pid_alive(pid: object, create_time: Optional[float] = None) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def find_master(
-    host: Optional[str] = None, port: Optional[int] = None, cluster: Optional[str] = None
-) -> tuple[str, int]:
-    """Where the master is: arguments, environment, master.json, SLURM, localhost."""
-    info = read_master(cluster) if host is None or port is None else None
-    if host is None:
-        host = os.environ.get("CW_MASTER_ADDRESS") or (info or {}).get("host")
-    if host is None:
-        from . import slurm
-
-        host = slurm.master_host(cluster, wait=False) if slurm.available() else None
-    if port is None:
-        port = env_port() or (info or {}).get("port", DEFAULT_PORT)
-    return host or "127.0.0.1", int(port)
 
 
 def env_port() -> Optional[int]:

@@ -151,3 +151,20 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def role_log_file(cluster: Optional[str], role: str) -> Optional[Path]:
+    """Where a master or worker started by hand logs: its cluster's logs
+    directory, or None (stderr only)."""
+    from .cluster import cluster_dir
+
+    try:
+        logs = logs_dir(cluster_dir(cluster, create=True))
+        if stderr_in(logs):
+            # A launcher (local, SLURM, the container entrypoint) keeps our
+            # stderr as this process's log already: one file, not two.
+            return None
+        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return log_path(logs, role)
+    except OSError:
+        return None  # no writable cluster directory here: stderr only

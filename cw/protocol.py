@@ -35,6 +35,10 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_STATUS_BYTES = 16 * 1024 * 1024
 MAX_STRING = 16 * 1024
 MAX_INT = 2**62
+# A lane job's mark in the executor's job slot: the supervisor reports a
+# death under it (DIED.job), and the master charges it to no job of its own.
+SLOT_MARK = MAX_INT - 1  # the largest DIED.job; the master's job ids never get there
+MAX_STATS = 512  # executors one HEARTBEAT may report on
 
 Frame = Union[bytes, memoryview, Any]  # bytes or zmq.Frame
 

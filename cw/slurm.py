@@ -1,77 +1,10 @@
 """SLURM helpers kept under the original's names: ``cw.slurm.master_host()``.
 
-The master runs as an sbatch job named ``cw-master-<cluster>``; its node is
-found through ``squeue`` (this user, this cluster).
+The functions live in ``cw.squeue``, which every role may import; this
+module is the original's public path to them.
 """
 from __future__ import annotations
 
-import getpass
-import shutil
-import subprocess
-import time
-from typing import Optional
+from .squeue import available, job_name, master_host
 
-from .cluster import cluster_name
-from .errors import ClusterError
-
-_available: Optional[bool] = None
-
-
-def available() -> bool:
-    """True when ``sbatch`` is on PATH and a SLURM controller answers."""
-    global _available
-    if _available is None:
-        _available = False
-        if shutil.which("sbatch") and shutil.which("squeue") and shutil.which("scontrol"):
-            try:
-                _available = subprocess.run(
-                    ["scontrol", "ping"], capture_output=True, timeout=10
-                ).returncode == 0
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-    return _available
-
-
-def job_name(role: str, cluster: Optional[str] = None) -> str:
-    return f"cw-{role}-{cluster_name(cluster)}"
-
-
-def master_host(cluster: Optional[str] = None, wait: bool = True,
-                timeout: Optional[float] = None, poll: float = 2.0) -> Optional[str]:
-    """The node running this user's master job of ``cluster``.
-
-    While the job is pending, waits (``wait=True``, up to ``timeout``) or
-    returns None. With ``wait=True`` and no master job at all, raises
-    ``ClusterError`` saying how to start one.
-    """
-    name = job_name("master", cluster)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        state, node = _squeue_master(name)
-        if state == "RUNNING" and node:
-            return node
-        if not wait:
-            return None
-        if state is None:
-            raise ClusterError(
-                f"no SLURM job {name!r} of user {getpass.getuser()} in squeue; "
-                f"start the cluster with `./slurm.py start` (or `cw slurm start`)"
-            )
-        if deadline is not None and time.monotonic() > deadline:
-            raise ClusterError(f"SLURM job {name!r} still {state} after {timeout:g} s")
-        time.sleep(poll)
-
-
-def _squeue_master(name: str) -> tuple[Optional[str], Optional[str]]:
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%T %N"],
-            capture_output=True, text=True, timeout=30,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise ClusterError(f"squeue failed: {e}") from e
-    for line in out.splitlines():
-        parts = line.split()
-        if parts:
-            return parts[0], (parts[1] if len(parts) > 1 else None)
-    return None, None
+__all__ = ["available", "job_name", "master_host"]

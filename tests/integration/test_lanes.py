@@ -1,4 +1,4 @@
-"""Lanes (cw.lane) with real processes: a sequential caller's jobs go
+"""Lanes (cw.lanes) with real processes: a sequential caller's jobs go
 straight to an executor of its host, and none is lost or delivered twice
 when that executor dies, drains or is taken back."""
 import signal

@@ -6,7 +6,7 @@ import time
 import pytest
 import zmq
 
-from cw.executor import Executor
+from cw.worker.executor import Executor
 from cw.protocol import ErrorCode, Kind, Message, recv_frames, send_frames
 from cw.serialize import context_frame, dumps_call
 

@@ -1,11 +1,12 @@
-"""Lanes (cw.lane): which clients the master lends an executor's lane, when
+"""Lanes (cw.lanes): which clients the master lends an executor's lane, when
 it takes it back, and which lane directories an executor trusts."""
 import os
 
 import pytest
 from test_master import PEER, Peer, client, run, running_master, submit
 
-from cw import lane, shm
+from cw import lanes, shm
+from cw.worker import lane
 from cw.protocol import Kind
 
 LANE = f"ipc://{shm.ROOT}/cw-lanes-{os.getuid()}/lane-1"
@@ -171,7 +172,7 @@ def test_a_lane_binds_only_in_a_directory_of_this_user_alone(tmp_path, monkeypat
     try:
         name = f"lane-{shm.pid_namespace()}-{os.getpid()}"  # pids of one namespace only
         assert address == f"ipc://{directory}/{name}"
-        assert lane.valid_address(address)
+        assert lanes.valid_address(address)
         assert (directory / name).exists()
     finally:
         sock.close()
@@ -181,10 +182,10 @@ def test_a_lane_binds_only_in_a_directory_of_this_user_alone(tmp_path, monkeypat
 
 def test_a_client_takes_only_lanes_in_its_own_directory():
     uid = os.getuid()
-    assert lane.valid_address(f"ipc://{shm.ROOT}/cw-lanes-{uid}/lane-42")
+    assert lanes.valid_address(f"ipc://{shm.ROOT}/cw-lanes-{uid}/lane-42")
     for bad in (f"ipc://{shm.ROOT}/cw-lanes-{uid + 1}/lane-42", "tcp://10.0.0.1:5555",
                 f"ipc://{shm.ROOT}/cw-lanes-{uid}/lane-1/../../x", "ipc:///tmp/lane-1"):
-        assert not lane.valid_address(bad), bad
+        assert not lanes.valid_address(bad), bad
 
 
 def test_a_stale_socket_of_a_dead_executor_is_swept(tmp_path):
@@ -193,6 +194,6 @@ def test_a_stale_socket_of_a_dead_executor_is_swept(tmp_path):
     elsewhere = tmp_path / "lane-8-999999999"  # another pid namespace: its pids are not ours to check
     for path in (dead, mine, elsewhere):
         path.touch()
-    lane._sweep(tmp_path, 7)
+    lanes.sweep(tmp_path, 7)
     assert not dead.exists() and mine.exists() and elsewhere.exists()
 

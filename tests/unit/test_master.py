@@ -7,7 +7,7 @@ import zmq
 
 from cw.master import Master
 from cw.protocol import MAGIC, ErrorCode, Kind, Message, Status, job_runs, versions
-from cw.scheduler import ANNOUNCE_AFTER
+from cw.master.scheduler import ANNOUNCE_AFTER
 
 PEER = {"host": "test", "pid": 1, **versions()}
 

@@ -10,8 +10,10 @@ import sys
 import pytest
 from test_master import PEER, Peer, client, executor, running_master, submit
 
-from cw import joblog, logfiles
-from cw.monitor import WINDOW, Throughput, Usage, parse_stats
+from cw import logfiles
+from cw.worker import joblog
+from cw.master.monitor import WINDOW, Throughput, parse_stats
+from cw.worker.usage import Usage
 from cw.protocol import Kind
 from cw.view import render
 
@@ -164,7 +166,7 @@ def test_log_files_are_selected_and_merged_in_time_order(tmp_path):
 def test_dashboard_serves_page_and_snapshot_and_refuses_foreign_host_names():
     import http.client
 
-    from cw.dashboard import Dashboard
+    from cw.master.dashboard import Dashboard
 
     dash = Dashboard("127.0.0.1", 0).start()
     try:

@@ -1,7 +1,7 @@
 """The progress display: a bar on a terminal, periodic lines elsewhere, a final line always."""
 import io
 
-from cw.progress import Progress
+from cw.client.progress import Progress
 
 
 class Clock:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import random
 import socket
 import threading
 import time
@@ -33,9 +32,9 @@ from typing import Any, Callable, Iterable, Optional
 
 import zmq
 
-from . import lane, shm
-from .errors import CWError, JobRejectedError, MasterUnavailableError, ProtocolError, SecurityError
-from .protocol import (
+from .. import lanes, shm
+from ..errors import CWError, JobRejectedError, MasterUnavailableError, ProtocolError, SecurityError
+from ..protocol import (
     NOBLOCK,
     STATUSES,
     ErrorCode,
@@ -48,36 +47,9 @@ from .protocol import (
     version_mismatch,
     versions,
 )
-from .security import Keys, apply_client, monitor, read_monitor
-
-
-def dealer(address: str, identity: bytes, keys: Optional[Keys]) -> tuple[zmq.Socket, zmq.Socket]:
-    """A connected DEALER to the master, and a monitor reporting its handshakes.
-
-    Queues are unbounded (back-pressure is cw's own), nothing lingers at
-    close, and libzmq redials a lost master by itself, backing off
-    exponentially to 5 s from a random first interval, so a whole cluster
-    does not redial in step. That interval is short (20 to 100 ms): a worker
-    started beside its master often dials before the master listens, and
-    waits that long to try again.
-    """
-    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
-    apply_client(sock, keys)
-    sock.setsockopt(zmq.IDENTITY, identity)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.setsockopt(zmq.RECONNECT_IVL, random.randint(20, 100))
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
-    mon = monitor(sock)
-    sock.connect(address)
-    return sock, mon
-
-
-def close_dealer(sock: zmq.Socket, mon: zmq.Socket, linger: int = 0) -> None:
-    sock.disable_monitor()
-    mon.close(linger=0)
-    sock.close(linger=linger)
+from ..security import Keys, read_monitor
+from ..transport import close_dealer, dealer
+from . import lane
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +252,7 @@ class IOCore(threading.Thread):
         hello = {"session": self.identity.hex(), "host": socket.gethostname(),
                  "pid": os.getpid(), **versions()}
         key = shm.host_key()
-        if key is not None and lane.enabled():  # executors of this host may lend us their lanes
+        if key is not None and lanes.enabled():  # executors of this host may lend us their lanes
             hello["shm"] = key
         self.hello_due = not self.send(Message(Kind.HELLO, hello))
 
@@ -451,7 +423,7 @@ class IOCore(threading.Thread):
         address = header.get("lane")
         if address is None:
             return
-        if not lane.valid_address(address):
+        if not lanes.valid_address(address):
             log.warning("ignored a lease of a lane outside this user's directory: %s", address)
             return
         assert self.poller is not None

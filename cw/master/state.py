@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .protocol import Kind
+from ..protocol import Kind
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import heapq
 from collections import deque
 from typing import Callable, Iterator, Optional
 
-from .protocol import Kind, Message
+from ..protocol import Kind, Message
 from .state import ClientState, ExecutorState, Job
 
 # An executor holds jobs beyond its capacity only while they are short: about

@@ -24,17 +24,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-import psutil
-
-from .protocol import Status
+from ..protocol import MAX_STATS, Status
 
 if TYPE_CHECKING:
-    from .master import Master
+    from .loop import Master
     from .state import ExecutorState, Job
 
 WINDOW = 60  # seconds of throughput history
 TICK = 0.5  # seconds between samples (and dashboard updates)
-MAX_STATS = 512  # executors one HEARTBEAT may report on
 
 log = logging.getLogger(__name__)
 
@@ -266,30 +263,3 @@ def client_view(client: Any, on_lanes: int = 0) -> dict:
     return {"host": client.info.get("host"), "pid": client.info.get("pid"), "queued": queued,
             "running": max(0, len(client.jobs) - queued) + on_lanes, "jobs": len(client.jobs) + on_lanes,
             "done": client.done}
-
-
-class Usage:
-    """The supervisor's side: CPU % and RSS of each executor, for its HEARTBEAT."""
-
-    def __init__(self) -> None:
-        self.procs: dict[int, psutil.Process] = {}
-
-    def header(self, executors: list[tuple[bytes, int, bool]]) -> dict:
-        """``{"stats": {...}}`` for ``(identity, pid, runs a lane's job)`` of the live executors."""
-        stats: dict[str, dict] = {}
-        live = set()
-        for ident, pid, on_lane in executors[:MAX_STATS]:
-            live.add(pid)
-            try:
-                proc = self.procs.get(pid)
-                if proc is None:
-                    proc = self.procs[pid] = psutil.Process(pid)
-                    proc.cpu_percent(None)  # the first call only starts the measurement
-                with proc.oneshot():
-                    stats[ident.hex()] = {"cpu": round(proc.cpu_percent(None), 1),
-                                          "rss": proc.memory_info().rss, **({"lane": 1} if on_lane else {})}
-            except (psutil.Error, OSError):
-                continue  # gone meanwhile: the supervisor reports its death
-        for pid in [p for p in self.procs if p not in live]:
-            del self.procs[pid]
-        return {"stats": stats}

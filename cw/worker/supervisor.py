@@ -23,33 +23,12 @@ import sys
 import time
 from typing import Optional
 
-from .executor import Peer, peer_header, unknown_peer
-from .lane import SLOT_MARK
-from .monitor import Usage
-from .protocol import Kind, Message
-from .security import Keys
+from ..protocol import SLOT_MARK, Kind, Message
+from ..security import Keys
+from .peer import Peer, peer_header, unknown_peer
+from .usage import Usage
 
 log = logging.getLogger(__name__)
-
-
-def cpus_available() -> int:
-    """CPUs this process may use: affinity, cgroup quota and SLURM's allocation."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
-    for var in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            n = min(n, int(value))
-            break
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
 
 
 def _die_with_parent() -> None:
@@ -242,13 +221,3 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         proc.kill()
-
-
-def main(argv: Optional[list] = None) -> None:
-    from .cli import worker_command
-
-    worker_command.main(args=argv, prog_name="python -m cw.worker")
-
-
-if __name__ == "__main__":
-    main()

@@ -36,13 +36,12 @@ from typing import Callable, Iterator, Optional
 
 import zmq
 
-from . import shm
-from .errors import ProtocolError
-from .lane import SLOT_MARK, Leases
-from .monitor import Monitor
-from .protocol import (
+from .. import shm
+from ..errors import ProtocolError
+from ..protocol import (
     COPY_BELOW,
     NOBLOCK,
+    SLOT_MARK,
     STATUSES,
     ErrorCode,
     Kind,
@@ -55,8 +54,10 @@ from .protocol import (
     send_frames,
     versions,
 )
+from ..security import Keys, ZapHandler, apply_server
+from .leases import Leases
+from .monitor import Monitor
 from .scheduler import Scheduler
-from .security import Keys, ZapHandler, apply_server
 from .state import ClientState, ExecutorState, Job, Limits, salvage_ids
 
 log = logging.getLogger(__name__)
@@ -681,13 +682,3 @@ class Master:
     def snapshot(self) -> dict:
         """A JSON-able picture of the cluster for STATUS requests (see ``cw.monitor``)."""
         return self.monitor.snapshot(self, self.clock())
-
-
-def main(argv: Optional[list] = None) -> None:
-    from .cli import master_command
-
-    master_command.main(args=argv, prog_name="python -m cw.master")
-
-
-if __name__ == "__main__":
-    main()

@@ -36,7 +36,7 @@ CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline
 
 
 def _page() -> bytes:
-    return resources.files("cw").joinpath("dashboard.html").read_bytes()
+    return resources.files(__package__).joinpath("dashboard.html").read_bytes()
 
 
 class _Server(ThreadingHTTPServer):

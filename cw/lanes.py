@@ -1,0 +1,80 @@
+"""Lanes: a client's jobs handed straight to an executor on its own host.
+
+::
+
+    client ─SUBMIT─► master ─TASK─► executor          the usual trip: four hops
+    client ◄─LEASE── master                           while the cluster is idle,
+    client ─TASK───────────────────► executor (lane)  then two hops, ipc://
+    client ◄─RESULTS──────────────── executor
+
+A sequential caller (submit one, wait, submit the next) pays every hop of
+a trip, and the master's two turns: half the round trip on a small host.
+So while a client has a single job in flight, the master may lend it an
+idle executor of the same host (shared-memory host key, as ``cw.shm``),
+and the client sends such jobs to that executor's lane directly. The
+master still decides who runs what: it lends one executor to one client at
+a time, takes it back (LEASE without a lane) as soon as jobs queue up or
+the executor drains or goes. Should the lane close with jobs in it (the
+executor died or stopped), the client sees it close and sends those jobs
+through the master again: it keeps every unfinished job's frames, as for a
+master restart. Jobs with a
+timeout never take a lane; the master enforces timeouts.
+
+A lane is a ROUTER on an ``ipc://`` socket in a directory only its owner
+may enter (mode 0700, checked): the same trust as the cluster's key files,
+no CURVE needed on a socket no other user can reach. ``CW_LANES=0`` in a
+worker's environment turns lanes off.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Optional
+
+from . import shm
+
+log = logging.getLogger(__name__)
+
+_SOCKET = re.compile(r"lane-(\d+)-(\d+)")  # pid namespace, pid
+
+
+def enabled() -> bool:
+    return os.environ.get("CW_LANES", "1").strip().lower() not in ("0", "no", "false", "off")
+
+
+def directory() -> Optional[Path]:
+    """The owner's lane directory (made 0700), or None where it is not safe."""
+    path = Path(shm.ROOT) / f"cw-lanes-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+    except OSError as e:
+        log.info("no lanes: cannot make %s: %s", path, e)
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        log.warning("no lanes: %s is not a directory of this user's alone (mode 0700)", path)
+        return None
+    return path
+
+
+def sweep(directory: Path, pidns: int) -> None:
+    """Remove the sockets of executors of our pid namespace that died
+    without closing theirs (another namespace's pids mean nothing here)."""
+    for entry in directory.iterdir():
+        m = _SOCKET.fullmatch(entry.name)
+        if m is None or int(m.group(1)) != pidns:
+            continue
+        try:
+            os.kill(int(m.group(2)), 0)
+        except ProcessLookupError:
+            entry.unlink(missing_ok=True)
+        except OSError:
+            pass  # alive
+
+
+def valid_address(address: str) -> bool:
+    """A lane in this user's lane directory: no master of ours lends another."""
+    return address.startswith(f"ipc://{shm.ROOT}/cw-lanes-{os.getuid()}/lane-") and ".." not in address

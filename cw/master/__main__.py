@@ -1,0 +1,4 @@
+"""``python -m cw.master``: a master (see ``cw master --help``)."""
+from . import main
+
+main()

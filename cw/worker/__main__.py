@@ -1,0 +1,4 @@
+"""``python -m cw.worker HOST``: a worker (see ``cw worker --help``)."""
+from . import main
+
+main()

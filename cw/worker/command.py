@@ -1,0 +1,78 @@
+"""``cw worker`` and ``python -m cw.worker``: a worker, started by hand or by a launcher."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any, Optional
+
+import click
+
+from ..cli_common import (
+    PORT,
+    Procs,
+    apply_options,
+    cluster_option,
+    friendly,
+    heartbeat_options,
+    insecure_option,
+    log_option,
+)
+from ..logfiles import role_log_file, setup_logging
+
+
+@click.command("worker")
+@click.argument("host", required=False)
+@click.option("--port", type=PORT, envvar="CW_PORT", default=None,
+              help="Master port [default: from master.json, else 5494].")
+@click.option("--procs", type=Procs(), default="1", show_default=True,
+              help="Executor processes; 'auto' = the CPUs this worker may use.")
+@click.option("--slurm", is_flag=True, help="Find the master through SLURM's queue.")
+@click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Seconds a running job may take to finish on SIGTERM.")
+@click.option("--prefetch", type=click.IntRange(0, 64), default=1, show_default=True,
+              help="Tasks each executor holds beyond the one it runs (0 for long jobs "
+                   "that should start on the first free executor).")
+@click.option("--batch", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Most tasks an executor holds while its jobs take about a millisecond or "
+                   "less, to save messages (1: never more than --prefetch allows).")
+@click.option("--master-timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Exit when the master is silent this many seconds, counted from the start "
+                   "(no orphans once it is gone) [default: wait for it forever].")
+@cluster_option
+@insecure_option
+@apply_options(heartbeat_options)
+@log_option
+@friendly
+def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
+                   grace: float, prefetch: int, batch: int, master_timeout: Optional[float],
+                   cluster: Optional[str], insecure: bool, heartbeat: float, liveness: int,
+                   log_level: str) -> None:
+    """Run a worker for the master at HOST [default: from the cluster directory]."""
+    from ..cluster import cluster_dir, cluster_name
+    from ..discovery import find_master
+    from ..security import client_keys
+    from .supervisor import Supervisor
+
+    logfile = role_log_file(cluster, "worker")
+    setup_logging(log_level, logfile)
+    if logfile is not None:  # the executors it starts log to the same file, at the same level
+        os.environ["CW_LOG_FILE"] = str(logfile)
+    os.environ["CW_LOG_LEVEL"] = log_level
+    keys = None if insecure else client_keys(cluster_dir(cluster))
+    if slurm and host is None:
+        from ..squeue import master_host
+
+        host = master_host(cluster, wait=True)
+    host, port = find_master(host, port, cluster)
+    sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
+                     keys=keys, cluster=cluster_name(cluster), prefetch=prefetch, batch=batch,
+                     master_timeout=master_timeout)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        sup.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sup.run()
+    sys.exit(sup.exit_code)

@@ -1,0 +1,368 @@
+"""Executors: the processes that run jobs, one at a time, for a worker.
+
+::
+
+    supervisor (cw.worker) ── spawns ──► executor ──DEALER──► master ROUTER
+                                           READY → TASK → run job → RESULT → TASK ...
+
+An executor runs each job inside the client's cwd with the client's
+sys.path in front, and restores both afterwards. It holds up to
+``--prefetch`` tasks beyond the running one (``--batch`` while jobs are
+short), so it need not wait a round trip for its next job, and it sends
+the results of short jobs together. Its supervisor starts it as
+``python -m cw.executor`` with flags of its own (see ``Supervisor.spawn``),
+and restarts it when it dies.
+``Peer`` is the connection to the master that both roles use.
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Optional
+
+import zmq
+
+from .. import shm
+from ..errors import CWError, JobRejectedError
+from ..protocol import (
+    NOBLOCK,
+    SLOT_MARK,
+    Kind,
+    Message,
+    Status,
+    job_runs,
+    readable,
+    recv_frames,
+    send_frames,
+)
+from ..security import Keys
+from ..serialize import dumps_error, dumps_value, loads_call
+from . import joblog, lane
+from .peer import Peer, peer_header, unknown_peer
+
+log = logging.getLogger(__name__)
+
+
+class _Outbox:
+    """Results not yet sent: those of short jobs go out together."""
+
+    def __init__(self) -> None:
+        self.entries: list = []
+        self.frames: list = []
+        self.busy = 0.0
+        self.size = 0
+        self.since = 0.0
+
+    def add(self, entry: list, frames: list, seconds: float) -> None:
+        if not self.entries:
+            self.since = time.monotonic()
+        self.entries.append(entry)
+        self.frames += frames
+        self.busy += seconds
+        self.size += sum(map(len, frames))
+
+    def due(self, last_job: float) -> bool:
+        """Send now unless the jobs are short and the batch small and young."""
+        return (last_job >= HOLD_SECONDS or len(self.entries) >= 32 or self.size >= 1 << 20
+                or time.monotonic() - self.since >= HOLD_SECONDS)
+
+    def message(self) -> Message:
+        return Message(Kind.RESULT, {"results": self.entries, "busy": self.busy}, tuple(self.frames))
+
+
+_OK = Status.OK.value  # an Enum's .value is a property: dear per job
+HOLD_SECONDS = 0.002  # a result waits for the next job only after a job this short
+LISTEN_SECONDS = 0.05  # between queued tasks, the master is heard at least this often
+
+
+class Executor:
+    """Runs jobs one at a time, in the order the master sent them."""
+
+    def __init__(self, address: str, identity: bytes, supervisor: str,
+                 heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None,
+                 prefetch: int = 1, batch: int = 64, job_fd: Optional[int] = None) -> None:
+        # Holding ``prefetch`` tasks beyond the running one means an executor
+        # never idles for a round trip to the master between short jobs; while
+        # jobs are short the master sends up to ``batch`` at once.
+        self.capacity = 1 + prefetch
+        self.batch = max(self.capacity, batch) if prefetch else 1
+        self.peer = Peer(address, identity, heartbeat, liveness, keys)
+        self.supervisor = supervisor
+        self.parent = os.getppid()
+        self.stopping = False
+        self.tasks: deque = deque()  # (task id, frames), in the order received
+        self.outbox = _Outbox()
+        # Shared with the supervisor: the task running now, so that a death
+        # is charged to the right job even when earlier results were unsent.
+        self.slot = mmap.mmap(job_fd, 8) if job_fd is not None else None
+        self._ctx_raw = b""
+        self._ctx_frame: Any = None
+        self._ctx: dict = {}
+        self.max_message_size = 1 << 62  # until the master's WELCOME
+        self._path: list = []
+        self._path_key: tuple = ()
+        self._args: Any = None  # the last job's arguments, dropped after its result left
+        self.home = os.getcwd()  # where each job's chdir is undone
+        self.lane: Optional[zmq.Socket] = None  # opened by run()
+        self.lane_address: Optional[str] = None
+        self.lane_done = self.lane_failed = 0  # lane jobs ended (failed) since a HEARTBEAT said so
+        self.lane_told = 0.0  # when a HEARTBEAT last said so
+        self.poller = zmq.Poller()
+        self.poller.register(self.peer.sock, zmq.POLLIN)
+
+    def register(self) -> None:
+        header = peer_header(self.capacity, supervisor=self.supervisor, batch=self.batch)
+        if self.lane_address is not None:
+            header["lane"], header["shm"] = self.lane_address, shm.host_key()
+        self.peer.send(Message(Kind.READY, header))
+
+    def lane_header(self) -> dict:
+        """A HEARTBEAT's count of the lane's jobs, for the master's totals."""
+        header = {"lane": self.lane_done, "lane_failed": self.lane_failed} if self.lane_done else {}
+        self.lane_done = self.lane_failed = 0
+        self.lane_told = time.monotonic()
+        return header
+
+    def open_lane(self) -> None:
+        """Clients of this host may be lent our lane (cw.lane): their jobs
+        come straight from them, and their results go straight back."""
+        bound = lane.bind()
+        if bound is not None:
+            self.lane, self.lane_address = bound
+            self.poller.register(self.lane, zmq.POLLIN)
+            self.peer.beat_header = self.lane_header
+
+    def run(self) -> None:
+        self.open_lane()
+        self.register()
+        listen_at = 0.0
+        while not self.stopping:
+            # Between queued tasks the socket, the parent and the spare
+            # files are looked at every LISTEN_SECONDS, not before each job:
+            # that costs a short job more than the job itself.
+            if not self.tasks or time.monotonic() >= listen_at:
+                if os.getppid() != self.parent:
+                    break
+                shm.tidy()
+                self.receive(0 if self.tasks else self.peer.heartbeat)
+                listen_at = time.monotonic() + LISTEN_SECONDS
+            if self.tasks and not self.stopping:  # stopping: the master requeues the rest at BYE
+                self.run_next()
+            if not self.peer.tick():
+                self.peer.last_heard = time.monotonic()
+                self.register()
+            if self.lane_done and time.monotonic() - self.lane_told >= self.peer.heartbeat:
+                self.peer.send(Message(Kind.HEARTBEAT, self.lane_header()))  # busy with the master's too
+        self.flush()
+        if self.lane_done:
+            self.peer.send(Message(Kind.HEARTBEAT, self.lane_header()))
+        self.peer.send(Message(Kind.BYE))
+        self.peer.close(linger=1000)
+        if self.lane is not None:
+            self.lane.close(linger=1000)  # tasks it still held: their clients send them again
+
+    def receive(self, timeout: float) -> None:
+        if self.lane is not None:
+            if timeout > 0 and not readable(self.peer.sock) and not readable(self.lane):
+                self.poller.poll(int(timeout * 1000))
+            self.receive_lane()
+            timeout = 0
+        msg = self.peer.recv(timeout)
+        forgotten = False
+        while msg is not None:
+            if msg.kind is Kind.TASK:
+                for context, run in job_runs(msg.header, msg.payload):
+                    self.tasks.extend((tid, (context, *frames)) for tid, frames in run)
+            elif msg.kind is Kind.WELCOME:
+                self.max_message_size = msg.header.get("max_message_size", self.max_message_size)
+            elif unknown_peer(msg):  # the master does not know us (restarted, or purged us)
+                # Its clients send their jobs again; a lane's are no job of the master's.
+                self.tasks = deque(task for task in self.tasks if len(task) == 3)
+                self.outbox = _Outbox()
+                forgotten = True
+            msg = self.peer.recv(0)
+        if forgotten:  # one READY for all the refusals that piled up
+            self.register()
+
+    def receive_lane(self) -> None:
+        """Take the lane's tasks: ``(id, frames, client)``, queued with the master's."""
+        assert self.lane is not None
+        while readable(self.lane):
+            frames = recv_frames(self.lane, NOBLOCK)
+            try:
+                msg = Message.from_frames(frames[1:])
+                if msg.kind is not Kind.TASK:
+                    raise ValueError(f"a {msg.kind.name} message")
+            except Exception as e:  # its client sends the lane's jobs through the master instead
+                log.warning("refused a bad message on the lane: %s", e)
+                send_frames(self.lane, [frames[0], *Message(Kind.ERROR, {"error": str(e)}).to_frames()],
+                            NOBLOCK)
+                continue
+            client = frames[0].bytes
+            for context, run in job_runs(msg.header, msg.payload):
+                self.tasks.extend((tid, (context, *frames), client) for tid, frames in run)
+
+    def run_next(self) -> None:
+        tid, frames, *client = self.tasks.popleft()
+        started = time.perf_counter()
+        entry, payload = self.run_task(tid, frames, SLOT_MARK if client else tid)
+        seconds = time.perf_counter() - started
+        entry.append(round(seconds, 6))
+        if client:  # a lane's: straight back to its client, now
+            self.answer_lane(client[0], entry, payload)
+        else:
+            self.outbox.add(entry, payload, seconds)
+        if not self.tasks or self.outbox.due(seconds):
+            self.flush()
+        self._args = None
+        # Nothing could be heard while the job ran: do not take that
+        # silence for a dead master.
+        self.peer.last_heard = time.monotonic()
+
+    def answer_lane(self, client: bytes, entry: list, payload: list) -> None:
+        assert self.lane is not None
+        try:
+            send_frames(self.lane, [client, *Message(Kind.RESULTS, {"results": [entry]},
+                                                     tuple(payload)).to_frames()], NOBLOCK)
+        except zmq.ZMQError as e:  # the client is gone: nobody waits for it
+            log.debug("a lane result for job %s not sent: %s", entry[0], e)
+        self.lane_done += 1
+        self.lane_failed += entry[1] != _OK
+
+    def flush(self) -> None:
+        if self.outbox.entries:
+            self.peer.send(self.outbox.message())
+            self.outbox = _Outbox()
+
+    def job_path(self, path: list, own: list) -> list:
+        """The client's sys.path in front of ours, computed once per context."""
+        key = (self._ctx_raw, tuple(own))
+        if self._path_key != key:
+            seen = set(path)
+            self._path, self._path_key = path + [p for p in own if p not in seen], key
+        return self._path
+
+    def context(self, frame: Any) -> dict:
+        """The client's cwd and sys.path; a malformed one fails the job, not us.
+        (The jobs of a TASK's run share one frame: it is read once.)"""
+        import json
+
+        if frame is self._ctx_frame:
+            return self._ctx
+        raw = bytes(frame)
+        if raw != self._ctx_raw:
+            ctx = json.loads(raw)
+            if not (isinstance(ctx, dict) and isinstance(ctx.get("cwd"), str)
+                    and isinstance(ctx.get("path"), list)
+                    and all(isinstance(p, str) for p in ctx["path"])):
+                raise ValueError("malformed job context (cwd, sys.path)")
+            self._ctx, self._ctx_raw = ctx, raw
+        self._ctx_frame = frame
+        return self._ctx
+
+    @staticmethod
+    def shared_with(ctx: dict) -> Optional[int]:
+        """The client's pid when it shares our host: big results go to shared memory."""
+        pid = ctx.get("pid")
+        key = shm.host_key()
+        if key is not None and ctx.get("shm") == key and type(pid) is int and pid > 0:
+            return pid
+        return None
+
+    def run_task(self, tid: int, frames: tuple, mark: int) -> tuple[list, list]:
+        """Run one job; return its RESULT entry and payload frames. ``mark``:
+        what the job slot says while it runs (its id, or a lane job's mark)."""
+        joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
+        old_path = sys.path[:]
+        if self.slot is not None:
+            self.slot[:8] = mark.to_bytes(8, "little")
+        try:
+            ctx = self.context(frames[0])
+            try:
+                os.chdir(ctx["cwd"])
+            except OSError as e:
+                log.warning("job %s: cannot enter the client's directory: %s", tid, e)
+            sys.path[:] = self.job_path(ctx["path"], old_path)
+            func, args, kwargs = loads_call(frames[1:])
+            # Unmapping a big shared-memory argument takes milliseconds: not
+            # before the result is on its way.
+            self._args = args, kwargs
+            value = dumps_value(func(*args, **kwargs), self.shared_with(ctx))
+            size = sum(map(len, value))
+            if size > self.max_message_size:
+                raise JobRejectedError(
+                    f"the job's result is {size} bytes, over the master's --max-message-size "
+                    f"{self.max_message_size}; write big results to files instead")
+            return [tid, _OK, None, len(value)], value
+        except BaseException as exc:  # a job's failure, whatever it is, is its result
+            frame, summary = dumps_error(exc)
+            return [tid, Status.ERROR.value, summary, 1], [frame]
+        finally:
+            joblog.set_job(None)
+            if self.slot is not None:
+                self.slot[:8] = bytes(8)
+            sys.path[:] = old_path
+            try:
+                os.chdir(self.home)
+            except OSError:
+                pass
+
+
+def main(argv: Optional[list] = None) -> None:
+    """An executor, as its supervisor starts it (see ``Supervisor.spawn``).
+
+    Its flags are the supervisor's, not a user's: parsed here without the
+    CLI, whose imports (click and every launcher) would add a tenth of a
+    second to each executor's start, and to a cluster's.
+    """
+    import argparse
+
+    from ..cluster import cluster_dir
+    from ..logfiles import LEVELS, setup_logging
+    from ..security import client_keys
+
+    parser = argparse.ArgumentParser(prog="python -m cw.executor",
+                                     description="Run jobs for a cw worker. A worker (`cw worker`) "
+                                                 "starts its executors itself: not a command to run by hand.")
+    parser.add_argument("host")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--executor", type=bytes.fromhex, required=True)
+    parser.add_argument("--supervisor", default="")
+    parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument("--liveness", type=int, default=10)
+    parser.add_argument("--cluster")
+    parser.add_argument("--prefetch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--job-fd", type=int)
+    opts = parser.parse_args(argv)
+    # The supervisor passes its (checked) log file and level on in the environment.
+    log_file = os.environ.get("CW_LOG_FILE")
+    level = os.environ.get("CW_LOG_LEVEL", "").lower()
+    setup_logging(level if level in LEVELS else "info",
+                  Path(log_file) if log_file else None)
+    joblog.install()  # a job's prints go to the worker's log, tagged with its id
+    try:
+        keys = None if opts.insecure else client_keys(cluster_dir(opts.cluster))
+    except (CWError, OSError) as e:  # its keys went missing since the supervisor read them
+        sys.exit(f"cw executor: {e}")
+    executor = Executor(f"tcp://{opts.host}:{opts.port}", opts.executor, opts.supervisor,
+                        opts.heartbeat, opts.liveness, keys, opts.prefetch, opts.batch, opts.job_fd)
+
+    def on_term(signum: int, frame: Any) -> None:
+        executor.stopping = True
+
+    # The supervisor decides when executors stop; a Ctrl-C in its terminal
+    # must not kill a job halfway.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_term)
+    executor.run()
+
+
+

@@ -1,0 +1,77 @@
+"""The connection to the master that supervisors and executors both use."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Callable, Optional
+
+import zmq
+
+from ..protocol import NOBLOCK, ErrorCode, Kind, Message, readable, recv_frames, send_frames, versions
+from ..security import Keys, read_monitor
+from ..transport import close_dealer, dealer
+
+log = logging.getLogger(__name__)
+
+
+def peer_header(capacity: int, **extra) -> dict:
+    return {"capacity": capacity, "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+            "pid": os.getpid(),
+            **versions(), **extra}
+
+
+class Peer:
+    """A DEALER connection to the master with heartbeats both ways."""
+
+    def __init__(self, address: str, identity: bytes, heartbeat: float, liveness: int,
+                 keys: Optional[Keys] = None) -> None:
+        self.address = address
+        self.keys = keys
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.sock, self.monitor = dealer(address, identity, keys)
+        self.last_sent = self.last_heard = time.monotonic()
+        self.beat_header: Callable[[], dict] = dict  # what a HEARTBEAT says besides "alive"
+
+    def send(self, msg: Message) -> None:
+        """Send without blocking: with no connection the message is dropped
+        (heartbeats and READY are repeated; a result's job is requeued)."""
+        try:
+            send_frames(self.sock, msg.to_frames(), NOBLOCK)
+        except zmq.Again:
+            return
+        self.last_sent = time.monotonic()
+
+    def handshake_error(self) -> Optional[str]:
+        """A failed handshake no retry can fix (keys refused, CURVE mismatch)."""
+        return read_monitor(self.monitor, self.address, self.keys is not None)
+
+    def close(self, linger: int = 0) -> None:
+        close_dealer(self.sock, self.monitor, linger)
+
+    def recv(self, timeout: float) -> Optional[Message]:
+        if timeout > 0:
+            if not self.sock.poll(int(timeout * 1000)):
+                return None
+        elif not readable(self.sock):  # a poll builds a Poller: dearer
+            return None
+        frames = recv_frames(self.sock)
+        self.last_heard = time.monotonic()
+        try:
+            return Message.from_frames(frames)
+        except Exception as e:
+            log.warning("bad message from master: %s", e)
+            return None
+
+    def tick(self) -> bool:
+        """Heartbeat if due; False when the master has been silent too long."""
+        now = time.monotonic()
+        if now - self.last_sent >= self.heartbeat:
+            self.send(Message(Kind.HEARTBEAT, self.beat_header()))
+        return now - self.last_heard < self.heartbeat * self.liveness
+
+
+def unknown_peer(msg: Message) -> bool:
+    return msg.kind is Kind.ERROR and msg.header.get("code") == ErrorCode.UNKNOWN_PEER.value
