@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ..protocol import MAX_STATS, Status
 
 if TYPE_CHECKING:
-    from .loop import Master
-    from .state import ExecutorState, Job
+    from .state import Books, ExecutorState, Job
 
 WINDOW = 60  # seconds of throughput history
 TICK = 0.5  # seconds between samples (and dashboard updates)
@@ -117,23 +116,23 @@ class Monitor:
         self.http_url: Optional[str] = None
 
     # -- fed by the master ---------------------------------------------------
-    def tick(self, master: "Master", now: float) -> None:
+    def tick(self, books: "Books", now: float) -> None:
         if now < self.next_tick:
             return
         self.next_tick = now + TICK
         try:
-            self.sample(master, now)
+            self.sample(books, now)
         except Exception:  # status is not worth the master: log it, route on
             log.exception("status bookkeeping failed")
 
-    def sample(self, master: "Master", now: float) -> None:
-        self.throughput.sample(now, master.counts["done"] + master.counts["lost"])
-        self.track(master.executors, now)
+    def sample(self, books: "Books", now: float) -> None:
+        self.throughput.sample(now, books.counts["done"] + books.counts["lost"])
+        self.track(books.executors, now)
         for table in (self.stats, self.retired, self.failures):
-            for sup in [s for s in table if s not in master.supervisors]:
+            for sup in [s for s in table if s not in books.supervisors]:
                 del table[sup]
         if self.dashboard is not None and self.dashboard.wanted():  # someone looked lately
-            self.dashboard.publish(self.snapshot(master, now))
+            self.dashboard.publish(self.snapshot(books, now))
 
     def track(self, executors: dict[bytes, "ExecutorState"], now: float) -> None:
         """Note which job each executor runs since when, and what gone ones had done."""
@@ -154,12 +153,12 @@ class Monitor:
         if seen.supervisor is not None:
             self.retired[seen.supervisor] = self.retired.get(seen.supervisor, 0) + seen.done
 
-    def job_failed(self, master: "Master", job: "Job", status: Status) -> None:
+    def job_failed(self, books: "Books", job: "Job", status: Status) -> None:
         """A job ended in error, timeout or loss (not a cancellation)."""
         if status is Status.CANCELLED:
             return
         self.failed += 1
-        state = master.executors.get(job.executor) if job.executor else None
+        state = books.executors.get(job.executor) if job.executor else None
         sup = state.supervisor if state is not None else None
         if sup is not None:
             self.failures[sup] = self.failures.get(sup, 0) + 1
@@ -177,18 +176,18 @@ class Monitor:
             self.stats[identity] = stats
 
     # -- the snapshot ----------------------------------------------------------
-    def snapshot(self, master: "Master", now: float) -> dict:
+    def snapshot(self, books: "Books", now: float) -> dict:
         """A JSON-able picture of the cluster: the STATUS reply."""
-        self.throughput.sample(now, master.counts["done"] + master.counts["lost"])
-        executors = [self.executor_view(state, now) for state in master.executors.values()]
-        on_lanes = Counter(state.lane_client for state in master.executors.values() if self.on_lane(state))
-        clients = [client_view(c, on_lanes[c.identity]) for c in master.clients.values()]
+        self.throughput.sample(now, books.counts["done"] + books.counts["lost"])
+        executors = [self.executor_view(state, now) for state in books.executors.values()]
+        on_lanes = Counter(state.lane_client for state in books.executors.values() if self.on_lane(state))
+        clients = [client_view(c, on_lanes[c.identity]) for c in books.clients.values()]
         by_worker: dict[Optional[str], list[dict]] = {}
         for e in executors:
             by_worker.setdefault(e["worker"], []).append(e)
         workers = [self.worker_view(ident, sup, by_worker.get(ident.hex(), []))
-                   for ident, sup in master.supervisors.items()]
-        counts = dict(master.counts)
+                   for ident, sup in books.supervisors.items()]
+        counts = dict(books.counts)
         totals = {
             "workers": len(workers), "executors": len(executors), "clients": len(clients),
             "queued": sum(c["queued"] for c in clients),
@@ -198,8 +197,8 @@ class Monitor:
             "failed": self.failed, "lost": counts["lost"],
         }
         return {
-            "session": master.session, "pid": os.getpid(), "hostname": socket.gethostname(),
-            "port": master.port, "uptime": time.time() - master.started_at, "time": time.time(),
+            "session": books.session, "pid": os.getpid(), "hostname": socket.gethostname(),
+            "port": books.port, "uptime": time.time() - books.started_at, "time": time.time(),
             "http": self.http_url,
             "workers": workers, "executors": executors, "clients": clients,
             "queued": totals["queued"], "running": totals["running"], "prefetched": totals["prefetched"],

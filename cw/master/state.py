@@ -1,16 +1,25 @@
 """What the master holds: jobs, clients, executors, and the limits on them.
 
-Plain data; the master (``cw.master``) and its scheduler (``cw.scheduler``) are
-the only code that changes it.
+Plain data, and ``Books``: the tables and counts the master's parts (its
+loop, ``peers``, ``jobs``, ``scheduler``, ``leases``, ``monitor``) share,
+with the one way they all speak to a peer (``send``, ``refuse``).
 """
 from __future__ import annotations
 
 import json
+import logging
+import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
-from ..protocol import Kind
+from ..protocol import ErrorCode, Kind, Message
+
+log = logging.getLogger(__name__)
+
+COUNTS = ("submitted", "done", "lost", "requeued", "malformed", "refused", "duplicates", "timeouts",
+          "killed", "unknown_peer", "unknown_job", "laned")
 
 
 @dataclass(frozen=True)
@@ -120,3 +129,46 @@ class ExecutorState:
             return bytes.fromhex(self.info.get("supervisor") or "") or None
         except ValueError:
             return None
+
+
+@dataclass(eq=False)
+class Books:
+    """What the master knows of its peers, and how it speaks to them.
+
+    One of these per master, shared by its parts: each reads and changes
+    the tables (one thread: no locks), and none holds a peer of its own.
+    """
+
+    send: Callable[..., None]  # (identity, Message, legacy=False)
+    clock: Callable[[], float]
+    heartbeat: float
+    liveness: int
+    limits: Limits
+    port: int = 0
+    clients: dict = field(default_factory=dict)  # identity -> ClientState
+    executors: dict = field(default_factory=dict)  # identity -> ExecutorState
+    supervisors: dict = field(default_factory=dict)  # identity -> ExecutorState (capacity 0)
+    counts: dict = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
+    malformed: dict = field(default_factory=dict)  # identity -> messages refused
+    session: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started_at: float = field(default_factory=time.time)
+    moved: bool = False  # a submit or a result came since the last blocking wait
+
+    def refuse(self, identity: bytes, reason: str, jid: Optional[int] = None,
+               code: ErrorCode = ErrorCode.MALFORMED, legacy: bool = False) -> None:
+        """Count and drop a bad message; tell the peer why (``legacy``: in the
+        layout of protocols 1 to 3, which it speaks); log once per peer."""
+        self.counts[code.value.replace("-", "_")] += 1
+        if identity not in self.malformed:
+            if len(self.malformed) > 10_000:
+                self.malformed.clear()
+            level = logging.WARNING if code is ErrorCode.MALFORMED else logging.INFO
+            log.log(level, "dropped message from peer %s: %s", identity.hex()[:16], reason)
+        self.malformed[identity] = self.malformed.get(identity, 0) + 1
+        header: dict = {"error": reason[:1000], "code": code.value}
+        if jid is not None:
+            header["id"] = jid
+        self.send(identity, Message(Kind.ERROR, header), legacy)
+
+    def unknown(self, identity: bytes, what: str = "client: send HELLO first") -> None:
+        self.refuse(identity, f"unknown {what}", None, ErrorCode.UNKNOWN_PEER)

@@ -231,7 +231,7 @@ def test_silent_client_is_dropped_and_its_queue_cleared(master):
     submit(c, 1)
     c.nothing({Kind.RESULT})
     now = master.clock() + master.heartbeat * (master.liveness + 1)
-    master.beat(now)
+    master.peers.beat(now)
     assert master.clients == {} and master.sched.queued == 0
 
 

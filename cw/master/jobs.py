@@ -1,0 +1,259 @@
+"""The master's jobs: taking them in, answering for them, ending them.
+
+::
+
+    SUBMIT ──► on_submit: a Job per id, held in ClientState.jobs, queued (Scheduler)
+    RESULT ──► on_result: the Job leaves ExecutorState.running ──► reply ──► RESULTS (flush)
+    CANCEL ──► on_cancel: a queued job is answered CANCELLED; a running one, with force,
+               is stopped (its executor killed: cw.master.peers)
+    a deadline passes ──► expire_jobs: TIMEOUT, its executor killed
+
+Every job a client sent is answered exactly once: a result, an error, a
+refusal, CANCELLED, TIMEOUT or LOST (``reply``). Payloads stay opaque bytes.
+"""
+from __future__ import annotations
+
+import logging
+from itertools import islice
+from typing import Callable, Iterator, Optional
+
+from .. import shm
+from ..protocol import COPY_BELOW, STATUSES, ErrorCode, Kind, Message, Status, job_runs
+from .leases import Leases
+from .monitor import Monitor
+from .scheduler import Scheduler
+from .state import Books, ClientState, ExecutorState, Job
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRIES = 2
+
+
+def chunks(results: list, budget: int = 40_000) -> Iterator[list]:
+    """RESULTS entries in runs whose JSON stays under ``budget`` bytes."""
+    chunk: list = []
+    size = 0
+    for entry in results:
+        cost = 40 + (len(entry[2]) * 2 if entry[2] else 0)  # ids, status; escaped text
+        if len(entry) > 5:
+            cost += 2 * len(entry[5])  # the worker's name
+        if chunk and size + cost > budget:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += cost
+    if chunk:
+        yield chunk
+
+
+def started(state: ExecutorState, job: Job) -> bool:
+    """An executor runs its tasks in arrival order: only the first has started."""
+    return next(iter(state.running), None) == job.tid
+
+
+class Jobs:
+    """Jobs from SUBMIT to their one answer. ``kill`` ends an executor
+    (``Peers.kill``): the only way to stop a job that has started."""
+
+    def __init__(self, books: Books, sched: Scheduler, leases: Leases, monitor: Monitor,
+                 kill: Callable[[ExecutorState], None]) -> None:
+        self.books = books
+        self.sched = sched
+        self.leases = leases
+        self.monitor = monitor
+        self.kill = kill
+        self.next_tid = 1
+
+    # -- taking jobs in ----------------------------------------------------
+    def on_submit(self, identity: bytes, msg: Message, now: float) -> None:
+        client = self.books.clients.get(identity)
+        if client is None:
+            self.books.unknown(identity)
+            return
+        client.last_seen = now
+        self.books.moved = True
+        retries = msg.header.get("retries", DEFAULT_RETRIES)
+        timeout = msg.header.get("timeout")
+        for frame, run in job_runs(msg.header, msg.payload):
+            context = bytes(frame)  # a Frame would pin its receive buffer while jobs wait
+            for cid, frames in run:
+                if cid not in client.jobs:  # else a resubmission of a job we hold: keep the first
+                    self.take(client, cid, context, frames, retries, timeout)
+        # A client with one job in flight and nothing else queued: a caller
+        # that waits for each result. Its next jobs may take a lane.
+        if len(client.jobs) == 1 and self.sched.queued <= 1 and self.leases.shelf:
+            self.leases.lend(client)
+
+    def take(self, client: ClientState, cid: int, context: bytes, frames: list, retries: int,
+             timeout: Optional[float]) -> None:
+        # Small frames are copied out of their zmq.Frame, which costs far
+        # more memory than the bytes while a million jobs wait in the queue.
+        payload = (context, *(f.bytes if len(f) < COPY_BELOW else f for f in frames))
+        size = sum(map(len, payload))
+        refusal = self.books.limits.check(len(client.jobs), client.held_bytes, size)
+        if refusal:
+            self.reply_refused(client.identity, cid, refusal)
+            return
+        job = Job(self.next_tid, client.identity, cid, payload, retries, size, timeout)
+        client.held_bytes += size
+        self.next_tid += 1
+        client.jobs[cid] = job
+        self.sched.enqueue(client, job)
+        self.books.counts["submitted"] += 1
+
+    def on_cancel(self, identity: bytes, msg: Message, now: float) -> None:
+        client = self.books.clients.get(identity)
+        if client is None:
+            self.books.unknown(identity)
+            return
+        if "lane" in msg.header:  # a job it sent down a lane, to stop by force
+            self.kill_lane(client, msg.header["lane"], msg.header.get("force", False))
+            return
+        job = client.jobs.get(msg.header["id"])
+        if job is None:  # finished meanwhile (the client drops the late result), or never held
+            self.books.refuse(identity, "no such job", msg.header["id"], ErrorCode.UNKNOWN_JOB)
+            return
+        client.last_seen = now
+        if job.executor is None:  # still queued: dropped from the queue lazily
+            job.cancelled = True
+            self.forget(job)
+            self.reply(job, Status.CANCELLED)
+        elif msg.header.get("force"):
+            self.stop_job(job, Status.CANCELLED, "cancelled while running (force=True)")
+        else:
+            job.cancelled = True  # it runs on, but its result goes nowhere
+
+    def kill_lane(self, client: ClientState, worker: str, force: bool) -> None:
+        """Stop a job a client sent down a lane it was lent: only by killing
+        the lane's executor (the client resends what else the lane held).
+        Not if the lane was lent to another since: that one's jobs run there."""
+        state = self.leases.lent_last.get(client.identity)
+        if state is not None and force and state.name == worker and state.lane_client == client.identity \
+                and not state.killed and state.identity in self.books.executors:
+            self.kill(state)
+
+    # -- results -------------------------------------------------------------
+    def on_result(self, identity: bytes, msg: Message, now: float) -> None:
+        state = self.books.executors.get(identity)
+        if state is None:  # presumed dead meanwhile: its jobs already went elsewhere
+            self.books.counts["duplicates"] += 1
+            self.books.unknown(identity, "executor: send READY first")
+            return
+        state.last_seen = now
+        self.books.moved = True
+        results = msg.header["results"]
+        if "busy" in msg.header and results:
+            state.observe(msg.header["busy"], len(results))
+        frames = iter(msg.payload)
+        for tid, status, error, nframes, *ran in results:
+            payload = tuple(islice(frames, nframes))
+            job = self.finish_task(state, tid, now)
+            if job is None:  # a late duplicate of a job requeued, timed out or cancelled
+                self.books.counts["duplicates"] += 1
+                self.books.refuse(identity, "no such job running here", tid, ErrorCode.UNKNOWN_JOB)
+                continue
+            state.done += 1
+            self.forget(job)
+            if not job.cancelled:
+                self.reply(job, STATUSES[status], payload, error, ran[0] if ran else None, state.name)
+
+    def finish_task(self, state: ExecutorState, tid: int, now: float) -> Optional[Job]:
+        """A task left its executor: it has room; the next one there starts."""
+        job = state.running.pop(tid, None)
+        self.sched.offer(state)
+        if state.running and not state.killed:
+            nxt = next(iter(state.running.values()))
+            if nxt.timeout is not None and nxt.deadline is None:
+                self.sched.start_clock(nxt, now)
+        return job
+
+    # -- answering clients ---------------------------------------------------
+    def flush(self) -> None:
+        """Send each client the results this turn produced, in one RESULTS."""
+        for client in self.books.clients.values():
+            frames = iter(client.outbox)
+            for chunk in chunks(client.results):
+                payload = tuple(islice(frames, sum(entry[3] for entry in chunk)))
+                self.books.send(client.identity, Message(Kind.RESULTS, {"results": chunk}, payload))
+            client.results, client.outbox = [], []
+
+    def reply(self, job: Job, status: Status, payload: tuple = (), error: Optional[str] = None,
+              ran: Optional[float] = None, worker: Optional[str] = None) -> None:
+        """Answer a job's client; ``worker`` ran it, named unless STARTED did already."""
+        self.books.counts["done" if status is not Status.LOST else "lost"] += 1
+        if status is not Status.OK and not shm.unreachable(error):  # else the client resends it
+            self.monitor.job_failed(self.books, job, status)
+        if job.announced:
+            worker = None
+        job.announced = True  # no STARTED after its result
+        self.answer(job.client, job.cid, status, payload, error, ran, worker)
+
+    def answer(self, identity: bytes, cid: int, status: Status, payload: tuple = (),
+               error: Optional[str] = None, ran: Optional[float] = None,
+               worker: Optional[str] = None) -> None:
+        client = self.books.clients.get(identity)
+        if client is None:
+            return  # gone: nobody to tell
+        client.done += 1
+        entry: list = [cid, status.value, error[:1000] if error else None, len(payload)]
+        if ran is not None or worker is not None:
+            entry.append(ran)  # seconds it ran on its executor
+        if worker is not None:
+            entry.append(worker)
+        client.results.append(entry)
+        client.outbox.extend(payload)
+
+    def reply_refused(self, identity: bytes, cid: int, reason: str) -> None:
+        """A job the master will not hold: an error result, never silent loss."""
+        self.books.counts["refused"] += 1
+        self.answer(identity, cid, Status.ERROR, (), reason)
+
+    def forget(self, job: Job) -> None:
+        job.deadline = None
+        client = self.books.clients.get(job.client)
+        if client is not None and client.jobs.pop(job.cid, None) is not None:
+            client.held_bytes -= job.size
+
+    # -- ending jobs ---------------------------------------------------------
+    def expire_jobs(self, now: float) -> None:
+        for job in self.sched.expired(now):
+            state = self.books.executors.get(job.executor) if job.executor else None
+            if state is not None and self.monitor.on_lane(state):
+                # Its executor runs a job from its lane (as its supervisor
+                # said, within 0.1 s): this one waits behind it, not started.
+                self.sched.start_clock(job, now)
+                continue
+            self.books.counts["timeouts"] += 1
+            self.stop_job(job, Status.TIMEOUT, f"job ran past its timeout of {job.timeout:g} s")
+
+    def stop_job(self, job: Job, status: Status, reason: str) -> None:
+        """End a running job now: kill its executor, answer the client.
+
+        A job still prefetched (not yet started) is only marked: killing the
+        executor would kill the job ahead of it, maybe another client's.
+        """
+        state = self.books.executors.get(job.executor) if job.executor else None
+        if state is not None and started(state, job):
+            state.running.pop(job.tid, None)
+            self.kill(state)
+            reason += f" on {state.info['host']} (executor pid {state.info['pid']}, killed and replaced)"
+            job.executor = None
+        job.cancelled = True
+        self.forget(job)
+        self.reply(job, status, (), reason)
+
+    def salvage(self, identity: bytes, kind: Optional[Kind], ids: list, reason: str) -> None:
+        """Fail the jobs a refused SUBMIT or RESULT was about, so none hangs."""
+        if identity in self.books.clients and kind is Kind.SUBMIT:
+            for cid in ids:
+                self.reply_refused(identity, cid, reason)
+            return
+        state = self.books.executors.get(identity)
+        if state is None:
+            return
+        for tid in ids:
+            job = self.finish_task(state, tid, self.books.clock())
+            if job is not None:
+                self.forget(job)
+                if not job.cancelled:
+                    self.reply(job, Status.ERROR, (), f"its result was refused: {reason}")
