@@ -20,13 +20,17 @@ import json
 import json.encoder
 import json.scanner
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence, Union, cast
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import zmq
 
 from .errors import ProtocolError
+from .transport import COPY_BELOW, NOBLOCK, readable, recv_frames, send_frames  # noqa: F401 (moving)
 
-PROTOCOL_VERSION = 4
+# 5: a result whose shared-memory data its executor could not map has status
+# "unreachable" (4 said so in its error text); result entries may carry null
+# for the seconds it ran and the worker.
+PROTOCOL_VERSION = 5
 MAGIC = b"CW" + bytes([PROTOCOL_VERSION])
 DEFAULT_PORT = 5494
 MAX_HEADER_BYTES = 64 * 1024
@@ -86,9 +90,29 @@ class Status(str, enum.Enum):
     LOST = "lost"
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
+    # Its executor could not map the job's data from shared memory (another
+    # host after all, or a file gone): the client sends it again inline.
+    UNREACHABLE = "unreachable"
 
 
 STATUSES = {s.value: s for s in Status}  # faster than Status(value) on the hot path
+
+
+class Result(NamedTuple):
+    """One job's entry in RESULT (executor -> master) and RESULTS (master or
+    a lane -> client). On the wire, a JSON array in this order; the last two
+    may be left out. ``Message.from_frames`` hands these out, checked.
+
+    ``id`` is the job's id as its receiver knows it: the master's task id in
+    RESULT, the client's job id in RESULTS.
+    """
+
+    id: int
+    status: str  # a Status value
+    error: Optional[str]  # a failed job's one-line summary
+    frames: int  # payload frames that follow for it: its value, or its exception
+    ran: Optional[float] = None  # seconds it ran on its executor
+    worker: Optional[str] = None  # host:pid of its executor (RESULTS, when no STARTED said it)
 
 
 class ErrorCode(str, enum.Enum):
@@ -236,43 +260,6 @@ def legacy_layout(frames: Sequence[Frame]) -> bool:
     return version is not None and version <= 3 and len(frames[0]) == 3
 
 
-# pyzmq's send_multipart/recv_multipart cost twice these loops: they build
-# flag enums and query RCVMORE per frame. Plain ints and Frame.more do not.
-_SNDMORE = int(zmq.SNDMORE)
-NOBLOCK = int(zmq.NOBLOCK)
-# Plain ints: pyzmq's flag enums cost more in ``sock.get(EVENTS) & POLLIN`` than the call.
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
-COPY_BELOW = 64 * 1024  # smaller frames are cheaper copied than referenced
-
-
-def readable(sock: zmq.Socket) -> bool:
-    """Whether a message waits on ``sock``: cheaper than a poll of it, and
-    than a receive that ends on ``zmq.Again``."""
-    return bool(cast(int, sock.get(_EVENTS)) & _POLLIN)
-
-
-def send_frames(sock: zmq.Socket, frames: Sequence[Frame], flags: int = 0) -> None:
-    """Send a multipart message; big frames (and received ones) without a copy.
-
-    With ``NOBLOCK`` it raises ``zmq.Again`` before sending anything: libzmq
-    takes the remaining parts of a message once it took the first.
-    """
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        copy = isinstance(frame, bytes) and len(frame) < COPY_BELOW
-        sock.send(frame, flags | _SNDMORE if i < last else flags, copy=copy)
-
-
-def recv_frames(sock: zmq.Socket, flags: int = 0) -> list:
-    """Receive a multipart message as ``zmq.Frame`` objects (payloads uncopied)."""
-    frame = sock.recv(flags, copy=False)
-    frames = [frame]
-    while frame.more:
-        frame = sock.recv(0, copy=False)
-        frames.append(frame)
-    return frames
-
-
 def decode_header(raw: bytes, limit: int = MAX_HEADER_BYTES) -> dict:
     if len(raw) > limit:
         raise ProtocolError(f"header of {len(raw)} bytes exceeds {limit}")
@@ -300,7 +287,7 @@ def validate(kind: Kind, header: dict, npayload: int) -> None:
         elif not _plainly_valid(name, value, typ, limit):
             _check_value(kind, name, value, typ)  # says what is wrong, if anything
     if kind in (Kind.RESULT, Kind.RESULTS):
-        _check_results(kind, header["results"], npayload)
+        header["results"] = _check_results(kind, header["results"], npayload)
     elif kind in (Kind.SUBMIT, Kind.TASK):
         _check_jobs(kind, header, npayload)
     elif npayload:
@@ -373,24 +360,25 @@ def _check_jobs(kind: Kind, header: dict, npayload: int) -> None:
         raise ProtocolError(f"{kind.name} of {n} jobs carries {npayload} payload frames, expected {expected}")
 
 
-def _check_results(kind: Kind, results: Any, npayload: int) -> None:
+def _check_results(kind: Kind, results: Any, npayload: int) -> list[Result]:
     """[[id, status, error or null, number of payload frames(, seconds it ran or
-    null(, the worker that ran it: RESULTS only))], ...]."""
+    null(, the worker that ran it, or null))], ...], decoded into ``Result``s."""
     if not isinstance(results, list) or len(results) > MAX_BATCH:
         raise ProtocolError(f"{kind.name} header lacks its list of results")
-    longest = 6 if kind is Kind.RESULTS else 5
     frames = 0
     for entry in results:
-        if not (isinstance(entry, list) and 4 <= len(entry) <= longest and type(entry[0]) is int
+        if not (isinstance(entry, list) and 4 <= len(entry) <= 6 and type(entry[0]) is int
                 and 0 <= entry[0] < MAX_INT and entry[1] in STATUSES
                 and (entry[2] is None or (isinstance(entry[2], str) and len(entry[2]) <= MAX_STRING))
                 and type(entry[3]) is int and 0 <= entry[3] <= MAX_JOB_FRAMES
                 and (len(entry) == 4 or entry[4] is None or _seconds(entry[4]))
-                and (len(entry) < 6 or (isinstance(entry[5], str) and len(entry[5]) <= MAX_STRING))):
+                and (len(entry) < 6 or entry[5] is None  # an executor does not name itself
+                     or (kind is Kind.RESULTS and isinstance(entry[5], str) and len(entry[5]) <= MAX_STRING))):
             raise ProtocolError(f"malformed {kind.name} entry")
         frames += entry[3]
     if frames != npayload:
         raise ProtocolError(f"{kind.name} announces {frames} payload frames, carries {npayload}")
+    return [Result(*entry) for entry in results]
 
 
 def _seconds(value: Any) -> bool:
@@ -431,3 +419,22 @@ def versions() -> dict:
         "python": platform.python_version(),
         "cloudpickle": cloudpickle.__version__,
     }
+
+
+def salvage_ids(frames: list) -> tuple[Optional[Kind], list[int]]:
+    """A broken SUBMIT's or RESULT's kind and the job ids in it (``ids``,
+    ``results``) that can be read, to fail those jobs rather than leave
+    them hanging; (None, []) for any other message."""
+    try:
+        first = bytes(frames[0])
+        kind = Kind(first[3:4])  # no kind at all: ValueError
+        if kind not in (Kind.SUBMIT, Kind.RESULT):
+            return None, []
+        header = json.loads(first[4:])
+        ids = header.get("ids") or [e[0] for e in header["results"][:10_000] if isinstance(e, list) and e]
+    except Exception:
+        return None, []
+    if not isinstance(ids, list):
+        return None, []
+    return kind, [i for i in ids[:10_000]
+                  if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_INT]

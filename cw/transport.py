@@ -1,8 +1,9 @@
-"""The DEALER every client, supervisor and executor dials the master with."""
+"""Sockets: the DEALER every client, supervisor and executor dials the master
+with, and sending and receiving multipart messages cheaply."""
 from __future__ import annotations
 
 import random
-from typing import Optional
+from typing import Any, Optional, Sequence, cast
 
 import zmq
 
@@ -36,3 +37,40 @@ def close_dealer(sock: zmq.Socket, mon: zmq.Socket, linger: int = 0) -> None:
     sock.disable_monitor()
     mon.close(linger=0)
     sock.close(linger=linger)
+
+
+# pyzmq's send_multipart/recv_multipart cost twice these loops: they build
+# flag enums and query RCVMORE per frame. Plain ints and Frame.more do not.
+_SNDMORE = int(zmq.SNDMORE)
+NOBLOCK = int(zmq.NOBLOCK)
+# Plain ints: pyzmq's flag enums cost more in ``sock.get(EVENTS) & POLLIN`` than the call.
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+COPY_BELOW = 64 * 1024  # smaller frames are cheaper copied than referenced
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """Whether a message waits on ``sock``: cheaper than a poll of it, and
+    than a receive that ends on ``zmq.Again``."""
+    return bool(cast(int, sock.get(_EVENTS)) & _POLLIN)
+
+
+def send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int = 0) -> None:
+    """Send a multipart message; big frames (and received ones) without a copy.
+
+    With ``NOBLOCK`` it raises ``zmq.Again`` before sending anything: libzmq
+    takes the remaining parts of a message once it took the first.
+    """
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        copy = isinstance(frame, bytes) and len(frame) < COPY_BELOW
+        sock.send(frame, flags | _SNDMORE if i < last else flags, copy=copy)
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list:
+    """Receive a multipart message as ``zmq.Frame`` objects (payloads uncopied)."""
+    frame = sock.recv(flags, copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = sock.recv(0, copy=False)
+        frames.append(frame)
+    return frames

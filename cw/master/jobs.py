@@ -17,8 +17,7 @@ import logging
 from itertools import islice
 from typing import Callable, Iterator, Optional
 
-from .. import shm
-from ..protocol import COPY_BELOW, STATUSES, ErrorCode, Kind, Message, Status, job_runs
+from ..protocol import COPY_BELOW, STATUSES, ErrorCode, Kind, Message, Result, Status, job_runs
 from .leases import Leases
 from .monitor import Monitor
 from .scheduler import Scheduler
@@ -34,9 +33,9 @@ def chunks(results: list, budget: int = 40_000) -> Iterator[list]:
     chunk: list = []
     size = 0
     for entry in results:
-        cost = 40 + (len(entry[2]) * 2 if entry[2] else 0)  # ids, status; escaped text
-        if len(entry) > 5:
-            cost += 2 * len(entry[5])  # the worker's name
+        cost = 40 + (len(entry.error) * 2 if entry.error else 0)  # ids, status; escaped text
+        if entry.worker:
+            cost += 2 * len(entry.worker)
         if chunk and size + cost > budget:
             yield chunk
             chunk, size = [], 0
@@ -76,15 +75,15 @@ class Jobs:
         timeout = msg.header.get("timeout")
         for frame, run in job_runs(msg.header, msg.payload):
             context = bytes(frame)  # a Frame would pin its receive buffer while jobs wait
-            for cid, frames in run:
-                if cid not in client.jobs:  # else a resubmission of a job we hold: keep the first
-                    self.take(client, cid, context, frames, retries, timeout)
+            for jid, frames in run:
+                if jid not in client.jobs:  # else a resubmission of a job we hold: keep the first
+                    self.take(client, jid, context, frames, retries, timeout)
         # A client with one job in flight and nothing else queued: a caller
         # that waits for each result. Its next jobs may take a lane.
         if len(client.jobs) == 1 and self.sched.queued <= 1 and self.leases.shelf:
             self.leases.lend(client)
 
-    def take(self, client: ClientState, cid: int, context: bytes, frames: list, retries: int,
+    def take(self, client: ClientState, jid: int, context: bytes, frames: list, retries: int,
              timeout: Optional[float]) -> None:
         # Small frames are copied out of their zmq.Frame, which costs far
         # more memory than the bytes while a million jobs wait in the queue.
@@ -92,12 +91,12 @@ class Jobs:
         size = sum(map(len, payload))
         refusal = self.books.limits.check(len(client.jobs), client.held_bytes, size)
         if refusal:
-            self.reply_refused(client.identity, cid, refusal)
+            self.reply_refused(client.identity, jid, refusal)
             return
-        job = Job(self.next_tid, client.identity, cid, payload, retries, size, timeout)
+        job = Job(self.next_tid, client.identity, jid, payload, retries, size, timeout)
         client.held_bytes += size
         self.next_tid += 1
-        client.jobs[cid] = job
+        client.jobs[jid] = job
         self.sched.enqueue(client, job)
         self.books.counts["submitted"] += 1
 
@@ -145,17 +144,17 @@ class Jobs:
         if "busy" in msg.header and results:
             state.observe(msg.header["busy"], len(results))
         frames = iter(msg.payload)
-        for tid, status, error, nframes, *ran in results:
-            payload = tuple(islice(frames, nframes))
-            job = self.finish_task(state, tid, now)
+        for result in results:
+            payload = tuple(islice(frames, result.frames))
+            job = self.finish_task(state, result.id, now)
             if job is None:  # a late duplicate of a job requeued, timed out or cancelled
                 self.books.counts["duplicates"] += 1
-                self.books.refuse(identity, "no such job running here", tid, ErrorCode.UNKNOWN_JOB)
+                self.books.refuse(identity, "no such job running here", result.id, ErrorCode.UNKNOWN_JOB)
                 continue
             state.done += 1
             self.forget(job)
             if not job.cancelled:
-                self.reply(job, STATUSES[status], payload, error, ran[0] if ran else None, state.name)
+                self.reply(job, STATUSES[result.status], payload, result.error, result.ran, state.name)
 
     def finish_task(self, state: ExecutorState, tid: int, now: float) -> Optional[Job]:
         """A task left its executor: it has room; the next one there starts."""
@@ -173,7 +172,7 @@ class Jobs:
         for client in self.books.clients.values():
             frames = iter(client.outbox)
             for chunk in chunks(client.results):
-                payload = tuple(islice(frames, sum(entry[3] for entry in chunk)))
+                payload = tuple(islice(frames, sum(entry.frames for entry in chunk)))
                 self.books.send(client.identity, Message(Kind.RESULTS, {"results": chunk}, payload))
             client.results, client.outbox = [], []
 
@@ -181,37 +180,33 @@ class Jobs:
               ran: Optional[float] = None, worker: Optional[str] = None) -> None:
         """Answer a job's client; ``worker`` ran it, named unless STARTED did already."""
         self.books.counts["done" if status is not Status.LOST else "lost"] += 1
-        if status is not Status.OK and not shm.unreachable(error):  # else the client resends it
+        if status is not Status.OK and status is not Status.UNREACHABLE:  # that one the client resends
             self.monitor.job_failed(self.books, job, status)
         if job.announced:
             worker = None
         job.announced = True  # no STARTED after its result
-        self.answer(job.client, job.cid, status, payload, error, ran, worker)
+        self.answer(job.client, job.jid, status, payload, error, ran, worker)
 
-    def answer(self, identity: bytes, cid: int, status: Status, payload: tuple = (),
+    def answer(self, identity: bytes, jid: int, status: Status, payload: tuple = (),
                error: Optional[str] = None, ran: Optional[float] = None,
                worker: Optional[str] = None) -> None:
         client = self.books.clients.get(identity)
         if client is None:
             return  # gone: nobody to tell
         client.done += 1
-        entry: list = [cid, status.value, error[:1000] if error else None, len(payload)]
-        if ran is not None or worker is not None:
-            entry.append(ran)  # seconds it ran on its executor
-        if worker is not None:
-            entry.append(worker)
-        client.results.append(entry)
+        client.results.append(Result(jid, status.value, error[:1000] if error else None, len(payload),
+                                     ran, worker))
         client.outbox.extend(payload)
 
-    def reply_refused(self, identity: bytes, cid: int, reason: str) -> None:
+    def reply_refused(self, identity: bytes, jid: int, reason: str) -> None:
         """A job the master will not hold: an error result, never silent loss."""
         self.books.counts["refused"] += 1
-        self.answer(identity, cid, Status.ERROR, (), reason)
+        self.answer(identity, jid, Status.ERROR, (), reason)
 
     def forget(self, job: Job) -> None:
         job.deadline = None
         client = self.books.clients.get(job.client)
-        if client is not None and client.jobs.pop(job.cid, None) is not None:
+        if client is not None and client.jobs.pop(job.jid, None) is not None:
             client.held_bytes -= job.size
 
     # -- ending jobs ---------------------------------------------------------
@@ -245,8 +240,8 @@ class Jobs:
     def salvage(self, identity: bytes, kind: Optional[Kind], ids: list, reason: str) -> None:
         """Fail the jobs a refused SUBMIT or RESULT was about, so none hangs."""
         if identity in self.books.clients and kind is Kind.SUBMIT:
-            for cid in ids:
-                self.reply_refused(identity, cid, reason)
+            for jid in ids:
+                self.reply_refused(identity, jid, reason)
             return
         state = self.books.executors.get(identity)
         if state is None:

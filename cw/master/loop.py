@@ -36,13 +36,13 @@ from typing import Callable, Optional
 import zmq
 
 from ..errors import ProtocolError
-from ..protocol import NOBLOCK, Kind, Message, legacy_layout, readable, recv_frames, send_frames
+from ..protocol import NOBLOCK, Kind, Message, legacy_layout, readable, recv_frames, salvage_ids, send_frames
 from ..security import Keys, ZapHandler, apply_server
 from .leases import Leases
 from .monitor import Monitor
 from .peers import Peers
 from .scheduler import Scheduler
-from .state import Books, Limits, salvage_ids
+from .state import Books, Limits
 
 log = logging.getLogger(__name__)
 

@@ -177,7 +177,7 @@ class Scheduler:
             if job.announced or job.cancelled or job.executor != executor or state is None:
                 continue  # finished, gone, or sent elsewhere since (a later entry covers that)
             job.announced = True
-            due.setdefault((job.client, state.name), []).append(job.cid)
+            due.setdefault((job.client, state.name), []).append(job.jid)
         for (identity, worker), ids in due.items():
             if identity in self.clients:
                 # Chunked, so no header outgrows what a peer accepts (64 KiB).

@@ -6,7 +6,6 @@ with the one way they all speak to a peer (``send``, ``refuse``).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -41,36 +40,17 @@ class Limits:
         return None
 
 
-def salvage_ids(frames: list) -> tuple[Optional[Kind], list[int]]:
-    """A broken SUBMIT's or RESULT's kind and the job ids in it (``ids``,
-    ``results``) that can be read, to fail those jobs rather than leave
-    them hanging; (None, []) for any other message."""
-    try:
-        first = bytes(frames[0])
-        kind = Kind(first[3:4])  # no kind at all: ValueError
-        if kind not in (Kind.SUBMIT, Kind.RESULT):
-            return None, []
-        header = json.loads(first[4:])
-        ids = header.get("ids") or [e[0] for e in header["results"][:10_000] if isinstance(e, list) and e]
-    except Exception:
-        return None, []
-    if not isinstance(ids, list):
-        return None, []
-    return kind, [i for i in ids[:10_000]
-                  if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**62]
-
-
 class Job:
     """A job the master holds. Slotted: a million queued ones must stay small."""
 
-    __slots__ = ("tid", "client", "cid", "payload", "retries", "size", "timeout", "deadline",
+    __slots__ = ("tid", "client", "jid", "payload", "retries", "size", "timeout", "deadline",
                  "deaths", "cancelled", "executor", "announced")
 
-    def __init__(self, tid: int, client: bytes, cid: int, payload: tuple, retries: int,
+    def __init__(self, tid: int, client: bytes, jid: int, payload: tuple, retries: int,
                  size: int = 0, timeout: Optional[float] = None) -> None:
         self.tid = tid
         self.client = client
-        self.cid = cid  # the id the client gave it
+        self.jid = jid  # the id the client gave it
         self.payload = payload  # frames: the client's context, the call, its buffers
         self.retries = retries
         self.size = size
@@ -88,7 +68,7 @@ class ClientState:
     info: dict
     last_seen: float
     queue: deque = field(default_factory=deque)
-    jobs: dict = field(default_factory=dict)  # cid -> Job, queued or running
+    jobs: dict = field(default_factory=dict)  # jid -> Job, queued or running
     results: list = field(default_factory=list)  # RESULTS entries to send this turn
     outbox: list = field(default_factory=list)  # their payload frames
     in_ready: bool = False

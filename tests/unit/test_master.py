@@ -61,9 +61,11 @@ class Peer:
                 yield msg
                 continue
             frames = iter(msg.payload)
-            for jid, status, error, n, *extra in msg.header["results"]:
-                header = {"id": jid, "status": status, **({"error": error} if error else {}),
-                          **({"worker": extra[1]} if len(extra) > 1 else {})}
+            for result in msg.header["results"]:
+                n = result.frames
+                header = {"id": result.id, "status": result.status,
+                          **({"error": result.error} if result.error else {}),
+                          **({"worker": result.worker} if result.worker else {})}
                 yield Message(Kind.RESULT, header, tuple(next(frames) for _ in range(n)))
 
     def recv(self, kinds=None) -> Message:

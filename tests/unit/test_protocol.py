@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from cw.errors import ProtocolError
 from cw.protocol import (
+    PROTOCOL_VERSION,
     MAGIC,
     MAX_HEADER_BYTES,
     Kind,
@@ -79,11 +80,11 @@ def test_the_version_of_a_peer_is_read_in_either_layout():
     old = [b"CW\x03", b"H", b"{}"]
     assert peer_version(old) == 3 and legacy_layout(old)
     new = Message(Kind.HELLO, {}).to_frames()
-    assert peer_version(new) == 4 and not legacy_layout(new)
+    assert peer_version(new) == PROTOCOL_VERSION and not legacy_layout(new)
     assert peer_version([b"junk"]) is None and not legacy_layout([b"abc"])
     legacy = Message(Kind.ERROR, {"error": "x"}).to_legacy_frames()
     assert legacy == [MAGIC, b"E", b'{"error":"x"}']
-    with pytest.raises(ProtocolError, match="protocol version 3 spoken by peer, 4 here"):
+    with pytest.raises(ProtocolError, match=f"protocol version 3 spoken by peer, {PROTOCOL_VERSION} here"):
         Message.from_frames(old)
 
 
