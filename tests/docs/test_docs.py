@@ -44,13 +44,15 @@ def _id(path: Path) -> str:
 
 def test_every_block_is_marked():
     errors = [e for path in doc_files() for e in blocks(path)[1]]
-    assert not errors, "fenced blocks without a valid mark (see tests/docs/docblocks.py):\n" + "\n".join(errors)
+    assert not errors, ("fenced blocks without a valid mark (see tests/docs/docblocks.py):\n"
+                        + "\n".join(errors))
 
 
 @pytest.mark.parametrize("info, parsed", [
     ("python run", ("python", "run", None, "")),
     ("sh run=slurm", ("sh", "run", "slurm", "")),
-    ("bash norun: needs a real multi-node SLURM site", ("bash", "norun", None, "needs a real multi-node SLURM site")),
+    ("bash norun: needs a real multi-node SLURM site",
+     ("bash", "norun", None, "needs a real multi-node SLURM site")),
     ("text", ("text", "show", None, "")),
     ("console", ("console", "show", None, "")),
 ])
