@@ -372,8 +372,8 @@ def _check_results(kind: Kind, results: Any, npayload: int) -> list[Result]:
                 and (entry[2] is None or (isinstance(entry[2], str) and len(entry[2]) <= MAX_STRING))
                 and type(entry[3]) is int and 0 <= entry[3] <= MAX_JOB_FRAMES
                 and (len(entry) == 4 or entry[4] is None or _seconds(entry[4]))
-                and (len(entry) < 6 or entry[5] is None  # an executor does not name itself
-                     or (kind is Kind.RESULTS and isinstance(entry[5], str) and len(entry[5]) <= MAX_STRING))):
+                and (len(entry) < 6 or entry[5] is None or (  # an executor does not name itself
+                    kind is Kind.RESULTS and isinstance(entry[5], str) and len(entry[5]) <= MAX_STRING))):
             raise ProtocolError(f"malformed {kind.name} entry")
         frames += entry[3]
     if frames != npayload:

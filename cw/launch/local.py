@@ -47,6 +47,21 @@ def _spawn(role: str, args: list, cluster: str) -> psutil.Process:
     return proc
 
 
+def _port(port: Optional[int]) -> int:
+    """``port``, else ``$CW_PORT``, else 5494 (0: the master picks a free one)."""
+    if port is not None:
+        return port
+    env_port()  # a bad CW_PORT is a clear error, not a ValueError
+    return int(os.environ.get("CW_PORT", "").strip() or DEFAULT_PORT)
+
+
+def _running_master(name: str) -> dict:
+    found = read_master(name)
+    if found is None:
+        raise ClusterError(f"no master running for cluster {name!r} (no master.json); start one, or drop -M")
+    return found
+
+
 def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
           cluster: Optional[str] = None, host: str = "127.0.0.1", port: Optional[int] = None,
           procs: int = 1, timeout: float = 60.0, insecure: Optional[bool] = None) -> dict:
@@ -55,9 +70,7 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
     ``port`` defaults to ``$CW_PORT``, else 5494; 0 lets the master pick a free one.
     """
     name = cluster_name(cluster)
-    if port is None:
-        env_port()  # a bad CW_PORT is a clear error, not a ValueError
-        port = int(os.environ.get("CW_PORT", "").strip() or DEFAULT_PORT)
+    port = _port(port)
     if nworkers < 0 or procs < 1:
         raise ClusterError("need nworkers >= 0 and procs >= 1")
     insecure = insecure_default(insecure)
@@ -77,11 +90,7 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
                 started += workers_started
             info = _start_master(name, host, port, timeout, flags, started)
         else:
-            found = read_master(name)
-            if found is None:
-                raise ClusterError(f"no master running for cluster {name!r} (no master.json); "
-                                   "start one, or drop -M")
-            info = found
+            info = _running_master(name)
         if workers and nworkers:
             if not workers_started:
                 workers_started = _start_workers(name, info["host"], info["port"], nworkers, procs, flags)

@@ -55,24 +55,15 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
                    http_port: Optional[int], http_host: str, spin: float, heartbeat: float,
                    liveness: int, log_level: str) -> None:
     """Run a master: route jobs from clients to workers until SIGINT/SIGTERM."""
-    import zmq
-
     from ..cluster import advertised_host, cluster_dir, read_json
     from ..security import master_keys
-    from .loop import Master
     from .state import Limits
 
     cdir = cluster_dir(cluster, create=True)
     setup_logging(log_level, role_log_file(cluster, "master"))
     keys = None if insecure else master_keys(cdir)
-    limits = Limits(max_message_size, max_jobs_per_client, max_bytes_per_client)
-    try:
-        master = Master(host, port, heartbeat=heartbeat, liveness=liveness, keys=keys,
-                        cluster_dir=cdir, limits=limits, spin=spin)
-    except zmq.ZMQError as e:
-        raise click.ClickException(
-            f"cannot listen on {host}:{port}: {e}; is another master running? try --port 0"
-        ) from e
+    master = _bind(host, port, heartbeat=heartbeat, liveness=liveness, keys=keys, cluster_dir=cdir,
+                   limits=Limits(max_message_size, max_jobs_per_client, max_bytes_per_client), spin=spin)
 
     def on_signal(signum: int, frame: Any) -> None:
         master.stopping = True
@@ -92,6 +83,20 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
         if (read_json(mjson) or {}).get("pid") == os.getpid():
             mjson.unlink(missing_ok=True)
         logging.getLogger("cw.master").info("master stopped")
+
+
+def _bind(host: str, port: int, **options: Any) -> Any:
+    """A master listening on ``host:port``, or a one-line error saying why not."""
+    import zmq
+
+    from .loop import Master
+
+    try:
+        return Master(host, port, **options)
+    except zmq.ZMQError as e:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {e}; is another master running? try --port 0"
+        ) from e
 
 
 def _record_master(cdir: Path, host: str, port: int, secure: bool, http: Optional[str]) -> Path:

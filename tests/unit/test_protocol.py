@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from cw.errors import ProtocolError
 from cw.protocol import (
-    PROTOCOL_VERSION,
     MAGIC,
     MAX_HEADER_BYTES,
+    PROTOCOL_VERSION,
     Kind,
     Message,
     job_runs,
