@@ -51,7 +51,7 @@ class Kind(enum.Enum):
     """One ASCII byte naming what a message is."""
 
     HELLO = b"H"  # client -> master: who I am, versions
-    WELCOME = b"W"  # master -> client: accepted, master session
+    WELCOME = b"W"  # master -> client or executor: accepted, master session, limits
     SUBMIT = b"S"  # client -> master: jobs (payload: a context, then its jobs' frames; see job_runs)
     CANCEL = b"C"  # client -> master: drop a queued job
     STARTED = b"A"  # master -> client: these jobs run on a worker (quick ones: said in RESULTS)

@@ -5,7 +5,7 @@
     client ──SUBMIT──► ROUTER ──► Job appended to ClientState.queue
                          │        (clients with queued jobs take turns)
                          ▼
-    Scheduler.dispatch() (cw.scheduler): executors with room take the ready
+    Scheduler.dispatch() (cw.master.scheduler): executors with room take the ready
                 clients' oldest jobs in turns ──TASK──► one message per executor
                 per turn, several jobs when its jobs are short
     executor ──RESULT──► master: Jobs leave ExecutorState.running ──RESULTS──► client

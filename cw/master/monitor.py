@@ -112,7 +112,7 @@ class Monitor:
         self.retired: dict[bytes, int] = {}  # supervisor -> jobs done by executors since gone
         self.failures: dict[bytes, int] = {}  # supervisor -> jobs that failed there
         self.failed = 0
-        self.dashboard: Optional[Any] = None  # cw.dashboard.Dashboard, when it runs
+        self.dashboard: Optional[Any] = None  # cw.master.dashboard.Dashboard, when it runs
         self.http_url: Optional[str] = None
 
     # -- fed by the master ---------------------------------------------------
@@ -164,7 +164,7 @@ class Monitor:
             self.failures[sup] = self.failures.get(sup, 0) + 1
 
     def lane_failed(self, state: "ExecutorState", failed: int) -> None:
-        """Jobs that failed on an executor's lane (cw.lane), as its heartbeat counts them."""
+        """Jobs that failed on an executor's lane (cw.lanes), as its heartbeat counts them."""
         if failed > 0:
             self.failed += failed
             if state.supervisor is not None:
@@ -257,7 +257,7 @@ def worker_state(executors: list[dict]) -> str:
 
 
 def client_view(client: Any, on_lanes: int = 0) -> dict:
-    """``on_lanes``: its jobs that run on lanes (cw.lane), which the master holds not."""
+    """``on_lanes``: its jobs that run on lanes (cw.lanes), which the master holds not."""
     queued = len(client.queue)
     return {"host": client.info.get("host"), "pid": client.info.get("pid"), "queued": queued,
             "running": max(0, len(client.jobs) - queued) + on_lanes, "jobs": len(client.jobs) + on_lanes,

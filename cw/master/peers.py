@@ -24,7 +24,8 @@ killed (executors die   its supervisor vouches for it)
 with it: PDEATHSIG)
 drain: SIGTERM, SLURM   the supervisor: DRAIN (no new    ``on_drain``, then      none
 time limit              tasks, lane withdrawn), then     ``on_depart``
-                        DEPART after ``--grace``
+                        DEPART once its executors have
+                        exited, at ``--grace`` at most
 kill: timeout, forced   the master itself: KILL to the   ``kill``; its DIED      none
 cancel, client gone     supervisor, which kills the      then ``bury``
                         executor's process group         (``state.killed``)

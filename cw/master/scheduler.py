@@ -14,7 +14,7 @@
 
 No step scans all executors or all queued jobs: ``ready`` and ``free`` are
 queues, and a dispatch pops from their fronts. The master owns the clients
-and executors (``cw.state``) and decides what a death, a cancel or a
+and executors (``cw.master.state``) and decides what a death, a cancel or a
 timeout does; the scheduler reads them and sends through the master.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Scheduler:
         self.send = send
         self.ready: deque[bytes] = deque()  # clients with queued jobs, in turns
         self.free: deque[bytes] = deque()  # executors that may have room for tasks
-        self.shared: list[ExecutorState] = []  # lent executors (cw.lane) just given others' jobs
+        self.shared: list[ExecutorState] = []  # lent executors (cw.lanes) just given others' jobs
         self.queued = 0  # jobs in clients' queues (cancelled ones included until popped)
         self.announce: deque = deque()  # (when, job, executor identity): STARTED due, in dispatch order
         # Heap of (deadline, tid, job) of running jobs with a timeout; an entry

@@ -89,7 +89,7 @@ class ExecutorState:
     cost: Optional[float] = None  # recent seconds per job, as it reports them
     offered: bool = False  # in the scheduler's ``free`` line
     died_in: Optional[int] = None  # the task it was running when it died, if known
-    leased_to: Optional[bytes] = None  # the client its lane is lent to (cw.lane)
+    leased_to: Optional[bytes] = None  # the client its lane is lent to (cw.lanes)
     lane_client: Optional[bytes] = None  # the last one it was lent to: whose jobs its lane runs
     name: str = field(init=False)  # host:pid, as results and STARTED name it
 
