@@ -24,7 +24,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 
@@ -59,18 +59,18 @@ class _Outbox:
         self.size = 0
         self.since = 0.0
 
-    def add(self, entry: list, frames: list, seconds: float) -> None:
+    def add(self, entry: list, frames: list, seconds: float, now: float) -> None:
         if not self.entries:
-            self.since = time.monotonic()
+            self.since = now
         self.entries.append(entry)
         self.frames += frames
         self.busy += seconds
         self.size += sum(map(len, frames))
 
-    def due(self, last_job: float) -> bool:
+    def due(self, last_job: float, now: float) -> bool:
         """Send now unless the jobs are short and the batch small and young."""
         return (last_job >= HOLD_SECONDS or len(self.entries) >= 32 or self.size >= 1 << 20
-                or time.monotonic() - self.since >= HOLD_SECONDS)
+                or now - self.since >= HOLD_SECONDS)
 
     def message(self) -> Message:
         return Message(Kind.RESULT, {"results": self.entries, "busy": self.busy}, tuple(self.frames))
@@ -86,16 +86,19 @@ class Executor:
 
     def __init__(self, address: str, identity: bytes, supervisor: str,
                  heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None,
-                 prefetch: int = 1, batch: int = 64, job_fd: Optional[int] = None) -> None:
+                 prefetch: int = 1, batch: int = 64, job_fd: Optional[int] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         # Holding ``prefetch`` tasks beyond the running one means an executor
         # never idles for a round trip to the master between short jobs; while
         # jobs are short the master sends up to ``batch`` at once.
         self.capacity = 1 + prefetch
         self.batch = max(self.capacity, batch) if prefetch else 1
-        self.peer = Peer(address, identity, heartbeat, liveness, keys)
+        self.clock = clock  # a test's fake clock; every timing below reads it
+        self.peer = Peer(address, identity, heartbeat, liveness, keys, clock)
         self.supervisor = supervisor
         self.parent = os.getppid()
-        self.stopping = False
+        self.started = self.stopping = False
+        self.listen_at = 0.0  # when the master is next heard, though tasks are queued
         self.tasks: deque = deque()  # (task id, frames), in the order received
         self.outbox = _Outbox()
         # Shared with the supervisor: the task running now, so that a death
@@ -126,7 +129,7 @@ class Executor:
         """A HEARTBEAT's count of the lane's jobs, for the master's totals."""
         header = {"lane": self.lane_done, "lane_failed": self.lane_failed} if self.lane_done else {}
         self.lane_done = self.lane_failed = 0
-        self.lane_told = time.monotonic()
+        self.lane_told = self.clock()
         return header
 
     def open_lane(self) -> None:
@@ -139,26 +142,8 @@ class Executor:
             self.peer.beat_header = self.lane_header
 
     def run(self) -> None:
-        self.open_lane()
-        self.register()
-        listen_at = 0.0
         while not self.stopping:
-            # Between queued tasks the socket, the parent and the spare
-            # files are looked at every LISTEN_SECONDS, not before each job:
-            # that costs a short job more than the job itself.
-            if not self.tasks or time.monotonic() >= listen_at:
-                if os.getppid() != self.parent:
-                    break
-                shm.tidy()
-                self.receive(0 if self.tasks else self.peer.heartbeat)
-                listen_at = time.monotonic() + LISTEN_SECONDS
-            if self.tasks and not self.stopping:  # stopping: the master requeues the rest at BYE
-                self.run_next()
-            if not self.peer.tick():
-                self.peer.last_heard = time.monotonic()
-                self.register()
-            if self.lane_done and time.monotonic() - self.lane_told >= self.peer.heartbeat:
-                self.peer.send(Message(Kind.HEARTBEAT, self.lane_header()))  # busy with the master's too
+            self.step()
         self.flush()
         if self.lane_done:
             self.peer.send(Message(Kind.HEARTBEAT, self.lane_header()))
@@ -166,6 +151,40 @@ class Executor:
         self.peer.close(linger=1000)
         if self.lane is not None:
             self.lane.close(linger=1000)  # tasks it still held: their clients send them again
+
+    def step(self, timeout: Optional[float] = None, now: Optional[float] = None) -> None:
+        """One turn: open the lane and register (the first), hear the master
+        when due, run the next task, heartbeat. ``timeout``: the longest wait
+        for work when none is queued [default: a heartbeat]. ``now`` stands
+        for the clock (read once per turn, and again after a wait, when not
+        given); the job's own duration moves it on."""
+        if not self.started:
+            self.started = True
+            self.open_lane()
+            self.register()
+        given = now is not None
+        now = self.clock() if now is None else now
+        # Between queued tasks the socket, the parent and the spare files
+        # are looked at every LISTEN_SECONDS, not before each job: that
+        # costs a short job more than the job itself.
+        if not self.tasks or now >= self.listen_at:
+            if os.getppid() != self.parent:
+                self.stopping = True
+                return
+            shm.tidy()
+            if self.tasks:
+                self.receive(0)
+            else:
+                self.receive(self.peer.heartbeat if timeout is None else timeout)
+                now = now if given else self.clock()  # after a wait
+            self.listen_at = now + LISTEN_SECONDS
+        if self.tasks and not self.stopping:  # stopping: the master requeues the rest at BYE
+            now = self.run_next(now)
+        if not self.peer.tick(now):
+            self.peer.last_heard = now
+            self.register()
+        if self.lane_done and now - self.lane_told >= self.peer.heartbeat:
+            self.peer.send(Message(Kind.HEARTBEAT, self.lane_header()))  # busy with the master's too
 
     def receive(self, timeout: float) -> None:
         if self.lane is not None:
@@ -208,22 +227,25 @@ class Executor:
             for context, run in job_runs(msg.header, msg.payload):
                 self.tasks.extend((tid, (context, *frames), client) for tid, frames in run)
 
-    def run_next(self) -> None:
+    def run_next(self, now: float) -> float:
+        """Run the next task, queued at ``now``; return the time it ended."""
         tid, frames, *client = self.tasks.popleft()
         started = time.perf_counter()
         entry, payload = self.run_task(tid, frames, SLOT_MARK if client else tid)
         seconds = time.perf_counter() - started
+        now += seconds  # not a clock read per job: dear at 20,000 jobs a second
         entry.append(round(seconds, 6))
         if client:  # a lane's: straight back to its client, now
             self.answer_lane(client[0], entry, payload)
         else:
-            self.outbox.add(entry, payload, seconds)
-        if not self.tasks or self.outbox.due(seconds):
+            self.outbox.add(entry, payload, seconds, now)
+        if not self.tasks or self.outbox.due(seconds, now):
             self.flush()
         self._args = None
         # Nothing could be heard while the job ran: do not take that
         # silence for a dead master.
-        self.peer.last_heard = time.monotonic()
+        self.peer.last_heard = now
+        return now
 
     def answer_lane(self, client: bytes, entry: list, payload: list) -> None:
         assert self.lane is not None
@@ -314,18 +336,11 @@ class Executor:
                 pass
 
 
-def main(argv: Optional[list] = None) -> None:
-    """An executor, as its supervisor starts it (see ``Supervisor.spawn``).
-
-    Its flags are the supervisor's, not a user's: parsed here without the
-    CLI, whose imports (click and every launcher) would add a tenth of a
-    second to each executor's start, and to a cluster's.
-    """
+def _parser() -> Any:
+    """The flags ``Supervisor.executor_command`` gives: the supervisor's, not
+    a user's, so parsed without the CLI, whose imports (click and every
+    launcher) would add a tenth of a second to each executor's start."""
     import argparse
-
-    from ..cluster import cluster_dir
-    from ..logfiles import LEVELS, setup_logging
-    from ..security import client_keys
 
     parser = argparse.ArgumentParser(prog="python -m cw.executor",
                                      description="Run jobs for a cw worker. A worker (`cw worker`) "
@@ -341,7 +356,16 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--job-fd", type=int)
-    opts = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list] = None) -> None:
+    """An executor, as its supervisor starts it (see ``Supervisor.spawn``)."""
+    from ..cluster import cluster_dir
+    from ..logfiles import LEVELS, setup_logging
+    from ..security import client_keys
+
+    opts = _parser().parse_args(argv)
     # The supervisor passes its (checked) log file and level on in the environment.
     log_file = os.environ.get("CW_LOG_FILE")
     level = os.environ.get("CW_LOG_LEVEL", "").lower()
@@ -363,6 +387,3 @@ def main(argv: Optional[list] = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_term)
     executor.run()
-
-
-

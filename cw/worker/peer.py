@@ -23,16 +23,21 @@ def peer_header(capacity: int, **extra) -> dict:
 
 
 class Peer:
-    """A DEALER connection to the master with heartbeats both ways."""
+    """A DEALER connection to the master with heartbeats both ways.
+
+    ``clock`` stamps what is sent and heard (a test's fake clock); the
+    loop's turn passes its own reading of it to ``tick``.
+    """
 
     def __init__(self, address: str, identity: bytes, heartbeat: float, liveness: int,
-                 keys: Optional[Keys] = None) -> None:
+                 keys: Optional[Keys] = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.address = address
+        self.clock = clock
         self.keys = keys
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.sock, self.monitor = dealer(address, identity, keys)
-        self.last_sent = self.last_heard = time.monotonic()
+        self.last_sent = self.last_heard = clock()
         self.beat_header: Callable[[], dict] = dict  # what a HEARTBEAT says besides "alive"
 
     def send(self, msg: Message) -> None:
@@ -42,7 +47,7 @@ class Peer:
             send_frames(self.sock, msg.to_frames(), NOBLOCK)
         except zmq.Again:
             return
-        self.last_sent = time.monotonic()
+        self.last_sent = self.clock()
 
     def handshake_error(self) -> Optional[str]:
         """A failed handshake no retry can fix (keys refused, CURVE mismatch)."""
@@ -58,16 +63,15 @@ class Peer:
         elif not readable(self.sock):  # a poll builds a Poller: dearer
             return None
         frames = recv_frames(self.sock)
-        self.last_heard = time.monotonic()
+        self.last_heard = self.clock()
         try:
             return Message.from_frames(frames)
         except Exception as e:
             log.warning("bad message from master: %s", e)
             return None
 
-    def tick(self) -> bool:
-        """Heartbeat if due; False when the master has been silent too long."""
-        now = time.monotonic()
+    def tick(self, now: float) -> bool:
+        """Heartbeat if due at ``now``; False when the master has been silent too long."""
         if now - self.last_sent >= self.heartbeat:
             self.send(Message(Kind.HEARTBEAT, self.beat_header()))
         return now - self.last_heard < self.heartbeat * self.liveness

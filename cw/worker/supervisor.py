@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from ..protocol import SLOT_MARK, Kind, Message
 from ..security import Keys
@@ -45,27 +45,29 @@ class Supervisor:
     def __init__(self, host: str, port: int, procs: int = 1, *, heartbeat: float = 1.0,
                  liveness: int = 10, grace: float = 30.0, keys: Optional[Keys] = None,
                  cluster: str = "default", prefetch: int = 1, batch: int = 64,
-                 master_timeout: Optional[float] = None) -> None:
+                 master_timeout: Optional[float] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # a test's fake clock; every timing below reads it
         self.prefetch, self.batch = prefetch, batch
         # A master silent this long (counted from our start, so a head that
         # vanished before its first heartbeat counts too) is presumed gone
         # for good: the worker exits rather than outlive it (SSH launcher).
         self.master_timeout = master_timeout
-        self.heard_at = time.monotonic()
+        self.heard_at = clock()
         self.cluster = cluster
         self.exit_code = 0
         self.host, self.port, self.procs = host, port, procs
         self.address = f"tcp://{host}:{port}"
         self.grace = grace
         self.identity = b"s" + os.urandom(8)
-        self.peer = Peer(self.address, self.identity, heartbeat, liveness, keys)
+        self.peer = Peer(self.address, self.identity, heartbeat, liveness, keys, clock)
         self.slots: list[Optional[subprocess.Popen]] = [None] * procs
         self.ids: list[bytes] = [b""] * procs
         self.restart_at = [0.0] * procs
         self.failures = [0] * procs
         self.spawned_at = [0.0] * procs
         self.running: list[Optional[mmap.mmap]] = [None] * procs  # each executor's current task
-        self.stopping = False
+        self.started = self.stopping = False
         self.usage = Usage()  # CPU % and RSS of the executors, in each HEARTBEAT
         self.lane_seen: set[int] = set()  # executors running a lane's job at the last look
         self.lane_told: set[int] = set()  # those the master was told of
@@ -88,13 +90,17 @@ class Supervisor:
         word = self.running[i]
         return word is not None and int.from_bytes(word[:8], "little") == SLOT_MARK
 
-    def spawn(self, i: int) -> None:
+    def executor_command(self, ident: bytes) -> list[str]:
+        """How executor ``ident`` is started (``python -m cw.executor``)."""
+        return [sys.executable, "-m", "cw.executor", self.host, "--port", str(self.port),
+                "--executor", ident.hex(), "--supervisor", self.identity.hex(),
+                "--heartbeat", str(self.peer.heartbeat), "--liveness", str(self.peer.liveness),
+                "--cluster", self.cluster, "--prefetch", str(self.prefetch), "--batch", str(self.batch),
+                *(["--insecure"] if self.peer.keys is None else [])]
+
+    def spawn(self, i: int, now: float) -> None:
         ident = b"e" + os.urandom(8)
-        cmd = [sys.executable, "-m", "cw.executor", self.host, "--port", str(self.port),
-               "--executor", ident.hex(), "--supervisor", self.identity.hex(),
-               "--heartbeat", str(self.peer.heartbeat), "--liveness", str(self.peer.liveness),
-               "--cluster", self.cluster, "--prefetch", str(self.prefetch), "--batch", str(self.batch),
-               *(["--insecure"] if self.peer.keys is None else [])]
+        cmd = self.executor_command(ident)
         fd = _shared_word()
         if fd is not None:
             cmd += ["--job-fd", str(fd)]
@@ -107,7 +113,7 @@ class Supervisor:
             if fd is not None:
                 os.close(fd)
         self.ids[i] = ident
-        self.spawned_at[i] = time.monotonic()
+        self.spawned_at[i] = now
 
     def register(self) -> None:
         self.peer.send(Message(Kind.READY, peer_header(0, procs=self.procs)))
@@ -119,39 +125,47 @@ class Supervisor:
             self.shutdown()
 
     def loop(self) -> None:
-        self.register()
-        log.info("worker pid %d: %d executor(s) for %s", os.getpid(), self.procs, self.address)
         while not self.stopping:
-            self.check_children()
-            self.report_lanes()
-            msg = self.peer.recv(0.1)
-            if msg is not None:
-                self.heard_at = time.monotonic()
-            if self.master_lost():
-                log.error("no word from the master at %s for %g s (--master-timeout); exiting",
-                          self.address, self.master_timeout)
-                self.exit_code, self.stopping = 3, True
-            elif msg is not None and unknown_peer(msg):
-                self.register()
-            elif msg is not None and msg.kind is Kind.KILL:
-                self.kill(msg.header["executor"])
-            error = self.peer.handshake_error()
-            if error:
-                log.error("%s", error)
-                self.exit_code, self.stopping = 2, True
-            if not self.peer.tick():
-                self.peer.last_heard = time.monotonic()
-                self.register()
+            self.step(0.1)
 
-    def master_lost(self) -> bool:
-        return self.master_timeout is not None and time.monotonic() - self.heard_at > self.master_timeout
+    def step(self, timeout: float = 0.0, now: Optional[float] = None) -> None:
+        """One turn: register (the first), restart dead executors, wait up to
+        ``timeout`` for the master, obey it, heartbeat. ``now`` stands for
+        the clock (read before and after the wait when not given)."""
+        if not self.started:
+            self.started = True
+            self.register()
+            log.info("worker pid %d: %d executor(s) for %s", os.getpid(), self.procs, self.address)
+        self.check_children(self.clock() if now is None else now)
+        self.report_lanes()
+        msg = self.peer.recv(timeout)
+        now = self.clock() if now is None else now
+        if msg is not None:
+            self.heard_at = now
+        if self.master_lost(now):
+            log.error("no word from the master at %s for %g s (--master-timeout); exiting",
+                      self.address, self.master_timeout)
+            self.exit_code, self.stopping = 3, True
+        elif msg is not None and unknown_peer(msg):
+            self.register()
+        elif msg is not None and msg.kind is Kind.KILL:
+            self.kill(msg.header["executor"])
+        error = self.peer.handshake_error()
+        if error:
+            log.error("%s", error)
+            self.exit_code, self.stopping = 2, True
+        if not self.peer.tick(now):
+            self.peer.last_heard = now
+            self.register()
 
-    def check_children(self) -> None:
-        now = time.monotonic()
+    def master_lost(self, now: float) -> bool:
+        return self.master_timeout is not None and now - self.heard_at > self.master_timeout
+
+    def check_children(self, now: float) -> None:
         for i, proc in enumerate(self.slots):
             if proc is None:
                 if now >= self.restart_at[i]:
-                    self.spawn(i)
+                    self.spawn(i, now)
                 continue
             code = proc.poll()
             if code is None:
@@ -180,10 +194,10 @@ class Supervisor:
         live = [p for p in self.slots if p is not None and p.poll() is None]
         for proc in live:
             proc.terminate()  # an executor finishes its job, then leaves
-        deadline = time.monotonic() + self.grace
-        while any(p.poll() is None for p in live) and time.monotonic() < deadline:
+        deadline = self.clock() + self.grace
+        while any(p.poll() is None for p in live) and self.clock() < deadline:
             self.peer.recv(0.1)
-            self.peer.tick()  # still alive: the master must not presume us dead
+            self.peer.tick(self.clock())  # still alive: the master must not presume us dead
         for proc in live:
             if proc.poll() is None:
                 log.warning("executor pid %d still busy after %g s (--grace); its job goes back "

@@ -1,0 +1,221 @@
+"""The supervisor's and the executor's loops, driven one ``step()`` at a time
+over a fake clock, against a fake master (a ROUTER socket on loopback).
+
+Nothing sleeps: a message that should have come is polled for with a bound,
+and one that should not have come is ruled out by a marker the worker sends
+after the step in question (one connection keeps its messages in order).
+"""
+import signal
+import sys
+
+import pytest
+import zmq
+
+from cw.protocol import Kind, Message, Status, recv_frames, send_frames
+from cw.serialize import context_frame, dumps_call, loads_value
+from cw.worker import executor as executor_module
+from cw.worker.executor import Executor
+from cw.worker.supervisor import Supervisor
+
+T0 = 1000.0
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]  # an executor that does nothing
+
+
+class FakeClock:
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeMaster:
+    def __init__(self) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.address = f"tcp://127.0.0.1:{self.port}"
+
+    def recv(self, timeout: float = 10.0) -> Message:
+        assert self.sock.poll(int(timeout * 1000)), "the worker said nothing"
+        return Message.from_frames(recv_frames(self.sock)[1:])
+
+    def send(self, to: bytes, msg: Message) -> None:
+        send_frames(self.sock, [to, *msg.to_frames()])
+
+    def said(self, peer) -> list:
+        """The kinds of what ``peer`` sent since the last look (up to a marker it sends now)."""
+        peer.send(Message(Kind.STATUS))
+        kinds = []
+        while (kind := self.recv().kind) is not Kind.STATUS:
+            kinds.append(kind)
+        return kinds
+
+
+@pytest.fixture
+def master():
+    m = FakeMaster()
+    yield m
+    m.sock.close()
+
+
+@pytest.fixture
+def supervisor(master):
+    """A supervisor of ``procs`` sleepers (its own process groups, as executors'), on a fake clock."""
+    made = []
+
+    def make(procs: int = 1, **options) -> Supervisor:
+        sup = Supervisor("127.0.0.1", master.port, procs, keys=None, clock=FakeClock(), **options)
+        sup.executor_command = lambda ident: SLEEPER
+        made.append(sup)
+        return sup
+
+    yield make
+    for sup in made:
+        for proc in sup.slots:
+            if proc is not None:
+                proc.kill()
+                proc.wait(10)
+        for word in sup.running:
+            if word is not None:
+                word.close()
+        sup.peer.close()
+        assert all(p is None or p.returncode is not None for p in sup.slots)
+
+
+def test_the_supervisor_registers_on_its_first_step(master, supervisor):
+    sup = supervisor(procs=2)
+    sup.step()
+    ready = master.recv()
+    assert ready.kind is Kind.READY
+    assert ready.header["capacity"] == 0 and ready.header["procs"] == 2
+    assert all(proc is not None for proc in sup.slots)  # and starts its executors
+    sup.step()
+    assert master.said(sup.peer) == []  # once
+
+
+def test_the_supervisor_heartbeats_when_the_clock_says_so(master, supervisor):
+    sup = supervisor(heartbeat=1.0)
+    sup.step()
+    assert master.recv().kind is Kind.READY
+    sup.clock.t = T0 + 0.9
+    sup.step()
+    assert master.said(sup.peer) == []
+    sup.clock.t = T0 + 0.9 + 1.0  # a heartbeat after the marker, sent at T0 + 0.9
+    sup.step()
+    beat = master.recv()
+    assert beat.kind is Kind.HEARTBEAT
+    assert list(beat.header["stats"]) == [sup.ids[0].hex()]  # with its usage
+
+
+def test_a_silent_master_stops_the_supervisor_after_master_timeout(master, supervisor):
+    sup = supervisor(master_timeout=5.0)
+    sup.step()  # at T0: nothing heard yet, counted from the start
+    assert master.recv().kind is Kind.READY
+    sup.step(now=T0 + 4.0)
+    master.send(sup.identity, Message(Kind.HEARTBEAT))
+    sup.step(timeout=10.0, now=T0 + 4.0)  # heard at T0 + 4
+    sup.step(now=T0 + 9.0)
+    assert not sup.stopping
+    sup.step(now=T0 + 9.01)
+    assert sup.stopping and sup.exit_code == 3
+
+
+def test_without_master_timeout_a_supervisor_waits_forever(master, supervisor):
+    sup = supervisor(heartbeat=1.0, liveness=3)
+    sup.step()
+    assert master.recv().kind is Kind.READY
+    sup.step(now=T0 + 3600.0)
+    assert not sup.stopping
+    # Silent past its liveness, the master may have restarted: register again.
+    assert Kind.READY in master.said(sup.peer)
+
+
+def test_kill_kills_the_executor_and_its_death_reaches_the_master(master, supervisor):
+    sup = supervisor()
+    sup.step()
+    assert master.recv().kind is Kind.READY
+    proc, ident = sup.slots[0], sup.ids[0]
+    if sup.running[0] is not None:  # Linux: the executor's word says which job it runs
+        sup.running[0][:8] = (42).to_bytes(8, "little")
+    master.send(sup.identity, Message(Kind.KILL, {"executor": ident.hex()}))
+    sup.step(timeout=10.0)
+    assert proc.wait(10) == -signal.SIGKILL
+    sup.step()
+    died = master.recv()
+    assert died.kind is Kind.DIED
+    assert died.header["executor"] == ident.hex() and died.header["signal"] == signal.SIGKILL
+    assert died.header.get("job", 42) == 42
+    # It died at once after its start: restarted after a back-off, on the clock.
+    assert sup.slots[0] is None
+    sup.clock.t = T0 + 0.1
+    sup.step()
+    assert sup.slots[0] is None
+    sup.clock.t = T0 + 0.25
+    sup.step()
+    assert sup.slots[0] is not None and sup.ids[0] != ident
+
+
+@pytest.fixture
+def executor(master, monkeypatch):
+    monkeypatch.setenv("CW_LANES", "0")  # no lane socket: the master's tasks only
+    ex = Executor(master.address, b"e-step", "00", heartbeat=1.0, keys=None, clock=FakeClock())
+    yield ex
+    ex.peer.close()
+
+
+def task(*ids: int) -> Message:
+    calls = [f for i in ids for f in dumps_call(abs, (-i,), {})]
+    return Message(Kind.TASK, {"ids": list(ids)}, (context_frame(), *calls))
+
+
+def results(msg: Message) -> dict:
+    assert msg.kind is Kind.RESULT
+    frames = iter(msg.payload)
+    out = {}
+    for tid, status, _error, n, _seconds in msg.header["results"]:
+        assert status == Status.OK.value
+        out[tid] = loads_value([next(frames) for _ in range(n)])
+    return out
+
+
+def test_the_executor_runs_a_task_and_sends_its_result(master, executor):
+    executor.step(timeout=0)
+    ready = master.recv()
+    assert ready.kind is Kind.READY and ready.header["capacity"] == 2
+    master.send(b"e-step", task(7))
+    executor.step(timeout=10.0)  # waits for the task, then runs it
+    assert results(master.recv()) == {7: 7}
+    assert not executor.tasks
+
+
+def test_the_executor_heartbeats_when_the_clock_says_so(master, executor):
+    executor.step(timeout=0)
+    assert master.recv().kind is Kind.READY
+    executor.clock.t = T0 + 0.9
+    executor.step(timeout=0)
+    assert master.said(executor.peer) == []
+    executor.clock.t = T0 + 0.9 + 1.0
+    executor.step(timeout=0)
+    assert master.recv().kind is Kind.HEARTBEAT
+
+
+def test_between_queued_tasks_the_master_is_heard_when_the_clock_says_so(master, executor, monkeypatch):
+    monkeypatch.setattr(executor_module, "LISTEN_SECONDS", 10.0)  # far beyond a job's length
+    executor.step(timeout=0)
+    assert master.recv().kind is Kind.READY
+    master.send(b"e-step", task(1, 2, 3))
+    executor.step(timeout=10.0, now=T0)  # hears the task, runs job 1
+    master.send(b"e-step", task(4))
+    assert executor.peer.sock.poll(10_000)  # job 4 waits at the executor's door
+    executor.step(now=T0 + 9.0)  # runs job 2, does not listen
+    assert [t[0] for t in executor.tasks] == [3]
+    executor.step(now=T0 + 10.0)  # listens, then runs job 3
+    assert [t[0] for t in executor.tasks] == [4]
+    executor.step(now=T0 + 10.0)
+    done: dict = {}
+    while len(done) < 4:
+        msg = master.recv()
+        if msg.kind is not Kind.HEARTBEAT:  # the clock jumped by heartbeats
+            done.update(results(msg))
+    assert done == {1: 1, 2: 2, 3: 3, 4: 4}
