@@ -30,19 +30,10 @@ import zmq
 
 from .. import shm
 from ..errors import CWError, JobRejectedError
-from ..protocol import (
-    NOBLOCK,
-    SLOT_MARK,
-    Kind,
-    Message,
-    Status,
-    job_runs,
-    readable,
-    recv_frames,
-    send_frames,
-)
+from ..protocol import SLOT_MARK, Kind, Message, Result, Status, job_runs
 from ..security import Keys
 from ..serialize import dumps_error, dumps_value, loads_call
+from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from . import joblog, lane
 from .peer import Peer, peer_header, unknown_peer
 
@@ -59,7 +50,7 @@ class _Outbox:
         self.size = 0
         self.since = 0.0
 
-    def add(self, entry: list, frames: list, seconds: float, now: float) -> None:
+    def add(self, entry: Result, frames: list, seconds: float, now: float) -> None:
         if not self.entries:
             self.since = now
         self.entries.append(entry)
@@ -77,6 +68,8 @@ class _Outbox:
 
 
 _OK = Status.OK.value  # an Enum's .value is a property: dear per job
+_ERROR = Status.ERROR.value
+_UNREACHABLE = Status.UNREACHABLE.value
 HOLD_SECONDS = 0.002  # a result waits for the next job only after a job this short
 LISTEN_SECONDS = 0.05  # between queued tasks, the master is heard at least this often
 
@@ -231,10 +224,10 @@ class Executor:
         """Run the next task, queued at ``now``; return the time it ended."""
         tid, frames, *client = self.tasks.popleft()
         started = time.perf_counter()
-        entry, payload = self.run_task(tid, frames, SLOT_MARK if client else tid)
+        status, error, payload = self.run_task(tid, frames, SLOT_MARK if client else tid)
         seconds = time.perf_counter() - started
         now += seconds  # not a clock read per job: dear at 20,000 jobs a second
-        entry.append(round(seconds, 6))
+        entry = Result(tid, status, error, len(payload), round(seconds, 6))
         if client:  # a lane's: straight back to its client, now
             self.answer_lane(client[0], entry, payload)
         else:
@@ -247,15 +240,15 @@ class Executor:
         self.peer.last_heard = now
         return now
 
-    def answer_lane(self, client: bytes, entry: list, payload: list) -> None:
+    def answer_lane(self, client: bytes, entry: Result, payload: list) -> None:
         assert self.lane is not None
         try:
             send_frames(self.lane, [client, *Message(Kind.RESULTS, {"results": [entry]},
                                                      tuple(payload)).to_frames()], NOBLOCK)
         except zmq.ZMQError as e:  # the client is gone: nobody waits for it
-            log.debug("a lane result for job %s not sent: %s", entry[0], e)
+            log.debug("a lane result for job %s not sent: %s", entry.id, e)
         self.lane_done += 1
-        self.lane_failed += entry[1] != _OK
+        self.lane_failed += entry.status != _OK
 
     def flush(self) -> None:
         if self.outbox.entries:
@@ -297,9 +290,9 @@ class Executor:
             return pid
         return None
 
-    def run_task(self, tid: int, frames: tuple, mark: int) -> tuple[list, list]:
-        """Run one job; return its RESULT entry and payload frames. ``mark``:
-        what the job slot says while it runs (its id, or a lane job's mark)."""
+    def run_task(self, tid: int, frames: tuple, mark: int) -> tuple[str, Optional[str], list]:
+        """Run one job; return its status, error summary and payload frames.
+        ``mark``: what the job slot says while it runs (its id, or a lane job's mark)."""
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
         old_path = sys.path[:]
         if self.slot is not None:
@@ -311,7 +304,11 @@ class Executor:
             except OSError as e:
                 log.warning("job %s: cannot enter the client's directory: %s", tid, e)
             sys.path[:] = self.job_path(ctx["path"], old_path)
-            func, args, kwargs = loads_call(frames[1:])
+            try:
+                func, args, kwargs = loads_call(frames[1:])
+            except shm.DataUnreachable as exc:  # its data is in another host's memory, or gone
+                frame, summary = dumps_error(exc)
+                return _UNREACHABLE, summary, [frame]  # its client sends it again inline
             # Unmapping a big shared-memory argument takes milliseconds: not
             # before the result is on its way.
             self._args = args, kwargs
@@ -321,10 +318,10 @@ class Executor:
                 raise JobRejectedError(
                     f"the job's result is {size} bytes, over the master's --max-message-size "
                     f"{self.max_message_size}; write big results to files instead")
-            return [tid, _OK, None, len(value)], value
+            return _OK, None, value
         except BaseException as exc:  # a job's failure, whatever it is, is its result
             frame, summary = dumps_error(exc)
-            return [tid, Status.ERROR.value, summary, 1], [frame]
+            return _ERROR, summary, [frame]
         finally:
             joblog.set_job(None)
             if self.slot is not None:

@@ -82,11 +82,11 @@ def test_a_refusal_is_heard_between_queued_tasks(scripted):
         while first.kind is Kind.READY:  # run() registers first
             first = master.recv()
         assert first.kind is Kind.RESULT  # a job ran: the batch is under way
-        ran += [e[0] for e in first.header["results"]]
+        ran += [e.id for e in first.header["results"]]
         master.forget()
         for msg in master.messages(3.0):
             if msg.kind is Kind.RESULT:
-                ran += [e[0] for e in msg.header["results"]]
+                ran += [e.id for e in msg.header["results"]]
         assert ran == ids[:len(ran)]  # in order
         assert len(ran) < len(ids) // 2, json.dumps(ran)
     finally:

@@ -173,9 +173,9 @@ def results(msg: Message) -> dict:
     assert msg.kind is Kind.RESULT
     frames = iter(msg.payload)
     out = {}
-    for tid, status, _error, n, _seconds in msg.header["results"]:
-        assert status == Status.OK.value
-        out[tid] = loads_value([next(frames) for _ in range(n)])
+    for result in msg.header["results"]:
+        assert result.status == Status.OK.value
+        out[result.id] = loads_value([next(frames) for _ in range(result.frames)])
     return out
 
 
