@@ -6,9 +6,9 @@ import time
 import pytest
 import zmq
 
-from cw.worker.executor import Executor
 from cw.protocol import ErrorCode, Kind, Message, recv_frames, send_frames
 from cw.serialize import context_frame, dumps_call
+from cw.worker.executor import Executor
 
 
 class ScriptedMaster:

@@ -6,8 +6,8 @@ import pytest
 from test_master import PEER, Peer, client, run, running_master, submit
 
 from cw import lanes, shm
-from cw.worker import lane
 from cw.protocol import Kind
+from cw.worker import lane
 
 LANE = f"ipc://{shm.ROOT}/cw-lanes-{os.getuid()}/lane-1"
 

@@ -6,8 +6,8 @@ import pytest
 import zmq
 
 from cw.master import Master
-from cw.protocol import MAGIC, ErrorCode, Kind, Message, Status, job_runs, versions
 from cw.master.scheduler import ANNOUNCE_AFTER
+from cw.protocol import MAGIC, ErrorCode, Kind, Message, Status, job_runs, versions
 
 PEER = {"host": "test", "pid": 1, **versions()}
 

@@ -11,11 +11,11 @@ import pytest
 from test_master import PEER, Peer, client, executor, running_master, submit
 
 from cw import logfiles
-from cw.worker import joblog
 from cw.master.monitor import WINDOW, Throughput, parse_stats
-from cw.worker.usage import Usage
 from cw.protocol import Kind
 from cw.view import render
+from cw.worker import joblog
+from cw.worker.usage import Usage
 
 
 def test_throughput_counts_each_second_and_forgets_after_a_minute():
