@@ -2,10 +2,12 @@
 
 ``ClusterExecutor`` (a ``concurrent.futures.Executor``) and ``ClientThread``
 (the original's callback API) both stand on ``IOCore``, one background
-thread that owns the socket to the master (``cw.client.iocore``); lanes
-(``cw.client.lane``) and the progress bar (``cw.client.progress``) are
-its other parts. ``cw.client.ClusterExecutor``, ``cw.client.ClientThread``
-and ``cw.client.RemoteException`` are the original's public paths.
+thread that owns the socket to the master (``cw.client.iocore``), made of
+the link to the master (``cw.client.link``), the jobs it holds
+(``cw.client.jobs``) and the lanes it was lent (``cw.client.lane``); the
+progress bar (``cw.client.progress``) is its other part.
+``cw.client.ClusterExecutor``, ``cw.client.ClientThread`` and
+``cw.client.RemoteException`` are the original's public paths.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Clients: ``ClusterExecutor`` (concurrent.futures) and ``ClientThread`` (callbacks).
 
-Both stand on one I/O core (``cw.iocore``): a background thread owning the
+Both stand on one I/O core (``cw.client.iocore``): a background thread owning the
 master socket. Pickling happens in the caller's thread, so an unpicklable
 function or argument raises at ``submit``; results are unpickled in the I/O
 thread and handed to futures or callbacks.

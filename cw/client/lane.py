@@ -1,12 +1,13 @@
-"""A client's end of a lane it was lent (see ``cw.lanes`` for the whole picture)."""
+"""A client's ends of the lanes it was lent (see ``cw.lanes`` for the whole picture)."""
 from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import zmq
 
+from .. import lanes
 from ..errors import ProtocolError
 from ..protocol import NOBLOCK, Kind, Message, readable, recv_frames, send_frames
 
@@ -82,3 +83,81 @@ class Lane:
         self.sock.disable_monitor()
         self.monitor.close(linger=0)
         self.sock.close(linger=0)
+
+
+class Lanes:
+    """The lanes lent to a client: the last may be open to new jobs, the
+    others only bring back the jobs still in them. Runs under the I/O core's lock."""
+
+    def __init__(self, poller: zmq.Poller) -> None:
+        self.poller = poller  # the I/O core's: each lane's socket and monitor join it
+        self.held: list[Lane] = []
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def current(self) -> Optional[Lane]:
+        """The lane new jobs may take, if it is connected and still lent."""
+        lent = self.held[-1] if self.held else None
+        return lent if lent is not None and lent.usable() else None
+
+    def inflight(self) -> frozenset:
+        return frozenset().union(*(x.inflight for x in self.held))
+
+    def carrying(self, jid: int) -> Optional[Lane]:
+        return next((x for x in self.held if jid in x.inflight), None)
+
+    def readable(self) -> bool:
+        return any(readable(x.sock) for x in self.held)
+
+    def lease(self, header: dict) -> None:
+        """The master lends us a lane, or (no lane) takes ours back."""
+        self.shut()
+        address = header.get("lane")
+        if address is None:
+            return
+        if not lanes.valid_address(address):
+            log.warning("ignored a lease of a lane outside this user's directory: %s", address)
+            return
+        x = Lane(address, header.get("worker") or "")
+        for fd in x.fds:
+            self.poller.register(fd, zmq.POLLIN)
+        self.held.append(x)
+
+    def shut(self) -> None:
+        """No new job down any lane we hold; those in flight still come back there."""
+        for x in self.held:
+            x.open = False
+
+    def drain(self, on_results: Callable[[Message], None],
+              on_stranded: Callable[[list], None]) -> None:
+        """Results from the lanes to ``on_results``; a lane that closed has its
+        jobs handed to ``on_stranded`` (to go through the master); a lane taken
+        back is closed once it is empty."""
+        for x in list(self.held):
+            alive = True
+            for msg in x.receive():
+                if msg.kind is Kind.RESULTS:
+                    x.inflight.difference_update(entry[0] for entry in msg.header["results"])
+                    on_results(msg)
+                elif msg.kind is Kind.ERROR:
+                    log.warning("a lane refused our job: %s", msg.header["error"])
+                    alive = False
+            alive = x.alive() and alive
+            if alive and (x.open or x.inflight):
+                continue
+            if not alive and x.inflight:
+                log.info("a lane closed with %d job(s) in it: sending them through the master",
+                         len(x.inflight))
+                on_stranded(list(x.inflight))
+            self.drop(x)
+
+    def drop(self, x: Lane) -> None:
+        for fd in x.fds:
+            self.poller.unregister(fd)
+        x.close()
+        self.held.remove(x)
+
+    def close(self) -> None:
+        for x in list(self.held):
+            self.drop(x)

@@ -98,7 +98,7 @@ def test_an_executor_without_our_shared_memory_gets_the_data_inline(procs, caplo
     procs.observe()
     wait_workers(port, 1)
     data = numpy.arange(MIB, dtype=numpy.int64)
-    with caplog.at_level(logging.INFO, logger="cw.client.iocore"):
+    with caplog.at_level(logging.INFO, logger="cw.client.jobs"):
         with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
             assert ex._core.shared
             back = ex.submit(jobs.scale_in_place, data, 2).result(30)

@@ -1,0 +1,123 @@
+"""The jobs a client holds until their results arrive: the client is the source of truth.
+
+``HeldJobs`` keeps every unfinished job's frames (``pending``), so that any
+reconnect or closed lane can send them again, and takes in RESULTS: a
+duplicate is dropped, a job whose executor could not map its shared memory
+is sent again (``bounce``), the others wait in ``delivering`` until the I/O
+core hands them to ``on_result`` outside its lock. It also owns the shared
+memory files of the jobs held: released once a result is handed over, or
+the job cancelled or failed. Runs under the I/O core's lock, but ``deliver``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from itertools import islice
+from typing import Callable, Iterable, Iterator, Optional
+
+from .. import shm
+from ..protocol import STATUSES, Message, Status
+from .link import MasterLink
+
+log = logging.getLogger(__name__)
+
+# on_result(job id, status, payload frames, error[, seconds it ran[, worker]]):
+# the error is the master's text for a failed job, or an exception when the
+# client gave up; the worker is named when no STARTED did (a quick job).
+ResultHandler = Callable[..., None]
+
+
+class HeldJobs:
+    def __init__(self, link: MasterLink, on_result: ResultHandler) -> None:
+        self.link = link
+        self.on_result = on_result
+        self.pending: dict[int, tuple] = {}  # id -> (payload frames, SUBMIT options)
+        self.delivering: deque = deque()  # results of this turn, for on_result after it
+        # Big arguments go through shared memory until an executor cannot map them.
+        self.shared = shm.host_key() is not None
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def hold(self, jid: int, payload: tuple, options: dict) -> None:
+        self.pending[jid] = (payload, options)
+
+    def drop(self, jid: int) -> bool:
+        """Forget a cancelled job (its files go); False if none was held."""
+        held = self.pending.pop(jid, None)
+        if held is None:
+            return False
+        shm.release(held[0])
+        return True
+
+    def held(self, ids: Optional[Iterable[int]] = None, but: frozenset = frozenset()) -> Iterator[tuple]:
+        """``(id, payload, options)`` of the jobs held (of ``ids`` only, if given), but ``but``."""
+        for jid in self.pending if ids is None else ids:
+            if jid in self.pending and jid not in but:
+                yield (jid, *self.pending[jid])
+
+    def take(self, msg: Message) -> None:
+        """A RESULTS message from the master or a lane."""
+        frames = iter(msg.payload)
+        for jid, status, error, nframes, *extra in msg.header["results"]:
+            payload = tuple(islice(frames, nframes))
+            held = self.pending.pop(jid, None)
+            if held is None:  # a duplicate: drop it
+                shm.discard(payload)
+            elif status == Status.ERROR.value and shm.bounced(error, held[0]):
+                self.bounce(jid, *held)
+                shm.discard(payload)
+            else:
+                self.delivering.append((jid, status, payload, error, extra, held[0]))
+
+    def bounce(self, jid: int, payload: tuple, options: dict) -> None:
+        """Resend a job whose executor could not map its shared memory.
+
+        Files still here: that executor cannot see them (another host or
+        container), so the bytes go in the message, and later jobs' too.
+        Files gone: an executor of this host claimed them for an earlier run
+        of the job (it died, the job was requeued): fresh files, then.
+        """
+        if shm.unclaimed(payload):
+            if self.shared:
+                log.info("an executor cannot reach this client's shared memory (another "
+                         "host or container): big arguments travel through the master")
+                self.shared = False
+            again = tuple(shm.inline(f) for f in payload)
+        else:
+            again = tuple(shm.reissue(f, os.getpid()) for f in payload)
+        shm.release(payload)
+        self.pending[jid] = (again, options)
+        self.link.send_jobs([(jid, again, options)])
+
+    def deliver_next(self) -> bool:
+        """Hand one result of the turn to ``on_result`` (without the lock: a
+        user thread woken by it can send its next job at once); False: none left."""
+        if not self.delivering:
+            return False
+        jid, status, payload, error, extra, sent = self.delivering.popleft()
+        self.on_result(jid, STATUSES[status], payload, error, *extra)
+        # After the handler: freeing a big file takes milliseconds.
+        shm.release(sent)
+        shm.discard(payload)  # result files the handler did not take
+        return True
+
+    def undeliver(self) -> None:
+        """Hold again the results not handed over (a handler failed), to fail them."""
+        while self.delivering:
+            jid, _, result, _, _, sent = self.delivering.popleft()
+            self.pending[jid] = (sent, None)
+            shm.discard(result)
+
+    def fail(self, error: Exception) -> None:
+        """Fail every job held (results received this turn are still handed over)."""
+        pending, self.pending = self.pending, {}
+        for jid, (payload, _) in pending.items():
+            shm.release(payload)
+            self.on_result(jid, Status.LOST, (), error)
+
+    def release(self) -> None:
+        """At shutdown: free the files of the jobs still held."""
+        for payload, _ in self.pending.values():
+            shm.release(payload)
