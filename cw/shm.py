@@ -250,18 +250,10 @@ def _write(path: str, view: memoryview, flags: int, truncate: bool = False) -> N
         os.close(fd)
 
 
-_BOUNCE = f"{DataUnreachable.__module__}.{DataUnreachable.__qualname__}:"
-
-
-def unreachable(error: Optional[str]) -> bool:
-    """Whether a failed job's error text says its executor could not map its data."""
-    return bool(error and error.startswith(_BOUNCE))
-
-
-def bounced(error: Optional[str], sent: Iterable[Any]) -> bool:
-    """Whether a job failed because its executor could not map the data it
-    was ``sent`` in shared memory (not because the job raised the same)."""
-    return unreachable(error) and any(isinstance(f, Ref) for f in sent)
+def bounced(sent: Iterable[Any]) -> bool:
+    """Whether a job that came back UNREACHABLE (its executor could not map
+    its data) was ``sent`` with data in shared memory, to send again inline."""
+    return any(isinstance(f, Ref) for f in sent)
 
 
 def is_ref(frame: Any) -> bool:

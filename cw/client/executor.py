@@ -57,7 +57,7 @@ def _outcome(status: Status, payload: tuple, error: Union[str, BaseException, No
             return True, loads_value(payload)
         except Exception as e:
             return False, RemoteException(f"cannot unpickle the result of job {jobid!r}: {e!r}", jobid)
-    if status is Status.ERROR:
+    if status is Status.ERROR or status is Status.UNREACHABLE:
         if not payload:  # refused by the master itself: nothing ran
             return False, JobRejectedError(f"job {jobid!r} refused by the master: {error}")
         return False, loads_error(payload[0], jobid)

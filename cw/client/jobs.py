@@ -20,6 +20,8 @@ from .. import shm
 from ..protocol import STATUSES, Message, Status
 from .link import MasterLink
 
+_UNREACHABLE = Status.UNREACHABLE.value  # an Enum's .value is a property: dear per result
+
 log = logging.getLogger(__name__)
 
 # on_result(job id, status, payload frames, error[, seconds it ran[, worker]]):
@@ -60,16 +62,16 @@ class HeldJobs:
     def take(self, msg: Message) -> None:
         """A RESULTS message from the master or a lane."""
         frames = iter(msg.payload)
-        for jid, status, error, nframes, *extra in msg.header["results"]:
-            payload = tuple(islice(frames, nframes))
-            held = self.pending.pop(jid, None)
+        for result in msg.header["results"]:
+            payload = tuple(islice(frames, result.frames))
+            held = self.pending.pop(result.id, None)
             if held is None:  # a duplicate: drop it
                 shm.discard(payload)
-            elif status == Status.ERROR.value and shm.bounced(error, held[0]):
-                self.bounce(jid, *held)
+            elif result.status == _UNREACHABLE and shm.bounced(held[0]):
+                self.bounce(result.id, *held)
                 shm.discard(payload)
             else:
-                self.delivering.append((jid, status, payload, error, extra, held[0]))
+                self.delivering.append((result, payload, held[0]))
 
     def bounce(self, jid: int, payload: tuple, options: dict) -> None:
         """Resend a job whose executor could not map its shared memory.
@@ -96,8 +98,8 @@ class HeldJobs:
         user thread woken by it can send its next job at once); False: none left."""
         if not self.delivering:
             return False
-        jid, status, payload, error, extra, sent = self.delivering.popleft()
-        self.on_result(jid, STATUSES[status], payload, error, *extra)
+        result, payload, sent = self.delivering.popleft()
+        self.on_result(result.id, STATUSES[result.status], payload, result.error, result.ran, result.worker)
         # After the handler: freeing a big file takes milliseconds.
         shm.release(sent)
         shm.discard(payload)  # result files the handler did not take
@@ -106,8 +108,8 @@ class HeldJobs:
     def undeliver(self) -> None:
         """Hold again the results not handed over (a handler failed), to fail them."""
         while self.delivering:
-            jid, _, result, _, _, sent = self.delivering.popleft()
-            self.pending[jid] = (sent, None)
+            result, payload, sent = self.delivering.popleft()
+            self.pending[result.id] = (sent, None)
             shm.discard(result)
 
     def fail(self, error: Exception) -> None:

@@ -138,7 +138,7 @@ class Lanes:
             alive = True
             for msg in x.receive():
                 if msg.kind is Kind.RESULTS:
-                    x.inflight.difference_update(entry[0] for entry in msg.header["results"])
+                    x.inflight.difference_update(entry.id for entry in msg.header["results"])
                     on_results(msg)
                 elif msg.kind is Kind.ERROR:
                     log.warning("a lane refused our job: %s", msg.header["error"])

@@ -219,3 +219,27 @@ def test_between_queued_tasks_the_master_is_heard_when_the_clock_says_so(master,
         if msg.kind is not Kind.HEARTBEAT:  # the clock jumped by heartbeats
             done.update(results(msg))
     assert done == {1: 1, 2: 2, 3: 3, 4: 4}
+
+
+def _raise_unreachable():
+    from cw.shm import DataUnreachable
+
+    raise DataUnreachable("raised by the job itself")
+
+
+def test_only_data_an_executor_cannot_map_comes_back_unreachable(executor):
+    """UNREACHABLE (the client then sends the data inline) means the job's own
+    shared-memory data could not be mapped; a job that raises the same error
+    itself fails as any job does."""
+    import numpy
+
+    from cw import shm
+
+    frames = dumps_call(len, (numpy.zeros(shm.SHARE_FROM, dtype=numpy.uint8),), {}, shared=True)
+    assert isinstance(frames[1], shm.Ref)
+    gone = b"cw-shm:cw-1-2-" + b"0" * 32  # a well-formed reference to no file
+    status, _, _ = executor.run_task(1, (context_frame(), frames[0], gone), 1)
+    shm.release(frames)
+    assert status == Status.UNREACHABLE.value
+    status, error, _ = executor.run_task(2, (context_frame(), *dumps_call(_raise_unreachable, (), {})), 2)
+    assert status == Status.ERROR.value and "raised by the job itself" in error
