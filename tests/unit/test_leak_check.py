@@ -110,8 +110,9 @@ def test_what_another_session_leaves_is_not_this_tests(home, tmp_path, reaped):
         wait_for(lambda: sock.name in str(leaks._looked_at), what="the watcher to look")
         theirs.kill()
         theirs.wait(10)
+        # Nor does it remove them (not asserted: that session's next cw
+        # process may sweep them any moment, as cw.shm and cw.lane do).
         assert leaks.check() == []
-        assert sock.exists() and os.path.exists(file)  # theirs to clean, not ours
     finally:
         sock.unlink(missing_ok=True)
         Path(file).unlink(missing_ok=True)
