@@ -1,10 +1,13 @@
 """Fixtures that start real cw processes on 127.0.0.1 and always clean them up."""
 from __future__ import annotations
 
+import gc
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,9 +31,203 @@ def wait_for(check, timeout=20.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+# -- leaks: what a test left behind once the fixtures cleaned up -------------
+# Every fixture that starts cw processes goes through ``cw_home``, which
+# snapshots /dev/shm before the test and asks ``Leaks.check`` after every
+# other fixture of the test tore down (``leaks`` is set up first, so torn
+# down last). Whatever is found is removed, so one leak fails one test.
+CW_MODULES = ("cw.master", "cw.worker", "cw.executor", "cw.cli")
+EXIT_GRACE = 10.0  # seconds a process of the test's cluster may still take to exit
+
+
+def _pid_namespace(pid: int | str = "self") -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def is_cw_command(cmdline: list[str]) -> bool:
+    """``python -m cw.<entry point> ...``, ``mp.py`` or the ``cw`` script."""
+    script = Path(cmdline[1]).name if len(cmdline) > 1 else ""
+    return script in ("mp.py", "cw") or any(a in CW_MODULES for a in cmdline)
+
+
+def describe(p: psutil.Process) -> str:
+    try:
+        return f"pid {p.pid}: {' '.join(p.cmdline())}"
+    except psutil.Error:
+        return f"pid {p.pid} (gone)"
+
+
+def cw_processes(home: Path) -> list[psutil.Process]:
+    """Live cw processes of this user and pid namespace whose environment
+    names ``home`` as CW_HOME: a cluster of this test's, however it started
+    (a launcher, cw.start, a job's own client)."""
+    found = []
+    ns, uid = _pid_namespace(), os.getuid()
+    for p in psutil.process_iter(["cmdline", "uids", "status"]):
+        try:
+            if (p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE
+                    or p.info["uids"].real != uid or not is_cw_command(p.info["cmdline"] or [])
+                    or _pid_namespace(p.pid) != ns):  # a container's cw is its own
+                continue
+            if p.environ().get("CW_HOME") == str(home):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    def running(p):
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+    return [p for p in procs if running(p)]
+
+
+def shm_files() -> dict[str, int]:
+    """cw's job and spare files in /dev/shm of this user and pid namespace:
+    name -> the pid it is named after (the process that must remove it)."""
+    from cw import shm
+
+    ns, found = _pid_namespace(), {}
+    try:
+        entries = list(os.scandir(shm.ROOT))
+    except OSError:
+        return {}
+    for e in entries:
+        m = shm._ANY.fullmatch(e.name)
+        try:
+            if m and int(m.group(1)) == ns and e.stat(follow_symlinks=False).st_uid == os.getuid():
+                found[e.path] = int(m.group(2))
+        except OSError:
+            pass
+    return found
+
+
+def lane_sockets() -> dict[str, int]:
+    """The lane sockets of executors of this pid namespace: path -> pid."""
+    from cw import lane, shm
+
+    directory, ns, found = Path(shm.ROOT) / f"cw-lanes-{os.getuid()}", _pid_namespace(), {}
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return {}
+    for path in entries:
+        m = lane._SOCKET.fullmatch(path.name)
+        if m and int(m.group(1)) == ns:
+            found[str(path)] = int(m.group(2))
+    return found
+
+
+def uses_home(pid: int, home: Path) -> bool:
+    try:
+        return psutil.Process(pid).environ().get("CW_HOME") == str(home)
+    except psutil.Error:
+        return False
+
+
+class Leaks:
+    """Notes what exists before a test; ``check`` reports (and removes)
+    what the test left: processes of its cluster alive after the fixtures'
+    cleanup, cw files in /dev/shm, lane sockets of dead executors.
+
+    Files and sockets are named after a pid, and other sessions of this
+    user share /dev/shm: one is this test's if the process it names ran
+    with this test's CW_HOME. A dead process's environment tells nothing,
+    so a watcher thread looks at each new name while its process lives.
+    """
+
+    WATCH_EVERY = 0.05  # seconds; an executor that lives less goes unseen (a leak missed, none made up)
+
+    def __init__(self, home: Path, exit_grace: float = EXIT_GRACE) -> None:
+        self.home, self.exit_grace = home, exit_grace
+        self.survivors: list[psutil.Process] = []  # what Processes.cleanup could not kill
+        self.killed: set[int] = set()  # pids the fixtures (or the test, on purpose) killed
+        self.ours: set[int] = {os.getpid()}  # pids of this test: the files named after them are its
+        self.files = set(shm_files())
+        self.sockets = set(lane_sockets())
+        self._looked_at = self.files | self.sockets  # each name's process is looked at once
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="cw-leak-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.WATCH_EVERY):
+            self.attribute()
+
+    def attribute(self) -> None:
+        """Note as ours the live processes new files and sockets are named after."""
+        for path, pid in {**shm_files(), **lane_sockets()}.items():
+            if path not in self._looked_at:
+                self._looked_at.add(path)
+                if uses_home(pid, self.home):
+                    self.ours.add(pid)
+
+    def check(self) -> list[str]:
+        self._stop.set()
+        self._watcher.join()
+        self.attribute()
+        leaked = [f"process survived the fixture's kill: {describe(p)}" for p in self.survivors]
+        # A cluster the test left running (a launcher's, cw.start's), or
+        # processes still going down: each gets EXIT_GRACE to exit by itself.
+        reported = {p.pid for p in self.survivors}
+        strays = [p for p in cw_processes(self.home) if p.pid not in reported]
+        self.ours.update(p.pid for p in strays)
+        _, still = psutil.wait_procs(strays, timeout=self.exit_grace)
+        for p in still:
+            leaked.append(f"cw process of this test's CW_HOME still running: {describe(p)}")
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+            self.killed.add(p.pid)
+        psutil.wait_procs(still, timeout=self.exit_grace)
+        # This process's own spares are a cache of its client, kept on
+        # purpose (cw.shm); results a test still held are freed by now.
+        gc.collect()
+        from cw import shm
+
+        shm.drop_spares()
+        for path, owner in shm_files().items():
+            if path in self.files or owner not in self.ours:
+                continue
+            if owner not in self.killed:  # a process killed mid-flight cannot remove its files
+                leaked.append(f"shared-memory file left (named after pid {owner}): {path}")
+            _unlink(path)
+        for path, pid in lane_sockets().items():
+            if path in self.sockets or pid not in self.ours or psutil.pid_exists(pid):
+                continue  # a live executor's: if ours, reported above
+            if pid not in self.killed:
+                leaked.append(f"lane socket left by executor pid {pid}, which ended: {path}")
+            _unlink(path)
+        return leaked
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 @pytest.fixture
-def cw_home(tmp_path, monkeypatch):
-    home = tmp_path / "cwhome"
+def leaks(tmp_path):
+    """Fails the test (an error at teardown) that left something behind."""
+    check = Leaks(tmp_path / "cwhome")
+    yield check
+    leaked = check.check()
+    if leaked:
+        pytest.fail("the test leaked:\n  " + "\n  ".join(leaked), pytrace=False)
+
+
+@pytest.fixture
+def cw_home(leaks, monkeypatch):
+    home = leaks.home
     monkeypatch.setenv("CW_HOME", str(home))
     for var in ("CW_CLUSTER", "CW_PORT", "CW_MASTER_ADDRESS", "CW_INSECURE"):
         monkeypatch.delenv(var, raising=False)
@@ -47,6 +244,7 @@ class Processes:
         self.home = home
         self.popens: list[subprocess.Popen] = []
         self.seen: dict[int, float] = {}  # every pid ever observed in our trees
+        self.killed: list[int] = []  # the pids cleanup found alive and killed
 
     def spawn(self, *args: str) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.DEVNULL)
@@ -83,8 +281,8 @@ class Processes:
             except psutil.Error:
                 pass
 
-    def cleanup(self) -> list[int]:
-        """Kill every tree we started; return pids that were still alive."""
+    def cleanup(self) -> list[psutil.Process]:
+        """Kill every tree we started; return what is still alive after."""
         self.observe()
         procs = []
         for pid, created in self.seen.items():
@@ -99,24 +297,25 @@ class Processes:
                 p.kill()
             except psutil.Error:
                 pass
+        self.killed = [p.pid for p in procs]
         psutil.wait_procs(procs, timeout=10)
         for popen in self.popens:
             try:
                 popen.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-        from cw import shm
-
-        if shm.host_key() is not None:  # what killed executors claimed: no exit of theirs removed it
-            shm.sweep(shm._cached[1])
-        return [p.pid for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        return alive(procs)
 
 
 @pytest.fixture
-def procs(cw_home):
+def procs(cw_home, leaks):
     ps = Processes(cw_home)
     yield ps
-    ps.cleanup()
+    leaks.survivors += ps.cleanup()
+    # Files and lane sockets of what the kill ended are its own to remove
+    # (leaks.check does); those of processes that ended otherwise are not.
+    leaks.killed.update(ps.killed)
+    leaks.ours.update(ps.seen)
 
 
 @pytest.fixture
