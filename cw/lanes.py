@@ -75,6 +75,16 @@ def sweep(directory: Path, pidns: int) -> None:
             pass  # alive
 
 
+def remove(pid: int) -> None:
+    """Remove the socket of an executor of this pid namespace that ended:
+    libzmq leaves an ``ipc://`` socket's file behind when it closes."""
+    path = Path(shm.ROOT) / f"cw-lanes-{os.getuid()}" / f"lane-{shm.pid_namespace()}-{pid}"
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        log.debug("cannot remove %s: %s", path, e)
+
+
 def valid_address(address: str) -> bool:
     """A lane in this user's lane directory: no master of ours lends another."""
     return address.startswith(f"ipc://{shm.ROOT}/cw-lanes-{os.getuid()}/lane-") and ".." not in address

@@ -110,7 +110,7 @@ def shm_files() -> dict[str, int]:
 
 def lane_sockets() -> dict[str, int]:
     """The lane sockets of executors of this pid namespace: path -> pid."""
-    from cw import lane, shm
+    from cw import lanes, shm
 
     directory, ns, found = Path(shm.ROOT) / f"cw-lanes-{os.getuid()}", _pid_namespace(), {}
     try:
@@ -118,7 +118,7 @@ def lane_sockets() -> dict[str, int]:
     except OSError:
         return {}
     for path in entries:
-        m = lane._SOCKET.fullmatch(path.name)
+        m = lanes._SOCKET.fullmatch(path.name)
         if m and int(m.group(1)) == ns:
             found[str(path)] = int(m.group(2))
     return found

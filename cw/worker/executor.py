@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 
 import zmq
 
-from .. import shm
+from .. import lanes, shm
 from ..errors import CWError, JobRejectedError
 from ..protocol import SLOT_MARK, Kind, Message, Result, Status, job_runs
 from ..security import Keys
@@ -144,6 +144,7 @@ class Executor:
         self.peer.close(linger=1000)
         if self.lane is not None:
             self.lane.close(linger=1000)  # tasks it still held: their clients send them again
+            lanes.remove(os.getpid())
 
     def step(self, timeout: Optional[float] = None, now: Optional[float] = None) -> None:
         """One turn: open the lane and register (the first), hear the master

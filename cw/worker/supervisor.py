@@ -23,6 +23,7 @@ import sys
 import time
 from typing import Callable, Optional
 
+from .. import lanes
 from ..protocol import SLOT_MARK, Kind, Message
 from ..security import Keys
 from .peer import Peer, peer_header, unknown_peer
@@ -176,6 +177,7 @@ class Supervisor:
             if word is not None and any(word[:8]):
                 died["job"] = int.from_bytes(word[:8], "little")
             self.peer.send(Message(Kind.DIED, died))
+            lanes.remove(proc.pid)  # a killed executor could not remove its lane's socket
             self.slots[i] = None
             # A slot that keeps dying at start (broken environment) backs off.
             self.failures[i] = self.failures[i] + 1 if now - self.spawned_at[i] < 2 else 0
@@ -204,6 +206,8 @@ class Supervisor:
                             "to the queue", proc.pid, self.grace)
                 _kill_group(proc)
                 proc.wait()
+        for proc in live:
+            lanes.remove(proc.pid)
         # DEPART hands back whatever is left, without counting a retry.
         self.peer.send(Message(Kind.DEPART))
         self.peer.close(linger=2000)

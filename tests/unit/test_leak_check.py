@@ -111,7 +111,7 @@ def test_what_another_session_leaves_is_not_this_tests(home, tmp_path, reaped):
         theirs.kill()
         theirs.wait(10)
         # Nor does it remove them (not asserted: that session's next cw
-        # process may sweep them any moment, as cw.shm and cw.lane do).
+        # process may sweep them any moment, as cw.shm and cw.lanes do).
         assert leaks.check() == []
     finally:
         sock.unlink(missing_ok=True)
