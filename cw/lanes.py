@@ -78,6 +78,8 @@ def sweep(directory: Path, pidns: int) -> None:
 def remove(pid: int) -> None:
     """Remove the socket of an executor of this pid namespace that ended:
     libzmq leaves an ``ipc://`` socket's file behind when it closes."""
+    if shm.host_key() is None:  # no shared memory here: no lanes either
+        return
     path = Path(shm.ROOT) / f"cw-lanes-{os.getuid()}" / f"lane-{shm.pid_namespace()}-{pid}"
     try:
         path.unlink(missing_ok=True)
