@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
@@ -106,10 +107,12 @@ def child(name: str, jobs: int, mapped: int) -> None:
     print(json.dumps(measure(system, jobs, mapped)))
 
 
-def run_child(name: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", name, "--jobs", str(args.jobs), "--map", str(args.map)]
+def run_child(name: str, args: argparse.Namespace, script: str = __file__, **run: Any) -> dict:
+    """One system's measurements, from ``script --child`` in a fresh process
+    (``run``: more for subprocess.run, e.g. another tree's ``cwd`` and ``env``)."""
+    cmd = [sys.executable, script, "--child", name, "--jobs", str(args.jobs), "--map", str(args.map)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, **run)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {args.timeout} s"}
     lines = proc.stdout.strip().splitlines()

@@ -18,29 +18,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import METRICS  # noqa: E402
+from bench import METRICS, run_child  # noqa: E402
 
 
 def run(tree: Path, args: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "benchmarks"), str(tree)])}
-    cmd = [sys.executable, str(tree / "benchmarks" / "bench.py"), "--child", "cw",
-           "--jobs", str(args.jobs), "--map", str(args.map)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=tree)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {args.timeout} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit {proc.returncode}: {tail[:200]}"}
-    return json.loads(lines[-1])
+    return run_child("cw", args, str(tree / "benchmarks" / "bench.py"), env=env, cwd=tree)
 
 
 def table(runs: dict) -> str:

@@ -21,7 +21,7 @@ import time
 
 import zmq
 
-from cw.protocol import readable  # the check cw's client makes, as the shape is cw's
+from cw.transport import readable  # the check cw's client makes, as the shape is cw's
 
 SHAPES = ("broker", "handoff", "direct")
 

@@ -18,8 +18,9 @@ import time
 import zmq
 
 from cw.cluster import cluster_dir
-from cw.protocol import Kind, Message, recv_frames, send_frames, versions
+from cw.protocol import Kind, Message, versions
 from cw.security import apply_client, client_keys
+from cw.transport import recv_frames, send_frames
 
 NONE = pickle.dumps(None, protocol=5)
 

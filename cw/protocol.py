@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Unio
 import zmq
 
 from .errors import ProtocolError
-from .transport import COPY_BELOW, NOBLOCK, readable, recv_frames, send_frames  # noqa: F401 (moving)
 
 # 5: a result whose shared-memory data its executor could not map has status
 # "unreachable" (4 said so in its error text); result entries may carry null

@@ -26,10 +26,10 @@ _WHERE: list = []  # the file this process writes, once installed
 
 
 def install(role: str, out: str) -> None:
-    from cw import protocol
+    from cw import transport
 
     clock = time.perf_counter
-    send, recv = protocol.send_frames, protocol.recv_frames
+    send, recv = transport.send_frames, transport.recv_frames
 
     def send_frames(sock, frames, *args, **kwargs):
         _LOG.append((clock(), "s", _kind(frames)))
@@ -42,7 +42,7 @@ def install(role: str, out: str) -> None:
 
     # Modules imported already (cw/__init__ pulls in the client's) took the
     # originals by name; those imported later take the wrappers.
-    for module in [protocol, *(m for n, m in list(sys.modules.items()) if n.startswith("cw."))]:
+    for module in [transport, *(m for n, m in list(sys.modules.items()) if n.startswith("cw."))]:
         if getattr(module, "send_frames", None) is send:
             vars(module).update(send_frames=send_frames, recv_frames=recv_frames)
     _WHERE.append(os.path.join(out, f"{role}-{os.getpid()}.txt"))

@@ -9,7 +9,8 @@ import zmq
 
 from .. import lanes
 from ..errors import ProtocolError
-from ..protocol import NOBLOCK, Kind, Message, readable, recv_frames, send_frames
+from ..protocol import Kind, Message
+from ..transport import NOBLOCK, readable, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 

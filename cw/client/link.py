@@ -20,9 +20,9 @@ import zmq
 
 from .. import lanes, shm
 from ..errors import CWError, MasterUnavailableError, ProtocolError, SecurityError
-from ..protocol import NOBLOCK, Kind, Message, readable, recv_frames, send_frames, version_mismatch, versions
+from ..protocol import Kind, Message, version_mismatch, versions
 from ..security import Keys, read_monitor
-from ..transport import close_dealer, dealer
+from ..transport import NOBLOCK, close_dealer, dealer, readable, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 

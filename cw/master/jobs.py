@@ -17,7 +17,8 @@ import logging
 from itertools import islice
 from typing import Callable, Iterator, Optional
 
-from ..protocol import COPY_BELOW, STATUSES, ErrorCode, Kind, Message, Result, Status, job_runs
+from ..protocol import STATUSES, ErrorCode, Kind, Message, Result, Status, job_runs
+from ..transport import COPY_BELOW
 from .leases import Leases
 from .monitor import Monitor
 from .scheduler import Scheduler

@@ -36,8 +36,9 @@ from typing import Callable, Optional
 import zmq
 
 from ..errors import ProtocolError
-from ..protocol import NOBLOCK, Kind, Message, legacy_layout, readable, recv_frames, salvage_ids, send_frames
+from ..protocol import Kind, Message, legacy_layout, salvage_ids
 from ..security import Keys, ZapHandler, apply_server
+from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from .leases import Leases
 from .monitor import Monitor
 from .peers import Peers

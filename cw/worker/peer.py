@@ -9,9 +9,9 @@ from typing import Callable, Optional
 
 import zmq
 
-from ..protocol import NOBLOCK, ErrorCode, Kind, Message, readable, recv_frames, send_frames, versions
+from ..protocol import ErrorCode, Kind, Message, versions
 from ..security import Keys, read_monitor
-from ..transport import close_dealer, dealer
+from ..transport import NOBLOCK, close_dealer, dealer, readable, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 

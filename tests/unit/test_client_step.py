@@ -9,8 +9,9 @@ import zmq
 
 from cw.client.iocore import IOCore
 from cw.errors import MasterUnavailableError
-from cw.protocol import Kind, Message, Status, recv_frames, send_frames, versions
+from cw.protocol import Kind, Message, Status, versions
 from cw.serialize import context_frame, dumps_call
+from cw.transport import recv_frames, send_frames
 
 HEARTBEAT, LIVENESS, CONNECT_TIMEOUT = 1.0, 3, 30.0
 QUIET_MS = 150  # how long "nothing arrives" is watched for: loopback delivers in far less

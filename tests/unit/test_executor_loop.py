@@ -6,8 +6,9 @@ import time
 import pytest
 import zmq
 
-from cw.protocol import ErrorCode, Kind, Message, recv_frames, send_frames
+from cw.protocol import ErrorCode, Kind, Message
 from cw.serialize import context_frame, dumps_call
+from cw.transport import recv_frames, send_frames
 from cw.worker.executor import Executor
 
 

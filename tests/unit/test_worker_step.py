@@ -11,8 +11,9 @@ import sys
 import pytest
 import zmq
 
-from cw.protocol import Kind, Message, Status, recv_frames, send_frames
+from cw.protocol import Kind, Message, Status
 from cw.serialize import context_frame, dumps_call, loads_value
+from cw.transport import recv_frames, send_frames
 from cw.worker import executor as executor_module
 from cw.worker.executor import Executor
 from cw.worker.supervisor import Supervisor
