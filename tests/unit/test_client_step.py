@@ -5,39 +5,24 @@ the fake clock's, so nothing here sleeps to make time pass."""
 import time
 
 import pytest
-import zmq
+from fakes import FakeClock, FakeMaster
 
 from cw.client.iocore import IOCore
 from cw.errors import MasterUnavailableError
 from cw.protocol import Kind, Message, Status, versions
 from cw.serialize import context_frame, dumps_call
-from cw.transport import recv_frames, send_frames
+from cw.transport import recv_frames
 
 HEARTBEAT, LIVENESS, CONNECT_TIMEOUT = 1.0, 3, 30.0
 QUIET_MS = 150  # how long "nothing arrives" is watched for: loopback delivers in far less
 
 
-class FakeClock:
+class ScriptedMaster(FakeMaster):
     def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class ScriptedMaster:
-    def __init__(self) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self.sock.linger = 0
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # as the master: a redialling client takes its name back
-        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.client = b""
+        super().__init__("the client", handover=True)
 
     def recv(self, timeout: float = 5.0) -> Message:
-        assert self.sock.poll(int(timeout * 1000)), "the client said nothing"
-        frames = recv_frames(self.sock)
-        self.client = bytes(frames[0])
-        return Message.from_frames(frames[1:])
+        return super().recv(timeout)
 
     def recv_kind(self, kind: Kind, timeout: float = 5.0) -> Message:
         """The next message of ``kind``, skipping heartbeats."""
@@ -61,9 +46,6 @@ class ScriptedMaster:
         while self.sock.poll(QUIET_MS):
             got.append(Message.from_frames(recv_frames(self.sock)[1:]).kind)
         return got
-
-    def send(self, msg: Message) -> None:
-        send_frames(self.sock, [self.client, *msg.to_frames()])
 
     def welcome(self, session: str = "s1") -> None:
         self.send(Message(Kind.WELCOME, {"session": session, "heartbeat": 10.0,
@@ -103,7 +85,7 @@ class Rig:
     def close(self) -> None:
         with self.core.lock:
             self.core.shutdown()  # the core's socket, its monitor, its wake-up pair
-        self.master.sock.close()
+        self.master.close()
 
 
 @pytest.fixture

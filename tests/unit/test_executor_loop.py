@@ -4,29 +4,17 @@ import threading
 import time
 
 import pytest
-import zmq
+from fakes import FakeMaster
 
 from cw.protocol import ErrorCode, Kind, Message
 from cw.serialize import context_frame, dumps_call
-from cw.transport import recv_frames, send_frames
+from cw.transport import recv_frames
 from cw.worker.executor import Executor
 
 
-class ScriptedMaster:
+class ScriptedMaster(FakeMaster):
     def __init__(self) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self.sock.linger = 0
-        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.executor = b""
-
-    def recv(self, timeout: float = 10.0) -> Message:
-        assert self.sock.poll(int(timeout * 1000)), "the executor said nothing"
-        frames = recv_frames(self.sock)
-        self.executor = bytes(frames[0])
-        return Message.from_frames(frames[1:])
-
-    def send(self, msg: Message) -> None:
-        send_frames(self.sock, [self.executor, *msg.to_frames()])
+        super().__init__("the executor")
 
     def forget(self) -> None:
         self.send(Message(Kind.ERROR, {"error": "unknown executor", "code": ErrorCode.UNKNOWN_PEER.value}))
@@ -46,7 +34,7 @@ def scripted():
     yield master, executor
     if not executor.peer.sock.closed:  # run() closes it as it leaves
         executor.peer.close()
-    master.sock.close()
+    master.close()
 
 
 def test_refusals_that_piled_up_draw_one_ready(scripted):

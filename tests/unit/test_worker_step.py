@@ -9,40 +9,20 @@ import signal
 import sys
 
 import pytest
-import zmq
+from fakes import T0, FakeClock, FakeMaster
 
 from cw.protocol import Kind, Message, Status
 from cw.serialize import context_frame, dumps_call, loads_value
-from cw.transport import recv_frames, send_frames
 from cw.worker import executor as executor_module
 from cw.worker.executor import Executor
 from cw.worker.supervisor import Supervisor
 
-T0 = 1000.0
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]  # an executor that does nothing
 
 
-class FakeClock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class FakeMaster:
+class WorkerMaster(FakeMaster):
     def __init__(self) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self.sock.linger = 0
-        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.address = f"tcp://127.0.0.1:{self.port}"
-
-    def recv(self, timeout: float = 10.0) -> Message:
-        assert self.sock.poll(int(timeout * 1000)), "the worker said nothing"
-        return Message.from_frames(recv_frames(self.sock)[1:])
-
-    def send(self, to: bytes, msg: Message) -> None:
-        send_frames(self.sock, [to, *msg.to_frames()])
+        super().__init__("the worker")
 
     def said(self, peer) -> list:
         """The kinds of what ``peer`` sent since the last look (up to a marker it sends now)."""
@@ -55,9 +35,9 @@ class FakeMaster:
 
 @pytest.fixture
 def master():
-    m = FakeMaster()
+    m = WorkerMaster()
     yield m
-    m.sock.close()
+    m.close()
 
 
 @pytest.fixture
@@ -99,10 +79,10 @@ def test_the_supervisor_heartbeats_when_the_clock_says_so(master, supervisor):
     sup = supervisor(heartbeat=1.0)
     sup.step()
     assert master.recv().kind is Kind.READY
-    sup.clock.t = T0 + 0.9
+    sup.clock.now = T0 + 0.9
     sup.step()
     assert master.said(sup.peer) == []
-    sup.clock.t = T0 + 0.9 + 1.0  # a heartbeat after the marker, sent at T0 + 0.9
+    sup.clock.now = T0 + 0.9 + 1.0  # a heartbeat after the marker, sent at T0 + 0.9
     sup.step()
     beat = master.recv()
     assert beat.kind is Kind.HEARTBEAT
@@ -114,7 +94,7 @@ def test_a_silent_master_stops_the_supervisor_after_master_timeout(master, super
     sup.step()  # at T0: nothing heard yet, counted from the start
     assert master.recv().kind is Kind.READY
     sup.step(now=T0 + 4.0)
-    master.send(sup.identity, Message(Kind.HEARTBEAT))
+    master.send(Message(Kind.HEARTBEAT), to=sup.identity)
     sup.step(timeout=10.0, now=T0 + 4.0)  # heard at T0 + 4
     sup.step(now=T0 + 9.0)
     assert not sup.stopping
@@ -139,7 +119,7 @@ def test_kill_kills_the_executor_and_its_death_reaches_the_master(master, superv
     proc, ident = sup.slots[0], sup.ids[0]
     if sup.running[0] is not None:  # Linux: the executor's word says which job it runs
         sup.running[0][:8] = (42).to_bytes(8, "little")
-    master.send(sup.identity, Message(Kind.KILL, {"executor": ident.hex()}))
+    master.send(Message(Kind.KILL, {"executor": ident.hex()}), to=sup.identity)
     sup.step(timeout=10.0)
     assert proc.wait(10) == -signal.SIGKILL
     sup.step()
@@ -149,10 +129,10 @@ def test_kill_kills_the_executor_and_its_death_reaches_the_master(master, superv
     assert died.header.get("job", 42) == 42
     # It died at once after its start: restarted after a back-off, on the clock.
     assert sup.slots[0] is None
-    sup.clock.t = T0 + 0.1
+    sup.clock.now = T0 + 0.1
     sup.step()
     assert sup.slots[0] is None
-    sup.clock.t = T0 + 0.25
+    sup.clock.now = T0 + 0.25
     sup.step()
     assert sup.slots[0] is not None and sup.ids[0] != ident
 
@@ -184,7 +164,7 @@ def test_the_executor_runs_a_task_and_sends_its_result(master, executor):
     executor.step(timeout=0)
     ready = master.recv()
     assert ready.kind is Kind.READY and ready.header["capacity"] == 2
-    master.send(b"e-step", task(7))
+    master.send(task(7), to=b"e-step")
     executor.step(timeout=10.0)  # waits for the task, then runs it
     assert results(master.recv()) == {7: 7}
     assert not executor.tasks
@@ -193,10 +173,10 @@ def test_the_executor_runs_a_task_and_sends_its_result(master, executor):
 def test_the_executor_heartbeats_when_the_clock_says_so(master, executor):
     executor.step(timeout=0)
     assert master.recv().kind is Kind.READY
-    executor.clock.t = T0 + 0.9
+    executor.clock.now = T0 + 0.9
     executor.step(timeout=0)
     assert master.said(executor.peer) == []
-    executor.clock.t = T0 + 0.9 + 1.0
+    executor.clock.now = T0 + 0.9 + 1.0
     executor.step(timeout=0)
     assert master.recv().kind is Kind.HEARTBEAT
 
@@ -205,9 +185,9 @@ def test_between_queued_tasks_the_master_is_heard_when_the_clock_says_so(master,
     monkeypatch.setattr(executor_module, "LISTEN_SECONDS", 10.0)  # far beyond a job's length
     executor.step(timeout=0)
     assert master.recv().kind is Kind.READY
-    master.send(b"e-step", task(1, 2, 3))
+    master.send(task(1, 2, 3), to=b"e-step")
     executor.step(timeout=10.0, now=T0)  # hears the task, runs job 1
-    master.send(b"e-step", task(4))
+    master.send(task(4), to=b"e-step")
     assert executor.peer.sock.poll(10_000)  # job 4 waits at the executor's door
     executor.step(now=T0 + 9.0)  # runs job 2, does not listen
     assert [t[0] for t in executor.tasks] == [3]
