@@ -238,7 +238,7 @@ class Jobs:
         self.forget(job)
         self.reply(job, status, (), reason)
 
-    def salvage(self, identity: bytes, kind: Optional[Kind], ids: list, reason: str) -> None:
+    def salvage(self, identity: bytes, kind: Optional[Kind], ids: list, reason: str, now: float) -> None:
         """Fail the jobs a refused SUBMIT or RESULT was about, so none hangs."""
         if identity in self.books.clients and kind is Kind.SUBMIT:
             for jid in ids:
@@ -248,7 +248,7 @@ class Jobs:
         if state is None:
             return
         for tid in ids:
-            job = self.finish_task(state, tid, self.books.clock())
+            job = self.finish_task(state, tid, now)
             if job is not None:
                 self.forget(job)
                 if not job.cancelled:

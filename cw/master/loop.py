@@ -100,7 +100,7 @@ class Master:
         else:
             log.warning("CURVE is OFF (--insecure): anyone who can reach port %d can run code "
                         "as this user; use only on an isolated, trusted network", self.port)
-        self.books = Books(self.send, clock, heartbeat, liveness, limits, self.port)
+        self.books = Books(self.send, heartbeat, liveness, limits, self.port)
         self.sched = Scheduler(self.books.clients, self.books.executors, self.send)
         self.leases = Leases(self.send)  # executors' lanes lent to clients of their host
         self.monitor = Monitor(clock())  # throughput, job ages, worker CPU/RSS: for `cw status`
@@ -216,7 +216,7 @@ class Master:
         except ProtocolError as e:
             kind, ids = salvage_ids(frames[1:])
             if ids:
-                self.jobs.salvage(identity, kind, ids, str(e))
+                self.jobs.salvage(identity, kind, ids, str(e), now)
             self.books.refuse(identity, str(e), legacy=legacy_layout(frames[1:]))
         except Exception as e:  # a bug must cost one message, never the master
             log.exception("error handling a message from peer %s", identity.hex()[:16])

@@ -120,7 +120,6 @@ class Books:
     """
 
     send: Callable[..., None]  # (identity, Message, legacy=False)
-    clock: Callable[[], float]
     heartbeat: float
     liveness: int
     limits: Limits
