@@ -126,7 +126,7 @@ class Executor:
         return header
 
     def open_lane(self) -> None:
-        """Clients of this host may be lent our lane (cw.lane): their jobs
+        """Clients of this host may be lent our lane (cw.lanes): their jobs
         come straight from them, and their results go straight back."""
         bound = lane.bind()
         if bound is not None:

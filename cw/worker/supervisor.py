@@ -78,7 +78,7 @@ class Supervisor:
     def report_lanes(self) -> None:
         """Tell the master at once (not at the next heartbeat) when an
         executor has run a lane's job for a while, or stopped: it must not
-        time out a job of its own waiting behind (cw.lane)."""
+        time out a job of its own waiting behind (cw.lanes)."""
         now = {i for i in range(self.procs) if self.slots[i] is not None and self.on_lane(i)}
         lasting = now & self.lane_seen  # on at two looks in a row, 0.1 s apart: not a short job's
         if lasting != self.lane_told:
@@ -87,7 +87,7 @@ class Supervisor:
         self.lane_seen = now
 
     def on_lane(self, i: int) -> bool:
-        """Whether executor ``i`` runs a job a client sent down its lane (cw.lane)."""
+        """Whether executor ``i`` runs a job a client sent down its lane (cw.lanes)."""
         word = self.running[i]
         return word is not None and int.from_bytes(word[:8], "little") == SLOT_MARK
 
