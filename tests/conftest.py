@@ -244,7 +244,7 @@ class Processes:
         self.home = home
         self.popens: list[subprocess.Popen] = []
         self.seen: dict[int, float] = {}  # every pid ever observed in our trees
-        self.killed: list[int] = []  # the pids cleanup found alive and killed
+        self.killed: list[int] = []  # the pids cleanup, or the test on purpose, SIGKILLed
 
     def spawn(self, *args: str) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.DEVNULL)
@@ -272,6 +272,16 @@ class Processes:
         return self.spawn("-m", "cw.worker", "127.0.0.1", "--port", str(port),
                           "--procs", str(procs), *extra)
 
+    def kill_tree(self, pid: int, sig: int = signal.SIGKILL) -> list[psutil.Process]:
+        """Signal a process and its descendants; a SIGKILL is noted, since
+        what it ends cannot remove its own files (see ``leaks``)."""
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        for p in tree:
+            p.send_signal(sig)
+            if sig == signal.SIGKILL:
+                self.killed.append(p.pid)
+        return tree
+
     def observe(self) -> None:
         for popen in self.popens:
             try:
@@ -297,7 +307,7 @@ class Processes:
                 p.kill()
             except psutil.Error:
                 pass
-        self.killed = [p.pid for p in procs]
+        self.killed += [p.pid for p in procs]
         psutil.wait_procs(procs, timeout=10)
         for popen in self.popens:
             try:

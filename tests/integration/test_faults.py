@@ -51,13 +51,6 @@ class Collector:
         return {k: v[0] for k, v in self.results.items()}
 
 
-def kill_tree(pid, sig=signal.SIGKILL):
-    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    for p in procs:
-        p.send_signal(sig)
-    return procs
-
-
 def busy_worker(port, workers):
     """A worker process (Popen) whose executor runs a job right now."""
     snap = status(port)
@@ -84,7 +77,7 @@ def test_sigkill_of_a_whole_worker_loses_no_job(cluster, procs):
             ct.submit(i, jobs.sleep, 0.2, i)
         victim = wait_for(lambda: busy_worker(port, workers), what="a busy worker")
         wait_for(lambda: status(port)["running"] == 2, what="both workers busy")
-        kill_tree(victim.pid)
+        procs.kill_tree(victim.pid)
     assert got.exactly_once(range(20)) == {i: i for i in range(20)}
     assert status(port)["counts"]["requeued"] >= 1
 
@@ -257,7 +250,7 @@ def test_network_cut_late_result_is_dropped(cluster, procs):
     with ClientThread(got, "127.0.0.1", port, **CLIENT_FAST) as ct:
         ct.submit("job", jobs.sleep_pid, 2.0, "job")
         victim = wait_for(lambda: busy_worker(port, workers), what="the job to start")
-        stopped = kill_tree(victim.pid, signal.SIGSTOP)
+        stopped = procs.kill_tree(victim.pid, signal.SIGSTOP)
         try:
             wait_for(lambda: status(port)["counts"]["requeued"] >= 1, what="the job requeued")
             wait_for(lambda: got.count() == 1, what="the result from the other worker")
