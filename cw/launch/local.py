@@ -79,8 +79,7 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
     workers_started: list[psutil.Process] = []
     try:
         if master:
-            early = bool(workers and nworkers)
-            if early:
+            if workers and nworkers:
                 # Workers start beside the master rather than after it (they
                 # wait for it): they need its port and keys beforehand.
                 port = port or _free_port(host)
@@ -95,8 +94,7 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
             if not workers_started:
                 workers_started = _start_workers(name, info["host"], info["port"], nworkers, procs, flags)
                 started += workers_started
-            # Local workers register within a second: asking often (a STATUS
-            # costs the master little) returns soon after they did.
+            # Local workers register within a second: ask often (a STATUS is cheap).
             wait_for_workers(info["host"], info["port"], {p.pid for p in workers_started}, procs,
                              timeout, cluster=name, insecure=insecure, poll=0.05)
     except BaseException:

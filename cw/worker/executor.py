@@ -294,10 +294,8 @@ class Executor:
     def run_task(self, tid: int, frames: tuple, mark: int) -> tuple[str, Optional[str], list]:
         """Run one job; return its status, error summary and payload frames.
         ``mark``: what the job slot says while it runs (its id, or a lane job's mark)."""
-        joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
         old_path = sys.path[:]
-        if self.slot is not None:
-            self.slot[:8] = mark.to_bytes(8, "little")
+        self._enter(tid, mark)
         try:
             ctx = self.context(frames[0])
             try:
@@ -324,14 +322,23 @@ class Executor:
             frame, summary = dumps_error(exc)
             return _ERROR, summary, [frame]
         finally:
-            joblog.set_job(None)
-            if self.slot is not None:
-                self.slot[:8] = bytes(8)
-            sys.path[:] = old_path
-            try:
-                os.chdir(self.home)
-            except OSError:
-                pass
+            self._leave(old_path)
+
+    def _enter(self, tid: int, mark: int) -> None:
+        joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
+        if self.slot is not None:
+            self.slot[:8] = mark.to_bytes(8, "little")
+
+    def _leave(self, old_path: list) -> None:
+        """Undo what a job changed in this process: its log tag, slot, path, directory."""
+        joblog.set_job(None)
+        if self.slot is not None:
+            self.slot[:8] = bytes(8)
+        sys.path[:] = old_path
+        try:
+            os.chdir(self.home)
+        except OSError:
+            pass
 
 
 def _parser() -> Any:

@@ -13,6 +13,7 @@ import time
 import cloudpickle
 import pytest
 from conftest import ROOT, wait_for, wait_workers
+from docblocks import Session, run_bed_blocks
 
 from cw.client import ClientThread, ClusterExecutor
 from cw.launch import query_status
@@ -152,6 +153,23 @@ def test_cw_docker_start_status_stop(containers, cw_image, cw_home):
     assert ours() == []
     assert sorted(p.name.split("-")[0] for p in (cw_home / "default" / "logs").iterdir()) == [
         "master", "worker", "worker"]
+
+
+def test_the_containers_guide_runs(containers, cw_image, tmp_path):
+    """docs/containers.md's run=container blocks, as a reader types them:
+    the guide's image is called ``cw``, so this checkout's image is, meanwhile."""
+    if podman("image", "exists", "localhost/cw:latest", check=False).returncode == 0:
+        pytest.skip("this machine has its own image localhost/cw:latest, which the guide's "
+                    "blocks would run instead of this checkout's")
+    podman("tag", cw_image, "localhost/cw:latest")
+    session = Session(tmp_path)
+    try:
+        run_bed_blocks(ROOT / "docs" / "containers.md", "container", session)
+    finally:
+        leaked = session.close()
+        podman("untag", "localhost/cw:latest", check=False)
+    assert not leaked, "the guide's blocks left processes behind:\n" + "\n".join(leaked)
+    assert ours() == []
 
 
 def net_namespace(_):

@@ -1,30 +1,23 @@
 """Every command and code block of README.md and docs/ runs, so the docs cannot drift.
 
-The marks are explained in ``docblocks.py``. A file's local ``run`` blocks
-run in document order in one session: a private ``CW_HOME`` (mode 0700, its
-path holding a space), its own cluster name, a free port (``CW_PORT=0``) and ``TMPDIR``, ``cw`` on
-``PATH`` as this checkout's CLI, ``./mp.py`` and friends from the repository
-root. The session then stops every cluster it made, with ``cw local stop``,
-and fails the test if any process that carries its ``CW_HOME`` survives.
+The marks and the ``Session`` the blocks run in are in ``tests/docblocks.py``.
+A file's local ``run`` blocks run here, in document order, in one session.
+Blocks that need a test bed (``run=slurm``, ``run=container``) run in that
+bed's suite, beside the bed's other tests; ``BED_TESTS`` names the test that
+runs each file's, and ``test_every_bed_block_has_its_test`` holds the list
+to the docs.
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
+import re
 from pathlib import Path
 
-import psutil
 import pytest
-from docblocks import BEDS, ROOT, Block, MarkError, blocks, doc_files, parse_info
+from docblocks import BEDS, ROOT, Block, MarkError, Session, blocks, doc_files, parse_info
 
-BLOCK_TIMEOUT = 120  # seconds one block may take
-BED_SETUP = {
-    "slurm": "the SLURM test bed: tests/slurm/slurmbox.sh up (root), or run tests/slurm",
-    "ssh": "the SSH test bed: tests/ssh/sshbox.sh up (root), or run tests/ssh",
-    "container": "the container test bed: sudo docker/testbed.sh build cw, or run tests/container",
+BED_TESTS = {  # file -> (its bed, the test that runs its bed blocks)
+    "docs/slurm.md": ("slurm", "tests/slurm/test_slurm.py::test_the_slurm_guide_runs"),
+    "docs/containers.md": ("container", "tests/container/test_image.py::test_the_containers_guide_runs"),
 }
 
 
@@ -44,7 +37,7 @@ def _id(path: Path) -> str:
 
 def test_every_block_is_marked():
     errors = [e for path in doc_files() for e in blocks(path)[1]]
-    assert not errors, ("fenced blocks without a valid mark (see tests/docs/docblocks.py):\n"
+    assert not errors, ("fenced blocks without a valid mark (see tests/docblocks.py):\n"
                         + "\n".join(errors))
 
 
@@ -81,86 +74,6 @@ def test_an_unmarked_block_fails_the_check(tmp_path, monkeypatch):
 
 # -- running them -------------------------------------------------------------
 
-class Session:
-    """Where a file's blocks run; leaves nothing behind (``close``)."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.home = tmp / "cw home"
-        self.home.mkdir(mode=0o700)
-        tmpdir = tmp / "tmp"
-        tmpdir.mkdir()
-        bindir = tmp / "bin"
-        bindir.mkdir()
-        cw = bindir / "cw"  # this checkout's CLI, whatever `cw` the machine has installed
-        cw.write_text(f"#!{sys.executable}\nimport sys\nfrom cw.cli import main\n"
-                      "sys.argv[0] = 'cw'\nmain()\n")
-        cw.chmod(0o755)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CW_")}
-        env.update(CW_HOME=str(self.home), CW_CLUSTER="docs", CW_LAUNCHER="local",
-                   CW_PORT="0", TMPDIR=str(tmpdir), PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}",
-                   PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])]))
-        self.env = env
-        self.count = 0
-
-    def run(self, block: Block) -> str:
-        self.count += 1
-        if block.lang == "python":
-            script = self.tmp / f"block{self.count}.py"
-            script.write_text(block.code)
-            argv = [sys.executable, str(script)]
-        else:
-            argv = ["bash", "-euo", "pipefail", "-c", block.code]
-        code, out = self._call(argv, BLOCK_TIMEOUT)
-        if code != 0:
-            pytest.fail(f"{block.where}: the {block.lang} block exited with {code}:\n{block.code}\n"
-                        f"--- its output ---\n{out}")
-        return out
-
-    def _call(self, argv: list[str], timeout: float) -> tuple[int | str, str]:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-            return proc.returncode, out
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-            return f"a timeout ({timeout} s)", out
-
-    def close(self) -> list[str]:
-        """Stop every cluster made here; kill and name what survived that."""
-        for cluster in sorted(p.name for p in self.home.iterdir() if p.is_dir()):
-            self._call([sys.executable, "-m", "cw.cli", "local", "stop", "--cluster", cluster], 60)
-        survivors = _carrying(str(self.home))
-        deadline = time.monotonic() + 10
-        while survivors and time.monotonic() < deadline:  # a worker draining after SIGTERM
-            time.sleep(0.2)
-            survivors = _carrying(str(self.home))
-        for p in survivors:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(survivors, timeout=10)
-        return [f"pid {p.pid}: {' '.join(p.info['cmdline'] or [])}" for p in survivors]
-
-
-def _carrying(home: str) -> list[psutil.Process]:
-    """Live processes whose environment or command line holds ``home``."""
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        if p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        try:
-            if p.environ().get("CW_HOME") == home or any(home in a for a in p.info["cmdline"] or []):
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
-
-
 @pytest.fixture
 def session(tmp_path):
     s = Session(tmp_path)
@@ -179,13 +92,14 @@ def test_local_blocks_run(path, session):
             session.run(block)
 
 
-@pytest.mark.parametrize("path, bed", [(p, bed) for bed in BEDS
-                                       for p in _files_with(lambda b, bed=bed: b.bed == bed)],
-                         ids=lambda v: _id(v) if isinstance(v, Path) else v)
-def test_bed_blocks_run(path, bed):
-    """Blocks that need a test bed; the docs runner does not bring beds up."""
-    pytest.skip(f"{_id(path)}: its run={bed} blocks need {BED_SETUP[bed]}; "
-                "the docs runner starts no test bed")
+def test_every_bed_block_has_its_test():
+    """Each file with ``run=BED`` blocks is run by a test of that bed's suite."""
+    found = {_id(b.path): b.bed for b in _all_blocks() if b.mode == "run" and b.bed}
+    assert found == {path: bed for path, (bed, _) in BED_TESTS.items()}
+    for bed, test in BED_TESTS.values():
+        module, name = test.split("::")
+        assert re.search(rf"^def {name}\(", (ROOT / module).read_text(), re.M), f"{test} is missing"
+        assert bed in BEDS and f"tests/{bed}/" in module
 
 
 @pytest.mark.slow

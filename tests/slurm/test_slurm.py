@@ -11,6 +11,7 @@ import jobs
 import psutil
 import pytest
 from conftest import ROOT, wait_for
+from docblocks import Session, run_bed_blocks
 
 from cw import slurm as cw_slurm
 from cw.client import ClientThread, SlurmExecutor
@@ -43,6 +44,18 @@ def cw_processes(home):
 
 def node_of_job():
     return os.environ.get("SLURMD_NODENAME")
+
+
+def test_the_slurm_guide_runs(slurm_home, tmp_path):
+    """docs/slurm.md's run=slurm blocks, as a reader types them, in a session
+    of their own (its own CW_HOME, cluster ``docs``, SLURM picked as on a site)."""
+    session = Session(tmp_path, launcher=None)
+    try:
+        run_bed_blocks(ROOT / "docs" / "slurm.md", "slurm", session)
+    finally:
+        leaked = session.close()
+    assert not leaked, "the guide's blocks left processes behind:\n" + "\n".join(leaked)
+    assert squeue_names() == []
 
 
 def test_start_run_status_stop_on_three_nodes(slurm_home):
