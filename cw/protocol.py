@@ -15,16 +15,44 @@ Payload frames are opaque bytes: the master routes them without looking.
 """
 from __future__ import annotations
 
-import enum
 import json
 import json.encoder
 import json.scanner
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import zmq
 
 from .errors import ProtocolError
+from .messages import (  # noqa: F401  (the message kinds and records, re-exported)
+    BATCHES,
+    FREE_FORM,
+    LIMITS,
+    MAX_JOB_FRAMES,
+    RECORDS,
+    SCHEMAS,
+    STATUSES,
+    Cancel,
+    Died,
+    Empty,
+    Error,
+    ErrorCode,
+    Heartbeat,
+    Hello,
+    Kill,
+    Kind,
+    Lease,
+    Ready,
+    Result,
+    ResultBatch,
+    Results,
+    Started,
+    Status,
+    Submit,
+    Task,
+    Welcome,
+    body_of,
+)
 
 # 5: a result whose shared-memory data its executor could not map has status
 # "unreachable" (4 said so in its error text); result entries may carry null
@@ -46,115 +74,12 @@ MAX_STATS = 512  # executors one HEARTBEAT may report on
 Frame = Union[bytes, memoryview, Any]  # bytes or zmq.Frame
 
 
-class Kind(enum.Enum):
-    """One ASCII byte naming what a message is."""
-
-    HELLO = b"H"  # client -> master: who I am, versions
-    WELCOME = b"W"  # master -> client or executor: accepted, master session, limits
-    SUBMIT = b"S"  # client -> master: jobs (payload: a context, then its jobs' frames; see job_runs)
-    CANCEL = b"C"  # client -> master: drop a queued job
-    STARTED = b"A"  # master -> client: these jobs run on a worker (quick ones: said in RESULTS)
-    RESULT = b"R"  # executor -> master: outcomes of jobs it ran, batched
-    RESULTS = b"Z"  # master -> client: outcomes, batched per turn of the master's loop
-    READY = b"Y"  # executor -> master: registered, capacity
-    TASK = b"T"  # master -> executor: run these jobs, in order (laid out as SUBMIT)
-    DIED = b"D"  # supervisor -> master: an executor died (exit code)
-    DRAIN = b"N"  # supervisor -> master: send my executors nothing more
-    DEPART = b"P"  # supervisor -> master: leaving; requeue what my executors held
-    KILL = b"K"  # master -> supervisor: kill this executor (timeout, cancel, client gone)
-    HEARTBEAT = b"B"  # both ways
-    BYE = b"X"  # any peer -> master: leaving
-    STATUS = b"?"  # request (empty header) and reply (JSON snapshot)
-    ERROR = b"E"  # master -> peer: your message was refused, and why
-    LEASE = b"L"  # master -> client: an executor's lane you may use (or no longer)
-
-    # Members are singletons: hash them by identity. Enum's own __hash__ is
-    # Python code, run at every dict and set lookup on the hot path.
-    __hash__ = object.__hash__
-
-
 _KINDS = {k.value: k for k in Kind}  # faster than Kind(value) on the hot path
 _PREFIXES = {k: MAGIC + k.value for k in Kind}  # a header frame's start (.value is a property)
 
 
 def _bytes(frame: Frame) -> bytes:
     return frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
-
-
-class Status(str, enum.Enum):
-    """How a job ended, as carried in a RESULT header."""
-
-    OK = "ok"
-    ERROR = "error"
-    LOST = "lost"
-    CANCELLED = "cancelled"
-    TIMEOUT = "timeout"
-    # Its executor could not map the job's data from shared memory (another
-    # host after all, or a file gone): the client sends it again inline.
-    UNREACHABLE = "unreachable"
-
-
-STATUSES = {s.value: s for s in Status}  # faster than Status(value) on the hot path
-
-
-class Result(NamedTuple):
-    """One job's entry in RESULT (executor -> master) and RESULTS (master or
-    a lane -> client). On the wire, a JSON array in this order; the last two
-    may be left out. ``Message.from_frames`` hands these out, checked.
-
-    ``id`` is the job's id as its receiver knows it: the master's task id in
-    RESULT, the client's job id in RESULTS.
-    """
-
-    id: int
-    status: str  # a Status value
-    error: Optional[str]  # a failed job's one-line summary
-    frames: int  # payload frames that follow for it: its value, or its exception
-    ran: Optional[float] = None  # seconds it ran on its executor
-    worker: Optional[str] = None  # host:pid of its executor (RESULTS, when no STARTED said it)
-
-
-class ErrorCode(str, enum.Enum):
-    """Why the master refused a message, as carried in an ERROR header."""
-
-    UNKNOWN_PEER = "unknown-peer"  # say HELLO / READY (again): the master forgot you
-    MALFORMED = "malformed"  # the message broke the protocol and was dropped
-    UNKNOWN_JOB = "unknown-job"  # no such job (finished, or never held): nothing done
-
-# field -> (type, required); "int" values are also range-checked.
-_VERSIONS = {"v": (int, True), "python": (str, True), "cloudpickle": (str, True)}
-_PEER = {"host": (str, True), "pid": (int, True), **_VERSIONS}
-SCHEMAS: dict[Kind, dict[str, tuple[type, bool]]] = {
-    Kind.HELLO: {"session": (str, True), "shm": (str, False), **_PEER},
-    Kind.WELCOME: {"session": (str, True), "heartbeat": (float, True),
-                   "max_message_size": (int, False), **_VERSIONS},
-    Kind.SUBMIT: {"ids": (list, True), "frames": (list, False), "contexts": (list, False),
-                  "retries": (int, False), "timeout": (float, False)},
-    Kind.CANCEL: {"id": (int, True), "force": (bool, False), "lane": (str, False)},
-    Kind.STARTED: {"ids": (list, True), "worker": (str, False)},
-    Kind.RESULT: {"results": (list, True), "busy": (float, False)},
-    Kind.RESULTS: {"results": (list, True)},
-    Kind.READY: {"capacity": (int, True), "batch": (int, False), "supervisor": (str, False),
-                 "procs": (int, False), "lane": (str, False), "shm": (str, False), **_PEER},
-    Kind.TASK: {"ids": (list, True), "frames": (list, False), "contexts": (list, False)},
-    Kind.DIED: {"executor": (str, True), "exitcode": (int, True), "signal": (int, False),
-                "job": (int, False)},
-    Kind.DRAIN: {},
-    Kind.DEPART: {},
-    Kind.KILL: {"executor": (str, True)},
-    Kind.HEARTBEAT: {"lane": (int, False), "lane_failed": (int, False)},
-    Kind.BYE: {},
-    Kind.STATUS: {},
-    Kind.ERROR: {"error": (str, True), "code": (str, False), "id": (int, False)},
-    Kind.LEASE: {"lane": (str, False), "worker": (str, False)},
-}
-# Kinds whose payload frames are counted by their header (checked below).
-BATCHES = frozenset({Kind.SUBMIT, Kind.TASK, Kind.RESULT, Kind.RESULTS})
-# Upper bounds of integer fields whose size drives memory (default MAX_INT).
-LIMITS = {"capacity": 4096, "batch": 4096, "retries": 10_000, "exitcode": 255, "signal": 128, "v": 255}
-MAX_JOB_FRAMES = 1024  # a job's or a result's frames: its pickle and out-of-band buffers
-# Reply headers are free-form JSON snapshots: only their type is checked.
-FREE_FORM = frozenset({Kind.STATUS})
 
 
 # Headers are coded once per message on every hop, so the JSON codecs are
@@ -204,6 +129,9 @@ class Message:
     kind: Kind
     header: dict = field(default_factory=dict)
     payload: tuple = ()
+    # The header as its kind's record (``RECORDS``): what receivers read.
+    # Set by ``from_frames``; a message built to be sent has none.
+    body: Any = field(default=None, compare=False, repr=False)
 
     def to_frames(self) -> list:
         return [_PREFIXES[self.kind] + _encode(self.header).encode(), *self.payload]
@@ -233,7 +161,7 @@ class Message:
         header = decode_header(first[4:], limit)
         payload = tuple(frames[1:])
         validate(kind, header, len(payload))
-        return cls(kind, header, payload)
+        return cls(kind, header, payload, body_of(kind, header))
 
 
 def peer_version(frames: Sequence[Frame]) -> Union[int, None]:
@@ -316,17 +244,17 @@ def _plainly_valid(name: str, value: Any, typ: type, limit: int) -> bool:
     return False
 
 
-def job_runs(header: dict, payload: Sequence[Frame]) -> Iterator[tuple[Frame, list]]:
-    """The jobs of a (validated) SUBMIT or TASK: ``(context, [(id, frames), ...])``
+def job_runs(body: Union[Submit, Task], payload: Sequence[Frame]) -> Iterator[tuple[Frame, list]]:
+    """The jobs of a received SUBMIT or TASK: ``(context, [(id, frames), ...])``
     for each run of jobs that share a context (the client's cwd and sys.path).
 
     The payload holds each run's context frame, then its jobs' frames; the
     header's ``contexts`` counts the jobs of each run (default: one run),
     its ``frames`` the frames of each job (default: 1, its call)."""
-    ids = header["ids"]
-    counts = header.get("frames") or [1] * len(ids)
+    ids = body.ids
+    counts = body.frames or [1] * len(ids)
     i = k = 0
-    for run in header.get("contexts") or [len(ids)]:
+    for run in body.contexts or [len(ids)]:
         context, k = payload[k], k + 1
         jobs = []
         for _ in range(run):

@@ -44,7 +44,7 @@ import zmq
 
 from .. import shm
 from ..errors import CWError, JobRejectedError, MasterUnavailableError
-from ..protocol import ErrorCode, Kind, Message
+from ..protocol import Error, ErrorCode, Kind, Message, Welcome
 from ..security import Keys
 from .jobs import HeldJobs, ResultHandler
 from .lane import Lanes
@@ -272,28 +272,28 @@ class IOCore(threading.Thread):
         if msg.kind is Kind.RESULTS:
             self.jobs.take(msg)
         elif msg.kind is Kind.STARTED:
-            self.on_started(msg.header["ids"], msg.header.get("worker"))
+            self.on_started(msg.body.ids, msg.body.worker)
         elif msg.kind is Kind.WELCOME:
-            self.welcome(msg.header)
+            self.welcome(msg.body)
         elif msg.kind is Kind.LEASE:
-            self.lanes.lease(msg.header)
+            self.lanes.lease(msg.body)
         elif msg.kind is Kind.ERROR:
-            self.refused(msg.header)
+            self.refused(msg.body)
 
-    def refused(self, header: dict) -> None:
+    def refused(self, error: Error) -> None:
         """The master's ERROR."""
-        if header.get("code") == ErrorCode.UNKNOWN_PEER.value:
+        if error.code == ErrorCode.UNKNOWN_PEER.value:
             if self.link.connected.is_set():  # one HELLO per loss, not one per refused job
                 self.link.connected.clear()
                 self.lanes.shut()  # it forgot our loan too
                 self.link.send_hello()
-        elif header.get("code") == ErrorCode.UNKNOWN_JOB.value:
-            log.debug("the master knew no job %s (finished meanwhile)", header.get("id"))
+        elif error.code == ErrorCode.UNKNOWN_JOB.value:
+            log.debug("the master knew no job %s (finished meanwhile)", error.id)
         else:
-            log.warning("the master refused a message: %s", header["error"])
+            log.warning("the master refused a message: %s", error.error)
 
-    def welcome(self, header: dict) -> None:
-        if self.link.welcome(header):
+    def welcome(self, terms: Welcome) -> None:
+        if self.link.welcome(terms):
             log.warning("master restarted: resubmitting %d unfinished job(s)", len(self.jobs))
         if self.link.connected.is_set():
             return  # an answer to a repeated HELLO: the jobs went out already

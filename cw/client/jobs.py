@@ -62,7 +62,7 @@ class HeldJobs:
     def take(self, msg: Message) -> None:
         """A RESULTS message from the master or a lane."""
         frames = iter(msg.payload)
-        for result in msg.header["results"]:
+        for result in msg.body.results:
             payload = tuple(islice(frames, result.frames))
             held = self.pending.pop(result.id, None)
             if held is None:  # a duplicate: drop it

@@ -9,7 +9,7 @@ import zmq
 
 from .. import lanes
 from ..errors import ProtocolError
-from ..protocol import Kind, Message
+from ..protocol import Kind, Lease, Message
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
@@ -111,16 +111,16 @@ class Lanes:
     def readable(self) -> bool:
         return any(readable(x.sock) for x in self.held)
 
-    def lease(self, header: dict) -> None:
+    def lease(self, lease: Lease) -> None:
         """The master lends us a lane, or (no lane) takes ours back."""
         self.shut()
-        address = header.get("lane")
+        address = lease.lane
         if address is None:
             return
         if not lanes.valid_address(address):
             log.warning("ignored a lease of a lane outside this user's directory: %s", address)
             return
-        x = Lane(address, header.get("worker") or "")
+        x = Lane(address, lease.worker or "")
         for fd in x.fds:
             self.poller.register(fd, zmq.POLLIN)
         self.held.append(x)
@@ -139,10 +139,10 @@ class Lanes:
             alive = True
             for msg in x.receive():
                 if msg.kind is Kind.RESULTS:
-                    x.inflight.difference_update(entry.id for entry in msg.header["results"])
+                    x.inflight.difference_update(entry.id for entry in msg.body.results)
                     on_results(msg)
                 elif msg.kind is Kind.ERROR:
-                    log.warning("a lane refused our job: %s", msg.header["error"])
+                    log.warning("a lane refused our job: %s", msg.body.error)
                     alive = False
             alive = x.alive() and alive
             if alive and (x.open or x.inflight):

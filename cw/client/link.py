@@ -20,7 +20,7 @@ import zmq
 
 from .. import lanes, shm
 from ..errors import CWError, MasterUnavailableError, ProtocolError, SecurityError
-from ..protocol import Kind, Message, version_mismatch, versions
+from ..protocol import Kind, Message, Welcome, version_mismatch, versions
 from ..security import Keys, read_monitor
 from ..transport import NOBLOCK, close_dealer, dealer, readable, recv_frames, send_frames
 
@@ -150,16 +150,15 @@ class MasterLink:
                 continue
             yield msg
 
-    def welcome(self, header: dict) -> bool:
+    def welcome(self, terms: Welcome) -> bool:
         """Take in a WELCOME's terms; True when it comes from a restarted master."""
         if self.session is None and \
-                header["python"].split(".")[:2] != platform.python_version().split(".")[:2]:
-            log.warning("master runs Python %s, this client %s",
-                        header["python"], platform.python_version())
-        restarted = self.session is not None and header["session"] != self.session
-        self.session = header["session"]
-        self.max_message_size = header.get("max_message_size", self.max_message_size)
-        self.heartbeat = min(self.heartbeat, header["heartbeat"])
+                terms.python.split(".")[:2] != platform.python_version().split(".")[:2]:
+            log.warning("master runs Python %s, this client %s", terms.python, platform.python_version())
+        restarted = self.session is not None and terms.session != self.session
+        self.session = terms.session
+        self.max_message_size = terms.max_message_size or self.max_message_size
+        self.heartbeat = min(self.heartbeat, terms.heartbeat)
         return restarted
 
     # -- liveness ------------------------------------------------------------

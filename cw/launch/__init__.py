@@ -39,9 +39,9 @@ def query_status(host: str, port: int, timeout: float = 5.0, *, cluster: Optiona
                     raise ClusterError(mismatch) from None
                 continue
             if msg.kind is Kind.STATUS:
-                return msg.header
+                return msg.body  # a STATUS reply's body is its snapshot
             if msg.kind is Kind.ERROR:
-                raise ClusterError(f"master at {host}:{port} refused STATUS: {msg.header['error']}")
+                raise ClusterError(f"master at {host}:{port} refused STATUS: {msg.body.error}")
         raise MasterUnavailableError(f"no cw master answered at tcp://{host}:{port} within {timeout:g} s")
     finally:
         sock.close()

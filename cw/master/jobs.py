@@ -17,7 +17,18 @@ import logging
 from itertools import islice
 from typing import Callable, Iterator, Optional
 
-from ..protocol import STATUSES, ErrorCode, Kind, Message, Result, Status, job_runs
+from ..protocol import (
+    STATUSES,
+    Cancel,
+    ErrorCode,
+    Kind,
+    Message,
+    Result,
+    ResultBatch,
+    Status,
+    Submit,
+    job_runs,
+)
 from ..transport import COPY_BELOW
 from .leases import Leases
 from .monitor import Monitor
@@ -72,13 +83,13 @@ class Jobs:
             return
         client.last_seen = now
         self.books.moved = True
-        retries = msg.header.get("retries", DEFAULT_RETRIES)
-        timeout = msg.header.get("timeout")
-        for frame, run in job_runs(msg.header, msg.payload):
+        submit: Submit = msg.body
+        retries = DEFAULT_RETRIES if submit.retries is None else submit.retries
+        for frame, run in job_runs(submit, msg.payload):
             context = bytes(frame)  # a Frame would pin its receive buffer while jobs wait
             for jid, frames in run:
                 if jid not in client.jobs:  # else a resubmission of a job we hold: keep the first
-                    self.take(client, jid, context, frames, retries, timeout)
+                    self.take(client, jid, context, frames, retries, submit.timeout)
         # A client with one job in flight and nothing else queued: a caller
         # that waits for each result. Its next jobs may take a lane.
         if len(client.jobs) == 1 and self.sched.queued <= 1 and self.leases.shelf:
@@ -106,19 +117,20 @@ class Jobs:
         if client is None:
             self.books.unknown(identity)
             return
-        if "lane" in msg.header:  # a job it sent down a lane, to stop by force
-            self.kill_lane(client, msg.header["lane"], msg.header.get("force", False))
+        cancel: Cancel = msg.body
+        if cancel.lane is not None:  # a job it sent down a lane, to stop by force
+            self.kill_lane(client, cancel.lane, cancel.force)
             return
-        job = client.jobs.get(msg.header["id"])
+        job = client.jobs.get(cancel.id)
         if job is None:  # finished meanwhile (the client drops the late result), or never held
-            self.books.refuse(identity, "no such job", msg.header["id"], ErrorCode.UNKNOWN_JOB)
+            self.books.refuse(identity, "no such job", cancel.id, ErrorCode.UNKNOWN_JOB)
             return
         client.last_seen = now
         if job.executor is None:  # still queued: dropped from the queue lazily
             job.cancelled = True
             self.forget(job)
             self.reply(job, Status.CANCELLED)
-        elif msg.header.get("force"):
+        elif cancel.force:
             self.stop_job(job, Status.CANCELLED, "cancelled while running (force=True)")
         else:
             job.cancelled = True  # it runs on, but its result goes nowhere
@@ -141,9 +153,10 @@ class Jobs:
             return
         state.last_seen = now
         self.books.moved = True
-        results = msg.header["results"]
-        if "busy" in msg.header and results:
-            state.observe(msg.header["busy"], len(results))
+        batch: ResultBatch = msg.body
+        results = batch.results
+        if batch.busy is not None and results:
+            state.observe(batch.busy, len(results))
         frames = iter(msg.payload)
         for result in results:
             payload = tuple(islice(frames, result.frames))
@@ -232,7 +245,7 @@ class Jobs:
         if state is not None and started(state, job):
             state.running.pop(job.tid, None)
             self.kill(state)
-            reason += f" on {state.info['host']} (executor pid {state.info['pid']}, killed and replaced)"
+            reason += f" on {state.info.host} (executor pid {state.info.pid}, killed and replaced)"
             job.executor = None
         job.cancelled = True
         self.forget(job)

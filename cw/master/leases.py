@@ -25,13 +25,13 @@ class Leases:
 
     def add(self, state: ExecutorState) -> None:
         """A newly registered executor: on the shelf if it has a lane."""
-        key = state.info.get("shm")
-        if key and state.info.get("lane") and state.capacity:
+        key = state.info.shm
+        if key and state.info.lane and state.capacity:
             self.shelf.setdefault(key, {})[state.identity] = state
 
     def lend(self, client: ClientState) -> None:
         """Lend ``client`` a lane of its host, if one is free."""
-        key = client.info.get("shm")
+        key = client.info.shm
         shelf = self.shelf.get(key) if key else None
         if not shelf or client.identity in self.held:
             return
@@ -41,7 +41,7 @@ class Leases:
         state.leased_to = state.lane_client = client.identity
         self.held[client.identity] = state
         self.lent_last[client.identity] = state  # its jobs may run there until it sees the lane close
-        self.send(client.identity, Message(Kind.LEASE, {"lane": state.info["lane"], "worker": state.name}))
+        self.send(client.identity, Message(Kind.LEASE, {"lane": state.info.lane, "worker": state.name}))
 
     def give_back(self, client: bytes, tell: bool, shelve: bool = True) -> None:
         """End ``client``'s loan (telling it, if it still listens); the
@@ -69,7 +69,7 @@ class Leases:
         """An executor that drains or is gone leaves the shelf, and its client
         is told. (What the lane held, a client learns by itself: it sees the
         lane close, and sends those jobs again through the master.)"""
-        shelf = self.shelf.get(state.info.get("shm") or "")
+        shelf = self.shelf.get(state.info.shm or "")
         if shelf is not None:
             shelf.pop(state.identity, None)
         if state.leased_to is not None:

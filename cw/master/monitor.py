@@ -223,7 +223,7 @@ class Monitor:
         since = seen.since if seen is not None and seen.head == shown else now
         held, sup = len(state.running), state.supervisor
         return {
-            "host": state.info.get("host"), "pid": state.info.get("pid"),
+            "host": state.info.host, "pid": state.info.pid,
             "worker": sup.hex() if sup else None,
             "running": 1 if lane or held else 0, "prefetched": held if lane else max(0, held - 1),
             "job": "lane" if lane else head, "age": None if shown is None else round(now - since, 3),
@@ -237,7 +237,7 @@ class Monitor:
         oldest = max(busy, key=lambda e: e["age"], default=None)
         usage = [e for e in mine if e["cpu"] is not None]
         return {
-            "host": sup.info.get("host"), "pid": sup.info.get("pid"), "procs": sup.info.get("procs", 0),
+            "host": sup.info.host, "pid": sup.info.pid, "procs": sup.info.procs or 0,
             "executors": len(mine), "state": worker_state(mine), "running": len(busy),
             "jobs": [e["job"] for e in busy],
             "job": oldest["job"] if oldest else None, "age": oldest["age"] if oldest else None,
@@ -259,6 +259,6 @@ def worker_state(executors: list[dict]) -> str:
 def client_view(client: Any, on_lanes: int = 0) -> dict:
     """``on_lanes``: its jobs that run on lanes (cw.lanes), which the master holds not."""
     queued = len(client.queue)
-    return {"host": client.info.get("host"), "pid": client.info.get("pid"), "queued": queued,
+    return {"host": client.info.host, "pid": client.info.pid, "queued": queued,
             "running": max(0, len(client.jobs) - queued) + on_lanes, "jobs": len(client.jobs) + on_lanes,
             "done": client.done}

@@ -43,9 +43,10 @@ from __future__ import annotations
 import logging
 import platform
 from collections import deque
+from typing import Union
 
 from ..errors import ProtocolError
-from ..protocol import SLOT_MARK, Kind, Message, Status, versions
+from ..protocol import SLOT_MARK, Died, Heartbeat, Hello, Kind, Message, Ready, Status, versions
 from .jobs import Jobs, started
 from .leases import Leases
 from .monitor import Monitor
@@ -83,36 +84,38 @@ class Peers:
         b.send(identity, Message(Kind.WELCOME, welcome))
 
     def on_hello(self, identity: bytes, msg: Message, now: float) -> None:
+        hello: Hello = msg.body
         client = self.books.clients.get(identity)
         if client is None:
-            client = self.books.clients[identity] = ClientState(identity, msg.header, now)
-            log.info("client %s:%s connected", msg.header["host"], msg.header["pid"])
+            client = self.books.clients[identity] = ClientState(identity, hello, now)
+            log.info("client %s:%s connected", hello.host, hello.pid)
         else:  # it reconnected, and dropped any lane it held
             self.leases.give_back(identity, tell=False)
         client.last_seen = now
-        self.check_python(msg.header)
+        self.check_python(hello)
         self.welcome(identity)
 
-    def check_python(self, header: dict) -> None:
-        theirs = header["python"].split(".")[:2]
-        if theirs != platform.python_version().split(".")[:2] and header["python"] not in self.warned_pythons:
-            self.warned_pythons.add(header["python"])
+    def check_python(self, peer: Union[Hello, Ready]) -> None:
+        theirs = peer.python.split(".")[:2]
+        if theirs != platform.python_version().split(".")[:2] and peer.python not in self.warned_pythons:
+            self.warned_pythons.add(peer.python)
             log.warning("peer %s:%s runs Python %s, master %s",
-                        header["host"], header["pid"], header["python"], platform.python_version())
+                        peer.host, peer.pid, peer.python, platform.python_version())
 
     def on_ready(self, identity: bytes, msg: Message, now: float) -> None:
-        capacity = msg.header["capacity"]
-        self.check_python(msg.header)
+        ready: Ready = msg.body
+        capacity = ready.capacity
+        self.check_python(ready)
         if capacity == 0:
             if identity not in self.books.supervisors:
-                log.info("worker %s:%s registered", msg.header["host"], msg.header["pid"])
-            self.books.supervisors[identity] = ExecutorState(identity, msg.header, now, 0)
+                log.info("worker %s:%s registered", ready.host, ready.pid)
+            self.books.supervisors[identity] = ExecutorState(identity, ready, now, 0)
             return
         state = self.books.executors.get(identity)
         if state is not None:  # re-registered: whatever it ran is gone
             self.requeue(state, "executor re-registered")
         state = self.books.executors[identity] = ExecutorState(
-            identity, msg.header, now, capacity, batch=msg.header.get("batch", capacity))
+            identity, ready, now, capacity, batch=capacity if ready.batch is None else ready.batch)
         self.sched.offer(state)
         self.leases.add(state)
         self.welcome(identity)  # tells the executor the message size limit
@@ -120,32 +123,34 @@ class Peers:
     def on_heartbeat(self, identity: bytes, msg: Message, now: float) -> None:
         if not self.touch(identity, now):
             self.books.unknown(identity, "peer: send HELLO or READY first")
-        elif "stats" in msg.header and identity in self.books.supervisors:
-            self.monitor.worker_stats(identity, msg.header["stats"])  # ignored if malformed
-        elif "lane" in msg.header and identity in self.books.executors:  # jobs its lane ran
-            state, ran = self.books.executors[identity], msg.header["lane"]
+            return
+        beat: Heartbeat = msg.body
+        if beat.stats is not None and identity in self.books.supervisors:
+            self.monitor.worker_stats(identity, beat.stats)  # ignored if malformed
+        elif beat.lane is not None and identity in self.books.executors:  # jobs its lane ran
+            state, ran = self.books.executors[identity], beat.lane
             state.done += ran
             for count in ("submitted", "done", "laned"):
                 self.books.counts[count] += ran
-            self.monitor.lane_failed(state, min(ran, msg.header.get("lane_failed", 0)))
+            self.monitor.lane_failed(state, min(ran, beat.lane_failed))
 
     # -- the ways an executor is lost (the table above) ------------------------
     def on_died(self, identity: bytes, msg: Message, now: float) -> None:
         """Crash: its supervisor saw it die."""
         self.touch(identity, now)
+        died: Died = msg.body
         try:
-            executor = bytes.fromhex(msg.header["executor"])
+            executor = bytes.fromhex(died.executor)
         except ValueError as e:
             raise ProtocolError("DIED.executor is not hex") from e
         state = self.books.executors.get(executor)
         if state is not None:
-            sig = msg.header.get("signal", 0)
-            reason = f"signal {sig}" if sig else f"exit code {msg.header['exitcode']}"
+            reason = f"signal {died.signal}" if died.signal else f"exit code {died.exitcode}"
             # DIED comes from the supervisor, a result from the executor's own
             # connection: wait a moment so a result it sent before dying
             # arrives first and the death is charged to the job it really ran.
             state.capacity = 0
-            state.died_in = msg.header.get("job")
+            state.died_in = died.job
             self.dying.append((now + min(0.5, self.books.heartbeat), executor, reason))
 
     def bury(self, now: float) -> None:
@@ -166,7 +171,7 @@ class Peers:
         for ident, state in list(b.supervisors.items()):
             if state.last_seen < limit:
                 del b.supervisors[ident]
-                log.warning("worker %s:%s missed its heartbeats", state.info["host"], state.info["pid"])
+                log.warning("worker %s:%s missed its heartbeats", state.info.host, state.info.pid)
         for ident, state in list(b.executors.items()):
             # A busy executor cannot heartbeat; its supervisor vouches for it.
             sup = b.supervisors.get(state.supervisor) if state.supervisor else None
@@ -215,7 +220,7 @@ class Peers:
         else:
             # No one to kill it: forget it, so its next message makes it register again.
             log.warning("cannot kill executor %s:%s: its supervisor is unknown",
-                        state.info["host"], state.info["pid"])
+                        state.info.host, state.info.pid)
             self.requeue(self.books.executors.pop(state.identity), "its supervisor is unknown")
 
     def requeue(self, state: ExecutorState, reason: str, count: bool = False) -> None:
@@ -241,7 +246,7 @@ class Peers:
             if job.deaths > job.retries:
                 self.jobs.forget(job)
                 info = state.info
-                error = (f"worker {info['host']} pid {info['pid']} died running this job "
+                error = (f"worker {info.host} pid {info.pid} died running this job "
                          f"{job.deaths} times ({reason}); raise retries= to allow more")
                 self.jobs.reply(job, Status.LOST, (), error)
                 continue
@@ -249,12 +254,12 @@ class Peers:
             self.sched.requeue(client, job)
         if held:
             log.warning("executor %s:%s gone (%s): %d job(s) requeued",
-                        state.info["host"], state.info["pid"], reason, len(held))
+                        state.info.host, state.info.pid, reason, len(held))
         state.running = {}
 
     def drop_client(self, client: ClientState, reason: str) -> None:
         """A client gone: its jobs are cancelled; one that has started is stopped."""
-        log.info("client %s:%s %s", client.info["host"], client.info["pid"], reason)
+        log.info("client %s:%s %s", client.info.host, client.info.pid, reason)
         for job in list(client.jobs.values()):
             job.cancelled = True
             job.deadline = None

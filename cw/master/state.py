@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ..protocol import ErrorCode, Kind, Message
+from ..protocol import ErrorCode, Hello, Kind, Message, Ready
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Job:
 @dataclass(eq=False)
 class ClientState:
     identity: bytes
-    info: dict
+    info: Hello  # what it said in HELLO
     last_seen: float
     queue: deque = field(default_factory=deque)
     jobs: dict = field(default_factory=dict)  # jid -> Job, queued or running
@@ -79,7 +79,7 @@ class ClientState:
 @dataclass(eq=False)
 class ExecutorState:
     identity: bytes
-    info: dict
+    info: Ready  # what it said in READY
     last_seen: float
     capacity: int  # 0 while draining or being killed: no more tasks
     running: dict = field(default_factory=dict)  # tid -> Job, in the order sent
@@ -94,7 +94,7 @@ class ExecutorState:
     name: str = field(init=False)  # host:pid, as results and STARTED name it
 
     def __post_init__(self) -> None:
-        self.name = f"{self.info.get('host')}:{self.info.get('pid')}"  # info never changes
+        self.name = f"{self.info.host}:{self.info.pid}"  # info never changes
 
     def observe(self, busy: float, jobs: int) -> None:
         """Learn how long its jobs take: quick to rise, slow to fall, so a long
@@ -106,7 +106,7 @@ class ExecutorState:
     def supervisor(self) -> Optional[bytes]:
         """The identity of the supervisor that started this executor, if known."""
         try:
-            return bytes.fromhex(self.info.get("supervisor") or "") or None
+            return bytes.fromhex(self.info.supervisor or "") or None
         except ValueError:
             return None
 

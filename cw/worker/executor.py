@@ -190,10 +190,10 @@ class Executor:
         forgotten = False
         while msg is not None:
             if msg.kind is Kind.TASK:
-                for context, run in job_runs(msg.header, msg.payload):
+                for context, run in job_runs(msg.body, msg.payload):
                     self.tasks.extend((tid, (context, *frames)) for tid, frames in run)
             elif msg.kind is Kind.WELCOME:
-                self.max_message_size = msg.header.get("max_message_size", self.max_message_size)
+                self.max_message_size = msg.body.max_message_size or self.max_message_size
             elif unknown_peer(msg):  # the master does not know us (restarted, or purged us)
                 # Its clients send their jobs again; a lane's are no job of the master's.
                 self.tasks = deque(task for task in self.tasks if len(task) == 3)
@@ -218,7 +218,7 @@ class Executor:
                             NOBLOCK)
                 continue
             client = frames[0].bytes
-            for context, run in job_runs(msg.header, msg.payload):
+            for context, run in job_runs(msg.body, msg.payload):
                 self.tasks.extend((tid, (context, *frames), client) for tid, frames in run)
 
     def run_next(self, now: float) -> float:

@@ -78,4 +78,4 @@ class Peer:
 
 
 def unknown_peer(msg: Message) -> bool:
-    return msg.kind is Kind.ERROR and msg.header.get("code") == ErrorCode.UNKNOWN_PEER.value
+    return msg.kind is Kind.ERROR and msg.body.code == ErrorCode.UNKNOWN_PEER.value

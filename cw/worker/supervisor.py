@@ -150,7 +150,7 @@ class Supervisor:
         elif msg is not None and unknown_peer(msg):
             self.register()
         elif msg is not None and msg.kind is Kind.KILL:
-            self.kill(msg.header["executor"])
+            self.kill(msg.body.executor)
         error = self.peer.handshake_error()
         if error:
             log.error("%s", error)

@@ -7,7 +7,9 @@
 - the launchers and the CLI sit on top: nothing below them imports them;
 - no import cycle anywhere, counting imports inside functions and under
   ``TYPE_CHECKING`` (they are cycles a reader follows all the same);
-- no class over 300 lines, no module over 450, no function over 40.
+- no class over 300 lines, no module over 450, no function over 40;
+- wire headers are read in the codec alone (``cw/protocol.py``): every other
+  module reads a received message's typed record, ``Message.body``.
 """
 from __future__ import annotations
 
@@ -143,3 +145,23 @@ def test_sizes(name):
             elif not isinstance(node, ast.ClassDef) and size > MAX_FUNCTION:
                 too_big.append(f"def {node.name}: {size} lines")
     assert too_big == [], f"{path}: {too_big}"
+
+
+def test_headers_are_read_in_the_codec_alone():
+    """``x.header[...]``, ``x.header.get(...)`` or ``"f" in x.header`` outside
+    cw/protocol.py: a receiver reading untyped wire values."""
+    found = []
+    for name, path in modules().items():
+        if name == "cw.protocol":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            header = None
+            if isinstance(node, ast.Subscript):
+                header = node.value
+            elif isinstance(node, ast.Attribute) and node.attr == "get":
+                header = node.value
+            elif isinstance(node, ast.Compare) and isinstance(node.ops[0], (ast.In, ast.NotIn)):
+                header = node.comparators[0]
+            if isinstance(header, ast.Attribute) and header.attr == "header":
+                found.append(f"{path.relative_to(CW.parent)}:{node.lineno}")
+    assert not found, "read Message.body, not its header: " + ", ".join(found)

@@ -53,7 +53,7 @@ class Peer:
         while self.sock.poll(0):
             msg = Message.from_frames(self.sock.recv_multipart())
             if msg.kind is Kind.TASK:
-                for context, run in job_runs(msg.header, msg.payload):
+                for context, run in job_runs(msg.body, msg.payload):
                     for tid, frames in run:
                         yield Message(Kind.TASK, {"id": tid}, (context, *frames))
                 continue

@@ -37,7 +37,8 @@ def test_jobs_with_buffers_count_their_frames():
     assert Message.from_frames(msg.to_frames()) == msg
     task = Message(Kind.TASK, {"ids": [7, 8], "frames": [1, 3]}, (b"c", b"a", b"b", b"1", b"2"))
     assert Message.from_frames(task.to_frames()) == task
-    assert list(job_runs(task.header, task.payload)) == [(b"c", [(7, (b"a",)), (8, (b"b", b"1", b"2"))])]
+    body = Message.from_frames(task.to_frames()).body
+    assert list(job_runs(body, task.payload)) == [(b"c", [(7, (b"a",)), (8, (b"b", b"1", b"2"))])]
 
 
 def test_jobs_of_several_contexts_come_in_runs():
@@ -45,7 +46,7 @@ def test_jobs_of_several_contexts_come_in_runs():
     payload = (b"c1", b"a", b"b", b"c2", b"x", b"x1", b"c1", b"d")
     task = Message(Kind.TASK, {"ids": [1, 2, 3, 4], "frames": [1, 1, 2, 1], "contexts": [2, 1, 1]}, payload)
     assert Message.from_frames(task.to_frames()) == task
-    assert list(job_runs(task.header, task.payload)) == [
+    assert list(job_runs(Message.from_frames(task.to_frames()).body, task.payload)) == [
         (b"c1", [(1, (b"a",)), (2, (b"b",))]), (b"c2", [(3, (b"x", b"x1"))]), (b"c1", [(4, (b"d",))])]
     for runs in ([2, 1], [2, 1, 1, 0], [4, 0], []):
         with pytest.raises(ProtocolError, match="contexts"):
@@ -199,3 +200,31 @@ def test_a_status_reply_of_a_big_cluster_may_outgrow_other_headers():
     assert Message.from_frames(raw).header == snapshot
     with pytest.raises(ProtocolError, match="exceeds"):
         Message.from_frames([MAGIC + b"C" + b" " * (MAX_HEADER_BYTES + 1)])
+
+
+def test_every_kind_has_a_record_and_its_schema_comes_from_it():
+    from cw.protocol import RECORDS, SCHEMAS
+
+    assert set(RECORDS) == set(Kind) and set(SCHEMAS) == set(Kind)
+    assert SCHEMAS[Kind.DIED] == {"executor": (str, True), "exitcode": (int, True),
+                                  "signal": (int, False), "job": (int, False)}
+    assert "stats" not in SCHEMAS[Kind.HEARTBEAT]  # Any: the monitor checks it
+
+
+def test_a_received_message_carries_its_typed_record():
+    from cw.protocol import Cancel, Died, Heartbeat, Result, ResultBatch
+
+    died = Message.from_frames(Message(Kind.DIED, {"executor": "ab", "exitcode": 1}).to_frames())
+    assert died.body == Died("ab", 1, 0, None) and died.body.signal == 0  # defaults fill what was left out
+    cancel = Message.from_frames(Message(Kind.CANCEL, {"id": 3, "later": "x"}).to_frames())
+    assert cancel.body == Cancel(3, False, None)  # a field of a later version is ignored
+    beat = Message.from_frames(Message(Kind.HEARTBEAT, {"stats": {"x": [1]}}).to_frames())
+    assert beat.body == Heartbeat(None, 0, {"x": [1]})
+    result = Message.from_frames(Message(Kind.RESULT, {"results": [[4, "ok", None, 1, 0.5]], "busy": 0.5},
+                                         (b"v",)).to_frames())
+    assert result.body == ResultBatch([Result(4, "ok", None, 1, 0.5, None)], 0.5)
+    status = Message.from_frames(Message(Kind.STATUS, {"anything": [1]}).to_frames())
+    assert status.body == {"anything": [1]}  # a STATUS reply is a free-form snapshot
+    assert Message(Kind.BYE).body is None  # only a received message has one
+    with pytest.raises(ProtocolError, match="lacks 'exitcode'"):
+        Message.from_frames(Message(Kind.DIED, {"executor": "ab"}).to_frames())
