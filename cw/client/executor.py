@@ -270,15 +270,18 @@ class ClusterExecutor(futures.Executor):
 
     @staticmethod
     def _results(window: deque, source: Iterator, end: Optional[float], chunked: bool) -> Iterator:
+        """The results in order. Holds none it yielded (CPython issue 14406):
+        a caller that drops a result frees it. So no local names a result or
+        its future across a ``yield``, and a chunk's list is emptied as it goes."""
         try:
             while window:
-                fut = window.popleft()
-                window.extend(itertools.islice(source, 1))
-                value = fut.result(None if end is None else max(0.0, end - time.monotonic()))
-                if chunked:
-                    yield from value
-                else:
-                    yield value
+                if not chunked:
+                    yield _next_result(window, source, end)
+                    continue
+                chunk = _next_result(window, source, end)
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
         finally:
             for fut in window:
                 fut.cancel()
@@ -328,13 +331,26 @@ def _total(iterables: tuple) -> Optional[int]:
 
 
 def _progress(results: Generator, total: Optional[int]) -> Iterator:
+    held: list = []  # the next value, never a local across the yield (see _results)
     with Progress(total) as bar:
         try:
-            for value in results:
+            while True:
+                try:
+                    held.append(next(results))
+                except StopIteration:
+                    return
                 bar.update()
-                yield value
+                yield held.pop()
         finally:
             results.close()  # left early: the map cancels what it still holds
+
+
+def _next_result(window: deque, source: Iterator, end: Optional[float]) -> Any:
+    """Take the oldest future's result, letting one more item in; the future
+    (which holds the result) is dropped when this returns."""
+    fut = window.popleft()
+    window.extend(itertools.islice(source, 1))
+    return fut.result(None if end is None else max(0.0, end - time.monotonic()))
 
 
 def _run_chunk(fn: Callable, chunk: list) -> list:

@@ -9,7 +9,8 @@ An executor runs each job inside the client's cwd with the client's
 sys.path in front, and restores both afterwards. It holds up to
 ``--prefetch`` tasks beyond the running one (``--batch`` while jobs are
 short), so it need not wait a round trip for its next job, and it sends
-the results of short jobs together. Its supervisor starts it as
+the results of short jobs together, though none waits behind the next
+job (``cw.worker.outbox``). Its supervisor starts it as
 ``python -m cw.executor`` with flags of its own (see ``Supervisor.spawn``),
 and restarts it when it dies.
 ``Peer`` is the connection to the master that both roles use.
@@ -35,42 +36,15 @@ from ..security import Keys
 from ..serialize import dumps_error, dumps_value, loads_call
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from . import joblog, lane
+from .outbox import Flusher, Outbox
 from .peer import Peer, peer_header, unknown_peer
 
 log = logging.getLogger(__name__)
 
 
-class _Outbox:
-    """Results not yet sent: those of short jobs go out together."""
-
-    def __init__(self) -> None:
-        self.entries: list = []
-        self.frames: list = []
-        self.busy = 0.0
-        self.size = 0
-        self.since = 0.0
-
-    def add(self, entry: Result, frames: list, seconds: float, now: float) -> None:
-        if not self.entries:
-            self.since = now
-        self.entries.append(entry)
-        self.frames += frames
-        self.busy += seconds
-        self.size += sum(map(len, frames))
-
-    def due(self, last_job: float, now: float) -> bool:
-        """Send now unless the jobs are short and the batch small and young."""
-        return (last_job >= HOLD_SECONDS or len(self.entries) >= 32 or self.size >= 1 << 20
-                or now - self.since >= HOLD_SECONDS)
-
-    def message(self) -> Message:
-        return Message(Kind.RESULT, {"results": self.entries, "busy": self.busy}, tuple(self.frames))
-
-
 _OK = Status.OK.value  # an Enum's .value is a property: dear per job
 _ERROR = Status.ERROR.value
 _UNREACHABLE = Status.UNREACHABLE.value
-HOLD_SECONDS = 0.002  # a result waits for the next job only after a job this short
 LISTEN_SECONDS = 0.05  # between queued tasks, the master is heard at least this often
 
 
@@ -93,7 +67,7 @@ class Executor:
         self.started = self.stopping = False
         self.listen_at = 0.0  # when the master is next heard, though tasks are queued
         self.tasks: deque = deque()  # (task id, frames), in the order received
-        self.outbox = _Outbox()
+        self.outbox = Outbox(self.peer.send)
         # Shared with the supervisor: the task running now, so that a death
         # is charged to the right job even when earlier results were unsent.
         self.slot = mmap.mmap(job_fd, 8) if job_fd is not None else None
@@ -135,8 +109,11 @@ class Executor:
             self.peer.beat_header = self.lane_header
 
     def run(self) -> None:
+        flusher = Flusher(self.outbox)
+        flusher.start()
         while not self.stopping:
             self.step()
+        flusher.stop()
         self.flush()
         if self.lane_done:
             self.peer.send(Message(Kind.HEARTBEAT, self.lane_header()))
@@ -197,7 +174,7 @@ class Executor:
             elif unknown_peer(msg):  # the master does not know us (restarted, or purged us)
                 # Its clients send their jobs again; a lane's are no job of the master's.
                 self.tasks = deque(task for task in self.tasks if len(task) == 3)
-                self.outbox = _Outbox()
+                self.outbox.drop()
                 forgotten = True
             msg = self.peer.recv(0)
         if forgotten:  # one READY for all the refusals that piled up
@@ -252,9 +229,7 @@ class Executor:
         self.lane_failed += entry.status != _OK
 
     def flush(self) -> None:
-        if self.outbox.entries:
-            self.peer.send(self.outbox.message())
-            self.outbox = _Outbox()
+        self.outbox.flush()
 
     def job_path(self, path: list, own: list) -> list:
         """The client's sys.path in front of ours, computed once per context."""
@@ -311,7 +286,9 @@ class Executor:
             # Unmapping a big shared-memory argument takes milliseconds: not
             # before the result is on its way.
             self._args = args, kwargs
-            value = dumps_value(func(*args, **kwargs), self.shared_with(ctx))
+            with self.outbox.lent():  # what is held leaves while it runs long
+                value = func(*args, **kwargs)
+            value = dumps_value(value, self.shared_with(ctx))
             size = sum(map(len, value))
             if size > self.max_message_size:
                 raise JobRejectedError(
