@@ -38,6 +38,10 @@ class SecurityError(CWError):
     master refused this peer's key."""
 
 
+class BlobUnavailableError(CWError):
+    """A job's function, sent once by reference (cw.blobs), could not be had from its client."""
+
+
 class ClusterError(CWError):
     """A launcher could not start, find or stop a cluster."""
 

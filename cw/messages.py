@@ -34,6 +34,8 @@ class Kind(enum.Enum):
     STATUS = b"?"  # request (empty header) and reply (JSON snapshot)
     ERROR = b"E"  # master -> peer: your message was refused, and why
     LEASE = b"L"  # master -> client: an executor's lane you may use (or no longer)
+    FETCH = b"F"  # executor -> master -> client: send me this blob (cw.blobs)
+    BLOB = b"O"  # client -> master -> executor: a blob's bytes (one frame), or that it is gone
 
     # Members are singletons: hash them by identity. Enum's own __hash__ is
     # Python code, run at every dict and set lookup on the hot path.
@@ -79,6 +81,7 @@ class ErrorCode(str, enum.Enum):
     UNKNOWN_PEER = "unknown-peer"  # say HELLO / READY (again): the master forgot you
     MALFORMED = "malformed"  # the message broke the protocol and was dropped
     UNKNOWN_JOB = "unknown-job"  # no such job (finished, or never held): nothing done
+    NO_BLOB = "no-blob"  # FETCH of a job whose client the master no longer holds
 
 # One record per message shape: its fields, their types, and which may be
 # left out (those with a default). ``Message.from_frames`` checks a header
@@ -183,6 +186,21 @@ class Lease(NamedTuple):  # master -> client
     worker: Optional[str] = None
 
 
+class Fetch(NamedTuple):  # executor -> master (id), master -> client (executor)
+    blob: str  # its digest, hex
+    id: Optional[int] = None  # the task that needs it: how the master finds its client
+    executor: Optional[str] = None  # who asks, hex identity: where the BLOB goes
+    offset: int = 0  # blobs come in chunks, each asked for in turn
+
+
+class Blob(NamedTuple):  # client -> master (executor), master -> executor; payload: the bytes
+    blob: str
+    executor: Optional[str] = None
+    missing: bool = False  # the client holds it no longer: no payload
+    offset: int = 0  # where this chunk starts
+    total: Optional[int] = None  # the blob's size
+
+
 class Empty(NamedTuple):  # DRAIN, DEPART, BYE, a STATUS request
     pass
 
@@ -192,7 +210,7 @@ RECORDS: dict[Kind, type] = {
     Kind.STARTED: Started, Kind.RESULT: ResultBatch, Kind.RESULTS: Results, Kind.READY: Ready,
     Kind.TASK: Task, Kind.DIED: Died, Kind.DRAIN: Empty, Kind.DEPART: Empty, Kind.KILL: Kill,
     Kind.HEARTBEAT: Heartbeat, Kind.BYE: Empty, Kind.STATUS: Empty, Kind.ERROR: Error,
-    Kind.LEASE: Lease,
+    Kind.LEASE: Lease, Kind.FETCH: Fetch, Kind.BLOB: Blob,
 }
 
 

@@ -32,11 +32,13 @@ from .messages import (  # noqa: F401  (the message kinds and records, re-export
     RECORDS,
     SCHEMAS,
     STATUSES,
+    Blob,
     Cancel,
     Died,
     Empty,
     Error,
     ErrorCode,
+    Fetch,
     Heartbeat,
     Hello,
     Kill,
@@ -57,7 +59,8 @@ from .messages import (  # noqa: F401  (the message kinds and records, re-export
 # 5: a result whose shared-memory data its executor could not map has status
 # "unreachable" (4 said so in its error text); result entries may carry null
 # for the seconds it ran and the worker.
-PROTOCOL_VERSION = 5
+# 6: FETCH and BLOB: a big function travels once per executor, by reference.
+PROTOCOL_VERSION = 6
 MAGIC = b"CW" + bytes([PROTOCOL_VERSION])
 DEFAULT_PORT = 5494
 MAX_HEADER_BYTES = 64 * 1024
@@ -217,6 +220,12 @@ def validate(kind: Kind, header: dict, npayload: int) -> None:
         header["results"] = _check_results(kind, header["results"], npayload)
     elif kind in (Kind.SUBMIT, Kind.TASK):
         _check_jobs(kind, header, npayload)
+    elif kind is Kind.BLOB:
+        if npayload != (0 if header.get("missing") else 1):
+            raise ProtocolError(f"BLOB carries {npayload} payload frames, expected "
+                                f"{0 if header.get('missing') else 1}")
+        if not header.get("missing") and "total" not in header:
+            raise ProtocolError("BLOB lacks 'total'")
     elif npayload:
         raise ProtocolError(f"{kind.name} carries {npayload} payload frames, expected none")
 

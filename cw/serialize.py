@@ -19,6 +19,7 @@ import operator
 import os
 import pickle
 import sys
+import time
 import traceback
 import types
 from collections import OrderedDict
@@ -26,7 +27,7 @@ from typing import Any, Callable, Optional
 
 import cloudpickle
 
-from . import shm
+from . import blobs, shm
 from .errors import RemoteException, UnpicklableError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -166,8 +167,25 @@ def dumps_call(func: Callable, args: tuple, kwargs: dict, jobid: object = None,
         raise UnpicklableError(
             f"cannot send {culprit}{what} to a worker: {type(e).__name__}: {e}"
         ) from e
-    frames[0] = len(func_data).to_bytes(4, "little") + func_data + frames[0]
+    if len(func_data) >= blobs.threshold():  # by reference: see cw.blobs
+        key = _digest(func_data)
+        blobs.store.add(key, func_data)  # the job's claim, let go when it is over
+        frames[0] = blobs.REF + key + frames[0]
+    else:
+        frames[0] = len(func_data).to_bytes(4, "little") + func_data + frames[0]
     return frames
+
+
+_digests = _LRU(16)  # id(function pickle) -> (the pickle, its digest): hashed once
+
+
+def _digest(data: bytes) -> bytes:
+    hit = _digests.get(id(data))
+    if hit is not None and hit[0] is data:
+        return hit[1]
+    key = blobs.digest(data)
+    _digests.put(id(data), (data, key))
+    return key
 
 
 def _find_culprit(func: Callable, args: tuple, kwargs: dict) -> str:
@@ -190,19 +208,78 @@ def _short_repr(obj: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-_functions = _LRU(64)  # pickled function -> the function, on an executor
+class FunctionCache:
+    """An executor's unpickled functions, by their pickle (or a blob's
+    digest): bounded in bytes of pickle, least recently used first out, and
+    a function no job used for ``idle`` seconds goes (its client has most
+    likely left; a later job fetches or carries it again)."""
+
+    def __init__(self, max_bytes: int, idle: float) -> None:
+        self.max_bytes, self.idle = max_bytes, idle
+        self.entries: OrderedDict = OrderedDict()  # key -> (function, size, last used)
+        self.size = 0
+        self.blobs: dict = {}  # fetched, not yet unpickled: digest -> pickle (bytes-like)
+
+    def get(self, key: Any, now: float) -> Any:
+        hit = self.entries.get(key)
+        if hit is None:
+            return None
+        self.entries[key] = (hit[0], hit[1], now)
+        self.entries.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: Any, func: Any, size: int, now: float) -> None:
+        self.entries[key] = (func, size, now)
+        self.size += size
+        while self.size > self.max_bytes and len(self.entries) > 1:
+            self._drop_oldest()
+
+    def has(self, key: bytes) -> bool:
+        return key in self.entries or key in self.blobs
+
+    def tidy(self, now: float) -> None:
+        """Drop what no job used for ``idle`` seconds."""
+        while self.entries and now - next(iter(self.entries.values()))[2] >= self.idle:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _, (_, size, _) = self.entries.popitem(last=False)
+        self.size -= size
+
+
+def _cache_bytes() -> int:
+    try:
+        return max(1, int(os.environ.get("CW_FUNCTION_CACHE_BYTES", "") or 512 << 20))
+    except ValueError:
+        return 512 << 20
+
+
+functions = FunctionCache(_cache_bytes(), idle=60.0)  # an executor's (CW_FUNCTION_CACHE_BYTES)
+
+
+class BlobMissing(Exception):
+    """A job refers to a blob this executor has not fetched (cw.blobs)."""
 
 
 def loads_call(frames: Any) -> tuple[Callable, tuple, dict]:
     """Rebuild a call; its function is unpickled once and then reused."""
     raw = memoryview(frames[0])
-    end = 4 + int.from_bytes(raw[:4], "little")
-    pickled = bytes(raw[4:end])
-    args, kwargs = _loads(raw[end:], frames[1:])
-    func = _functions.get(pickled)
+    by_reference = raw[:4] == blobs.REF
+    if by_reference:
+        end = 4 + blobs.DIGEST_BYTES
+        key: Any = bytes(raw[4:end])
+    else:
+        end = 4 + int.from_bytes(raw[:4], "little")
+        key = bytes(raw[4:end])
+    now = time.monotonic()
+    func = functions.get(key, now)
     if func is None:
+        pickled = functions.blobs.pop(key, None) if by_reference else key
+        if pickled is None:
+            raise BlobMissing(key.hex())
         func = pickle.loads(pickled)
-        _functions.put(pickled, func)
+        functions.put(key, func, len(pickled), now)
+    args, kwargs = _loads(raw[end:], frames[1:])
     return func, args, kwargs
 
 

@@ -16,7 +16,7 @@ from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
 
-from .. import squeue
+from .. import blobs, squeue
 from ..cluster import cluster_dir
 from ..discovery import find_master
 from ..errors import JobRejectedError, RemoteException, WorkerLostError
@@ -215,6 +215,7 @@ class ClusterExecutor(futures.Executor):
             self._core.submit(jid, (self._context(), *call), options)
         except BaseException:
             del self._futures[jid]
+            blobs.store.let_go((b"", *call))  # never held: no result will let it go
             raise
         return fut
 

@@ -42,7 +42,7 @@ from typing import Callable, Optional
 
 import zmq
 
-from .. import shm
+from .. import blobs, shm
 from ..errors import CWError, JobRejectedError, MasterUnavailableError
 from ..protocol import Error, ErrorCode, Kind, Message, Welcome
 from ..security import Keys
@@ -120,7 +120,8 @@ class IOCore(threading.Thread):
                 return False
             self.jobs.hold(jid, payload, options)
             lent = self.lanes.current()
-            if lent is not None and "timeout" not in options and lent.send(jid, payload):
+            if lent is not None and "timeout" not in options and blobs.reference(payload[1]) is None \
+                    and lent.send(jid, payload):
                 self.on_started([jid], lent.worker)
             else:
                 self.link.send_jobs([(jid, payload, options)])
@@ -279,6 +280,8 @@ class IOCore(threading.Thread):
             self.lanes.lease(msg.body)
         elif msg.kind is Kind.ERROR:
             self.refused(msg.body)
+        elif msg.kind is Kind.FETCH:  # an executor lacks a job's function (cw.blobs)
+            self.link.send(blobs.answer(msg.body))
 
     def refused(self, error: Error) -> None:
         """The master's ERROR."""

@@ -16,7 +16,7 @@ from collections import deque
 from itertools import islice
 from typing import Callable, Iterable, Iterator, Optional
 
-from .. import shm
+from .. import blobs, shm
 from ..protocol import STATUSES, Message, Status
 from .link import MasterLink
 
@@ -50,7 +50,7 @@ class HeldJobs:
         held = self.pending.pop(jid, None)
         if held is None:
             return False
-        shm.release(held[0])
+        _let_go(held[0])
         return True
 
     def held(self, ids: Optional[Iterable[int]] = None, but: frozenset = frozenset()) -> Iterator[tuple]:
@@ -101,7 +101,7 @@ class HeldJobs:
         result, payload, sent = self.delivering.popleft()
         self.on_result(result.id, STATUSES[result.status], payload, result.error, result.ran, result.worker)
         # After the handler: freeing a big file takes milliseconds.
-        shm.release(sent)
+        _let_go(sent)
         shm.discard(payload)  # result files the handler did not take
         return True
 
@@ -116,10 +116,16 @@ class HeldJobs:
         """Fail every job held (results received this turn are still handed over)."""
         pending, self.pending = self.pending, {}
         for jid, (payload, _) in pending.items():
-            shm.release(payload)
+            _let_go(payload)
             self.on_result(jid, Status.LOST, (), error)
 
     def release(self) -> None:
         """At shutdown: free the files of the jobs still held."""
         for payload, _ in self.pending.values():
-            shm.release(payload)
+            _let_go(payload)
+
+
+def _let_go(payload: tuple) -> None:
+    """A job is over: its shared-memory files and its hold on a blob go."""
+    shm.release(payload)
+    blobs.store.let_go(payload)

@@ -5,6 +5,7 @@ import itertools
 import threading
 from typing import Any, Callable, Hashable, Optional
 
+from .. import blobs
 from ..errors import MasterUnavailableError, RemoteException, WorkerLostError
 from ..protocol import Status
 from ..serialize import dumps_call, error_text
@@ -66,6 +67,7 @@ class ClientThread:
         except BaseException:
             with self._cond:
                 del self._jobids[jid]
+            blobs.store.let_go((b"", *call))  # never held: no result will let it go
             raise
 
     def wait(self) -> None:

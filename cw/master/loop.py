@@ -39,6 +39,7 @@ from ..errors import ProtocolError
 from ..protocol import Kind, Message, legacy_layout, salvage_ids
 from ..security import Keys, ZapHandler, apply_server
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
+from .blobs import BlobRoutes
 from .leases import Leases
 from .monitor import Monitor
 from .peers import Peers
@@ -106,6 +107,7 @@ class Master:
         self.monitor = Monitor(clock())  # throughput, job ages, worker CPU/RSS: for `cw status`
         self.peers = Peers(self.books, self.sched, self.leases, self.monitor)
         self.jobs = self.peers.jobs
+        self.blobs = BlobRoutes(self.books)  # FETCH and BLOB pass through, nothing is kept
         self.next_beat = 0.0
         self.stopping = False
         self.handlers = self.route()
@@ -116,7 +118,8 @@ class Master:
         return {Kind.HELLO: peers.on_hello, Kind.SUBMIT: jobs.on_submit, Kind.CANCEL: jobs.on_cancel,
                 Kind.READY: peers.on_ready, Kind.RESULT: jobs.on_result, Kind.DIED: peers.on_died,
                 Kind.DRAIN: peers.on_drain, Kind.DEPART: peers.on_depart,
-                Kind.HEARTBEAT: peers.on_heartbeat, Kind.BYE: peers.on_bye, Kind.STATUS: self.on_status}
+                Kind.HEARTBEAT: peers.on_heartbeat, Kind.BYE: peers.on_bye, Kind.STATUS: self.on_status,
+                Kind.FETCH: self.blobs.on_fetch, Kind.BLOB: self.blobs.on_blob}
 
     # What tests and the status read: the books' tables.
     clients = property(lambda self: self.books.clients)

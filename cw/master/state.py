@@ -18,7 +18,7 @@ from ..protocol import ErrorCode, Hello, Kind, Message, Ready
 log = logging.getLogger(__name__)
 
 COUNTS = ("submitted", "done", "lost", "requeued", "malformed", "refused", "duplicates", "timeouts",
-          "killed", "unknown_peer", "unknown_job", "laned")
+          "killed", "unknown_peer", "unknown_job", "laned", "no_blob", "blobs_routed", "blob_bytes")
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,13 @@ from typing import Any, Callable, Optional
 import zmq
 
 from .. import lanes, shm
-from ..errors import CWError, JobRejectedError
-from ..protocol import SLOT_MARK, Kind, Message, Result, Status, job_runs
+from ..errors import BlobUnavailableError, CWError, JobRejectedError
+from ..protocol import SLOT_MARK, ErrorCode, Kind, Message, Result, Status, job_runs
 from ..security import Keys
-from ..serialize import dumps_error, dumps_value, loads_call
+from ..serialize import dumps_error, dumps_value, functions, loads_call
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from . import joblog, lane
+from .fetch import Fetcher
 from .outbox import Flusher, Outbox
 from .peer import Peer, peer_header, unknown_peer
 
@@ -68,6 +69,7 @@ class Executor:
         self.listen_at = 0.0  # when the master is next heard, though tasks are queued
         self.tasks: deque = deque()  # (task id, frames), in the order received
         self.outbox = Outbox(self.peer.send)
+        self.fetcher = Fetcher(self.peer.send)
         # Shared with the supervisor: the task running now, so that a death
         # is charged to the right job even when earlier results were unsent.
         self.slot = mmap.mmap(job_fd, 8) if job_fd is not None else None
@@ -138,15 +140,17 @@ class Executor:
         # Between queued tasks the socket, the parent and the spare files
         # are looked at every LISTEN_SECONDS, not before each job: that
         # costs a short job more than the job itself.
-        if not self.tasks or now >= self.listen_at:
+        if not self.tasks or now >= self.listen_at or self.fetcher.waiting is not None:
             if os.getppid() != self.parent:
                 self.stopping = True
                 return
             shm.tidy()
-            if self.tasks:
+            functions.tidy(time.monotonic())
+            if self.tasks and self.fetcher.waiting is None:
                 self.receive(0)
-            else:
-                self.receive(self.peer.heartbeat if timeout is None else timeout)
+            else:  # nothing to run, or the next job's blob on its way
+                wait = self.peer.heartbeat if timeout is None else timeout
+                self.receive(min(wait, LISTEN_SECONDS) if self.tasks else wait)
                 now = now if given else self.clock()  # after a wait
             self.listen_at = now + LISTEN_SECONDS
         if self.tasks and not self.stopping:  # stopping: the master requeues the rest at BYE
@@ -171,10 +175,16 @@ class Executor:
                     self.tasks.extend((tid, (context, *frames)) for tid, frames in run)
             elif msg.kind is Kind.WELCOME:
                 self.max_message_size = msg.body.max_message_size or self.max_message_size
+            elif msg.kind is Kind.BLOB or msg.kind is Kind.ERROR and msg.body.code == ErrorCode.NO_BLOB.value:
+                error = self.fetcher.arrived(msg, self.clock()) if msg.kind is Kind.BLOB \
+                    else self.fetcher.refused()
+                if error and self.tasks:
+                    self.fail_first(error)
             elif unknown_peer(msg):  # the master does not know us (restarted, or purged us)
                 # Its clients send their jobs again; a lane's are no job of the master's.
                 self.tasks = deque(task for task in self.tasks if len(task) == 3)
                 self.outbox.drop()
+                self.fetcher.waiting = None
                 forgotten = True
             msg = self.peer.recv(0)
         if forgotten:  # one READY for all the refusals that piled up
@@ -200,23 +210,38 @@ class Executor:
 
     def run_next(self, now: float) -> float:
         """Run the next task, queued at ``now``; return the time it ended."""
-        tid, frames, *client = self.tasks.popleft()
+        tid, frames, *client = self.tasks[0]
+        if not self.fetcher.ready(tid, frames[1], now):  # its function is on its way
+            error = self.fetcher.overdue(now)
+            if error:
+                self.fail_first(error)
+            return now
+        self.tasks.popleft()
         started = time.perf_counter()
         status, error, payload = self.run_task(tid, frames, SLOT_MARK if client else tid)
         seconds = time.perf_counter() - started
         now += seconds  # not a clock read per job: dear at 20,000 jobs a second
-        entry = Result(tid, status, error, len(payload), round(seconds, 6))
-        if client:  # a lane's: straight back to its client, now
-            self.answer_lane(client[0], entry, payload)
-        else:
-            self.outbox.add(entry, payload, seconds, now)
-        if not self.tasks or self.outbox.due(seconds, now):
-            self.flush()
+        self.post(Result(tid, status, error, len(payload), round(seconds, 6)), payload, client, now)
         self._args = None
         # Nothing could be heard while the job ran: do not take that
         # silence for a dead master.
         self.peer.last_heard = now
         return now
+
+    def post(self, entry: Result, payload: list, client: list, now: float) -> None:
+        """A job's result: a lane's straight back to its client, else to the outbox."""
+        if client:
+            self.answer_lane(client[0], entry, payload)
+        else:
+            self.outbox.add(entry, payload, entry.ran or 0.0, now)
+        if not self.tasks or self.outbox.due(entry.ran or 0.0, now):
+            self.flush()
+
+    def fail_first(self, error: str) -> None:
+        """Fail the first queued job without running it (its blob cannot be had)."""
+        tid, _, *client = self.tasks.popleft()
+        frame, summary = dumps_error(BlobUnavailableError(error))
+        self.post(Result(tid, _ERROR, summary, 1, 0.0), [frame], client, self.clock())
 
     def answer_lane(self, client: bytes, entry: Result, payload: list) -> None:
         assert self.lane is not None

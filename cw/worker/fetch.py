@@ -1,0 +1,88 @@
+"""The executor's side of blobs (``cw.blobs``): fetch a job's function before
+running it, when the job refers to one this executor lacks.
+
+The job stays first in the executor's queue while its blob is on the way:
+jobs run in the order the master sent them. One FETCH per blob; BLOB
+brings the bytes (checked against the digest) or says the client holds it
+no longer, and no answer within ``FETCH_SECONDS`` counts as that too: the
+job then fails with an error that says which, never waits for ever.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Optional
+
+from .. import blobs
+from ..protocol import Blob, Kind, Message
+from ..serialize import functions
+
+log = logging.getLogger(__name__)
+
+MAX_BLOB = 1 << 40  # a size no blob has: a peer that says more is wrong
+
+
+class Fetcher:
+    def __init__(self, send: Callable[[Message], None]) -> None:
+        self.send = send
+        self.waiting: Optional[bytes] = None  # the digest asked for
+        self.tid = 0  # the job that needs it: the master finds its client by it
+        self.parts: Optional[bytearray] = None  # the chunks so far
+        self.deadline = 0.0
+        self.fetched = 0  # blobs received (and bytes): this executor's share of the traffic
+        self.fetched_bytes = 0
+
+    def ready(self, tid: int, call: Any, now: float) -> bool:
+        """Whether a job can run now; if not, its blob is asked for (once)."""
+        key = blobs.reference(call)
+        if key is None or functions.has(key):
+            return True
+        if self.waiting != key:
+            self.waiting, self.tid, self.parts = key, tid, None
+            self.ask(0, now)
+        return False
+
+    def ask(self, offset: int, now: float) -> None:
+        assert self.waiting is not None
+        self.deadline = now + blobs.FETCH_SECONDS
+        self.send(Message(Kind.FETCH, {"blob": self.waiting.hex(), "id": self.tid, "offset": offset}))
+
+    def overdue(self, now: float) -> Optional[str]:
+        """The error for the waiting job once its blob is past due."""
+        if self.waiting is None or now < self.deadline:
+            return None
+        self.waiting = self.parts = None
+        return (f"the job's function (a blob, cw.blobs) did not arrive from its client "
+                f"within {blobs.FETCH_SECONDS:g} s")
+
+    def refused(self) -> Optional[str]:
+        """The master's ERROR no-blob: the job's client is gone."""
+        if self.waiting is None:
+            return None
+        self.waiting = self.parts = None
+        return "the job's function (a blob, cw.blobs) cannot be had: its client has left"
+
+    def arrived(self, msg: Message, now: float) -> Optional[str]:
+        """Take a BLOB chunk in; the error for the waiting job if it brings none."""
+        body: Blob = msg.body
+        if body.blob != (self.waiting.hex() if self.waiting else None):
+            return None  # an answer to an earlier FETCH, no longer needed
+        if body.missing:
+            self.waiting = self.parts = None
+            return ("the job's function (a blob, cw.blobs) is no longer held by its client "
+                    "(it left, or the job was already over)")
+        if self.parts is None:
+            self.parts = bytearray()
+        if body.offset != len(self.parts) or body.total is None or body.total > MAX_BLOB:
+            return None  # not the chunk asked for (a repeat): the deadline still runs
+        self.parts += msg.payload[0]
+        if len(self.parts) < body.total and len(msg.payload[0]):
+            self.ask(len(self.parts), now)
+            return None
+        data, key = self.parts, self.waiting  # a bytearray: pickle and hashlib take it as it is
+        self.waiting = self.parts = None
+        if len(data) != body.total or blobs.digest(data) != key:
+            return "the job's function (a blob, cw.blobs) arrived damaged: its digest differs"
+        functions.blobs[key] = data
+        self.fetched += 1
+        self.fetched_bytes += len(data)
+        return None

@@ -1,0 +1,135 @@
+"""Blobs (cw.blobs): a big function pickle travels by reference, is fetched in
+chunks, checked, cached in bytes, and a job whose blob cannot be had fails."""
+
+import pytest
+
+from cw import blobs, serialize
+from cw.protocol import Kind, Message
+from cw.serialize import FunctionCache, dumps_call, loads_call
+from cw.worker.fetch import Fetcher
+
+
+def make_closure(table):
+    def f(i):
+        return len(table) + i
+
+    return f
+
+
+@pytest.fixture
+def small_threshold(monkeypatch):
+    monkeypatch.setenv("CW_BLOB_THRESHOLD", "1000")
+    monkeypatch.setattr(serialize, "functions", FunctionCache(1 << 30, idle=60))
+    monkeypatch.setattr("cw.worker.fetch.functions", serialize.functions)
+    monkeypatch.setattr(blobs, "store", blobs.Store())
+
+
+def test_a_big_function_travels_by_reference_and_is_held_once(small_threshold):
+    f = make_closure(b"x" * 50_000)
+    calls = [dumps_call(f, (i,), {}) for i in range(3)]
+    key = blobs.reference(calls[0][0])
+    assert key is not None and all(blobs.reference(c[0]) == key for c in calls)
+    assert all(len(c[0]) < 200 for c in calls)  # a reference, not 50 KB each
+    assert len(blobs.store) == 1 and blobs.store.blobs[key][1] == 3  # one copy, three jobs
+    for c in calls[:2]:
+        blobs.store.let_go((b"ctx", *c))
+    assert blobs.store.get(key) is not None
+    blobs.store.let_go((b"ctx", *calls[2]))
+    assert blobs.store.get(key) is None  # the last job is over: the bytes go
+
+
+def test_a_small_function_still_travels_inline(small_threshold):
+    call = dumps_call(len, ("abc",), {})
+    assert blobs.reference(call[0]) is None and len(blobs.store) == 0
+    func, args, _ = loads_call(call)
+    assert func(*args) == 3
+
+
+def fetch_all(fetcher, store_answer, tid, call):
+    """Drive a Fetcher against a client's store, as the master would route."""
+    now = 0.0
+    while not fetcher.ready(tid, call, now):
+        asked = fetcher.send.sent.pop()
+        assert asked.kind is Kind.FETCH and asked.header["id"] == tid
+        fetch = Message.from_frames(Message(Kind.FETCH, {**asked.header, "executor": "ee"}).to_frames()).body
+        answer = Message.from_frames(store_answer(fetch).to_frames())
+        error = fetcher.arrived(answer, now)
+        if error:
+            return error
+    return None
+
+
+class Sent:
+    def __init__(self):
+        self.sent = []
+
+    def __call__(self, msg):
+        self.sent.append(msg)
+
+
+def test_an_executor_fetches_a_blob_in_chunks_and_runs_the_job(small_threshold, monkeypatch):
+    monkeypatch.setattr(blobs, "CHUNK", 10_000)
+    f = make_closure(bytes(range(256)) * 200)
+    call = dumps_call(f, (5,), {})
+    fetcher = Fetcher(Sent())
+    assert fetch_all(fetcher, blobs.answer, 7, call[0]) is None
+    assert fetcher.fetched == 1 and fetcher.fetched_bytes > 50_000
+    func, args, _ = loads_call(call)
+    assert func(*args) == 51_205
+    assert fetcher.ready(8, call[0], 0.0)  # cached now: no second fetch
+    assert fetcher.send.sent == []
+
+
+def test_a_blob_its_client_no_longer_holds_fails_the_job(small_threshold):
+    call = dumps_call(make_closure(b"y" * 5000), (1,), {})
+    blobs.store.let_go((b"ctx", *call))
+    error = fetch_all(Fetcher(Sent()), blobs.answer, 1, call[0])
+    assert "no longer held by its client" in error
+    with pytest.raises(serialize.BlobMissing):
+        loads_call(call)
+
+
+def test_a_damaged_blob_is_refused(small_threshold):
+    call = dumps_call(make_closure(b"z" * 5000), (1,), {})
+
+    def tampered(fetch):
+        msg = blobs.answer(fetch)
+        data = bytearray(msg.payload[0])
+        data[-1] ^= 1
+        return Message(Kind.BLOB, msg.header, (bytes(data),))
+
+    assert "digest differs" in fetch_all(Fetcher(Sent()), tampered, 1, call[0])
+
+
+def test_no_answer_fails_the_job_after_the_fetch_timeout(small_threshold):
+    call = dumps_call(make_closure(b"w" * 5000), (1,), {})
+    fetcher = Fetcher(Sent())
+    assert not fetcher.ready(1, call[0], 0.0)
+    assert fetcher.overdue(blobs.FETCH_SECONDS - 1) is None
+    assert "did not arrive" in fetcher.overdue(blobs.FETCH_SECONDS + 1)
+
+
+def test_the_function_cache_is_bounded_in_bytes_and_forgets_the_idle():
+    cache = FunctionCache(max_bytes=100, idle=60)
+    cache.put("a", "fa", 60, now=0)
+    cache.put("b", "fb", 30, now=1)
+    assert cache.get("a", now=2) == "fa"  # used: now the newest
+    cache.put("c", "fc", 30, now=3)  # 120 bytes: the least recently used goes
+    assert cache.get("b", now=4) is None and cache.size == 90
+    cache.put("huge", "fh", 500, now=5)  # bigger than the bound: kept alone
+    assert list(cache.entries) == ["huge"] and cache.size == 500
+    cache.tidy(now=64)
+    assert cache.get("huge", now=64) == "fh"  # used at 5 and 64: not idle
+    cache.tidy(now=125)
+    assert not cache.entries and cache.size == 0
+
+
+def test_a_blob_message_is_checked():
+    from cw.errors import ProtocolError
+
+    ok = Message(Kind.BLOB, {"blob": "ab", "offset": 0, "total": 3}, (b"abc",))
+    assert Message.from_frames(ok.to_frames()).body.total == 3
+    for header, payload in (({"blob": "ab", "total": 3}, ()), ({"blob": "ab"}, (b"x",)),
+                            ({"blob": "ab", "missing": True}, (b"x",))):
+        with pytest.raises(ProtocolError):
+            Message.from_frames(Message(Kind.BLOB, header, payload).to_frames())
