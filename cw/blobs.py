@@ -30,10 +30,14 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
+from collections import OrderedDict
 from typing import Any, Optional
 
 REF = b"\xff\xff\xff\xff"  # no function pickle is 4 GiB long: this length means "by reference"
 DIGEST_BYTES = 32
+REF_BYTES = 4 + DIGEST_BYTES  # a buffer frame of this size starting with REF is a reference
+SHARED = b"\xff\xff\xff\xfe"  # the same, for a ``share()``d object's pickle (cw.share)
 THRESHOLD = 1 << 20
 CHUNK = 4 << 20  # a blob moves in chunks, each asked for in turn: the master holds one at most
 FETCH_SECONDS = 120.0  # an executor waits this long for a blob, then fails the job
@@ -55,9 +59,53 @@ def digest(data: Any) -> bytes:
 def reference(call: Any) -> Optional[bytes]:
     """The digest a call frame refers to, or None if it carries its function."""
     view = memoryview(call)
-    if view[:4] == REF:
+    if view[:4] == REF or len(view) == REF_BYTES and view[:4] == SHARED:
         return bytes(view[4:4 + DIGEST_BYTES])
     return None
+
+
+def needs(frames: Any) -> list[tuple[bytes, bool]]:
+    """The blobs a job's ``(call, *buffers)`` frames refer to: ``(digest, is its function)``."""
+    found = []
+    key = reference(frames[0])
+    if key is not None:
+        found.append((key, True))
+    for frame in frames[1:]:
+        if len(frame) == REF_BYTES:
+            key = reference(frame)
+            if key is not None:
+                found.append((key, False))
+    return found
+
+
+_shared: dict[int, tuple[bytes, bytes]] = {}  # id(pickle) -> (the pickle, its digest): cw.share
+
+
+def register_shared(data: bytes, key: bytes) -> None:
+    _shared[id(data)] = (data, key)
+
+
+def unregister_shared(data_id: int) -> None:
+    _shared.pop(data_id, None)
+
+
+def buffer_frame(raw: memoryview, shared_memory: bool) -> Optional[bytes]:
+    """A reference frame for a ``share()``d object's pickle, or for a big
+    argument buffer of a client that shares no memory with its executors
+    (``shared_memory`` False: on one host, buffers take ``cw.shm`` instead);
+    else None. The buffer is hashed (about 30 ms per 50 MB) and held once
+    however many jobs carry it; the master then sees it in chunks, once per
+    executor, never whole and never per job."""
+    owner = raw.obj
+    shared = _shared.get(id(owner))
+    if shared is not None and shared[0] is owner:  # a share()d object's pickle: hashed once
+        store.add(shared[1], owner)
+        return SHARED + shared[1]
+    if shared_memory or raw.nbytes < threshold():
+        return None
+    key = digest(raw)
+    store.add(key, raw)
+    return REF + key
 
 
 class Store:
@@ -65,31 +113,57 @@ class Store:
 
     ``add`` counts a job that refers to a blob (from ``dumps_call``, in the
     user's thread); ``let_go`` uncounts it when the job is over (from the
-    I/O thread); the last one frees the bytes.
+    I/O thread). A blob no job needs any more stays ``RECENT_SECONDS`` among
+    the recent (``RECENT_BYTES`` in all), so a sweep whose jobs end as fast
+    as they are submitted does not copy its array again for each.
     """
+
+    RECENT_SECONDS = 30.0
+    RECENT_BYTES = 256 << 20
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.blobs: dict[bytes, list] = {}  # digest -> [bytes, jobs that need it]
+        self.recent: OrderedDict = OrderedDict()  # digest -> (bytes, when let go)
+        self.recent_bytes = 0
 
-    def add(self, key: bytes, data: bytes) -> None:
+    def add(self, key: bytes, data: Any) -> None:
         with self.lock:
-            entry = self.blobs.setdefault(key, [data, 0])
+            entry = self.blobs.get(key)
+            if entry is None:
+                kept = self.recent.pop(key, None)
+                if kept is not None:
+                    self.recent_bytes -= len(kept[0])
+                    data = kept[0]
+                elif not isinstance(data, bytes):
+                    data = bytes(data)  # a copy: the job's data as it was when submitted
+                entry = self.blobs[key] = [data, 0]
             entry[1] += 1
 
     def let_go(self, payload: tuple) -> None:
-        """A job is over: its call frame (``payload[1]``) needs its blob no more."""
+        """A job is over: its frames (context, call, buffers) need their blobs no more."""
         if len(payload) < 2:
             return
-        key = reference(payload[1])
-        if key is None:
+        keys = [key for key, _ in needs(payload[1:])]
+        if not keys:
             return
         with self.lock:
-            entry = self.blobs.get(key)
-            if entry is not None:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    del self.blobs[key]
+            for key in keys:
+                entry = self.blobs.get(key)
+                if entry is not None:
+                    entry[1] -= 1
+                    if entry[1] <= 0:
+                        del self.blobs[key]
+                        self._keep_recent(key, entry[0])
+
+    def _keep_recent(self, key: bytes, data: bytes) -> None:
+        now = time.monotonic()
+        self.recent[key] = (data, now)
+        self.recent_bytes += len(data)
+        while self.recent and (self.recent_bytes > self.RECENT_BYTES
+                               or now - next(iter(self.recent.values()))[1] > self.RECENT_SECONDS):
+            _, (old, _) = self.recent.popitem(last=False)
+            self.recent_bytes -= len(old)
 
     def get(self, key: bytes) -> Optional[bytes]:
         with self.lock:
@@ -103,13 +177,15 @@ class Store:
 store = Store()  # this process's, shared by its clients
 
 
-def answer(fetch: Any) -> Any:
-    """A client's BLOB for the master's FETCH: the bytes, or that they are gone."""
+def answer(fetch: Any, limit: int = 1 << 62) -> Any:
+    """A client's BLOB for the master's FETCH: a chunk of the bytes, or that
+    they are gone (``limit``: the master's --max-message-size)."""
     from .protocol import Kind, Message
 
     data = store.get(bytes.fromhex(fetch.blob)) if len(fetch.blob) == 2 * DIGEST_BYTES else None
     if data is None or fetch.offset > len(data):
         return Message(Kind.BLOB, {"blob": fetch.blob, "executor": fetch.executor, "missing": True})
-    chunk = memoryview(data)[fetch.offset:fetch.offset + CHUNK]
+    size = max(64 << 10, min(CHUNK, limit // 2))
+    chunk = memoryview(data)[fetch.offset:fetch.offset + size]
     return Message(Kind.BLOB, {"blob": fetch.blob, "executor": fetch.executor, "offset": fetch.offset,
                                "total": len(data)}, (chunk,))

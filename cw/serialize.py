@@ -15,6 +15,7 @@ the text survives an exception the client cannot unpickle.
 from __future__ import annotations
 
 import json
+import mmap
 import operator
 import os
 import pickle
@@ -113,13 +114,15 @@ def dumps_function(func: Callable) -> bytes:
     return data
 
 
-def _dumps(obj: Any, owner: Optional[int] = None) -> list:
+def _dumps(obj: Any, owner: Optional[int] = None, args: bool = False) -> list:
     """``[pickle, *buffers]``: plain pickle (fast, in C) when it can, else cloudpickle.
 
     Plain pickle refers to classes and functions by name; one defined where
     the other side cannot import it (``__main__``, a closure) makes it fail,
     and cloudpickle then sends it by value. With an ``owner`` pid, buffers
     of ``shm.SHARE_FROM`` bytes or more go to shared-memory files it removes.
+    A call's arguments (``args``): a big buffer that takes no shared memory
+    goes as a blob reference (``blobs.buffer_frame``), held once by the client.
     """
     buffers: list = []
 
@@ -127,7 +130,11 @@ def _dumps(obj: Any, owner: Optional[int] = None) -> list:
         raw = buf.raw()
         if raw.nbytes < OUT_OF_BAND or len(buffers) >= MAX_BUFFERS:
             return True  # in-band
-        buffers.append(shm.export(raw, owner) if owner and raw.nbytes >= shm.SHARE_FROM else raw)
+        ref = blobs.buffer_frame(raw, shared_memory=bool(owner)) if args else None
+        if ref is not None:
+            buffers.append(ref)
+        else:
+            buffers.append(shm.export(raw, owner) if owner and raw.nbytes >= shm.SHARE_FROM else raw)
         return False
 
     try:
@@ -136,21 +143,76 @@ def _dumps(obj: Any, owner: Optional[int] = None) -> list:
             return [data, *buffers]
     except Exception:
         pass
-    shm.release(buffers)
-    buffers.clear()
+    _drop(buffers)
     try:
         return [cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=out_of_band), *buffers]
     except BaseException:
-        shm.release(buffers)
+        _drop(buffers)
         raise
+
+
+def _drop(buffers: list) -> None:
+    """Undo what a failed pickling made: its shared-memory files, its holds on blobs."""
+    shm.release(buffers)
+    blobs.store.let_go((b"", b"", *buffers))
+    buffers.clear()
 
 
 def _loads(data: Any, buffers: Any) -> Any:
     # Buffers are writable: a job may change its arrays in place, as it could
     # under ProcessPoolExecutor. A frame is copied; a shared-memory file is
     # mapped copy-on-write, so the file stays as it was.
-    return pickle.loads(data, buffers=[shm.attach(b) if shm.is_ref(b) else bytearray(b)
+    return pickle.loads(data, buffers=[shm.attach(b) if shm.is_ref(b) else _blob_buffer(b)
                                        for b in buffers])
+
+
+class Pages:
+    """A fetched argument blob in memory of its own (a memfd): each job maps
+    it copy-on-write, so it gets a writable buffer without a copy of 50 MB."""
+
+    def __init__(self, data: Any) -> None:
+        self.size = len(data)
+        self.fd = os.memfd_create("cw-blob", os.MFD_CLOEXEC)
+        with open(self.fd, "wb", closefd=False) as f:
+            f.write(data)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def map(self) -> Any:
+        if self.size == 0:
+            return bytearray()
+        return mmap.mmap(self.fd, self.size, access=mmap.ACCESS_COPY)
+
+    def __del__(self) -> None:  # a job's mapping keeps its pages
+        try:
+            os.close(self.fd)
+        except (OSError, AttributeError):
+            pass
+
+
+def keep_fetched(key: bytes, data: Any) -> None:
+    """Cache an argument blob an executor fetched (in a memfd where it can)."""
+    try:
+        kept: Any = Pages(data)
+    except (OSError, AttributeError):  # no memfd here: a plain copy per job, then
+        kept = bytes(data)
+    fetched.put(key, kept, len(data), time.monotonic())
+
+
+def _blob_buffer(frame: Any) -> Any:
+    """A writable copy of a buffer frame, or of the fetched blob it refers to."""
+    key = blobs.reference(frame) if len(frame) == blobs.REF_BYTES else None
+    if key is None:
+        return bytearray(frame)
+    data = fetched.get(key, time.monotonic())
+    if data is None:
+        if key in objects.entries:  # a share()d object already unpickled: its bytes are not needed
+            return bytearray()
+        raise BlobMissing(key.hex())
+    if isinstance(data, Pages):
+        return data.map()
+    return bytearray(data)
 
 
 def dumps_call(func: Callable, args: tuple, kwargs: dict, jobid: object = None,
@@ -160,7 +222,7 @@ def dumps_call(func: Callable, args: tuple, kwargs: dict, jobid: object = None,
     memory, see ``cw.shm``). On failure, name the culprit."""
     try:
         func_data = dumps_function(func)
-        frames = _dumps((args, kwargs), os.getpid() if shared else None)
+        frames = _dumps((args, kwargs), os.getpid() if shared else None, args=True)
     except Exception as e:  # cloudpickle raises many types here
         culprit = _find_culprit(func, args, kwargs)
         what = f" of job {jobid!r}" if jobid is not None else ""
@@ -234,8 +296,10 @@ class FunctionCache:
         while self.size > self.max_bytes and len(self.entries) > 1:
             self._drop_oldest()
 
-    def has(self, key: bytes) -> bool:
-        return key in self.entries or key in self.blobs
+    def discard(self, key: Any) -> None:
+        hit = self.entries.pop(key, None)
+        if hit is not None:
+            self.size -= hit[1]
 
     def tidy(self, now: float) -> None:
         """Drop what no job used for ``idle`` seconds."""
@@ -255,6 +319,20 @@ def _cache_bytes() -> int:
 
 
 functions = FunctionCache(_cache_bytes(), idle=60.0)  # an executor's (CW_FUNCTION_CACHE_BYTES)
+fetched = FunctionCache(_cache_bytes(), idle=60.0)  # blobs of arguments it fetched: digest -> bytes
+objects = FunctionCache(_cache_bytes(), idle=60.0)  # share()d objects, unpickled: digest -> object
+
+
+def has_blob(key: bytes) -> bool:
+    return key in functions.entries or key in fetched.entries or key in functions.blobs \
+        or key in objects.entries
+
+
+def tidy_caches(now: float) -> None:
+    """Drop the functions and fetched blobs no job used for a while."""
+    functions.tidy(now)
+    fetched.tidy(now)
+    objects.tidy(now)
 
 
 class BlobMissing(Exception):

@@ -23,6 +23,7 @@ from ..errors import JobRejectedError, RemoteException, WorkerLostError
 from ..protocol import Status
 from ..security import client_keys, insecure_default
 from ..serialize import context_frame, dumps_call, loads_error, loads_value
+from ..share import Shared
 from .iocore import IOCore
 from .progress import Progress
 
@@ -218,6 +219,14 @@ class ClusterExecutor(futures.Executor):
             blobs.store.let_go((b"", *call))  # never held: no result will let it go
             raise
         return fut
+
+    @staticmethod
+    def share(obj: Any) -> Shared:
+        """Place ``obj`` once for many jobs: a small handle that a job taking
+        it as an argument receives as the object itself. Pickled and hashed
+        here, once; each executor fetches it once and keeps one copy for its
+        jobs (treat it as read-only). See ``cw.share``."""
+        return Shared(obj)
 
     def cancel(self, future: futures.Future, force: bool = False) -> bool:
         """Cancel a job; with ``force=True`` also one already running.

@@ -120,7 +120,7 @@ class IOCore(threading.Thread):
                 return False
             self.jobs.hold(jid, payload, options)
             lent = self.lanes.current()
-            if lent is not None and "timeout" not in options and blobs.reference(payload[1]) is None \
+            if lent is not None and "timeout" not in options and not blobs.needs(payload[1:]) \
                     and lent.send(jid, payload):
                 self.on_started([jid], lent.worker)
             else:
@@ -281,7 +281,7 @@ class IOCore(threading.Thread):
         elif msg.kind is Kind.ERROR:
             self.refused(msg.body)
         elif msg.kind is Kind.FETCH:  # an executor lacks a job's function (cw.blobs)
-            self.link.send(blobs.answer(msg.body))
+            self.link.send(blobs.answer(msg.body, self.link.max_message_size))
 
     def refused(self, error: Error) -> None:
         """The master's ERROR."""

@@ -9,6 +9,7 @@ from .. import blobs
 from ..errors import MasterUnavailableError, RemoteException, WorkerLostError
 from ..protocol import Status
 from ..serialize import dumps_call, error_text
+from ..share import Shared
 from .executor import DEFAULT_MAX_PENDING, _connect, _Context, _options, _outcome
 from .iocore import IOCore
 from .progress import Progress
@@ -69,6 +70,11 @@ class ClientThread:
                 del self._jobids[jid]
             blobs.store.let_go((b"", *call))  # never held: no result will let it go
             raise
+
+    @staticmethod
+    def share(obj: Any) -> Shared:
+        """Place ``obj`` once for many jobs (as ``ClusterExecutor.share``)."""
+        return Shared(obj)
 
     def wait(self) -> None:
         """Block until every submitted job has finished; raise the first error."""

@@ -33,7 +33,7 @@ from .. import lanes, shm
 from ..errors import BlobUnavailableError, CWError, JobRejectedError
 from ..protocol import SLOT_MARK, ErrorCode, Kind, Message, Result, Status, job_runs
 from ..security import Keys
-from ..serialize import dumps_error, dumps_value, functions, loads_call
+from ..serialize import dumps_error, dumps_value, loads_call, tidy_caches
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from . import joblog, lane
 from .fetch import Fetcher
@@ -145,7 +145,7 @@ class Executor:
                 self.stopping = True
                 return
             shm.tidy()
-            functions.tidy(time.monotonic())
+            tidy_caches(time.monotonic())
             if self.tasks and self.fetcher.waiting is None:
                 self.receive(0)
             else:  # nothing to run, or the next job's blob on its way
@@ -211,7 +211,7 @@ class Executor:
     def run_next(self, now: float) -> float:
         """Run the next task, queued at ``now``; return the time it ended."""
         tid, frames, *client = self.tasks[0]
-        if not self.fetcher.ready(tid, frames[1], now):  # its function is on its way
+        if not self.fetcher.ready(tid, frames[1:], now):  # its function or data is on its way
             error = self.fetcher.overdue(now)
             if error:
                 self.fail_first(error)

@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Optional
 
-from .. import blobs
+from .. import blobs, serialize
 from ..protocol import Blob, Kind, Message
-from ..serialize import functions
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +26,22 @@ class Fetcher:
         self.waiting: Optional[bytes] = None  # the digest asked for
         self.tid = 0  # the job that needs it: the master finds its client by it
         self.parts: Optional[bytearray] = None  # the chunks so far
+        self.function = False  # whether it is the job's function (else an argument's buffer)
         self.deadline = 0.0
         self.fetched = 0  # blobs received (and bytes): this executor's share of the traffic
         self.fetched_bytes = 0
 
-    def ready(self, tid: int, call: Any, now: float) -> bool:
-        """Whether a job can run now; if not, its blob is asked for (once)."""
-        key = blobs.reference(call)
-        if key is None or functions.has(key):
-            return True
-        if self.waiting != key:
-            self.waiting, self.tid, self.parts = key, tid, None
-            self.ask(0, now)
-        return False
+    def ready(self, tid: int, frames: Any, now: float) -> bool:
+        """Whether a job (its ``(call, *buffers)`` frames) can run now; if
+        not, the first blob it lacks is asked for (once)."""
+        for key, is_function in blobs.needs(frames):
+            if serialize.has_blob(key):
+                continue
+            if self.waiting != key:
+                self.waiting, self.tid, self.parts, self.function = key, tid, None, is_function
+                self.ask(0, now)
+            return False
+        return True
 
     def ask(self, offset: int, now: float) -> None:
         assert self.waiting is not None
@@ -82,7 +84,10 @@ class Fetcher:
         self.waiting = self.parts = None
         if len(data) != body.total or blobs.digest(data) != key:
             return "the job's function (a blob, cw.blobs) arrived damaged: its digest differs"
-        functions.blobs[key] = data
+        if self.function:
+            serialize.functions.blobs[key] = data
+        else:
+            serialize.keep_fetched(key, data)
         self.fetched += 1
         self.fetched_bytes += len(data)
         return None

@@ -1,5 +1,5 @@
 """A user's sweep over big data, run as its own process so that its peak RSS
-is its own: ``python big_data_client.py PORT closure|argument N``; prints
+is its own: ``python big_data_client.py PORT closure|argument|shared N``; prints
 one JSON line: the results' checksum and the peak RSS in MiB."""
 import json
 import resource
@@ -29,6 +29,9 @@ def main(port: int, how: str, n: int) -> None:
         if how == "closure":
             simulate = make_model(table)
             futures = [ex.submit(simulate, p) for p in range(n)]
+        elif how == "shared":
+            shared = ex.share(table)
+            futures = [ex.submit(lookup, shared, p) for p in range(n)]
         else:
             futures = [ex.submit(lookup, table, p) for p in range(n)]
         total = sum(f.result(300) for f in futures)

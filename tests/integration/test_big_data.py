@@ -1,11 +1,12 @@
 """Big data moves once (cw.blobs): real master, workers and a client process."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, wait_workers
+from conftest import ROOT, wait_for, wait_workers
 
 from cw.launch import query_status
 
@@ -20,9 +21,9 @@ def peak_mib(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-def sweep(port: int, how: str, n: int) -> dict:
+def sweep(port: int, how: str, n: int, env: dict) -> dict:
     done = subprocess.run([sys.executable, str(CLIENT), str(port), how, str(n)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **env})
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -31,21 +32,50 @@ def expected(n: int) -> float:
     return float(sum(p % MB50 + p for p in range(n)))
 
 
+# (how the client passes the array, its environment): CW_SHM=0 makes the client
+# a stranger to its executors' host, as on a cluster, where arguments are blobs.
+CASES = {"closure": ("closure", {}), "argument-across-hosts": ("argument", {"CW_SHM": "0"}),
+         "shared": ("shared", {})}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_closure_over_a_50_mb_array_goes_to_each_executor_once(procs):
-    """2,000 jobs of one function closing over 50 MB, on 2 workers: the
-    client keeps one copy, the master holds at most a chunk, and the
-    counters show the blob routed once to each executor."""
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_50_mb_array_goes_to_each_executor_once(procs, case):
+    """2,000 jobs of one function closing over a 50 MB array, taking it as an
+    argument, or as a handle from ``share``, on 2 workers: the client keeps
+    one copy, the master holds at most a chunk, and the counters show the
+    blob routed once to each executor (an argument's first trip is the usual
+    one: no hash for a one-off)."""
+    how, env = CASES[case]
     master, port = procs.master()
     for _ in range(2):
         procs.worker(port)
     wait_workers(port, 2)
-    got = sweep(port, "closure", 2000)
+    got = sweep(port, how, 2000, env)
     assert got["sum"] == expected(2000)
     assert got["peak_mib"] < 400, got
     assert peak_mib(master.pid) < 150
-    counts = query_status("127.0.0.1", port)["counts"]
-    assert counts["done"] == 2000 and counts["lost"] == 0
+    counts = wait_for(lambda: (lambda c: c if c["done"] == 2000 else None)(
+        query_status("127.0.0.1", port)["counts"]), what="every job counted")
+    assert counts["lost"] == 0
     assert 1 <= counts["blobs_routed"] <= 2  # one per executor that ran a job, never per job
     assert 50 << 20 <= counts["blob_bytes"] <= 2 * (51 << 20)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_on_one_host_an_argument_takes_shared_memory_not_the_master(procs):
+    """Client and executors on one host: each job's array goes through
+    /dev/shm as before (no hash, no blob), and none of it crosses the master."""
+    master, port = procs.master()
+    for _ in range(2):
+        procs.worker(port)
+    wait_workers(port, 2)
+    got = sweep(port, "argument", 500, {})
+    assert got["sum"] == expected(500) and got["peak_mib"] < 400, got
+    assert peak_mib(master.pid) < 150
+    # Jobs that took a lane are counted at their executor's next heartbeat.
+    counts = wait_for(lambda: (lambda c: c if c["done"] == 500 else None)(
+        query_status("127.0.0.1", port)["counts"]), what="every job counted")
+    assert counts["blobs_routed"] == 0 and counts["blob_bytes"] == 0

@@ -20,7 +20,7 @@ def make_closure(table):
 def small_threshold(monkeypatch):
     monkeypatch.setenv("CW_BLOB_THRESHOLD", "1000")
     monkeypatch.setattr(serialize, "functions", FunctionCache(1 << 30, idle=60))
-    monkeypatch.setattr("cw.worker.fetch.functions", serialize.functions)
+    monkeypatch.setattr(serialize, "fetched", FunctionCache(1 << 30, idle=60))
     monkeypatch.setattr(blobs, "store", blobs.Store())
 
 
@@ -48,7 +48,7 @@ def test_a_small_function_still_travels_inline(small_threshold):
 def fetch_all(fetcher, store_answer, tid, call):
     """Drive a Fetcher against a client's store, as the master would route."""
     now = 0.0
-    while not fetcher.ready(tid, call, now):
+    while not fetcher.ready(tid, call, now):  # call: the job's (call, *buffers) frames
         asked = fetcher.send.sent.pop()
         assert asked.kind is Kind.FETCH and asked.header["id"] == tid
         fetch = Message.from_frames(Message(Kind.FETCH, {**asked.header, "executor": "ee"}).to_frames()).body
@@ -72,18 +72,18 @@ def test_an_executor_fetches_a_blob_in_chunks_and_runs_the_job(small_threshold, 
     f = make_closure(bytes(range(256)) * 200)
     call = dumps_call(f, (5,), {})
     fetcher = Fetcher(Sent())
-    assert fetch_all(fetcher, blobs.answer, 7, call[0]) is None
+    assert fetch_all(fetcher, blobs.answer, 7, call) is None
     assert fetcher.fetched == 1 and fetcher.fetched_bytes > 50_000
     func, args, _ = loads_call(call)
     assert func(*args) == 51_205
-    assert fetcher.ready(8, call[0], 0.0)  # cached now: no second fetch
+    assert fetcher.ready(8, call, 0.0)  # cached now: no second fetch
     assert fetcher.send.sent == []
 
 
 def test_a_blob_its_client_no_longer_holds_fails_the_job(small_threshold):
     call = dumps_call(make_closure(b"y" * 5000), (1,), {})
     blobs.store.let_go((b"ctx", *call))
-    error = fetch_all(Fetcher(Sent()), blobs.answer, 1, call[0])
+    error = fetch_all(Fetcher(Sent()), blobs.answer, 1, call)
     assert "no longer held by its client" in error
     with pytest.raises(serialize.BlobMissing):
         loads_call(call)
@@ -98,13 +98,13 @@ def test_a_damaged_blob_is_refused(small_threshold):
         data[-1] ^= 1
         return Message(Kind.BLOB, msg.header, (bytes(data),))
 
-    assert "digest differs" in fetch_all(Fetcher(Sent()), tampered, 1, call[0])
+    assert "digest differs" in fetch_all(Fetcher(Sent()), tampered, 1, call)
 
 
 def test_no_answer_fails_the_job_after_the_fetch_timeout(small_threshold):
     call = dumps_call(make_closure(b"w" * 5000), (1,), {})
     fetcher = Fetcher(Sent())
-    assert not fetcher.ready(1, call[0], 0.0)
+    assert not fetcher.ready(1, call, 0.0)
     assert fetcher.overdue(blobs.FETCH_SECONDS - 1) is None
     assert "did not arrive" in fetcher.overdue(blobs.FETCH_SECONDS + 1)
 
@@ -133,3 +133,55 @@ def test_a_blob_message_is_checked():
                             ({"blob": "ab", "missing": True}, (b"x",))):
         with pytest.raises(ProtocolError):
             Message.from_frames(Message(Kind.BLOB, header, payload).to_frames())
+
+
+def test_a_big_argument_goes_as_a_blob_held_once(small_threshold):
+    """A client that shares no memory with its executors (another host)."""
+    import numpy
+
+    table = numpy.arange(10_000, dtype=numpy.float64)  # 80 KB: out of band, over the threshold
+    calls = [dumps_call(numpy.sum, (table,), {}) for _ in range(3)]
+    refs = [blobs.needs(c) for c in calls]
+    assert refs[0] == refs[1] == refs[2] and len(refs[0]) == 1 and refs[0][0][1] is False
+    key = refs[0][0][0]
+    assert blobs.store.blobs[key][1] == 3 and len(blobs.store.get(key)) == table.nbytes
+    table[0] = 42.0  # changed: a new digest, the old content still held for its jobs
+    changed = dumps_call(numpy.sum, (table,), {})
+    assert blobs.needs(changed)[0][0] != key and len(blobs.store) == 2
+    fetcher = Fetcher(Sent())
+    assert fetch_all(fetcher, blobs.answer, 3, calls[0]) is None
+    func, args, _ = loads_call(calls[0])
+    assert func(*args) == numpy.arange(10_000).sum() and args[0].flags.writeable
+    args[0][1] = -1.0  # the job's copy is its own (copy-on-write)
+    assert loads_call(calls[1])[1][0][1] == 1.0
+    for c in calls + [changed]:
+        blobs.store.let_go((b"ctx", *c))
+    assert len(blobs.store) == 0 and key in blobs.store.recent  # kept a while, in case
+
+
+def test_a_shared_object_is_pickled_once_and_resolved_once_per_executor(small_threshold, monkeypatch):
+    import numpy
+
+    from cw.client import ClusterExecutor
+
+    monkeypatch.setattr(serialize, "objects", FunctionCache(1 << 30, idle=60))
+    table = ClusterExecutor.share(numpy.arange(100_000))  # out of band: over 64 KiB
+    assert repr(table).startswith("<Shared ") and table.nbytes > 800_000
+    calls = [dumps_call(numpy.sum, (table,), {}) for _ in range(3)]
+    assert all(blobs.needs(c) == [(table.key, False)] for c in calls)  # no hash per job
+    assert blobs.store.blobs[table.key][1] == 3
+    assert fetch_all(Fetcher(Sent()), blobs.answer, 1, calls[0]) is None
+    first = loads_call(calls[0])[1][0]
+    second = loads_call(calls[1])[1][0]
+    assert first is second and int(first.sum()) == 4_999_950_000  # one object for the executor's jobs
+    assert table.key not in serialize.fetched.entries  # the object is kept, not its bytes too
+    del table
+    gc_collect()
+    assert not blobs._shared  # the handle is gone: so is its registration
+    assert blobs.store.get(blobs.needs(calls[2])[0][0]) is not None  # a job still holds it
+
+
+def gc_collect():
+    import gc
+
+    gc.collect()
