@@ -18,6 +18,7 @@ from ..protocol import Blob, Kind, Message
 log = logging.getLogger(__name__)
 
 MAX_BLOB = 1 << 40  # a size no blob has: a peer that says more is wrong
+WINDOW = 4  # chunks asked for ahead: the master holds this many of one executor's at most
 
 
 class Fetcher:
@@ -28,6 +29,7 @@ class Fetcher:
         self.parts: Optional[bytearray] = None  # the chunks so far
         self.function = False  # whether it is the job's function (else an argument's buffer)
         self.deadline = 0.0
+        self.asked = 0
         self.fetched = 0  # blobs received (and bytes): this executor's share of the traffic
         self.fetched_bytes = 0
 
@@ -39,6 +41,7 @@ class Fetcher:
                 continue
             if self.waiting != key:
                 self.waiting, self.tid, self.parts, self.function = key, tid, None, is_function
+                self.asked = 0  # the next offset to ask for, once the first chunk says its size
                 self.ask(0, now)
             return False
         return True
@@ -76,9 +79,14 @@ class Fetcher:
             self.parts = bytearray()
         if body.offset != len(self.parts) or body.total is None or body.total > MAX_BLOB:
             return None  # not the chunk asked for (a repeat): the deadline still runs
+        chunk = len(msg.payload[0])
         self.parts += msg.payload[0]
-        if len(self.parts) < body.total and len(msg.payload[0]):
-            self.ask(len(self.parts), now)
+        if len(self.parts) < body.total and chunk:
+            # WINDOW chunks on their way at once: the hops' encryption overlaps.
+            self.asked = max(self.asked, len(self.parts))
+            while self.asked < min(body.total, len(self.parts) + WINDOW * chunk):
+                self.ask(self.asked, now)
+                self.asked += chunk
             return None
         data, key = self.parts, self.waiting  # a bytearray: pickle and hashlib take it as it is
         self.waiting = self.parts = None
