@@ -44,12 +44,18 @@ FETCH_SECONDS = 120.0  # an executor waits this long for a blob, then fails the 
 
 
 def threshold() -> int:
-    """Function pickles of this many bytes or more travel as blobs."""
+    """Function pickles of this many bytes or more travel as blobs
+    (``CW_BLOB_THRESHOLD``, read once per value: this runs for every job)."""
     raw = os.environ.get("CW_BLOB_THRESHOLD", "")
-    try:
-        return max(1, int(raw)) if raw.strip() else THRESHOLD
-    except ValueError:
-        return THRESHOLD
+    if raw != _threshold[0]:
+        try:
+            _threshold[:] = [raw, max(1, int(raw)) if raw.strip() else THRESHOLD]
+        except ValueError:
+            _threshold[:] = [raw, THRESHOLD]
+    return _threshold[1]
+
+
+_threshold: list = ["", THRESHOLD]  # the variable's text, and what it means
 
 
 def digest(data: Any) -> bytes:

@@ -289,9 +289,8 @@ class ClusterExecutor(futures.Executor):
                     yield _next_result(window, source, end)
                     continue
                 chunk = _next_result(window, source, end)
-                chunk.reverse()
-                while chunk:
-                    yield chunk.pop()
+                chunk.reverse()  # popped from its end, each value leaves the list as it goes
+                yield from itertools.starmap(chunk.pop, itertools.repeat((), len(chunk)))
         finally:
             for fut in window:
                 fut.cancel()

@@ -311,8 +311,11 @@ class Executor:
             # Unmapping a big shared-memory argument takes milliseconds: not
             # before the result is on its way.
             self._args = args, kwargs
-            with self.outbox.lent():  # what is held leaves while it runs long
+            self.outbox.lend()  # what is held leaves while it runs long
+            try:
                 value = func(*args, **kwargs)
+            finally:
+                self.outbox.take_back()
             value = dumps_value(value, self.shared_with(ctx))
             size = sum(map(len, value))
             if size > self.max_message_size:

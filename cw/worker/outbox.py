@@ -9,7 +9,7 @@ for the job that runs next, which may take an hour: while a job runs, the
 The executor's socket belongs to one thread at a time, handed over with a
 lock (ZeroMQ allows a socket to move between threads across a full memory
 barrier): the executor's own thread holds ``Outbox.lock`` always, except
-while a job's function runs (``Outbox.lent``); the flusher takes the lock
+while a job's function runs (``Outbox.lend``); the flusher takes the lock
 only then, without waiting, and never touches anything else.
 """
 from __future__ import annotations
@@ -68,15 +68,22 @@ class Outbox:
         self._clear()
         self.held.clear()
 
-    @contextmanager
-    def lent(self) -> Iterator[None]:
-        """While a job's function runs: the flusher may send what is held."""
+    def lend(self) -> None:
+        """A job's function is about to run: the flusher may send what is
+        held, until ``take_back`` (plain calls: a ``with`` costs a job more)."""
         self.job_started = time.perf_counter()
         self.lock.release()
+
+    def take_back(self) -> None:
+        self.lock.acquire()
+
+    @contextmanager
+    def lent(self) -> Iterator[None]:
+        self.lend()
         try:
             yield
         finally:
-            self.lock.acquire()
+            self.take_back()
 
 
 class Flusher(threading.Thread):
