@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 from ..protocol import Kind, Message, Result
 
 HOLD_SECONDS = 0.002  # a result waits for the next job only after a job this short
+POLL_SECONDS = 0.003  # how often the flusher looks while results are held
 
 
 class Outbox:
@@ -33,6 +34,7 @@ class Outbox:
         self.lock.acquire()  # the executor's thread holds the socket (see above)
         self.held = threading.Event()  # set while results wait: the flusher watches
         self.job_started = 0.0  # perf_counter() when the running job began
+        self.running = False  # a job's function runs (the lock is lent)
         self._clear()
 
     def _clear(self) -> None:
@@ -72,10 +74,12 @@ class Outbox:
         """A job's function is about to run: the flusher may send what is
         held, until ``take_back`` (plain calls: a ``with`` costs a job more)."""
         self.job_started = time.perf_counter()
+        self.running = True
         self.lock.release()
 
     def take_back(self) -> None:
         self.lock.acquire()
+        self.running = False
 
     @contextmanager
     def lent(self) -> Iterator[None]:
@@ -98,7 +102,11 @@ class Flusher(threading.Thread):
         box = self.outbox
         while not self.stopped:
             box.held.wait()
-            time.sleep(HOLD_SECONDS)
+            time.sleep(POLL_SECONDS)
+            # Looked at without the lock first: short jobs, whose results the
+            # executor sends itself, never contend for it.
+            if not box.running or time.perf_counter() - box.job_started < HOLD_SECONDS:
+                continue
             if not box.lock.acquire(blocking=False):
                 continue  # the executor's thread is at work: it sends them itself
             try:
