@@ -43,19 +43,21 @@ CHUNK = 4 << 20  # a blob moves in chunks, each asked for in turn: the master ho
 FETCH_SECONDS = 120.0  # an executor waits this long for a blob, then fails the job
 
 
+def _threshold_from_env() -> int:
+    raw = os.environ.get("CW_BLOB_THRESHOLD", "").strip()
+    try:
+        return max(1, int(raw)) if raw else THRESHOLD
+    except ValueError:
+        return THRESHOLD
+
+
+_threshold = _threshold_from_env()  # read once: threshold() runs for every job
+
+
 def threshold() -> int:
-    """Function pickles of this many bytes or more travel as blobs
-    (``CW_BLOB_THRESHOLD``, read once per value: this runs for every job)."""
-    raw = os.environ.get("CW_BLOB_THRESHOLD", "")
-    if raw != _threshold[0]:
-        try:
-            _threshold[:] = [raw, max(1, int(raw)) if raw.strip() else THRESHOLD]
-        except ValueError:
-            _threshold[:] = [raw, THRESHOLD]
-    return _threshold[1]
-
-
-_threshold: list = ["", THRESHOLD]  # the variable's text, and what it means
+    """Function pickles (and buffers) of this many bytes or more travel as
+    blobs: ``CW_BLOB_THRESHOLD`` as the process started, default 1 MiB."""
+    return _threshold
 
 
 def digest(data: Any) -> bytes:
@@ -73,9 +75,10 @@ def reference(call: Any) -> Optional[bytes]:
 def needs(frames: Any) -> list[tuple[bytes, bool]]:
     """The blobs a job's ``(call, *buffers)`` frames refer to: ``(digest, is its function)``."""
     found = []
-    key = reference(frames[0])
-    if key is not None:
-        found.append((key, True))
+    first = frames[0]
+    head = first[:4] if type(first) is bytes else bytes(memoryview(first)[:4])
+    if head == REF:  # a call frame is never a share()d object's
+        found.append((bytes(memoryview(first)[4:4 + DIGEST_BYTES]), True))
     for frame in frames[1:]:
         if len(frame) == REF_BYTES:
             key = reference(frame)
@@ -148,8 +151,9 @@ class Store:
 
     def let_go(self, payload: tuple) -> None:
         """A job is over: its frames (context, call, buffers) need their blobs no more."""
-        if len(payload) < 2:
-            return
+        if len(payload) < 3 and (len(payload) < 2 or type(payload[1]) is bytes
+                                 and not payload[1].startswith(REF)):
+            return  # the usual job: its function inline, no buffer
         keys = [key for key, _ in needs(payload[1:])]
         if not keys:
             return

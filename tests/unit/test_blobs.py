@@ -18,7 +18,7 @@ def make_closure(table):
 
 @pytest.fixture
 def small_threshold(monkeypatch):
-    monkeypatch.setenv("CW_BLOB_THRESHOLD", "1000")
+    monkeypatch.setattr(blobs, "_threshold", 1000)
     monkeypatch.setattr(serialize, "functions", FunctionCache(1 << 30, idle=60))
     monkeypatch.setattr(serialize, "fetched", FunctionCache(1 << 30, idle=60))
     monkeypatch.setattr(blobs, "store", blobs.Store())
