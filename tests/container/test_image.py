@@ -167,7 +167,7 @@ def test_the_containers_guide_runs(containers, cw_image, tmp_path):
         run_bed_blocks(ROOT / "docs" / "containers.md", "container", session)
     finally:
         leaked = session.close()
-        podman("untag", "localhost/cw:latest", check=False)
+        podman("untag", "localhost/cw:latest", "localhost/cw:latest", check=False)  # that name only
     assert not leaked, "the guide's blocks left processes behind:\n" + "\n".join(leaked)
     assert ours() == []
 
