@@ -24,11 +24,13 @@ from .errors import (
 # ``cw.worker`` and ``cw.executor`` import this package first, and need
 # neither (their imports are most of a master's or an executor's start-up).
 _LAZY = {name: ".client" for name in ("ClientThread", "ClusterExecutor", "JobInfo", "SlurmExecutor")}
-_LAZY.update({name: ".launch.auto" for name in ("allocate", "randid", "start", "stop")})
+_LAZY.update({name: ".launch.auto" for name in ("allocate", "is_slurm_available", "randid", "start",
+                                                 "stop")})
+PORT = 5494  # the master's default port, as the original's cw.PORT (cw.protocol.DEFAULT_PORT)
 
 if _typing.TYPE_CHECKING:  # type checkers see the names themselves, and flag misspelt ones
     from .client import ClientThread, ClusterExecutor, JobInfo, SlurmExecutor
-    from .launch.auto import allocate, randid, start, stop
+    from .launch.auto import allocate, is_slurm_available, randid, start, stop
 else:
     def __getattr__(name):
         module = _LAZY.get(name)
@@ -57,7 +59,9 @@ __all__ = [
     "RemoteException",
     "UnpicklableError",
     "WorkerLostError",
+    "PORT",
     "allocate",
+    "is_slurm_available",
     "randid",
     "start",
     "stop",

@@ -258,18 +258,23 @@ def _at_least(opts: Options, n: int) -> Optional[dict]:
         return None
 
 
-def stop(cluster: Optional[str] = None, engine: Optional[str] = None, timeout: float = 40.0) -> int:
-    """Stop (workers first: they drain) and remove this cluster's containers; return how many."""
+def stop(cluster: Optional[str] = None, engine: Optional[str] = None, timeout: float = 40.0, *,
+         master: bool = True, workers: bool = True) -> int:
+    """Stop (workers first: they drain) and remove this cluster's containers,
+    or only its workers' or its master's; return how many."""
     name = cluster_name(cluster)
     engine = _engine_name(engine, name)
     found = containers(engine, name)
-    for role in ("worker", "master"):
+    stopped = 0
+    for role in [r for r, wanted in (("worker", workers), ("master", master)) if wanted]:
         names = [c["name"] for c in found if c["role"] == role]
         if names:
             _engine(stop_command(engine, names, timeout), timeout=timeout + 30)
             _engine(remove_command(engine, names))
-    (cluster_dir(name) / "master.json").unlink(missing_ok=True)
-    return len(found)
+            stopped += len(names)
+    if master:
+        (cluster_dir(name) / "master.json").unlink(missing_ok=True)
+    return stopped
 
 
 def status(cluster: Optional[str] = None, engine: Optional[str] = None,

@@ -177,11 +177,13 @@ def _records(name: str) -> list[tuple[Path, dict]]:
     return sorted(out, key=lambda item: item[1].get("role") == "master")
 
 
-def stop(cluster: Optional[str] = None, timeout: float = 30.0) -> int:
-    """Stop the processes this cluster's launcher started; return how many."""
+def stop(cluster: Optional[str] = None, timeout: float = 30.0, *, master: bool = True,
+         workers: bool = True) -> int:
+    """Stop the processes this cluster's launcher started (its workers, its
+    master, or both); return how many."""
     name = cluster_name(cluster)
     stopped = 0
-    for role in ("worker", "master"):
+    for role in [r for r, wanted in (("worker", workers), ("master", master)) if wanted]:
         group = [(path, rec) for path, rec in _records(name) if rec.get("role") == role]
         procs = []
         for path, rec in group:

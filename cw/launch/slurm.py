@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 
 from ..cluster import cluster_dir, cluster_name, read_json
 from ..errors import ClusterError, MasterUnavailableError
-from ..slurm import job_name
+from ..squeue import job_name
 from . import query_status, wait_until
 
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")
@@ -212,11 +212,13 @@ def squeue(cluster: Optional[str] = None) -> list[dict]:
     return jobs
 
 
-def stop(cluster: Optional[str] = None, timeout: float = 90.0) -> int:
-    """Drain and end this cluster's workers, then its master; return jobs ended."""
+def stop(cluster: Optional[str] = None, timeout: float = 90.0, *, master: bool = True,
+         workers: bool = True) -> int:
+    """Drain and end this cluster's workers, then its master (or only one of
+    them); return jobs ended."""
     name = cluster_name(cluster)
     ended = 0
-    for role in ("worker", "master"):
+    for role in [r for r, wanted in (("worker", workers), ("master", master)) if wanted]:
         jname = job_name(role, name)
         mine = [j for j in squeue(name) if j["name"] == jname]
         if not mine:
