@@ -39,7 +39,7 @@ DIGEST_BYTES = 32
 REF_BYTES = 4 + DIGEST_BYTES  # a buffer frame of this size starting with REF is a reference
 SHARED = b"\xff\xff\xff\xfe"  # the same, for a ``share()``d object's pickle (cw.share)
 THRESHOLD = 1 << 20
-CHUNK = 4 << 20  # a blob moves in chunks, each asked for in turn: the master holds one at most
+CHUNK = 4 << 20  # a blob moves in chunks, a few asked for ahead (cw.worker.fetch.WINDOW)
 FETCH_SECONDS = 120.0  # an executor waits this long for a blob, then fails the job
 
 

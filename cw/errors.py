@@ -39,7 +39,7 @@ class SecurityError(CWError):
 
 
 class BlobUnavailableError(CWError):
-    """A job's function, sent once by reference (cw.blobs), could not be had from its client."""
+    """A job's function or argument, sent once by reference (cw.blobs), could not be had from its client."""
 
 
 class ClusterError(CWError):

@@ -57,7 +57,7 @@ class _LRU(OrderedDict):
             self.popitem(last=False)
 
 
-_pickled_functions = _LRU(64)  # id(func) -> (identity, global names, bytes)
+_pickled_functions = _LRU(64)  # id(func) -> [identity, global names, bytes, digest or None]
 
 
 def _identity(func: types.FunctionType, names: tuple) -> tuple:
@@ -98,20 +98,31 @@ def _full(cell: Any) -> bool:
 
 
 def dumps_function(func: Callable) -> bytes:
+    return _pickled_function(func)[2]
+
+
+def _pickled_function(func: Callable) -> list:
+    """``[identity, global names, pickle, digest or None]``: cached for a
+    plain function, fresh for any other callable. The digest is filled in
+    once the pickle turns out big enough to travel as a blob (``_digest``)."""
     if not isinstance(func, types.FunctionType):
-        return cloudpickle.dumps(func, protocol=PROTOCOL)
+        return [None, (), cloudpickle.dumps(func, protocol=PROTOCOL), None]
     hit = _pickled_functions.get(id(func))
-    if hit is not None:
-        # The names a code holds are fixed: kept with the pickle, not walked
-        # again per call (a new code fails the identity check all the same).
-        key, names, data = hit
-        if _same(_identity(func, names), key):
-            return data
+    # The names a code holds are fixed: kept with the pickle, not walked
+    # again per call (a new code fails the identity check all the same).
+    if hit is not None and _same(_identity(func, hit[1]), hit[0]):
+        return hit
     names = _global_names(func.__code__)
-    key = _identity(func, names)
-    data = cloudpickle.dumps(func, protocol=PROTOCOL)
-    _pickled_functions.put(id(func), (key, names, data))
-    return data
+    entry = [_identity(func, names), names, cloudpickle.dumps(func, protocol=PROTOCOL), None]
+    _pickled_functions.put(id(func), entry)
+    return entry
+
+
+def _digest(entry: list) -> bytes:
+    """A pickled function's SHA-256, hashed once per cached pickle."""
+    if entry[3] is None:
+        entry[3] = blobs.digest(entry[2])
+    return entry[3]
 
 
 def _dumps(obj: Any, owner: Optional[int] = None, args: bool = False) -> list:
@@ -221,7 +232,8 @@ def dumps_call(func: Callable, args: tuple, kwargs: dict, jobid: object = None,
     and the arguments' out-of-band buffers (``shared``: big ones in shared
     memory, see ``cw.shm``). On failure, name the culprit."""
     try:
-        func_data = dumps_function(func)
+        pickled = _pickled_function(func)
+        func_data = pickled[2]
         frames = _dumps((args, kwargs), os.getpid() if shared else None, args=True)
     except Exception as e:  # cloudpickle raises many types here
         culprit = _find_culprit(func, args, kwargs)
@@ -230,24 +242,13 @@ def dumps_call(func: Callable, args: tuple, kwargs: dict, jobid: object = None,
             f"cannot send {culprit}{what} to a worker: {type(e).__name__}: {e}"
         ) from e
     if len(func_data) >= blobs.threshold():  # by reference: see cw.blobs
-        key = _digest(func_data)
+        key = _digest(pickled)
         blobs.store.add(key, func_data)  # the job's claim, let go when it is over
         frames[0] = blobs.REF + key + frames[0]
     else:
         frames[0] = len(func_data).to_bytes(4, "little") + func_data + frames[0]
     return frames
 
-
-_digests = _LRU(16)  # id(function pickle) -> (the pickle, its digest): hashed once
-
-
-def _digest(data: bytes) -> bytes:
-    hit = _digests.get(id(data))
-    if hit is not None and hit[0] is data:
-        return hit[1]
-    key = blobs.digest(data)
-    _digests.put(id(data), (data, key))
-    return key
 
 
 def _find_culprit(func: Callable, args: tuple, kwargs: dict) -> str:
@@ -280,7 +281,6 @@ class FunctionCache:
         self.max_bytes, self.idle = max_bytes, idle
         self.entries: OrderedDict = OrderedDict()  # key -> (function, size, last used)
         self.size = 0
-        self.blobs: dict = {}  # fetched, not yet unpickled: digest -> pickle (bytes-like)
 
     def get(self, key: Any, now: float) -> Any:
         hit = self.entries.get(key)
@@ -320,13 +320,14 @@ def _cache_bytes() -> int:
 
 
 functions = FunctionCache(_cache_bytes(), idle=60.0)  # an executor's (CW_FUNCTION_CACHE_BYTES)
-fetched = FunctionCache(_cache_bytes(), idle=60.0)  # blobs of arguments it fetched: digest -> bytes
+# Blobs it fetched: an argument's (kept in a memfd, ``Pages``) or a function's
+# pickle (until its first job unpickles it).
+fetched = FunctionCache(_cache_bytes(), idle=60.0)
 objects = FunctionCache(_cache_bytes(), idle=60.0)  # share()d objects, unpickled: digest -> object
 
 
 def has_blob(key: bytes) -> bool:
-    return key in functions.entries or key in fetched.entries or key in functions.blobs \
-        or key in objects.entries
+    return key in functions.entries or key in fetched.entries or key in objects.entries
 
 
 def tidy_caches(now: float) -> None:
@@ -353,9 +354,10 @@ def loads_call(frames: Any) -> tuple[Callable, tuple, dict]:
     now = time.monotonic()
     func = functions.get(key, now)
     if func is None:
-        pickled = functions.blobs.pop(key, None) if by_reference else key
+        pickled = fetched.get(key, now) if by_reference else key
         if pickled is None:
             raise BlobMissing(key.hex())
+        fetched.discard(key)  # the function is what is kept
         func = pickle.loads(pickled)
         functions.put(key, func, len(pickled), now)
     args, kwargs = _loads(raw[end:], frames[1:])

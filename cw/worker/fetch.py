@@ -10,6 +10,7 @@ job then fails with an error that says which, never waits for ever.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, Optional
 
 from .. import blobs, serialize
@@ -56,15 +57,17 @@ class Fetcher:
         if self.waiting is None or now < self.deadline:
             return None
         self.waiting = self.parts = None
-        return (f"the job's function (a blob, cw.blobs) did not arrive from its client "
-                f"within {blobs.FETCH_SECONDS:g} s")
+        return f"{self.what()} did not arrive from its client within {blobs.FETCH_SECONDS:g} s"
+
+    def what(self) -> str:
+        return f"the job's {'function' if self.function else 'argument'} (a blob, cw.blobs)"
 
     def refused(self) -> Optional[str]:
         """The master's ERROR no-blob: the job's client is gone."""
         if self.waiting is None:
             return None
         self.waiting = self.parts = None
-        return "the job's function (a blob, cw.blobs) cannot be had: its client has left"
+        return f"{self.what()} cannot be had: its client has left"
 
     def arrived(self, msg: Message, now: float) -> Optional[str]:
         """Take a BLOB chunk in; the error for the waiting job if it brings none."""
@@ -73,8 +76,7 @@ class Fetcher:
             return None  # an answer to an earlier FETCH, no longer needed
         if body.missing:
             self.waiting = self.parts = None
-            return ("the job's function (a blob, cw.blobs) is no longer held by its client "
-                    "(it left, or the job was already over)")
+            return f"{self.what()} is no longer held by its client (it left, or the job was already over)"
         if self.parts is None:
             self.parts = bytearray()
         if body.offset != len(self.parts) or body.total is None or body.total > MAX_BLOB:
@@ -91,9 +93,9 @@ class Fetcher:
         data, key = self.parts, self.waiting  # a bytearray: pickle and hashlib take it as it is
         self.waiting = self.parts = None
         if len(data) != body.total or blobs.digest(data) != key:
-            return "the job's function (a blob, cw.blobs) arrived damaged: its digest differs"
+            return f"{self.what()} arrived damaged: its digest differs"
         if self.function:
-            serialize.functions.blobs[key] = data
+            serialize.fetched.put(key, data, len(data), time.monotonic())
         else:
             serialize.keep_fetched(key, data)
         self.fetched += 1
