@@ -7,9 +7,9 @@ with cw's own options (``cluster=``, ``port=``, ``procs=``...) beside them.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-from .launch import local
+from .launch import auto, local
 
 
 def start(nworkers: int = 1, master: bool = True, workers: bool = True, **options: Any) -> dict:
@@ -22,12 +22,7 @@ def stop(master: bool = True, workers: bool = True, cluster: Optional[str] = Non
     return local.stop(cluster, master=master, workers=workers)
 
 
-@contextlib.contextmanager
 def allocate(nworkers: int = 1, master: bool = True, workers: bool = True,
-             **options: Any) -> Iterator[dict]:
+             **options: Any) -> contextlib.AbstractContextManager[dict]:
     """``with cw.mp.allocate(4):`` a local cluster for the duration of the block."""
-    info = start(nworkers, master, workers, **options)
-    try:
-        yield info
-    finally:
-        stop(master, workers, cluster=info["cluster"])
+    return auto.allocate(nworkers, master, workers, launcher="local", **options)

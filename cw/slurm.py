@@ -9,7 +9,7 @@ import; this module is the original's public path to them.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .squeue import available, job_name, master_host
 
@@ -34,14 +34,12 @@ def stop(master: bool = True, workers: bool = True, cluster: Optional[str] = Non
     return auto.stop(master, workers, launcher="slurm", cluster=cluster)
 
 
-@contextlib.contextmanager
 def allocate(nworkers: int = 1, master: bool = True, workers: bool = True,
              master_options: Sequence[str] = (), worker_options: Sequence[str] = (),
-             docker_image: Optional[str] = None, docker_args: str = "", **options: Any) -> Iterator[dict]:
+             docker_image: Optional[str] = None, docker_args: str = "",
+             **options: Any) -> contextlib.AbstractContextManager[dict]:
     """``with cw.slurm.allocate(8):`` SLURM jobs for the duration of the block."""
-    info = start(nworkers, master, workers, master_options, worker_options, docker_image,
-                 docker_args, **options)
-    try:
-        yield info
-    finally:
-        stop(master, workers, cluster=info["cluster"])
+    from .launch import auto
+
+    return auto.allocate(nworkers, master, workers, master_options, worker_options, docker_image,
+                         docker_args, launcher="slurm", **options)

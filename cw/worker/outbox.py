@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 from ..protocol import Kind, Message, Result
 
@@ -80,14 +79,6 @@ class Outbox:
     def take_back(self) -> None:
         self.lock.acquire()
         self.running = False
-
-    @contextmanager
-    def lent(self) -> Iterator[None]:
-        self.lend()
-        try:
-            yield
-        finally:
-            self.take_back()
 
 
 class Flusher(threading.Thread):
