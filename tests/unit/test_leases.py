@@ -1,6 +1,8 @@
 """Lanes (cw.lanes): which clients the master lends an executor's lane, when
 it takes it back, and which lane directories an executor trusts."""
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 from test_master import PEER, Peer, client, run, running_master, submit
@@ -159,9 +161,15 @@ def test_a_lane_lent_to_another_since_is_not_killed_for_the_first(master):
     assert sup.nothing({Kind.KILL})
 
 
-def test_a_lane_binds_only_in_a_directory_of_this_user_alone(tmp_path, monkeypatch):
+def test_a_lane_binds_only_in_a_directory_of_this_user_alone(monkeypatch):
     if shm.host_key() is None:
         pytest.skip("no shared memory here")
+    # A short root: pytest's tmp_path can be past a socket path's 108 bytes.
+    with tempfile.TemporaryDirectory(prefix="cw-", dir="/tmp") as root:
+        _binds_only_in_a_private_directory(Path(root), monkeypatch)
+
+
+def _binds_only_in_a_private_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(shm, "ROOT", str(tmp_path))
     directory = tmp_path / f"cw-lanes-{os.getuid()}"
     directory.mkdir(mode=0o755)
