@@ -83,6 +83,22 @@ class CW(_Executor):
         shutil.rmtree(os.environ["CW_HOME"], ignore_errors=True)
 
 
+class CWAcrossHosts(CW):
+    """cw as on a cluster, where client and workers share no memory: no
+    ``/dev/shm`` (CW_SHM=0), so big buffers take the direct path
+    (cw.direct), or with ``via_master`` (CW_DIRECT=0) the master's."""
+
+    def __init__(self, via_master: bool = False) -> None:
+        super().__init__()
+        self.via_master = via_master
+        self.name = "cw across hosts via master" if via_master else "cw across hosts"
+
+    def start(self) -> None:
+        os.environ["CW_SHM"] = "0"  # read when cw first asks: before anything starts
+        os.environ["CW_DIRECT"] = "0" if self.via_master else "1"
+        super().start()
+
+
 class Pool(_Executor):
     """concurrent.futures.ProcessPoolExecutor, or loky's."""
 
@@ -197,4 +213,5 @@ class _IppResult:
 
 
 def all_systems() -> list[System]:
-    return [CW(), CW(insecure=True), Pool(), Pool(loky=True), Dask(), Ray(), IPyParallel()]
+    return [CW(), CW(insecure=True), CWAcrossHosts(), CWAcrossHosts(via_master=True), Pool(),
+            Pool(loky=True), Dask(), Ray(), IPyParallel()]

@@ -28,6 +28,7 @@ The master only routes: it holds no blob and counts what it routed
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import threading
 import time
@@ -40,6 +41,7 @@ REF_BYTES = 4 + DIGEST_BYTES  # a buffer frame of this size starting with REF is
 SHARED = b"\xff\xff\xff\xfe"  # the same, for a ``share()``d object's pickle (cw.share)
 THRESHOLD = 1 << 20
 CHUNK = 4 << 20  # a blob moves in chunks, a few asked for ahead (cw.worker.fetch.WINDOW)
+MAX_BLOB = 1 << 40  # a size no blob has: a peer that says more is wrong
 FETCH_SECONDS = 120.0  # an executor waits this long for a blob, then fails the job
 
 
@@ -58,6 +60,13 @@ def threshold() -> int:
     """Function pickles (and buffers) of this many bytes or more travel as
     blobs: ``CW_BLOB_THRESHOLD`` as the process started, default 1 MiB."""
     return _threshold
+
+
+def zeroed(size: int) -> Any:
+    """Writable memory for a blob that arrives in chunks: an anonymous
+    mapping, whose pages the kernel zeroes as they are first written
+    (a bytearray would be cleared whole first, a second pass over it)."""
+    return mmap.mmap(-1, size) if size else bytearray()
 
 
 def digest(data: Any) -> bytes:
@@ -193,9 +202,10 @@ def answer(fetch: Any, limit: int = 1 << 62) -> Any:
     from .protocol import Kind, Message
 
     data = store.get(bytes.fromhex(fetch.blob)) if len(fetch.blob) == 2 * DIGEST_BYTES else None
+    to = {} if fetch.executor is None else {"executor": fetch.executor}  # none on the direct path
     if data is None or fetch.offset > len(data):
-        return Message(Kind.BLOB, {"blob": fetch.blob, "executor": fetch.executor, "missing": True})
+        return Message(Kind.BLOB, {"blob": fetch.blob, **to, "missing": True})
     size = max(64 << 10, min(CHUNK, limit // 2))
     chunk = memoryview(data)[fetch.offset:fetch.offset + size]
-    return Message(Kind.BLOB, {"blob": fetch.blob, "executor": fetch.executor, "offset": fetch.offset,
-                               "total": len(data)}, (chunk,))
+    return Message(Kind.BLOB, {"blob": fetch.blob, **to, "offset": fetch.offset, "total": len(data)},
+                   (chunk,))

@@ -36,13 +36,16 @@ OUT_OF_BAND = 64 * 1024  # buffers from this size travel as frames of their own
 MAX_BUFFERS = 1000  # beyond this many, buffers go inside the pickle (frame limit)
 
 
-def context_frame(cwd: str | None = None, path: list[str] | None = None) -> bytes:
+def context_frame(cwd: str | None = None, path: list[str] | None = None,
+                  extra: Optional[dict] = None) -> bytes:
     """A SUBMIT's context: the client's cwd and sys.path, and its host key and
-    pid, so that an executor on its host returns big buffers in shared memory."""
+    pid, so that an executor on its host returns big buffers in shared memory
+    (``extra``: where its direct path listens, see ``cw.direct``)."""
     ctx: dict = {"cwd": os.getcwd() if cwd is None else cwd,
                  "path": list(sys.path if path is None else path)}
     if shm.host_key() is not None:
         ctx["shm"], ctx["pid"] = shm.host_key(), os.getpid()
+    ctx.update(extra or {})
     return json.dumps(ctx).encode()
 
 
@@ -213,6 +216,8 @@ def keep_fetched(key: bytes, data: Any) -> None:
 
 def _blob_buffer(frame: Any) -> Any:
     """A writable copy of a buffer frame, or of the fetched blob it refers to."""
+    if type(frame) is mmap.mmap:  # already the job's own: a buffer pushed to a client (cw.direct)
+        return frame
     key = blobs.reference(frame) if len(frame) == blobs.REF_BYTES else None
     if key is None:
         return bytearray(frame)

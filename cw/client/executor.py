@@ -38,13 +38,18 @@ class _Context:
     def __init__(self) -> None:
         self.key: tuple = ("", [])
         self.frame = b""
+        self.extra: dict = {}  # where the client's direct path listens (cw.direct), once connected
 
     def __call__(self) -> bytes:
         cwd = os.getcwd()
         if cwd != self.key[0] or sys.path != self.key[1]:
             self.key = (cwd, list(sys.path))
-            self.frame = context_frame(cwd, self.key[1])
+            self.frame = context_frame(cwd, self.key[1], self.extra)
         return self.frame
+
+    def connected(self, core: IOCore) -> None:
+        self.extra = core.context_fields()
+        self.key = ("", [])  # built afresh with them
 
 
 def _outcome(status: Status, payload: tuple, error: Union[str, BaseException, None],
@@ -188,6 +193,7 @@ class ClusterExecutor(futures.Executor):
         self._shutdown = False
         self._core = _connect(host, port, cluster, insecure, connect_timeout,
                               self._on_result, self._on_started, heartbeat, liveness)
+        self._context.connected(self._core)
 
     @property
     def address(self) -> str:

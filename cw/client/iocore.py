@@ -46,6 +46,7 @@ from .. import blobs, shm
 from ..errors import CWError, JobRejectedError, MasterUnavailableError
 from ..protocol import Error, ErrorCode, Kind, Message, Welcome
 from ..security import Keys
+from .direct import DirectServer
 from .jobs import HeldJobs, ResultHandler
 from .lane import Lanes
 from .link import MasterLink
@@ -83,6 +84,13 @@ class IOCore(threading.Thread):
                                liveness=liveness, clock=clock)
         self.jobs = HeldJobs(self.link, on_result)
         self.lanes = Lanes(self.poller)
+        self.direct = DirectServer.open(host, keys)  # cw.direct: None where it cannot be had
+        for sock in self.direct.sockets() if self.direct is not None else ():
+            self.poller.register(sock, zmq.POLLIN)
+
+    def context_fields(self) -> dict:
+        """What this client's jobs' context frames say of its direct path."""
+        return {} if self.direct is None else self.direct.context_fields()
 
     @property
     def address(self) -> str:
@@ -208,6 +216,8 @@ class IOCore(threading.Thread):
             self.check_broken()
         if self.lanes:
             self.lanes.drain(self.jobs.take, self.send_stranded)
+        if self.direct is not None:
+            self.direct.serve()
         self.link.watch(events)
         self.check_broken()
         self.keep_alive(now)
@@ -281,6 +291,8 @@ class IOCore(threading.Thread):
         elif msg.kind is Kind.ERROR:
             self.refused(msg.body)
         elif msg.kind is Kind.FETCH:  # an executor lacks a job's function (cw.blobs)
+            if self.direct is not None:
+                self.direct.relayed()
             self.link.send(blobs.answer(msg.body, self.link.max_message_size))
 
     def refused(self, error: Error) -> None:
@@ -339,6 +351,8 @@ class IOCore(threading.Thread):
                 pass
         self.link.close(linger=200 if connected else 0)
         self.lanes.close()
+        if self.direct is not None:
+            self.direct.close()
         self.jobs.release()
         self.wake_r.close()
         self.wake_w.close()

@@ -16,7 +16,7 @@ from collections import deque
 from itertools import islice
 from typing import Callable, Iterable, Iterator, Optional
 
-from .. import blobs, shm
+from .. import blobs, direct, shm
 from ..protocol import STATUSES, Message, Status
 from .link import MasterLink
 
@@ -64,6 +64,8 @@ class HeldJobs:
         frames = iter(msg.payload)
         for result in msg.body.results:
             payload = tuple(islice(frames, result.frames))
+            if len(payload) > 1:
+                payload = direct.resolve(payload)  # buffers its executor pushed (cw.direct)
             held = self.pending.pop(result.id, None)
             if held is None:  # a duplicate: drop it
                 shm.discard(payload)

@@ -49,6 +49,7 @@ class ClientThread:
         self._core = _connect(self.host, self.port, self.cluster, self.insecure,
                               self.connect_timeout, self._on_result, lambda ids, worker: None,
                               self.heartbeat, self.liveness)
+        self._context.connected(self._core)
 
     def submit(self, jobid: Hashable, func: Callable, *args: Any, **kwargs: Any) -> None:
         if self._core is None:

@@ -17,6 +17,7 @@ and restarts it when it dies.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
@@ -36,6 +37,7 @@ from ..security import Keys
 from ..serialize import dumps_error, dumps_value, loads_call, tidy_caches
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from . import joblog, lane
+from .direct import DirectPeers
 from .fetch import Fetcher
 from .outbox import Flusher, Outbox
 from .peer import Peer, peer_header, unknown_peer
@@ -69,7 +71,8 @@ class Executor:
         self.listen_at = 0.0  # when the master is next heard, though tasks are queued
         self.tasks: deque = deque()  # (task id, frames), in the order received
         self.outbox = Outbox(self.peer.send)
-        self.fetcher = Fetcher(self.peer.send)
+        self.direct = DirectPeers(keys)  # cw.direct: clients on other hosts, without the master
+        self.fetcher = Fetcher(self.peer.send, self.direct, self.direct_route)
         # Shared with the supervisor: the task running now, so that a death
         # is charged to the right job even when earlier results were unsent.
         self.slot = mmap.mmap(job_fd, 8) if job_fd is not None else None
@@ -116,11 +119,12 @@ class Executor:
         while not self.stopping:
             self.step()
         flusher.stop()
-        self.flush()
+        self.outbox.flush()
         if self.lane_done:
             self.peer.send(Message(Kind.HEARTBEAT, self.lane_header()))
         self.peer.send(Message(Kind.BYE))
         self.peer.close(linger=1000)
+        self.direct.close()
         if self.lane is not None:
             self.lane.close(linger=1000)  # tasks it still held: their clients send them again
             lanes.remove(os.getpid())
@@ -211,7 +215,7 @@ class Executor:
     def run_next(self, now: float) -> float:
         """Run the next task, queued at ``now``; return the time it ended."""
         tid, frames, *client = self.tasks[0]
-        if not self.fetcher.ready(tid, frames[1:], now):  # its function or data is on its way
+        if not self.fetcher.ready(tid, frames, now):  # its function or data is on its way
             error = self.fetcher.overdue(now)
             if error:
                 self.fail_first(error)
@@ -235,7 +239,7 @@ class Executor:
         else:
             self.outbox.add(entry, payload, entry.ran or 0.0, now)
         if not self.tasks or self.outbox.due(entry.ran or 0.0, now):
-            self.flush()
+            self.outbox.flush()
 
     def fail_first(self, error: str) -> None:
         """Fail the first queued job without running it (its blob cannot be had)."""
@@ -253,9 +257,6 @@ class Executor:
         self.lane_done += 1
         self.lane_failed += entry.status != _OK
 
-    def flush(self) -> None:
-        self.outbox.flush()
-
     def job_path(self, path: list, own: list) -> list:
         """The client's sys.path in front of ours, computed once per context."""
         key = (self._ctx_raw, tuple(own))
@@ -267,28 +268,19 @@ class Executor:
     def context(self, frame: Any) -> dict:
         """The client's cwd and sys.path; a malformed one fails the job, not us.
         (The jobs of a TASK's run share one frame: it is read once.)"""
-        import json
-
         if frame is self._ctx_frame:
             return self._ctx
         raw = bytes(frame)
         if raw != self._ctx_raw:
-            ctx = json.loads(raw)
-            if not (isinstance(ctx, dict) and isinstance(ctx.get("cwd"), str)
-                    and isinstance(ctx.get("path"), list)
-                    and all(isinstance(p, str) for p in ctx["path"])):
-                raise ValueError("malformed job context (cwd, sys.path)")
-            self._ctx, self._ctx_raw = ctx, raw
+            self._ctx, self._ctx_raw = _parse_context(raw), raw
         self._ctx_frame = frame
         return self._ctx
 
-    @staticmethod
-    def shared_with(ctx: dict) -> Optional[int]:
-        """The client's pid when it shares our host: big results go to shared memory."""
-        pid = ctx.get("pid")
-        key = shm.host_key()
-        if key is not None and ctx.get("shm") == key and type(pid) is int and pid > 0:
-            return pid
+    def direct_route(self, frame: Any) -> Optional[tuple]:
+        """The direct path of the client whose context frame this is, if any
+        (none for a malformed context: the job fails when it runs)."""
+        with contextlib.suppress(ValueError):
+            return self.direct.route(self.context(frame))
         return None
 
     def run_task(self, tid: int, frames: tuple, mark: int) -> tuple[str, Optional[str], list]:
@@ -316,18 +308,27 @@ class Executor:
                 value = func(*args, **kwargs)
             finally:
                 self.outbox.take_back()
-            value = dumps_value(value, self.shared_with(ctx))
-            size = sum(map(len, value))
-            if size > self.max_message_size:
-                raise JobRejectedError(
-                    f"the job's result is {size} bytes, over the master's --max-message-size "
-                    f"{self.max_message_size}; write big results to files instead")
-            return _OK, None, value
+            return _OK, None, self.result_frames(value, ctx)
         except BaseException as exc:  # a job's failure, whatever it is, is its result
             frame, summary = dumps_error(exc)
             return _ERROR, summary, [frame]
         finally:
             self._leave(old_path)
+
+    def result_frames(self, value: Any, ctx: dict) -> list:
+        """A job's value as frames: big buffers in shared memory for a client
+        of this host, pushed straight to one of another (``cw.direct``)."""
+        owner = _shared_with(ctx)
+        frames = dumps_value(value, owner)
+        if owner is None and len(frames) > 1:
+            route = self.direct.route(ctx)
+            frames = frames if route is None else self.direct.push(route, frames)
+        size = sum(map(len, frames))
+        if size > self.max_message_size:
+            raise JobRejectedError(
+                f"the job's result is {size} bytes, over the master's --max-message-size "
+                f"{self.max_message_size}; write big results to files instead")
+        return frames
 
     def _enter(self, tid: int, mark: int) -> None:
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
@@ -344,6 +345,25 @@ class Executor:
             os.chdir(self.home)
         except OSError:
             pass
+
+
+def _parse_context(raw: bytes) -> dict:
+    import json
+
+    ctx = json.loads(raw)
+    if not (isinstance(ctx, dict) and isinstance(ctx.get("cwd"), str) and isinstance(ctx.get("path"), list)
+            and all(isinstance(p, str) for p in ctx["path"])):
+        raise ValueError("malformed job context (cwd, sys.path)")
+    return ctx
+
+
+def _shared_with(ctx: dict) -> Optional[int]:
+    """The client's pid when it shares our host: big results go to shared memory."""
+    pid = ctx.get("pid")
+    key = shm.host_key()
+    if key is not None and ctx.get("shm") == key and type(pid) is int and pid > 0:
+        return pid
+    return None
 
 
 def _parser() -> Any:

@@ -15,16 +15,20 @@ from typing import Any, Callable, Optional
 
 from .. import blobs, serialize
 from ..protocol import Blob, Kind, Message
+from .direct import DirectPeers, Route
 
 log = logging.getLogger(__name__)
 
-MAX_BLOB = 1 << 40  # a size no blob has: a peer that says more is wrong
 WINDOW = 4  # chunks asked for ahead: the master holds this many of one executor's at most
 
 
 class Fetcher:
-    def __init__(self, send: Callable[[Message], None]) -> None:
+    def __init__(self, send: Callable[[Message], None], direct: Optional[DirectPeers] = None,
+                 route_of: Callable[[Any], Optional[Route]] = lambda frame: None) -> None:
         self.send = send
+        self.direct = direct  # the job's client's direct path (cw.direct), tried first
+        self.route_of = route_of  # a job's context frame -> its client's direct path, if any
+        self.failure: Optional[str] = None  # why the first job cannot have its blob
         self.waiting: Optional[bytes] = None  # the digest asked for
         self.tid = 0  # the job that needs it: the master finds its client by it
         self.parts: Optional[bytearray] = None  # the chunks so far
@@ -35,10 +39,15 @@ class Fetcher:
         self.fetched_bytes = 0
 
     def ready(self, tid: int, frames: Any, now: float) -> bool:
-        """Whether a job (its ``(call, *buffers)`` frames) can run now; if
-        not, the first blob it lacks is asked for (once)."""
-        for key, is_function in blobs.needs(frames):
+        """Whether a job (its ``(context, call, *buffers)`` frames) can run
+        now; if not, the first blob it lacks is asked for (once): straight
+        from its client where it offers a direct path, else through the master."""
+        for key, is_function in blobs.needs(frames[1:]):
             if serialize.has_blob(key):
+                continue
+            if self.waiting != key and self.fetch_directly(frames[0], key, is_function):
+                if self.failure is not None:
+                    return False
                 continue
             if self.waiting != key:
                 self.waiting, self.tid, self.parts, self.function = key, tid, None, is_function
@@ -52,8 +61,29 @@ class Fetcher:
         self.deadline = now + blobs.FETCH_SECONDS
         self.send(Message(Kind.FETCH, {"blob": self.waiting.hex(), "id": self.tid, "offset": offset}))
 
+    def fetch_directly(self, context: Any, key: bytes, is_function: bool) -> bool:
+        """Whether the direct path answered (with the blob, or ``failure``)."""
+        route = self.route_of(context) if self.direct is not None else None
+        if route is None:
+            return False
+        data, missing = self.direct.fetch(route, key)
+        if data is None and missing is None:
+            return False  # the path failed: the master's, then
+        self.function = is_function
+        if missing is not None:
+            self.failure = f"{self.what()} {missing}"
+        elif self.direct.keys is None and blobs.digest(data) != key:  # CURVE checks it, else we do
+            self.failure = f"{self.what()} arrived damaged: its digest differs"
+        else:
+            self.keep(key, data, is_function)
+        return True
+
     def overdue(self, now: float) -> Optional[str]:
-        """The error for the waiting job once its blob is past due."""
+        """The error for the waiting job once its blob is past due (or the
+        direct path said it is gone)."""
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            return failure
         if self.waiting is None or now < self.deadline:
             return None
         self.waiting = self.parts = None
@@ -79,7 +109,7 @@ class Fetcher:
             return f"{self.what()} is no longer held by its client (it left, or the job was already over)"
         if self.parts is None:
             self.parts = bytearray()
-        if body.offset != len(self.parts) or body.total is None or body.total > MAX_BLOB:
+        if body.offset != len(self.parts) or body.total is None or body.total > blobs.MAX_BLOB:
             return None  # not the chunk asked for (a repeat): the deadline still runs
         chunk = len(msg.payload[0])
         self.parts += msg.payload[0]
@@ -94,10 +124,13 @@ class Fetcher:
         self.waiting = self.parts = None
         if len(data) != body.total or blobs.digest(data) != key:
             return f"{self.what()} arrived damaged: its digest differs"
-        if self.function:
+        self.keep(key, data, self.function)
+        return None
+
+    def keep(self, key: bytes, data: bytearray, is_function: bool) -> None:
+        if is_function:
             serialize.fetched.put(key, data, len(data), time.monotonic())
         else:
             serialize.keep_fetched(key, data)
         self.fetched += 1
         self.fetched_bytes += len(data)
-        return None

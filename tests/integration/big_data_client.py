@@ -1,12 +1,14 @@
 """A user's sweep over big data, run as its own process so that its peak RSS
 is its own: ``python big_data_client.py PORT closure|argument|shared N``; prints
-one JSON line: the results' checksum and the peak RSS in MiB."""
+one JSON line: the results' checksum, the peak RSS in MiB and
+the direct path's counters (cw.direct)."""
 import json
 import resource
 import sys
 
 import numpy
 
+from cw import direct
 from cw.client import ClusterExecutor
 
 MB50 = 50 * 1024 * 1024 // 8
@@ -36,7 +38,7 @@ def main(port: int, how: str, n: int) -> None:
             futures = [ex.submit(lookup, table, p) for p in range(n)]
         total = sum(f.result(300) for f in futures)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"sum": total, "peak_mib": peak}))
+    print(json.dumps({"sum": total, "peak_mib": peak, "direct": direct.counts}))
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ def expected(n: int) -> float:
 
 
 # (how the client passes the array, its environment): CW_SHM=0 makes the client
-# a stranger to its executors' host, as on a cluster, where arguments are blobs.
+# a stranger to its executors' host, as on a cluster, where arguments are blobs;
+# CW_DIRECT=0 sends blobs through the master instead of the direct path (cw.direct).
 CASES = {"closure": ("closure", {}), "argument-across-hosts": ("argument", {"CW_SHM": "0"}),
-         "shared": ("shared", {})}
+         "shared": ("shared", {}), "closure-via-master": ("closure", {"CW_DIRECT": "0"})}
 
 
 @pytest.mark.slow
@@ -45,8 +46,8 @@ def test_a_50_mb_array_goes_to_each_executor_once(procs, case):
     """2,000 jobs of one function closing over a 50 MB array, taking it as an
     argument, or as a handle from ``share``, on 2 workers: the client keeps
     one copy, the master holds at most a chunk, and the counters show the
-    blob routed once to each executor (an argument's first trip is the usual
-    one: no hash for a one-off)."""
+    blob sent once to each executor that ran a job, never per job: over
+    the direct path, or through the master when that is off."""
     how, env = CASES[case]
     master, port = procs.master()
     for _ in range(2):
@@ -59,8 +60,13 @@ def test_a_50_mb_array_goes_to_each_executor_once(procs, case):
     counts = wait_for(lambda: (lambda c: c if c["done"] == 2000 else None)(
         query_status("127.0.0.1", port)["counts"]), what="every job counted")
     assert counts["lost"] == 0
-    assert 1 <= counts["blobs_routed"] <= 2  # one per executor that ran a job, never per job
-    assert 50 << 20 <= counts["blob_bytes"] <= 2 * (51 << 20)
+    sent, sent_bytes = got["direct"]["served"], got["direct"]["served_bytes"]
+    if env.get("CW_DIRECT") == "0":
+        sent, sent_bytes = counts["blobs_routed"], counts["blob_bytes"]
+    else:
+        assert counts["blobs_routed"] == counts["blob_bytes"] == 0  # none of it crossed the master
+    assert 1 <= sent <= 2  # one per executor that ran a job, never per job
+    assert 50 << 20 <= sent_bytes <= 2 * (51 << 20)
 
 
 @pytest.mark.slow

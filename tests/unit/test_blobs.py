@@ -48,7 +48,7 @@ def test_a_small_function_still_travels_inline(small_threshold):
 def fetch_all(fetcher, store_answer, tid, call):
     """Drive a Fetcher against a client's store, as the master would route."""
     now = 0.0
-    while not fetcher.ready(tid, call, now):  # call: the job's (call, *buffers) frames
+    while not fetcher.ready(tid, (b"{}", *call), now):  # the job's (context, call, *buffers) frames
         asked = fetcher.send.sent.pop()
         assert asked.kind is Kind.FETCH and asked.header["id"] == tid
         fetch = Message.from_frames(Message(Kind.FETCH, {**asked.header, "executor": "ee"}).to_frames()).body
@@ -76,7 +76,7 @@ def test_an_executor_fetches_a_blob_in_chunks_and_runs_the_job(small_threshold, 
     assert fetcher.fetched == 1 and fetcher.fetched_bytes > 50_000
     func, args, _ = loads_call(call)
     assert func(*args) == 51_205
-    assert fetcher.ready(8, call, 0.0)  # cached now: no second fetch
+    assert fetcher.ready(8, (b"{}", *call), 0.0)  # cached now: no second fetch
     assert fetcher.send.sent == []
 
 
@@ -104,7 +104,7 @@ def test_a_damaged_blob_is_refused(small_threshold):
 def test_no_answer_fails_the_job_after_the_fetch_timeout(small_threshold):
     call = dumps_call(make_closure(b"w" * 5000), (1,), {})
     fetcher = Fetcher(Sent())
-    assert not fetcher.ready(1, call, 0.0)
+    assert not fetcher.ready(1, (b"{}", *call), 0.0)
     assert fetcher.overdue(blobs.FETCH_SECONDS - 1) is None
     assert "did not arrive" in fetcher.overdue(blobs.FETCH_SECONDS + 1)
 

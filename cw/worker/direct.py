@@ -1,0 +1,186 @@
+"""An executor's end of the direct path (``cw.direct``): it fetches a job's
+blobs from the job's client, and pushes a big result's buffers to it,
+without the master.
+
+Both run in the executor's thread, between jobs: the job waits for its
+blobs anyway, and its result cannot leave before its buffers have. A client
+not reached within ``CONNECT_SECONDS`` (no handshake) is not tried again for
+``RETRY_SECONDS``: its jobs use the master's path meanwhile, and the log
+says so once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Any, Optional
+
+import zmq
+
+from .. import blobs, direct
+from ..errors import ProtocolError
+from ..protocol import Kind, Message
+from ..security import Keys, apply_client
+from ..transport import recv_frames, send_frames
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 600.0
+MAX_PEERS = 8  # clients' sockets kept open at once (least recently used go)
+WINDOW = 4  # chunks asked for ahead
+Route = tuple  # (address, the client's public key z85 or None)
+_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+           zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_HANDSHAKES = zmq.EVENT_HANDSHAKE_SUCCEEDED | _FAILED[0] | _FAILED[1] | _FAILED[2]
+
+
+class DirectPeers:
+    def __init__(self, keys: Optional[Keys]) -> None:
+        self.keys = keys
+        self.peers: OrderedDict = OrderedDict()  # address -> connected DEALER
+        self.failed: dict[str, float] = {}  # address -> when to try it again
+        self.on = direct.enabled()
+        self.pushed = self.pushed_bytes = 0
+
+    def route(self, ctx: dict) -> Optional[Route]:
+        """Where the job's client offers a direct path, unless it failed of late."""
+        address = ctx.get("direct") if self.on else None
+        if not isinstance(address, str) or not address.startswith("tcp://"):
+            return None
+        key = ctx.get("direct_key")
+        if (self.keys is None) != (key is None) or key is not None and not isinstance(key, str):
+            return None  # one side secure, the other not: the master's path
+        if self.failed.get(address, 0.0) > time.monotonic():
+            return None
+        return address, key
+
+    def fetch(self, route: Route, key: bytes) -> tuple[Optional[Any], Optional[str]]:
+        """A blob from the job's client: (its bytes, None); (None, why) if
+        the client holds it no longer; (None, None) if the path failed."""
+        sock = self.connect(route)
+        if sock is None:
+            return None, None
+        name, parts, got, total, asked = key.hex(), bytearray(), 0, None, 0
+        self.send(sock, Kind.FETCH, {"blob": name, "offset": 0})
+        while total is None or got < total:
+            msg = self.receive(sock, route)
+            if msg is None:
+                return None, None
+            body = msg.body
+            if msg.kind is not Kind.BLOB or body.blob != name:
+                continue  # a late answer to an earlier request
+            if body.missing:
+                return None, "is no longer held by its client (it left, or the job was already over)"
+            if body.offset != got or body.total is None or body.total > blobs.MAX_BLOB \
+                    or total is not None and body.total != total:
+                continue
+            if total is None:
+                total, parts = body.total, blobs.zeroed(body.total)
+            chunk = len(msg.payload[0])
+            parts[got:got + chunk] = msg.payload[0]
+            got += chunk
+            asked = max(asked, got)
+            while asked < min(total, got + WINDOW * max(chunk, 1)):
+                self.send(sock, Kind.FETCH, {"blob": name, "offset": asked})
+                asked += chunk
+            if not chunk and got < total:
+                return None, None  # a client that sends nothing more: the master's path
+        return parts, None
+
+    def push(self, route: Route, frames: list) -> list:
+        """A result's frames, each buffer of ``blobs.threshold()`` bytes or more
+        sent to the client and replaced by its reference; as they were if
+        the path failed (they go through the master then)."""
+        big = [i for i in range(1, len(frames)) if len(frames[i]) >= blobs.threshold()]
+        sock = self.connect(route) if big else None
+        if sock is None:
+            return frames
+        out = list(frames)
+        for i in big:
+            key = os.urandom(blobs.DIGEST_BYTES)  # a name, not a digest: results are never shared
+            view = memoryview(frames[i]).cast("B")
+            for offset in range(0, max(1, view.nbytes), blobs.CHUNK):
+                self.send(sock, Kind.BLOB, {"blob": key.hex(), "offset": offset, "total": view.nbytes},
+                          view[offset:offset + blobs.CHUNK])
+            if not self.acked(sock, route, key.hex(), view.nbytes):
+                return frames
+            out[i] = blobs.REF + key
+            self.pushed += 1
+            self.pushed_bytes += view.nbytes
+        return out
+
+    def acked(self, sock: zmq.Socket, route: Route, name: str, total: int) -> bool:
+        while True:
+            msg = self.receive(sock, route)
+            if msg is None:
+                return False
+            if msg.kind is Kind.BLOB and msg.body.blob == name and msg.body.offset == total:
+                return True
+
+    def connect(self, route: Route) -> Optional[zmq.Socket]:
+        address, key = route
+        sock = self.peers.get(address)
+        if sock is not None:
+            self.peers.move_to_end(address)
+            return sock
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        for name, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
+            sock.setsockopt(name, value)
+        if self.keys is not None:
+            apply_client(sock, Keys(self.keys.public, self.keys.secret, key.encode()))
+        mon = sock.get_monitor_socket(_HANDSHAKES, addr=f"inproc://cw-direct-{os.urandom(6).hex()}")
+        sock.connect(address)
+        ok = _handshake(mon, time.monotonic() + direct.CONNECT_SECONDS)
+        sock.disable_monitor()
+        mon.close(linger=0)
+        if not ok:
+            sock.close(linger=0)
+            self.give_up(address, f"no handshake within {direct.CONNECT_SECONDS:g} s")
+            return None
+        self.peers[address] = sock
+        while len(self.peers) > MAX_PEERS:
+            self.peers.popitem(last=False)[1].close(linger=0)
+        return sock
+
+    def give_up(self, address: str, why: str) -> None:
+        log.warning("cannot use the direct path to the client at %s (%s): its blobs and big results "
+                    "go through the master for %g s", address, why, RETRY_SECONDS)
+        self.failed[address] = time.monotonic() + RETRY_SECONDS
+        sock = self.peers.pop(address, None)
+        if sock is not None:
+            sock.close(linger=0)
+
+    @staticmethod
+    def send(sock: zmq.Socket, kind: Kind, header: dict, chunk: Any = None) -> None:
+        send_frames(sock, Message(kind, header, () if chunk is None else (chunk,)).to_frames())
+
+    def receive(self, sock: zmq.Socket, route: Route) -> Optional[Message]:
+        """The client's next answer; None (and the path given up) if none
+        comes within ``cw.blobs.FETCH_SECONDS``."""
+        while sock.poll(int(blobs.FETCH_SECONDS * 1000), zmq.POLLIN):
+            try:
+                return Message.from_frames(recv_frames(sock))
+            except ProtocolError as e:
+                log.warning("direct path: dropped a malformed message: %s", e)
+        self.give_up(route[0], f"no answer within {blobs.FETCH_SECONDS:g} s")
+        return None
+
+    def close(self) -> None:
+        while self.peers:
+            self.peers.popitem()[1].close(linger=0)
+
+
+def _handshake(mon: zmq.Socket, deadline: float) -> bool:
+    """Wait for the monitor's word that the handshake succeeded (or failed)."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    while (left := deadline - time.monotonic()) > 0:
+        if not mon.poll(int(left * 1000) + 1, zmq.POLLIN):
+            return False
+        event = recv_monitor_message(mon)["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return True
+        if event in _FAILED:
+            return False
+    return False

@@ -1,0 +1,136 @@
+"""The direct path's parts (cw.direct): its settings, the client's server
+(who it admits, what it answers) and an executor's end against it."""
+import time
+
+import pytest
+import zmq
+
+from cw import blobs, direct
+from cw.client.direct import DirectServer
+from cw.protocol import Kind, Message
+from cw.security import Keys
+from cw.worker.direct import DirectPeers
+
+
+def keypair() -> Keys:
+    public, secret = zmq.curve_keypair()
+    return Keys(public, secret, public)
+
+
+@pytest.mark.parametrize("raw, expected", [("", direct.DEFAULT_PORTS), ("6000-6009", (6000, 6009)),
+                                           ("7000", (7000, 7000))])
+def test_ports_come_from_cw_direct_ports(monkeypatch, raw, expected):
+    monkeypatch.setenv("CW_DIRECT_PORTS", raw)
+    assert direct.ports() == expected
+
+
+@pytest.mark.parametrize("raw", ["5500-", "abc", "6000-5000", "0-10", "5500-70000"])
+def test_a_malformed_port_range_is_an_error_naming_the_variable(monkeypatch, raw):
+    monkeypatch.setenv("CW_DIRECT_PORTS", raw)
+    with pytest.raises(ValueError, match="CW_DIRECT_PORTS"):
+        direct.ports()
+
+
+def test_a_pushed_buffer_waits_for_its_result_and_goes_with_it():
+    parked = direct.Parked()
+    parked.put(b"k" * 32, bytearray(b"data"))
+    assert parked.take(b"k" * 32) == b"data" and parked.take(b"k" * 32) is None
+    assert parked.bytes == 0
+
+
+def test_a_result_takes_its_pushed_buffers_in_place_of_their_references(monkeypatch):
+    key = b"r" * 32
+    direct.parked.put(key, bytearray(b"big"))
+    frames = direct.resolve((b"pickle", blobs.REF + key, b"other"))
+    assert frames == (b"pickle", bytearray(b"big"), b"other") and key not in direct.parked.entries
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv("CW_DIRECT_HOST", "127.0.0.1")
+    monkeypatch.setenv("CW_DIRECT_PORTS", "20000-60000")
+    keys = keypair()
+    srv = DirectServer.open("127.0.0.1", keys)
+    assert srv is not None and srv.address.startswith("tcp://127.0.0.1:")
+    stop = False
+
+    import threading
+
+    def serve():
+        poller = zmq.Poller()
+        for sock in srv.sockets():
+            poller.register(sock, zmq.POLLIN)
+        while not stop:
+            if poller.poll(50):
+                srv.serve()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield srv, keys
+    stop = True
+    thread.join(5)
+    srv.close()
+
+
+def test_an_executor_with_the_cluster_key_fetches_and_pushes(server):
+    srv, keys = server
+    data = bytes(range(256)) * 40_000  # 10 MB: three chunks
+    key = blobs.digest(data)
+    blobs.store.add(key, data)
+    try:
+        peers = DirectPeers(keys)
+        route = peers.route({"direct": srv.address, "direct_key": keys.public.decode()})
+        got, missing = peers.fetch(route, key)
+        assert missing is None and bytes(got) == data
+        frames = peers.push(route, [b"pickle", memoryview(data)])
+        assert frames[1][:4] == blobs.REF and peers.pushed_bytes == len(data)
+        assert bytes(direct.resolve(tuple(frames))[1]) == data
+        assert peers.fetch(route, b"\0" * 32) == (None, "is no longer held by its client "
+                                                        "(it left, or the job was already over)")
+        peers.close()
+    finally:
+        blobs.store.let_go((b"", blobs.REF + key))
+
+
+def test_a_stranger_key_gets_nothing(server, monkeypatch):
+    """Another user's key: no handshake, no blob; the executor falls back."""
+    srv, keys = server
+    data = b"secret" * 300_000
+    key = blobs.digest(data)
+    blobs.store.add(key, data)
+    monkeypatch.setattr(direct, "CONNECT_SECONDS", 1.0)
+    try:
+        stranger = keypair()
+        peers = DirectPeers(Keys(stranger.public, stranger.secret, keys.public))
+        route = peers.route({"direct": srv.address, "direct_key": keys.public.decode()})
+        started = time.monotonic()
+        assert peers.fetch(route, key) == (None, None)
+        assert time.monotonic() - started < 30
+        assert peers.route({"direct": srv.address, "direct_key": keys.public.decode()}) is None
+    finally:
+        blobs.store.let_go((b"", blobs.REF + key))
+
+
+def test_a_malformed_message_is_dropped_and_the_server_goes_on(server):
+    srv, keys = server
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys.public, keys.secret, keys.public
+    sock.connect(srv.address)
+    try:
+        sock.send_multipart([b"garbage", b"more"])
+        sock.send_multipart(Message(Kind.FETCH, {"blob": "00" * 32, "offset": 0}).to_frames())
+        assert sock.poll(10_000)
+        answer = Message.from_frames(sock.recv_multipart())
+        assert answer.kind is Kind.BLOB and answer.body.missing
+    finally:
+        sock.close()
+
+
+def test_a_secure_executor_will_not_use_a_plain_path_nor_the_reverse():
+    secure = DirectPeers(keypair())
+    plain = DirectPeers(None)
+    assert secure.route({"direct": "tcp://127.0.0.1:5500"}) is None
+    assert plain.route({"direct": "tcp://127.0.0.1:5500", "direct_key": "x" * 40}) is None
+    assert plain.route({"direct": "ipc:///tmp/x"}) is None
+    assert plain.route({"direct": "tcp://127.0.0.1:5500"}) == ("tcp://127.0.0.1:5500", None)
