@@ -14,7 +14,7 @@ from .. import blobs, direct
 from ..errors import ProtocolError
 from ..protocol import Blob, Kind, Message
 from ..security import ZAP_ENDPOINT, Keys, apply_server
-from ..transport import NOBLOCK, recv_frames, send_frames
+from ..transport import NOBLOCK, readable, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,10 @@ class DirectServer:
 
     def serve(self) -> None:
         """Answer what waits: ZAP requests, then FETCH and pushed BLOB chunks."""
-        while self.zap is not None and self.zap.get(zmq.EVENTS) & zmq.POLLIN:
+        while self.zap is not None and readable(self.zap):
             self.authenticate(self.zap.recv_multipart())
-        while True:
-            try:
-                frames = recv_frames(self.sock, NOBLOCK)
-            except zmq.Again:
-                return
+        while readable(self.sock):  # a flag read: this runs at every turn of the I/O thread
+            frames = recv_frames(self.sock, NOBLOCK)
             peer = bytes(frames[0])
             try:
                 msg = Message.from_frames(frames[1:])

@@ -62,6 +62,7 @@ class IOCore(threading.Thread):
                  heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(name=f"cw-client-{host}:{port}", daemon=True)
+        direct = DirectServer.open(host, keys)  # first: a bad CW_DIRECT_PORTS leaves nothing open
         self.on_started = on_started
         self.clock = clock
         self.commands: deque = deque()
@@ -84,8 +85,8 @@ class IOCore(threading.Thread):
                                liveness=liveness, clock=clock)
         self.jobs = HeldJobs(self.link, on_result)
         self.lanes = Lanes(self.poller)
-        self.direct = DirectServer.open(host, keys)  # cw.direct: None where it cannot be had
-        for sock in self.direct.sockets() if self.direct is not None else ():
+        self.direct = direct  # cw.direct: None where it cannot be had
+        for sock in direct.sockets() if direct is not None else ():
             self.poller.register(sock, zmq.POLLIN)
 
     def context_fields(self) -> dict:

@@ -134,3 +134,11 @@ def test_a_secure_executor_will_not_use_a_plain_path_nor_the_reverse():
     assert plain.route({"direct": "tcp://127.0.0.1:5500", "direct_key": "x" * 40}) is None
     assert plain.route({"direct": "ipc:///tmp/x"}) is None
     assert plain.route({"direct": "tcp://127.0.0.1:5500"}) == ("tcp://127.0.0.1:5500", None)
+
+
+def test_a_client_with_a_malformed_port_range_says_so_before_it_connects(monkeypatch):
+    from cw.client import ClusterExecutor
+
+    monkeypatch.setenv("CW_DIRECT_PORTS", "55-oops")
+    with pytest.raises(ValueError, match="CW_DIRECT_PORTS='55-oops'"):
+        ClusterExecutor("127.0.0.1", 1, insecure=True, connect_timeout=2)
