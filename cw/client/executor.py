@@ -48,7 +48,7 @@ class _Context:
         return self.frame
 
     def connected(self, core: IOCore) -> None:
-        self.extra = core.context_fields()
+        self.extra = {} if core.direct is None else core.direct.context_fields()
         self.key = ("", [])  # built afresh with them
 
 

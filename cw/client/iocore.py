@@ -89,10 +89,6 @@ class IOCore(threading.Thread):
         for sock in direct.sockets() if direct is not None else ():
             self.poller.register(sock, zmq.POLLIN)
 
-    def context_fields(self) -> dict:
-        """What this client's jobs' context frames say of its direct path."""
-        return {} if self.direct is None else self.direct.context_fields()
-
     @property
     def address(self) -> str:
         return self.link.address
