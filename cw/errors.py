@@ -7,6 +7,7 @@ Two kinds, never mixed: a job's own exception comes back with its own type
 from __future__ import annotations
 
 import pickle
+from typing import Optional
 
 
 class CWError(Exception):
@@ -49,15 +50,55 @@ class ClusterError(CWError):
 class RemoteException(CWError):
     """A job raised an exception on a worker.
 
-    The text holds the remote traceback. ``ClientThread.wait`` raises it for
-    the first failed job; futures raise the job's own exception type when it
-    can be unpickled on the client, and ``RemoteException`` otherwise.
+    ``text`` (and ``error``, the original cluster-workers' name for it) holds
+    the remote traceback. A failed job's exception is an instance of both
+    its own type and this one (``remote_twin``): ``except ValueError`` and
+    ``except RemoteException`` both catch it. Where the job's type cannot
+    be had here (or cannot be subclassed) it is a plain ``RemoteException``
+    whose ``type_name`` names it.
     """
 
-    def __init__(self, text: str, jobid: object = None) -> None:
+    def __init__(self, text: str, jobid: object = None, type_name: Optional[str] = None) -> None:
         super().__init__(text)
-        self.text = text
+        self.text = self.error = text
         self.jobid = jobid
+        self.type_name = type_name
 
     def __reduce__(self):  # keep jobid across pickling
-        return (type(self), (self.text, self.jobid))
+        return (type(self), (self.text, self.jobid, self.type_name))
+
+
+_twins: dict = {}  # a job's exception type -> its twin deriving from RemoteException too (None: none can)
+
+
+def remote_twin(exc: BaseException, text: str, jobid: object = None) -> BaseException:
+    """``exc`` as an instance of a class deriving from both its type and
+    ``RemoteException``, with the remote traceback in ``text``/``error``;
+    a plain ``RemoteException`` where Python allows no such class."""
+    cls = type(exc)
+    if isinstance(exc, RemoteException):
+        return exc
+    if cls not in _twins:
+        # Exception itself (a base of RemoteException already): a subclass of ours alone.
+        bases = (RemoteException,) if issubclass(RemoteException, cls) else (cls, RemoteException)
+        try:
+            _twins[cls] = type(cls.__name__, bases, {
+                "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                "__reduce__": lambda self: self._cw_original.__reduce__()})  # unpickles as the job's own
+        except TypeError:  # a final type, or one whose layout cannot be joined
+            _twins[cls] = None
+    twin = _twins[cls]
+    if twin is None:
+        return RemoteException(text, jobid, f"{cls.__module__}.{cls.__qualname__}")
+    try:
+        new = cls.__new__(twin, *exc.args)
+    except Exception:
+        new = BaseException.__new__(twin)
+    new.__dict__.update(exc.__dict__)
+    new.args = exc.args
+    if isinstance(exc, OSError):  # attributes of its own, beside args
+        new.filename, new.filename2 = exc.filename, exc.filename2
+    new._cw_original = exc
+    new.text = new.error = text
+    new.jobid, new.type_name = jobid, f"{cls.__module__}.{cls.__qualname__}"
+    return new

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 import cloudpickle
 
 from . import blobs, shm
-from .errors import RemoteException, UnpicklableError
+from .errors import RemoteException, UnpicklableError, remote_twin
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 OUT_OF_BAND = 64 * 1024  # buffers from this size travel as frames of their own
@@ -419,9 +419,17 @@ def loads_error(frame: bytes, jobid: object = None) -> BaseException:
         except Exception:
             exc = None
         if isinstance(exc, BaseException):
+            exc = remote_twin(exc, text, jobid)  # caught as its own type and as RemoteException
             exc.__cause__ = RemoteTraceback(text)
             return exc
-    return RemoteException(text, jobid)
+    return RemoteException(text, jobid, _type_name(text))
+
+
+def _type_name(text: str) -> Optional[str]:
+    """The exception type a traceback text ends with, if it says."""
+    last = text.rstrip().rpartition("\n")[2]
+    name = last.partition(":")[0].strip()
+    return name if name.replace(".", "").replace("_", "").isalnum() else None
 
 
 def error_text(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ cw.PORT, cw.randid() and cw.is_slurm_available(). Local clusters."""
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jobs
 import psutil
@@ -13,7 +14,8 @@ from conftest import ROOT, wait_for
 import cw
 import cw.mp
 import cw.slurm
-from cw.client import ClusterExecutor
+from cw.client import BaseClientThread, Client, ClientThread, ClusterExecutor, RemoteException
+from cw.errors import MasterUnavailableError
 from cw.launch import query_status
 
 
@@ -104,3 +106,74 @@ def test_a_program_in_the_originals_style_drives_cw_mp(cw_home, tmp_path):
     assert master.exists()
     run("stop")
     assert not master.exists()
+
+
+def test_a_failed_job_is_caught_as_remote_exception_and_as_its_own_type(cluster):
+    """The original raised RemoteException; cw raised the job's own type:
+    a program written for either catches it."""
+    port = cluster(1)
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        for catcher in (RemoteException, ValueError):
+            with pytest.raises(catcher) as info:
+                ex.submit(int, "not a number").result(30)
+            assert isinstance(info.value, ValueError) and isinstance(info.value, RemoteException)
+            assert "invalid literal" in str(info.value)
+            assert "Traceback" in info.value.error and "invalid literal" in info.value.error
+    for catcher in (RemoteException, ValueError):
+        with ClientThread(lambda jobid, result: None, "127.0.0.1", port, connect_timeout=10) as ct:
+            ct.submit("bad", int, "x")
+            with pytest.raises(catcher) as info:
+                ct.wait()
+            ct.wait()  # said once, as the original's wait did: nothing more to raise
+        assert "invalid literal" in info.value.error and info.value.jobid == "bad"
+
+
+def test_client_thread_is_a_thread_with_start_job_stop_and_join(cluster):
+    port = cluster(1)
+    results = {}
+    ct = ClientThread(lambda jobid, result: results.__setitem__(jobid, result), "127.0.0.1", port,
+                      connect_timeout=10)
+    assert isinstance(ct, threading.Thread) and ct.daemon and not ct.is_alive()
+    ct.start()
+    assert ct.is_alive()
+    for i in range(5):
+        ct.start_job(i, jobs.square, i)
+    ct.wait()
+    assert results == {i: i * i for i in range(5)}
+    ct.stop()
+    ct.join(10)
+    assert not ct.is_alive()
+
+
+def test_base_client_thread_hears_successes_and_failures(cluster):
+    port = cluster(1)
+    seen = {}
+    both = threading.Event()
+
+    def callback(jobid, success, result):
+        seen[jobid] = (success, result)
+        if len(seen) == 2:
+            both.set()
+
+    thread = BaseClientThread(callback, "127.0.0.1", port, connect_timeout=10)
+    thread.start()
+    try:
+        thread.start_job("square", jobs.square, 3)
+        thread.start_job("broken", int, "x")
+        assert both.wait(30)
+    finally:
+        thread.stop()
+        thread.join(10)
+    assert seen["square"] == (True, 9)
+    ok, error = seen["broken"]
+    assert not ok and isinstance(error, RemoteException) and isinstance(error, ValueError)
+    assert "invalid literal" in error.error
+    assert issubclass(BaseClientThread, Client) and not thread.is_alive()
+
+
+def test_a_client_thread_with_no_master_says_so_at_start(cw_home):
+    ct = ClientThread(lambda jobid, result: None, "127.0.0.1", 1, connect_timeout=1)
+    with pytest.raises(MasterUnavailableError):
+        ct.start()
+    ct.join(10)
+    assert not ct.is_alive()

@@ -150,3 +150,36 @@ def test_a_closure_with_new_contents_is_pickled_afresh():
     for k in (2, 3):
         func, args, _ = loads_call(dumps_call(make(k), (5,), {}))
         assert func(*args) == 5 * k
+
+
+def test_a_jobs_exception_is_its_own_type_and_a_remote_exception():
+    try:
+        raise FileNotFoundError(2, "no such file", "data.csv")
+    except OSError as e:
+        frame, _ = dumps_error(e)
+    exc = loads_error(frame, 4)
+    assert isinstance(exc, FileNotFoundError) and isinstance(exc, RemoteException)
+    assert type(exc).__name__ == "FileNotFoundError" and exc.filename == "data.csv" and exc.errno == 2
+    assert exc.jobid == 4 and "Traceback" in exc.error and "data.csv" in str(exc)
+    assert type(pickle.loads(pickle.dumps(exc))) is FileNotFoundError  # travels as the job's own
+
+
+class Final(Exception):
+    def __init_subclass__(cls, **kwargs):
+        raise TypeError("no subclasses")
+
+
+def test_a_type_that_allows_no_subclass_gives_a_remote_exception_naming_it():
+    try:
+        raise Final("x")
+    except Final as e:
+        frame, _ = dumps_error(e)
+    exc = loads_error(frame)
+    assert type(exc) is RemoteException and exc.type_name.endswith("Final") and "Final: x" in exc.error
+
+
+def test_an_exception_the_client_cannot_unpickle_is_a_remote_exception_naming_its_type():
+    frame = pickle.dumps((b"not a pickle", "Traceback (most recent call last):\n  ...\nlab.Odd: odd\n"))
+    exc = loads_error(frame, 3)
+    assert type(exc) is RemoteException and exc.type_name == "lab.Odd"
+    assert exc.error.endswith("lab.Odd: odd\n")
