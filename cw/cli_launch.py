@@ -2,6 +2,7 @@
 ``mp.py`` and ``slurm.py``: each launcher's options and how its report is printed."""
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any, Callable, Optional
 
@@ -13,9 +14,14 @@ from .protocol import DEFAULT_PORT
 
 # Options every launcher's start shares.
 start_which = [
-    click.option("-M", "--no-master", is_flag=True, help="Do not start a master (use the running one)."),
-    click.option("-W", "--no-workers", is_flag=True, help="Do not start workers."),
+    click.option("-M", "--no-master", is_flag=True,
+                 help="Do not start a master (use the running one); with stop, leave it running."),
+    click.option("-W", "--no-workers", is_flag=True,
+                 help="Do not start workers; with stop, leave them running."),
 ]
+# What stop and status take of a launcher's options (start takes them all).
+ACTION_OPTIONS = {"stop": {"no_master", "no_workers", "cluster", "container_engine"},
+                  "status": {"cluster", "insecure", "container_engine"}}
 
 
 def up_timeout(default: float) -> Callable:
@@ -50,7 +56,7 @@ def _local(action: str, nworkers: int, no_master: bool, no_workers: bool, procs_
         click.echo(f"cluster {info['cluster']}: master at {info['host']}:{info['port']}, "
                    f"{len(info['worker_pids'])} worker(s) started")
     elif action == "stop":
-        n = local.stop(cluster)
+        n = local.stop(cluster, master=not no_master, workers=not no_workers)
         click.echo(f"stopped {n} process(es)")
     else:
         click.echo(json.dumps(local.status(cluster, insecure), indent=2))
@@ -59,22 +65,34 @@ def _local(action: str, nworkers: int, no_master: bool, no_workers: bool, procs_
 ACTIONS = {"start": "Start", "stop": "Stop", "status": "Show"}
 
 
-def _launcher_commands(group: click.Group, script: str, options: list,
-                       run: Callable[..., None], what: str) -> click.Command:
-    """``cw <group> start|stop|status`` and the top-level script taking ACTION,
-    both over ``run(action, **options)``; returns the script's command."""
-    for action in ACTIONS:
-        def command(action: str = action, **kwargs: Any) -> None:
-            run(action, **kwargs)
-        command.__doc__ = f"{ACTIONS[action]} {what}."
-        group.command(action)(friendly(apply_options(options)(command)))
+def _launcher_commands(group: click.Group, script: str, options: list, run: Callable[..., None],
+                       what: str, script_workers: Optional[int] = None) -> click.Command:
+    """``cw <group> start|stop|status`` (stop and status with only the options
+    they use) and the top-level script taking ACTION (every option; its
+    ``-n`` defaulting to ``script_workers``, the original's), all over
+    ``run(action, **options)``; returns the script's command."""
+    params = click.command()(apply_options(options)(lambda **kw: None)).params
+    defaults = {p.name: p.default for p in params}
 
-    def script_command(action: str, **kwargs: Any) -> None:
-        run(action, **kwargs)
-    script_command.__doc__ = f"Start, stop or show {what} (ACTION: {'|'.join(ACTIONS)})."
-    decorate = apply_options([click.argument("action", type=click.Choice(list(ACTIONS))), *options])
-    return click.command(script, context_settings={"help_option_names": ["-h", "--help"]})(
-        friendly(decorate(script_command)))
+    def runner(action: Optional[str] = None) -> Callable[..., None]:
+        def command(**kwargs: Any) -> None:
+            chosen = kwargs.pop("action", action)
+            run(chosen, **{**defaults, **kwargs})
+        return friendly(command)
+
+    for action, verb in ACTIONS.items():
+        keep = ACTION_OPTIONS.get(action)
+        group.add_command(click.Command(
+            action, params=[p for p in params if keep is None or p.name in keep],
+            callback=runner(action), help=f"{verb} {what}."))
+    script_params = [copy.copy(p) for p in params]
+    for p in script_params:
+        if p.name == "nworkers" and script_workers is not None:
+            p.default = script_workers
+    return click.Command(
+        script, params=[click.Argument(["action"], type=click.Choice(list(ACTIONS))), *script_params],
+        callback=runner(), context_settings={"help_option_names": ["-h", "--help"]},
+        help=f"Start, stop or show {what} (ACTION: {'|'.join(ACTIONS)}).")
 
 
 @click.group("local")
@@ -83,7 +101,7 @@ def local_group() -> None:
 
 
 mp_command = _launcher_commands(local_group, "mp.py", local_options, _local,
-                                "a cluster of local processes")
+                                "a cluster of local processes", script_workers=8)
 
 
 # -- SLURM -----------------------------------------------------------------------
@@ -149,7 +167,7 @@ def _slurm(action: str, nworkers: int, no_master: bool, no_workers: bool, docker
             click.echo(f"warning: only {info['registered']} of {wanted} workers registered within "
                        f"{timeout:g} s; the rest may still be pending (squeue)", err=True)
     elif action == "stop":
-        click.echo(f"stopped {launcher.stop(cluster)} job(s)")
+        click.echo(f"stopped {launcher.stop(cluster, master=not no_master, workers=not no_workers)} job(s)")
     else:
         _print_slurm_status(launcher.status(cluster))
 
@@ -181,7 +199,7 @@ def slurm_group() -> None:
 
 
 slurm_command = _launcher_commands(slurm_group, "slurm.py", slurm_options, _slurm,
-                                   "a cw cluster of SLURM jobs")
+                                   "a cw cluster of SLURM jobs", script_workers=32)
 
 
 # -- SSH -------------------------------------------------------------------------
@@ -305,7 +323,8 @@ def _docker(action: str, nworkers: int, no_master: bool, no_workers: bool, image
         click.echo(f"cluster {info['cluster']}: master at {info['host']}:{info['port']}; "
                    f"started {' '.join(info['containers']) or 'no container'}")
     elif action == "stop":
-        click.echo(f"stopped {docker.stop(cluster, container_engine)} container(s)")
+        n = docker.stop(cluster, container_engine, master=not no_master, workers=not no_workers)
+        click.echo(f"stopped {n} container(s)")
     else:
         st = docker.status(cluster, container_engine, insecure)
         click.echo(f"cluster {st['cluster']}")

@@ -9,7 +9,7 @@ import threading
 import jobs
 import psutil
 import pytest
-from conftest import ROOT, wait_for
+from conftest import ROOT, cw_processes, wait_for
 
 import cw
 import cw.mp
@@ -177,3 +177,54 @@ def test_a_client_thread_with_no_master_says_so_at_start(cw_home):
         ct.start()
     ct.join(10)
     assert not ct.is_alive()
+
+
+def roles(home):
+    """The live cw processes of this test's cluster, by role."""
+    found = {"master": [], "worker": []}
+    for p in cw_processes(home):
+        line = " ".join(p.cmdline())
+        for role in found:
+            if f"cw.{role}" in line or f"cw {role}" in line:
+                found[role].append(p.pid)
+    return found
+
+
+def test_mp_py_stop_keeps_the_master_with_M_and_the_workers_with_W(cw_home):
+    def mp(*args):
+        done = subprocess.run([sys.executable, "mp.py", "--port", "0", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    mp("-n", "2", "start")
+    before = wait_for(lambda: (lambda r: r if len(r["worker"]) == 2 and r["master"] else None)(
+        roles(cw_home)), what="a master and 2 workers")
+    mp("-M", "stop")  # -M: leave the master running
+    assert roles(cw_home) == {"master": before["master"], "worker": []}
+    mp("-M", "-n", "1", "start")
+    assert wait_for(lambda: len(roles(cw_home)["worker"]) == 1, what="a worker for the kept master")
+    mp("-W", "stop")  # -W: leave the workers running
+    after = roles(cw_home)
+    assert after["master"] == [] and len(after["worker"]) == 1
+    mp("stop")
+    assert wait_for(lambda: roles(cw_home) == {"master": [], "worker": []}, what="nothing left")
+
+
+def test_the_scripts_start_the_originals_number_of_workers_by_default():
+    for script, default in (("mp.py", 8), ("slurm.py", 32)):
+        done = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0 and f"[default: {default};" in done.stdout, done.stdout
+    from cw.cli_launch import mp_command, slurm_command
+
+    for command, default in ((mp_command, 8), (slurm_command, 32)):
+        assert next(p.default for p in command.params if p.name == "nworkers") == default
+
+
+def test_stop_and_status_list_only_the_options_they_use():
+    done = subprocess.run([sys.executable, "-m", "cw.cli", "local", "stop", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--no-master" in done.stdout and "--cluster" in done.stdout
+    for start_only in ("--nworkers", "--procs-per-worker", "--port", "--timeout"):
+        assert start_only not in done.stdout
