@@ -38,6 +38,7 @@ from .state import Books, ClientState, ExecutorState, Job
 log = logging.getLogger(__name__)
 
 DEFAULT_RETRIES = 2
+_CANCELLED = Status.CANCELLED.value
 
 
 def chunks(results: list, budget: int = 40_000) -> Iterator[list]:
@@ -132,8 +133,9 @@ class Jobs:
             self.reply(job, Status.CANCELLED)
         elif cancel.force:
             self.stop_job(job, Status.CANCELLED, "cancelled while running (force=True)")
-        else:
-            job.cancelled = True  # it runs on, but its result goes nowhere
+        else:  # dispatched: its executor drops it if it has not begun it, else it runs on
+            job.cancelled = True  # and its result goes nowhere
+            self.books.send(job.executor, Message(Kind.CANCEL, {"id": job.tid}))
 
     def kill_lane(self, client: ClientState, worker: str, force: bool) -> None:
         """Stop a job a client sent down a lane it was lent: only by killing
@@ -165,7 +167,7 @@ class Jobs:
                 self.books.counts["duplicates"] += 1
                 self.books.refuse(identity, "no such job running here", result.id, ErrorCode.UNKNOWN_JOB)
                 continue
-            state.done += 1
+            state.done += result.status != _CANCELLED  # one dropped before it began never ran
             self.forget(job)
             if not job.cancelled:
                 self.reply(job, STATUSES[result.status], payload, result.error, result.ran, state.name)

@@ -22,6 +22,7 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..protocol import MAX_STATS, Status
@@ -181,7 +182,9 @@ class Monitor:
         self.throughput.sample(now, books.counts["done"] + books.counts["lost"])
         executors = [self.executor_view(state, now) for state in books.executors.values()]
         on_lanes = Counter(state.lane_client for state in books.executors.values() if self.on_lane(state))
-        clients = [client_view(c, on_lanes[c.identity]) for c in books.clients.values()]
+        waiting = Counter(job.client for state in books.executors.values()  # prefetched: not begun
+                          for job in islice(state.running.values(), 1, None))
+        clients = [client_view(c, on_lanes[c.identity], waiting[c.identity]) for c in books.clients.values()]
         by_worker: dict[Optional[str], list[dict]] = {}
         for e in executors:
             by_worker.setdefault(e["worker"], []).append(e)
@@ -256,9 +259,10 @@ def worker_state(executors: list[dict]) -> str:
     return "busy" if any(e["running"] for e in executors) else "idle"
 
 
-def client_view(client: Any, on_lanes: int = 0) -> dict:
-    """``on_lanes``: its jobs that run on lanes (cw.lanes), which the master holds not."""
+def client_view(client: Any, on_lanes: int = 0, prefetched: int = 0) -> dict:
+    """``on_lanes``: its jobs that run on lanes (cw.lanes), which the master
+    holds not; ``prefetched``: jobs an executor holds behind another, not begun."""
     queued = len(client.queue)
     return {"host": client.info.host, "pid": client.info.pid, "queued": queued,
-            "running": max(0, len(client.jobs) - queued) + on_lanes, "jobs": len(client.jobs) + on_lanes,
-            "done": client.done}
+            "running": max(0, len(client.jobs) - queued - prefetched) + on_lanes,
+            "prefetched": prefetched, "jobs": len(client.jobs) + on_lanes, "done": client.done}

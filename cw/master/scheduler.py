@@ -169,13 +169,18 @@ class Scheduler:
     def announce_started(self, now: float) -> None:
         """STARTED, per client and worker, for the jobs still running
         ``ANNOUNCE_AFTER`` seconds after they went out; quicker ones name
-        their worker in their result instead, which saves a message a job."""
+        their worker in their result instead, which saves a message a job.
+        A job prefetched behind another has not started: it waits its turn
+        (its executor runs its jobs in the order sent, the first one first)."""
         due: dict[tuple[bytes, str], list[int]] = {}
         while self.announce and self.announce[0][0] <= now:
             _, job, executor = self.announce.popleft()
             state = self.executors.get(executor)
             if job.announced or job.cancelled or job.executor != executor or state is None:
                 continue  # finished, gone, or sent elsewhere since (a later entry covers that)
+            if next(iter(state.running)) != job.tid:  # prefetched behind another: not started yet
+                self.announce.append((now + ANNOUNCE_AFTER, job, executor))
+                continue
             job.announced = True
             due.setdefault((job.client, state.name), []).append(job.jid)
         for (identity, worker), ids in due.items():

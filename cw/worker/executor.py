@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 _OK = Status.OK.value  # an Enum's .value is a property: dear per job
 _ERROR = Status.ERROR.value
 _UNREACHABLE = Status.UNREACHABLE.value
+_CANCELLED = Status.CANCELLED.value
 LISTEN_SECONDS = 0.05  # between queued tasks, the master is heard at least this often
 
 
@@ -177,6 +178,8 @@ class Executor:
             if msg.kind is Kind.TASK:
                 for context, run in job_runs(msg.body, msg.payload):
                     self.tasks.extend((tid, (context, *frames)) for tid, frames in run)
+            elif msg.kind is Kind.CANCEL:
+                self.drop_task(msg.body.id)
             elif msg.kind is Kind.WELCOME:
                 self.max_message_size = msg.body.max_message_size or self.max_message_size
             elif msg.kind is Kind.BLOB or msg.kind is Kind.ERROR and msg.body.code == ErrorCode.NO_BLOB.value:
@@ -193,6 +196,18 @@ class Executor:
             msg = self.peer.recv(0)
         if forgotten:  # one READY for all the refusals that piled up
             self.register()
+
+    def drop_task(self, tid: int) -> None:
+        """The master's CANCEL of a task not begun: it never runs (one begun runs on)."""
+        for i, task in enumerate(self.tasks):
+            if task[0] == tid and len(task) == 2:  # the master's, not a lane's
+                if i == 0:
+                    self.fetcher.waiting = None  # its blob is no longer needed
+                del self.tasks[i]
+                dropped = Result(tid, _CANCELLED, "cancelled before it started", 0)
+                self.outbox.add(dropped, [], 0.0, self.clock())
+                self.outbox.flush()
+                return
 
     def receive_lane(self) -> None:
         """Take the lane's tasks: ``(id, frames, client)``, queued with the master's."""
@@ -308,27 +323,12 @@ class Executor:
                 value = func(*args, **kwargs)
             finally:
                 self.outbox.take_back()
-            return _OK, None, self.result_frames(value, ctx)
+            return _OK, None, _result_frames(value, ctx, self.direct, self.max_message_size)
         except BaseException as exc:  # a job's failure, whatever it is, is its result
             frame, summary = dumps_error(exc)
             return _ERROR, summary, [frame]
         finally:
             self._leave(old_path)
-
-    def result_frames(self, value: Any, ctx: dict) -> list:
-        """A job's value as frames: big buffers in shared memory for a client
-        of this host, pushed straight to one of another (``cw.direct``)."""
-        owner = _shared_with(ctx)
-        frames = dumps_value(value, owner)
-        if owner is None and len(frames) > 1:
-            route = self.direct.route(ctx)
-            frames = frames if route is None else self.direct.push(route, frames)
-        size = sum(map(len, frames))
-        if size > self.max_message_size:
-            raise JobRejectedError(
-                f"the job's result is {size} bytes, over the master's --max-message-size "
-                f"{self.max_message_size}; write big results to files instead")
-        return frames
 
     def _enter(self, tid: int, mark: int) -> None:
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
@@ -345,6 +345,22 @@ class Executor:
             os.chdir(self.home)
         except OSError:
             pass
+
+
+def _result_frames(value: Any, ctx: dict, direct: DirectPeers, max_message_size: int) -> list:
+    """A job's value as frames: big buffers in shared memory for a client
+    of this host, pushed straight to one of another (``cw.direct``)."""
+    owner = _shared_with(ctx)
+    frames = dumps_value(value, owner)
+    if owner is None and len(frames) > 1:
+        route = direct.route(ctx)
+        frames = frames if route is None else direct.push(route, frames)
+    size = sum(map(len, frames))
+    if size > max_message_size:
+        raise JobRejectedError(
+            f"the job's result is {size} bytes, over the master's --max-message-size "
+            f"{max_message_size}; write big results to files instead")
+    return frames
 
 
 def _parse_context(raw: bytes) -> dict:

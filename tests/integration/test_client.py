@@ -139,6 +139,31 @@ def test_cancel_of_a_queued_future_removes_it_from_the_master(cluster):
         assert snap["executors"][0]["done"] == 5  # the cancelled job never ran
 
 
+def test_a_prefetched_job_is_not_running_and_cancels_without_running(cluster, tmp_path):
+    """One executor holds a job behind the one it runs (--prefetch 1): that
+    job has not begun, so it is not running, and cancelling it keeps it
+    from ever running."""
+    port = cluster(1)
+    started, release, marker = tmp_path / "started", tmp_path / "release", tmp_path / "ran"
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        blocker = ex.submit(jobs.log_pid_and_wait, str(started), str(release))
+        behind = ex.submit(jobs.touch, str(marker))
+        wait_for(lambda: blocker.running(), what="the blocker to start")
+        wait_for(lambda: query_status("127.0.0.1", port)["executors"][0]["prefetched"] == 1,
+                 what="the second job prefetched by the busy executor")
+        # The master used to say STARTED 5 ms after sending a job, prefetched or not.
+        time.sleep(0.2)
+        client = query_status("127.0.0.1", port)["clients"][0]
+        assert client["running"] == 1 and client["prefetched"] == 1
+        assert not behind.running()
+        assert behind.cancel() is True and behind.cancelled()
+        release.touch()
+        assert blocker.result(30) > 0
+        assert ex.submit(jobs.square, 4).result(30) == 16  # the executor went past where it was
+    assert not marker.exists()  # it never ran
+    assert query_status("127.0.0.1", port)["executors"][0]["done"] == 2
+
+
 def test_unreachable_master_raises_within_its_timeout(cw_home):
     import socket
 

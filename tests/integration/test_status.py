@@ -60,7 +60,9 @@ def check_a_run(ex, release):
     assert {w["state"] for w in snap["workers"]} == {"busy"}
     assert all(w["job"] is not None and w["age"] >= 0 for w in snap["workers"])
     [client] = snap["clients"]
-    assert client["queued"] == snap["totals"]["queued"] and client["running"] == 5 - client["queued"]
+    totals = snap["totals"]
+    assert (client["queued"], client["prefetched"]) == (totals["queued"], totals["prefetched"])
+    assert client["running"] == 2 and client["running"] + client["prefetched"] + client["queued"] == 5
     # the supervisors' heartbeats carry their executors' CPU and memory
     snap = wait_for(lambda: (lambda s: s if all(w["rss"] for w in s["workers"]) else None)(status()),
                     what="worker RSS in the snapshot")
