@@ -14,16 +14,19 @@ the text survives an exception the client cannot unpickle.
 """
 from __future__ import annotations
 
+import io
 import json
+import linecache
 import mmap
 import operator
 import os
 import pickle
+import re
 import sys
 import time
 import traceback
 import types
-from collections import OrderedDict
+from collections import ChainMap, OrderedDict
 from typing import Any, Callable, Optional
 
 import cloudpickle
@@ -32,6 +35,29 @@ from . import blobs, shm
 from .errors import RemoteException, UnpicklableError, remote_twin
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def _code_reduce(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, keeping its file name:
+    cloudpickle writes ``<dynamic-code>`` there, and a remote traceback of
+    a function from the client's script then names no file and no line."""
+    rebuild, args = _CLOUDPICKLE_CODE_REDUCE(code)
+    return rebuild, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
+_CLOUDPICKLE_CODE_REDUCE = getattr(cloudpickle.cloudpickle, "_code_reduce", None)  # private: may go
+
+
+class _Pickler(cloudpickle.Pickler):
+    if _CLOUDPICKLE_CODE_REDUCE is not None:
+        dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
+
+
+def _cloudpickle(obj: Any, buffer_callback: Optional[Callable] = None) -> bytes:
+    """``cloudpickle.dumps``, with code objects' file names kept."""
+    out = io.BytesIO()
+    _Pickler(out, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return out.getvalue()
 OUT_OF_BAND = 64 * 1024  # buffers from this size travel as frames of their own
 MAX_BUFFERS = 1000  # beyond this many, buffers go inside the pickle (frame limit)
 
@@ -109,14 +135,14 @@ def _pickled_function(func: Callable) -> list:
     plain function, fresh for any other callable. The digest is filled in
     once the pickle turns out big enough to travel as a blob (``_digest``)."""
     if not isinstance(func, types.FunctionType):
-        return [None, (), cloudpickle.dumps(func, protocol=PROTOCOL), None]
+        return [None, (), _cloudpickle(func), None]
     hit = _pickled_functions.get(id(func))
     # The names a code holds are fixed: kept with the pickle, not walked
     # again per call (a new code fails the identity check all the same).
     if hit is not None and _same(_identity(func, hit[1]), hit[0]):
         return hit
     names = _global_names(func.__code__)
-    entry = [_identity(func, names), names, cloudpickle.dumps(func, protocol=PROTOCOL), None]
+    entry = [_identity(func, names), names, _cloudpickle(func), None]
     _pickled_functions.put(id(func), entry)
     return entry
 
@@ -159,7 +185,7 @@ def _dumps(obj: Any, owner: Optional[int] = None, args: bool = False) -> list:
         pass
     _drop(buffers)
     try:
-        return [cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=out_of_band), *buffers]
+        return [_cloudpickle(obj, out_of_band), *buffers]
     except BaseException:
         _drop(buffers)
         raise
@@ -262,7 +288,7 @@ def _find_culprit(func: Callable, args: tuple, kwargs: dict) -> str:
     candidates += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for label, obj in candidates:
         try:
-            cloudpickle.dumps(obj, protocol=PROTOCOL)
+            _cloudpickle(obj)
         except Exception:
             return f"{label} {_short_repr(obj)}"
     return "the call"
@@ -384,7 +410,7 @@ def dumps_error(exc: BaseException) -> tuple[bytes, str]:
     """Pickle a job's exception with its traceback; return (frame, summary)."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        inner: Optional[bytes] = cloudpickle.dumps(exc, protocol=PROTOCOL)
+        inner: Optional[bytes] = _cloudpickle(exc)
         pickle.loads(inner)  # type: ignore[arg-type]  # one that pickles but won't unpickle
     except Exception:
         inner = None
@@ -403,6 +429,24 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.text}"""'
 
 
+_FRAME = re.compile(r'  File "([^"]+)", line (\d+), in .*')
+
+
+def _with_source(text: str) -> str:
+    """A remote traceback with the source line of each frame the worker
+    could not read (a file it does not have), taken from here."""
+    lines = text.split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        m = _FRAME.fullmatch(line)
+        if m and not (i + 1 < len(lines) and lines[i + 1].startswith("    ")):
+            source = linecache.getline(m.group(1), int(m.group(2))).strip()
+            if source:
+                out.append(f"    {source}")
+    return "\n".join(out)
+
+
 def loads_error(frame: bytes, jobid: object = None) -> BaseException:
     """Rebuild a job's exception, with the remote traceback as its cause.
 
@@ -411,6 +455,7 @@ def loads_error(frame: bytes, jobid: object = None) -> BaseException:
     """
     try:
         inner, text = pickle.loads(frame)
+        text = _with_source(text)
     except Exception as e:
         return RemoteException(f"undecodable error from worker: {e}", jobid)
     if isinstance(inner, bytes):

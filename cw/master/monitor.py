@@ -183,7 +183,7 @@ class Monitor:
         executors = [self.executor_view(state, now) for state in books.executors.values()]
         on_lanes = Counter(state.lane_client for state in books.executors.values() if self.on_lane(state))
         waiting = Counter(job.client for state in books.executors.values()  # prefetched: not begun
-                          for job in islice(state.running.values(), 1, None))
+                          for job in islice(state.running.values(), 0 if self.on_lane(state) else 1, None))
         clients = [client_view(c, on_lanes[c.identity], waiting[c.identity]) for c in books.clients.values()]
         by_worker: dict[Optional[str], list[dict]] = {}
         for e in executors:

@@ -1,4 +1,5 @@
 """ClusterExecutor and ClientThread against real master and worker processes."""
+import subprocess
 import sys
 import threading
 import time
@@ -273,3 +274,41 @@ def test_future_info_names_the_worker_and_how_long_the_job_queued_and_ran(cluste
         quick = ex.submit(jobs.square, 3)  # over before the master says STARTED: its result names the worker
         assert quick.result(30) == 9 and quick.info.worker == queued.info.worker
         assert 0 <= quick.info.queued < 5 and 0 <= quick.info.ran < 1
+
+
+SCRIPT = '''\
+import sys
+from cw.client import ClusterExecutor
+
+def compute(x):
+    y = x + 1
+    raise ValueError(f"bad value {y}")
+
+if __name__ == "__main__":
+    with ClusterExecutor("127.0.0.1", int(sys.argv[1]), connect_timeout=10) as ex:
+        try:
+            ex.submit(compute, 1).result(30)
+        except ValueError as e:
+            print(e.error)
+'''
+
+
+def test_a_remote_traceback_of_a_function_of_the_script_names_its_file_and_line(cluster, tmp_path):
+    port = cluster(1)
+    script = tmp_path / "sweep.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(port)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f'File "{script}", line 6, in compute' in done.stdout
+    assert 'raise ValueError(f"bad value {y}")' in done.stdout and "<dynamic-code>" not in done.stdout
+
+
+def test_a_frame_the_worker_could_not_read_gets_its_source_line_on_the_client(tmp_path):
+    from cw.serialize import _with_source
+
+    source = tmp_path / "mine.py"
+    source.write_text("a = 1\nraise KeyError('x')\n")
+    text = f'Traceback (most recent call last):\n  File "{source}", line 2, in <module>\nKeyError: \'x\'\n'
+    assert "line 2, in <module>\n    raise KeyError('x')\nKeyError" in _with_source(text)
+    assert _with_source(text.replace(str(source), "/nowhere.py")) == text.replace(str(source), "/nowhere.py")
