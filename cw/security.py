@@ -194,7 +194,7 @@ def handshake_error(event: int, value: int, address: str, secure: bool) -> Optio
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == MECHANISM_MISMATCH:
         if secure:
             return (f"the master at {address} runs without CURVE (--insecure) and this peer with it; "
-                    "both ends must agree: set --insecure / CW_INSECURE=1 on both, or on neither")
+                    "both ends must agree: start the master without --insecure")
         return (f"the master at {address} requires CURVE and this peer runs with --insecure / "
                 "CW_INSECURE=1; both ends must agree")
     return None

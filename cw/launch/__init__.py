@@ -14,7 +14,7 @@ import zmq
 from ..cluster import cluster_dir
 from ..errors import ClusterError, MasterUnavailableError
 from ..protocol import Kind, Message, version_mismatch
-from ..security import apply_client, client_keys, insecure_default
+from ..security import apply_client, client_keys, insecure_default, monitor, read_monitor
 
 
 def query_status(host: str, port: int, timeout: float = 5.0, *, cluster: Optional[str] = None,
@@ -25,11 +25,20 @@ def query_status(host: str, port: int, timeout: float = 5.0, *, cluster: Optiona
     apply_client(sock, keys)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, b"q" + os.urandom(8))
+    mon = monitor(sock)  # a handshake refused (keys, --insecure on one end only) is said at once
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(mon, zmq.POLLIN)
     try:
         sock.connect(f"tcp://{host}:{port}")
         sock.send_multipart(Message(Kind.STATUS).to_frames())
         deadline = time.monotonic() + timeout
-        while sock.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
+        while poller.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
+            refused = read_monitor(mon, f"{host}:{port}", keys is not None)
+            if refused:
+                raise ClusterError(refused)
+            if not sock.poll(0):
+                continue
             frames = sock.recv_multipart()
             try:
                 msg = Message.from_frames(frames)
@@ -44,6 +53,8 @@ def query_status(host: str, port: int, timeout: float = 5.0, *, cluster: Optiona
                 raise ClusterError(f"master at {host}:{port} refused STATUS: {msg.body.error}")
         raise MasterUnavailableError(f"no cw master answered at tcp://{host}:{port} within {timeout:g} s")
     finally:
+        sock.disable_monitor()
+        mon.close(linger=0)
         sock.close()
 
 

@@ -244,3 +244,13 @@ def test_message_size_limit_refuses_at_submit(procs):
         assert errors and all(isinstance(f.exception(), JobRejectedError) for f in errors)
         assert "--max-bytes-per-client" in str(errors[0].exception())
         assert first.result(30) == "slept"
+
+
+def test_cw_status_says_at_once_that_the_master_runs_without_curve(procs):
+    """Not "no master answered" after its timeout: the handshake's refusal."""
+    procs.master("--insecure")
+    done = subprocess.run([sys.executable, "-m", "cw.cli", "status", "--timeout", "300"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode != 0 and "runs without CURVE" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "--insecure" in done.stderr
+    assert "start the master without --insecure" in done.stderr
