@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import sys
 from typing import Any, Iterator, Optional, Sequence
 
 from .. import squeue
@@ -46,9 +47,32 @@ def start(nworkers: int = 1, master: bool = True, workers: bool = True,
     ``sbatch`` is on PATH and its controller answers, else local.
     """
     chosen = _launcher(launcher)
-    options = _original_options(chosen.__name__.rsplit(".", 1)[-1], master_options, worker_options,
-                                docker_image, docker_args, options)
-    return chosen.start(nworkers, master=master, workers=workers, **options)
+    kind = chosen.__name__.rsplit(".", 1)[-1]
+    options = _original_options(kind, master_options, worker_options, docker_image, docker_args, options)
+    if master:
+        _refuse_a_second_master(options.get("cluster"))
+    info = chosen.start(nworkers, master=master, workers=workers, **options)
+    where = {"local": f"{len(info.get('worker_pids', ()))} worker(s)",
+             "slurm": f"{info.get('registered', 0)} worker(s) registered",
+             "docker": f"{len(info.get('containers', ()))} container(s)"}[kind]
+    # Where it runs, said once: a newcomer should not guess which launcher was picked.
+    print(f"cw: started a {kind} cluster {info['cluster']!r}: master at {info['host']}:{info['port']}, "
+          f"{where if workers else 'no workers'}", file=sys.stderr)
+    return info
+
+
+def _refuse_a_second_master(cluster: Optional[str]) -> None:
+    """A program's cw.start() while the cluster runs: said in Python's terms."""
+    from ..cluster import cluster_name, read_master
+    from ..errors import ClusterError
+
+    running = read_master(cluster)
+    if running is not None:
+        name = cluster_name(cluster)
+        raise ClusterError(
+            f"cluster {name!r} is already running (master at {running['host']}:{running['port']}): "
+            f"use it as it is (ClusterExecutor() finds it), call cw.stop() first, add workers "
+            f"to it with cw.start(n, master=False), or start another with cluster='another-name'")
 
 
 def _original_options(launcher: str, master_options: Sequence[str], worker_options: Sequence[str],

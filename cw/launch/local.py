@@ -18,7 +18,6 @@ import psutil
 
 from ..cluster import cluster_dir, cluster_name, env_port, pid_alive, read_json, read_master, write_json
 from ..errors import ClusterError, MasterUnavailableError
-from ..protocol import DEFAULT_PORT
 from ..security import ensure_keys, insecure_default
 from . import query_status, wait_for_workers, wait_until
 
@@ -48,11 +47,13 @@ def _spawn(role: str, args: list, cluster: str) -> psutil.Process:
 
 
 def _port(port: Optional[int]) -> int:
-    """``port``, else ``$CW_PORT``, else 5494 (0: the master picks a free one)."""
+    """``port``, else ``$CW_PORT``, else 0: the master picks a free one and
+    records it in ``master.json``, where clients find it (a fixed port
+    may be another user's on a shared machine)."""
     if port is not None:
         return port
     env_port()  # a bad CW_PORT is a clear error, not a ValueError
-    return int(os.environ.get("CW_PORT", "").strip() or DEFAULT_PORT)
+    return int(os.environ.get("CW_PORT", "").strip() or 0)
 
 
 def _running_master(name: str) -> dict:
@@ -144,7 +145,8 @@ def _start_master(name: str, host: str, port: int, timeout: float, flags: list,
 
     def ready() -> Optional[dict]:
         if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
-            raise ClusterError(f"the master exited at start; see {_log_of(name, proc.pid)}")
+            log = _log_of(name, proc.pid)
+            raise ClusterError(f"the master exited at start{_reason(log)}; see {log}")
         info = read_json(mjson)
         return info if info and info.get("pid") == proc.pid else None
 
@@ -157,6 +159,18 @@ def _start_master(name: str, host: str, port: int, timeout: float, flags: list,
     except MasterUnavailableError as e:
         raise ClusterError(f"{e}; see {_log_of(name, proc.pid)}") from e
     return info
+
+
+def _reason(log: str) -> str:
+    """The error a master that exited wrote last in its log, as ``: ...``."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line for line in lines if line.startswith("Error: ") or " ERROR " in line]
+    return f": {errors[-1].split('Error: ', 1)[-1].split(' ERROR ', 1)[-1][:500]}" if errors else ""
 
 
 def _log_of(name: str, pid: int) -> str:

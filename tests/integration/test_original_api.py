@@ -228,3 +228,32 @@ def test_stop_and_status_list_only_the_options_they_use():
     assert done.returncode == 0 and "--no-master" in done.stdout and "--cluster" in done.stdout
     for start_only in ("--nworkers", "--procs-per-worker", "--port", "--timeout"):
         assert start_only not in done.stdout
+
+
+def test_cw_start_says_where_it_runs_and_a_second_start_is_refused_in_python_terms(cw_home, capfd,
+                                                                                   monkeypatch):
+    monkeypatch.delenv("CW_PORT", raising=False)
+    info = cw.start(1, launcher="local")
+    try:
+        err = capfd.readouterr().err
+        assert (f"cw: started a local cluster 'default': master at {info['host']}:{info['port']}, "
+                "1 worker(s)") in err
+        assert info["port"] != cw.PORT  # a free port: the fixed one may be another user's here
+        with pytest.raises(cw.ClusterError, match=r"already running .*cw\.stop\(\)") as refused:
+            cw.start(1, launcher="local")
+        assert "-M" not in str(refused.value) and "master=False" in str(refused.value)
+    finally:
+        cw.stop(launcher="local")
+
+
+def test_a_taken_port_is_named_as_the_reason_the_master_did_not_start(cw_home):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "mp.py", "-n", "1", "--port", str(port), "start"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Address already in use" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
