@@ -42,6 +42,19 @@ main.add_command(master_command)
 main.add_command(worker_command)
 
 
+def _known_cluster(cluster: Optional[str]) -> None:
+    """A cluster name nothing here knows is the user's typo: say so, and
+    make no directory or keys for it (unless CW_MASTER_ADDRESS says where)."""
+    from .cluster import cluster_dir, cluster_name, home
+
+    if os.environ.get("CW_MASTER_ADDRESS") or cluster_dir(cluster).is_dir():
+        return
+    known = sorted(p.name for p in home().iterdir() if (p / "keys").is_dir()) if home().is_dir() else []
+    raise click.ClickException(f"no cluster {cluster_name(cluster)!r} here ({cluster_dir(cluster)} does not "
+                               f"exist); clusters here: {', '.join(known) or 'none'}; start one with "
+                               f"`cw local start` or `./mp.py start`")
+
+
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON snapshot (as /api/status serves it).")
 @click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
@@ -60,6 +73,7 @@ def status_command(as_json: bool, watch: bool, interval: float, timeout: float, 
     from .launch import query_status
     from .view import render
 
+    _known_cluster(cluster)
     host, port = find_master(None, None, cluster)
 
     def show() -> str:

@@ -14,50 +14,21 @@ the text survives an exception the client cannot unpickle.
 """
 from __future__ import annotations
 
-import io
 import json
-import linecache
 import mmap
 import operator
 import os
 import pickle
-import re
 import sys
 import time
-import traceback
 import types
-from collections import ChainMap, OrderedDict
+from collections import OrderedDict
 from typing import Any, Callable, Optional
 
-import cloudpickle
-
 from . import blobs, shm
-from .errors import RemoteException, UnpicklableError, remote_twin
+from .errors import UnpicklableError
+from .pickling import PROTOCOL, cloudpickle_dumps
 
-PROTOCOL = pickle.HIGHEST_PROTOCOL
-
-
-def _code_reduce(code: types.CodeType) -> Any:
-    """cloudpickle's reduction of a code object, keeping its file name:
-    cloudpickle writes ``<dynamic-code>`` there, and a remote traceback of
-    a function from the client's script then names no file and no line."""
-    rebuild, args = _CLOUDPICKLE_CODE_REDUCE(code)
-    return rebuild, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
-
-
-_CLOUDPICKLE_CODE_REDUCE = getattr(cloudpickle.cloudpickle, "_code_reduce", None)  # private: may go
-
-
-class _Pickler(cloudpickle.Pickler):
-    if _CLOUDPICKLE_CODE_REDUCE is not None:
-        dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
-
-
-def _cloudpickle(obj: Any, buffer_callback: Optional[Callable] = None) -> bytes:
-    """``cloudpickle.dumps``, with code objects' file names kept."""
-    out = io.BytesIO()
-    _Pickler(out, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
-    return out.getvalue()
 OUT_OF_BAND = 64 * 1024  # buffers from this size travel as frames of their own
 MAX_BUFFERS = 1000  # beyond this many, buffers go inside the pickle (frame limit)
 
@@ -135,14 +106,14 @@ def _pickled_function(func: Callable) -> list:
     plain function, fresh for any other callable. The digest is filled in
     once the pickle turns out big enough to travel as a blob (``_digest``)."""
     if not isinstance(func, types.FunctionType):
-        return [None, (), _cloudpickle(func), None]
+        return [None, (), cloudpickle_dumps(func), None]
     hit = _pickled_functions.get(id(func))
     # The names a code holds are fixed: kept with the pickle, not walked
     # again per call (a new code fails the identity check all the same).
     if hit is not None and _same(_identity(func, hit[1]), hit[0]):
         return hit
     names = _global_names(func.__code__)
-    entry = [_identity(func, names), names, _cloudpickle(func), None]
+    entry = [_identity(func, names), names, cloudpickle_dumps(func), None]
     _pickled_functions.put(id(func), entry)
     return entry
 
@@ -185,7 +156,7 @@ def _dumps(obj: Any, owner: Optional[int] = None, args: bool = False) -> list:
         pass
     _drop(buffers)
     try:
-        return [_cloudpickle(obj, out_of_band), *buffers]
+        return [cloudpickle_dumps(obj, out_of_band), *buffers]
     except BaseException:
         _drop(buffers)
         raise
@@ -288,7 +259,7 @@ def _find_culprit(func: Callable, args: tuple, kwargs: dict) -> str:
     candidates += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for label, obj in candidates:
         try:
-            _cloudpickle(obj)
+            cloudpickle_dumps(obj)
         except Exception:
             return f"{label} {_short_repr(obj)}"
     return "the call"
@@ -404,84 +375,3 @@ def dumps_value(value: Any, owner: Optional[int] = None) -> list:
 def loads_value(frames: Any) -> Any:
     """Rebuild a result (mapping the shared-memory files it names)."""
     return _loads(frames[0], frames[1:])
-
-
-def dumps_error(exc: BaseException) -> tuple[bytes, str]:
-    """Pickle a job's exception with its traceback; return (frame, summary)."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        inner: Optional[bytes] = _cloudpickle(exc)
-        pickle.loads(inner)  # type: ignore[arg-type]  # one that pickles but won't unpickle
-    except Exception:
-        inner = None
-    summary = traceback.format_exception_only(type(exc), exc)[-1].strip()[:1000]
-    return pickle.dumps((inner, text), protocol=PROTOCOL), summary
-
-
-class RemoteTraceback(Exception):
-    """Carries a worker's traceback text; set as ``__cause__`` of a job's error."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.text}"""'
-
-
-_FRAME = re.compile(r'  File "([^"]+)", line (\d+), in .*')
-
-
-def _with_source(text: str) -> str:
-    """A remote traceback with the source line of each frame the worker
-    could not read (a file it does not have), taken from here."""
-    lines = text.split("\n")
-    out = []
-    for i, line in enumerate(lines):
-        out.append(line)
-        m = _FRAME.fullmatch(line)
-        if m and not (i + 1 < len(lines) and lines[i + 1].startswith("    ")):
-            source = linecache.getline(m.group(1), int(m.group(2))).strip()
-            if source:
-                out.append(f"    {source}")
-    return "\n".join(out)
-
-
-def loads_error(frame: bytes, jobid: object = None) -> BaseException:
-    """Rebuild a job's exception, with the remote traceback as its cause.
-
-    Falls back to ``RemoteException`` (holding the text) when the exception
-    cannot be unpickled here, e.g. its class exists only on the worker.
-    """
-    try:
-        inner, text = pickle.loads(frame)
-        text = _with_source(text)
-    except Exception as e:
-        return RemoteException(f"undecodable error from worker: {e}", jobid)
-    if isinstance(inner, bytes):
-        try:
-            exc = pickle.loads(inner)
-        except Exception:
-            exc = None
-        if isinstance(exc, BaseException):
-            exc = remote_twin(exc, text, jobid)  # caught as its own type and as RemoteException
-            exc.__cause__ = RemoteTraceback(text)
-            return exc
-    return RemoteException(text, jobid, _type_name(text))
-
-
-def _type_name(text: str) -> Optional[str]:
-    """The exception type a traceback text ends with, if it says."""
-    last = text.rstrip().rpartition("\n")[2]
-    name = last.partition(":")[0].strip()
-    return name if name.replace(".", "").replace("_", "").isalnum() else None
-
-
-def error_text(exc: BaseException) -> str:
-    """The remote traceback text of an exception built by ``loads_error``."""
-    if isinstance(exc, RemoteException):
-        return exc.text
-    cause = exc.__cause__
-    if isinstance(cause, RemoteTraceback):
-        return cause.text
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

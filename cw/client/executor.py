@@ -20,9 +20,10 @@ from .. import blobs, squeue
 from ..cluster import cluster_dir
 from ..discovery import find_master
 from ..errors import JobRejectedError, RemoteException, WorkerLostError
+from ..joberrors import loads_error
 from ..protocol import Status
 from ..security import client_keys, insecure_default
-from ..serialize import context_frame, dumps_call, loads_error, loads_value
+from ..serialize import context_frame, dumps_call, loads_value
 from ..share import Shared
 from .iocore import IOCore
 from .progress import Progress

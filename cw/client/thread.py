@@ -7,8 +7,9 @@ from typing import Any, Callable, Hashable, Optional
 
 from .. import blobs
 from ..errors import MasterUnavailableError, RemoteException, WorkerLostError, remote_twin
+from ..joberrors import error_text
 from ..protocol import Status
-from ..serialize import dumps_call, error_text
+from ..serialize import dumps_call
 from ..share import Shared
 from .executor import DEFAULT_MAX_PENDING, _connect, _Context, _options, _outcome
 from .iocore import IOCore

@@ -18,6 +18,7 @@ import psutil
 
 from ..cluster import cluster_dir, cluster_name, env_port, pid_alive, read_json, read_master, write_json
 from ..errors import ClusterError, MasterUnavailableError
+from ..logfiles import LEVELS
 from ..security import ensure_keys, insecure_default
 from . import query_status, wait_for_workers, wait_until
 
@@ -66,14 +67,11 @@ def _running_master(name: str) -> dict:
 def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
           cluster: Optional[str] = None, host: str = "127.0.0.1", port: Optional[int] = None,
           procs: int = 1, timeout: float = 60.0, insecure: Optional[bool] = None) -> dict:
-    """Start a local cluster; return once the master answers and workers registered.
-
-    ``port`` defaults to ``$CW_PORT``, else 5494; 0 lets the master pick a free one.
-    """
+    """Start a local cluster; return once the master answers and workers
+    registered (``port``: ``$CW_PORT``, else 0, a free one)."""
     name = cluster_name(cluster)
     port = _port(port)
-    if nworkers < 0 or procs < 1:
-        raise ClusterError("need nworkers >= 0 and procs >= 1")
+    _check(nworkers, procs)
     insecure = insecure_default(insecure)
     flags = ["--insecure"] if insecure else []
     started: list[psutil.Process] = []
@@ -103,6 +101,14 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
         raise
     return {"cluster": name, "host": info["host"], "port": info["port"],
             "master_pid": info.get("pid"), "worker_pids": [p.pid for p in workers_started]}
+
+
+def _check(nworkers: int, procs: int) -> None:
+    if nworkers < 0 or procs < 1:
+        raise ClusterError("need nworkers >= 0 and procs >= 1")
+    level = os.environ.get("CW_LOG_LEVEL", "").strip()
+    if level and level.lower() not in LEVELS:  # else each process it starts exits on it
+        raise ClusterError(f"CW_LOG_LEVEL={level!r}: expected one of {', '.join(LEVELS)}")
 
 
 def _start_workers(name: str, host: str, port: int, nworkers: int, procs: int,

@@ -171,6 +171,8 @@ class Jobs:
             self.forget(job)
             if not job.cancelled:
                 self.reply(job, STATUSES[result.status], payload, result.error, result.ran, state.name)
+            else:
+                self.books.counts["cancelled"] += 1  # dropped unbegun, or ran for nobody
 
     def finish_task(self, state: ExecutorState, tid: int, now: float) -> Optional[Job]:
         """A task left its executor: it has room; the next one there starts."""
@@ -195,7 +197,9 @@ class Jobs:
     def reply(self, job: Job, status: Status, payload: tuple = (), error: Optional[str] = None,
               ran: Optional[float] = None, worker: Optional[str] = None) -> None:
         """Answer a job's client; ``worker`` ran it, named unless STARTED did already."""
-        self.books.counts["done" if status is not Status.LOST else "lost"] += 1
+        # A cancelled job is not done: it never ran, or its result went nowhere.
+        self.books.counts["cancelled" if status is Status.CANCELLED else "lost" if status is Status.LOST
+                          else "done"] += 1
         if status is not Status.OK and status is not Status.UNREACHABLE:  # that one the client resends
             self.monitor.job_failed(self.books, job, status)
         if job.announced:
@@ -209,7 +213,7 @@ class Jobs:
         client = self.books.clients.get(identity)
         if client is None:
             return  # gone: nobody to tell
-        client.done += 1
+        client.done += status is not Status.CANCELLED
         client.results.append(Result(jid, status.value, error[:1000] if error else None, len(payload),
                                      ran, worker))
         client.outbox.extend(payload)

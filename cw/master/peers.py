@@ -267,6 +267,8 @@ class Peers:
             if state is not None and started(state, job):  # stop paying for it
                 state.running.pop(job.tid, None)
                 self.kill(state)
+            elif state is not None:  # prefetched: its executor drops it unbegun
+                self.books.send(state.identity, Message(Kind.CANCEL, {"id": job.tid}))
         client.jobs.clear()
         self.leases.leave(client.identity)
         self.sched.drop(client)

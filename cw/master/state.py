@@ -17,8 +17,9 @@ from ..protocol import ErrorCode, Hello, Kind, Message, Ready
 
 log = logging.getLogger(__name__)
 
-COUNTS = ("submitted", "done", "lost", "requeued", "malformed", "refused", "duplicates", "timeouts",
-          "killed", "unknown_peer", "unknown_job", "laned", "no_blob", "blobs_routed", "blob_bytes")
+COUNTS = ("submitted", "done", "lost", "cancelled", "requeued", "malformed", "refused", "duplicates",
+          "timeouts", "killed", "unknown_peer", "unknown_job", "laned", "no_blob", "blobs_routed",
+          "blob_bytes")
 
 
 @dataclass(frozen=True)

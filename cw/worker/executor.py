@@ -32,9 +32,10 @@ import zmq
 
 from .. import lanes, shm
 from ..errors import BlobUnavailableError, CWError, JobRejectedError
+from ..joberrors import dumps_error
 from ..protocol import SLOT_MARK, ErrorCode, Kind, Message, Result, Status, job_runs
 from ..security import Keys
-from ..serialize import dumps_error, dumps_value, loads_call, tidy_caches
+from ..serialize import dumps_value, loads_call, tidy_caches
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from . import joblog, lane
 from .direct import DirectPeers
@@ -49,6 +50,7 @@ _OK = Status.OK.value  # an Enum's .value is a property: dear per job
 _ERROR = Status.ERROR.value
 _UNREACHABLE = Status.UNREACHABLE.value
 _CANCELLED = Status.CANCELLED.value
+LISTEN_AFTER = 0.002  # a job this long: the socket is read before the next one
 LISTEN_SECONDS = 0.05  # between queued tasks, the master is heard at least this often
 
 
@@ -240,6 +242,8 @@ class Executor:
         status, error, payload = self.run_task(tid, frames, SLOT_MARK if client else tid)
         seconds = time.perf_counter() - started
         now += seconds  # not a clock read per job: dear at 20,000 jobs a second
+        if seconds >= LISTEN_AFTER:  # what came meanwhile (a CANCEL of the next) is read before it runs
+            self.listen_at = now
         self.post(Result(tid, status, error, len(payload), round(seconds, 6)), payload, client, now)
         self._args = None
         # Nothing could be heard while the job ran: do not take that

@@ -305,7 +305,7 @@ def test_a_remote_traceback_of_a_function_of_the_script_names_its_file_and_line(
 
 
 def test_a_frame_the_worker_could_not_read_gets_its_source_line_on_the_client(tmp_path):
-    from cw.serialize import _with_source
+    from cw.joberrors import _with_source
 
     source = tmp_path / "mine.py"
     source.write_text("a = 1\nraise KeyError('x')\n")

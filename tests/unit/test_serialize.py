@@ -5,7 +5,8 @@ import threading
 import pytest
 
 from cw.errors import RemoteException, UnpicklableError
-from cw.serialize import RemoteTraceback, dumps_call, dumps_error, error_text, loads_call, loads_error
+from cw.joberrors import RemoteTraceback, dumps_error, error_text, loads_error
+from cw.serialize import dumps_call, loads_call
 
 
 def test_closure_and_lambda_round_trip():

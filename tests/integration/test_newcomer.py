@@ -1,0 +1,51 @@
+"""A newcomer's first hour: small surprises, each with the answer a user
+expects (issue 24's list). Real processes, local clusters."""
+import subprocess
+import sys
+
+import jobs
+from conftest import ROOT, wait_for
+
+from cw.client import ClusterExecutor
+from cw.launch import query_status
+
+
+def cw(*args, env=None):
+    import os
+
+    return subprocess.run([sys.executable, "-m", "cw.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_status_of_a_cluster_nobody_started_says_so_and_makes_nothing(cw_home):
+    (cw_home / "default").mkdir(parents=True, mode=0o700)
+    (cw_home / "default" / "keys").mkdir(mode=0o700)
+    done = cw("status", "--cluster", "nosuch")
+    assert done.returncode == 1 and "no cluster 'nosuch' here" in done.stderr, done.stderr
+    assert "clusters here: default" in done.stderr and "Traceback" not in done.stderr
+    assert not (cw_home / "nosuch").exists()
+
+
+def test_a_bad_log_level_is_named_before_anything_starts(cw_home):
+    done = subprocess.run([sys.executable, "mp.py", "-n", "1", "start"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**__import__("os").environ, "CW_LOG_LEVEL": "LOUD"})
+    assert done.returncode == 1 and "CW_LOG_LEVEL='LOUD': expected one of debug" in done.stderr
+    assert not (cw_home / "default" / "master.json").exists()
+
+
+def test_cancelled_jobs_are_not_counted_done(cluster, tmp_path):
+    port = cluster(1)
+    release = tmp_path / "release"
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        blocker = ex.submit(jobs.wait_for_file, str(release), "ran")
+        queued = [ex.submit(jobs.square, i) for i in range(6)]
+        wait_for(lambda: blocker.running(), what="the blocker to start")
+        cancelled = sum(f.cancel() for f in queued)
+        assert cancelled >= 5  # one may be prefetched by the executor: cancelled there
+        release.touch()
+        assert blocker.result(30) == "ran"
+    counts = wait_for(lambda: (lambda c: c if c["done"] + c["cancelled"] == 7 else None)(
+        query_status("127.0.0.1", port)["counts"]), what="every job answered")
+    assert counts["done"] == 7 - cancelled and counts["cancelled"] == cancelled
+    snap = query_status("127.0.0.1", port)
+    assert snap["totals"]["done"] == 7 - cancelled and snap["executors"][0]["done"] == 7 - cancelled
