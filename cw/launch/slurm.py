@@ -88,8 +88,8 @@ SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLUR
               "SLURMD_NODENAME", "SLURM_CPUS_ON_NODE", "SLURM_CPUS_PER_TASK")
 
 
-def container_command(command: Sequence[str], opts: Options, cwd: str,
-                      uid: Optional[int] = None, gid: Optional[int] = None) -> list[str]:
+def container_command(command: Sequence[str], opts: Options, cwd: str, uid: Optional[int] = None,
+                      gid: Optional[int] = None, entrypoint: Optional[str] = None) -> list[str]:
     """Run ``command`` in ``opts.docker_image`` with the host's network and the
     shared filesystem at the same path, so cwd, sys.path and keys still hold,
     as the submitting user (``uid``/``gid``, default ours), so the cluster
@@ -107,6 +107,7 @@ def container_command(command: Sequence[str], opts: Options, cwd: str,
         cmd += ["-e", var]
     for path in mounts:
         cmd += ["-v", f"{path}:{path}"]
+    cmd += ["--entrypoint", entrypoint] if entrypoint else []
     return [*cmd, *shlex.split(opts.docker_args), opts.docker_image or "", *command]
 
 
@@ -116,12 +117,16 @@ def master_command(opts: Options) -> list[str]:
 
 
 def worker_command(host: str, port: int, opts: Options, cwd: str) -> list[str]:
-    python = "python" if opts.docker_image else sys.executable
-    cmd = [python, "-m", "cw.worker", host, "--port", str(port), "--cluster", opts.cluster,
+    cmd = [sys.executable, "-m", "cw.worker", host, "--port", str(port), "--cluster", opts.cluster,
            "--procs", str(opts.procs), "--grace", f"{opts.grace:g}"]
     cmd += ["--insecure"] if opts.insecure else []
     if opts.docker_image:
-        cmd = container_command(cmd, opts, cwd)
+        # python as the entrypoint, `-m cw.worker ...` as the command: cw's image
+        # (it runs what it is given) and the original's (ENTRYPOINT python) both
+        # start it; a user's own --entrypoint in --docker-args is given all of it.
+        own = "--entrypoint" in shlex.split(opts.docker_args)
+        cmd = container_command(["python", *cmd[1:]] if own else cmd[1:], opts, cwd,
+                                entrypoint=None if own else "python")
     if opts.isolated:
         cmd = ["srun", "--kill-on-bad-exit=0", *cmd]
     return cmd

@@ -12,7 +12,7 @@ from conftest import ROOT, wait_for
 
 from cw.client import SlurmExecutor
 
-from .conftest import ours
+from .conftest import ours, podman
 
 pytestmark = [pytest.mark.container, pytest.mark.slurm, pytest.mark.timeout(400)]
 
@@ -60,3 +60,24 @@ def test_slurm_runs_workers_in_podman_containers(slurm_home, cw_image, container
     assert squeue() == []
     # The workers drained on SLURM's SIGTERM, so `podman run --rm` removed them.
     wait_for(lambda: ours() == [], timeout=30, what="worker containers gone")
+
+
+def test_an_image_whose_entrypoint_is_python_runs_workers_as_the_originals_did(slurm_home, cw_image,
+                                                                               containers, tmp_path):
+    """The original ran `docker run IMAGE -m cw.worker ...`: images made for it
+    say ENTRYPOINT python. cw's image runs the command it is given. Both work."""
+    old = "localhost/cw-test-python-entrypoint:latest"
+    (tmp_path / "Containerfile").write_text(f'FROM {cw_image}\nENTRYPOINT ["python"]\n')
+    podman("build", "-t", old, str(tmp_path), timeout=180)
+    try:
+        done = slurm_py("-n", "1", "-d", old, "--container-engine", "podman", "start")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 worker(s) registered" in done.stdout
+        with SlurmExecutor(connect_timeout=30) as ex:
+            assert ex.submit(inside).result(60)[0] == "cw 0.1.0"  # ran inside the image
+        stop = slurm_py("stop")
+        assert stop.returncode == 0, stop.stderr
+        assert squeue() == []
+        wait_for(lambda: ours() == [], timeout=30, what="worker containers gone")
+    finally:
+        podman("rmi", "--force", old, check=False)

@@ -49,3 +49,12 @@ def test_cancelled_jobs_are_not_counted_done(cluster, tmp_path):
     assert counts["done"] == 7 - cancelled and counts["cancelled"] == cancelled
     snap = query_status("127.0.0.1", port)
     assert snap["totals"]["done"] == 7 - cancelled and snap["executors"][0]["done"] == 7 - cancelled
+
+
+def test_the_timeline_benchmark_runs_as_documented(cw_home):
+    """It crashed with StatisticsError once lanes took sequential jobs past the master."""
+    done = subprocess.run([sys.executable, "benchmarks/timeline.py", "--trips", "30"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "round trips; the client measured a median of" in done.stdout
+    assert "master sends TASK -> executor has it" in done.stdout

@@ -28,7 +28,17 @@ def test_container_worker_runs_the_same_command_in_the_image(monkeypatch, tmp_pa
     assert cmd[:4] == ["srun", "--kill-on-bad-exit=0", "podman", "run"]
     assert "--net=host" in cmd and f"{ODD}:{ODD}" in cmd and "--gpus" in cmd
     image = cmd.index("site/cw:1")
-    assert cmd[image + 1:image + 4] == ["python", "-m", "cw.worker"]
+    # python as the entrypoint: cw's image and the original's (ENTRYPOINT python) alike
+    assert cmd[image - 4:image - 2] == ["--entrypoint", "python"]  # before --docker-args (--gpus all)
+    assert cmd[image + 1:image + 3] == ["-m", "cw.worker"]
+
+
+def test_a_users_own_entrypoint_is_given_the_whole_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("CW_HOME", str(tmp_path / "cw home"))
+    opts = Options(cluster="c1", docker_image="site/cw:1", docker_args="--entrypoint /bin/env")
+    cmd = worker_command("node1", 7000, opts, ODD)
+    image = cmd.index("site/cw:1")
+    assert cmd.count("--entrypoint") == 1 and cmd[image + 1:image + 4] == ["python", "-m", "cw.worker"]
 
 
 def test_sbatch_command_carries_every_option():
