@@ -5,8 +5,9 @@
     $CW_HOME/<cluster>/logs/
         master-<host>-<pid>.log    the master's events (Python logging, one line each)
         worker-<host>-<pid>.log    a worker's supervisor, its executors and their jobs'
-                                   prints ("job 17 stdout: ...")
-        *.log                      what launchers capture of raw stdout/stderr (crashes)
+                                   prints ("job 17 stdout: ..."); the local launcher
+                                   names what it captures of a process so too
+        *.log                      what other launchers capture of raw stdout/stderr
 
 (``$CW_LOG_DIR`` puts them elsewhere, e.g. on a node's local disk.)
 
@@ -35,11 +36,12 @@ def logs_dir(cluster_dir: Path) -> Path:
     return Path(value).expanduser() if value else cluster_dir / "logs"
 
 
-def log_path(logs: Path, role: str) -> Path:
-    """This process's log file: ``<role>-<host>-<pid>.log``."""
+def log_path(logs: Path, role: str, pid: Optional[int] = None) -> Path:
+    """A process's log file (this one's by default): ``<role>-<host>-<pid>.log``,
+    so that ``cw logs PID`` finds it by the pid ``cw status`` shows."""
     host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", host) or "host"
-    return logs / f"{role}-{host}-{os.getpid()}.log"
+    return logs / f"{role}-{host}-{os.getpid() if pid is None else pid}.log"
 
 
 def stderr_in(directory: Path) -> bool:

@@ -229,14 +229,16 @@ def _blob_buffer(frame: Any) -> Any:
 
 
 def dumps_call(func: Callable, args: tuple, kwargs: dict, jobid: object = None,
-               shared: bool = False) -> list:
+               shared: bool = False, label: Any = None) -> list:
     """A call's frames: [function length (4 bytes), function, arguments' pickle]
     and the arguments' out-of-band buffers (``shared``: big ones in shared
-    memory, see ``cw.shm``). On failure, name the culprit."""
+    memory, see ``cw.shm``; ``label``: a short str or int the job's prints
+    are tagged with). On failure, name the culprit."""
     try:
         pickled = _pickled_function(func)
         func_data = pickled[2]
-        frames = _dumps((args, kwargs), os.getpid() if shared else None, args=True)
+        call = (args, kwargs) if label is None else (args, kwargs, label)
+        frames = _dumps(call, os.getpid() if shared else None, args=True)
     except Exception as e:  # cloudpickle raises many types here
         culprit = _find_culprit(func, args, kwargs)
         what = f" of job {jobid!r}" if jobid is not None else ""
@@ -345,6 +347,12 @@ class BlobMissing(Exception):
 
 def loads_call(frames: Any) -> tuple[Callable, tuple, dict]:
     """Rebuild a call; its function is unpickled once and then reused."""
+    return loads_labelled_call(frames)[:3]
+
+
+def loads_labelled_call(frames: Any) -> tuple[Callable, tuple, dict, Any]:
+    """``loads_call``, and the label the client gave the job (or None): what
+    its prints are tagged with in the worker's log."""
     raw = memoryview(frames[0])
     by_reference = raw[:4] == blobs.REF
     if by_reference:
@@ -362,8 +370,8 @@ def loads_call(frames: Any) -> tuple[Callable, tuple, dict]:
         fetched.discard(key)  # the function is what is kept
         func = pickle.loads(pickled)
         functions.put(key, func, len(pickled), now)
-    args, kwargs = _loads(raw[end:], frames[1:])
-    return func, args, kwargs
+    args, kwargs, *label = _loads(raw[end:], frames[1:])
+    return func, args, kwargs, label[0] if label else None
 
 
 def dumps_value(value: Any, owner: Optional[int] = None) -> list:

@@ -215,8 +215,8 @@ class ClusterExecutor(futures.Executor):
             raise RuntimeError("cannot submit after shutdown")
         options = _options(self.retries if retries is None else retries,
                            self.timeout if timeout is None else timeout)
-        call = dumps_call(fn, tuple(args), kwargs or {}, shared=self._core.shared)
-        jid = next(self._ids)
+        jid = next(self._ids)  # the job's label in the worker's log: its submit order, from 1
+        call = dumps_call(fn, tuple(args), kwargs or {}, shared=self._core.shared, label=jid)
         fut = _Future(self._core, jid, self._futures)
         self._futures[jid] = fut  # before the I/O thread can see the job
         try:

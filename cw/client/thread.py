@@ -63,7 +63,8 @@ class Client:
     def send_job(self, jobid: Hashable, func: Callable, *args: Any, **kwargs: Any) -> None:
         if self._core is None:
             raise RuntimeError("call start() (or use `with ClientThread(...)`) before submit")
-        call = dumps_call(func, args, kwargs, jobid, shared=self._core.shared)
+        label = jobid if type(jobid) in (int, str) and len(str(jobid)) <= 80 else repr(jobid)[:80]
+        call = dumps_call(func, args, kwargs, jobid, shared=self._core.shared, label=label)
         with self._cond:
             # Back-pressure, except inside a callback: blocking the I/O thread
             # would stop the very results that free the window.

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +18,7 @@ import psutil
 
 from ..cluster import cluster_dir, cluster_name, env_port, pid_alive, read_json, read_master, write_json
 from ..errors import ClusterError, MasterUnavailableError
-from ..logfiles import LEVELS
+from ..logfiles import LEVELS, log_path
 from ..security import ensure_keys, insecure_default
 from . import query_status, wait_for_workers, wait_until
 
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 def _spawn(role: str, args: list, cluster: str) -> psutil.Process:
     cdir = cluster_dir(cluster, create=True)
-    logfile = cdir / "logs" / f"{role}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    # Named after the process once it has a pid (cw logs PID): a fresh name till then.
+    logfile = cdir / "logs" / f".{role}-{os.getpid()}-{secrets.token_hex(8)}.starting"
     # posix_spawn rather than Popen: the cluster outlives this process, so no
     # Popen object should linger to warn about a child still running. A new
     # session keeps a Ctrl-C in the starting shell from reaching the cluster.
@@ -36,13 +37,16 @@ def _spawn(role: str, args: list, cluster: str) -> psutil.Process:
         {**os.environ, "CW_CLUSTER": cluster},
         file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, str(logfile), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+            (os.POSIX_SPAWN_OPEN, 1, str(logfile),
+             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND, 0o600),
             (os.POSIX_SPAWN_DUP2, 1, 2),
         ],
         setsid=True,
     )
+    named = log_path(cdir / "logs", role, pid)
+    os.rename(logfile, named)  # the process keeps writing to it: the same file
     proc = psutil.Process(pid)
-    record = {"pid": pid, "create_time": proc.create_time(), "role": role, "log": str(logfile)}
+    record = {"pid": pid, "create_time": proc.create_time(), "role": role, "log": str(named)}
     write_json(cdir / "pids" / f"{role}-{pid}.json", record)
     return proc
 

@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -35,7 +36,7 @@ from ..errors import BlobUnavailableError, CWError, JobRejectedError
 from ..joberrors import dumps_error
 from ..protocol import SLOT_MARK, ErrorCode, Kind, Message, Result, Status, job_runs
 from ..security import Keys
-from ..serialize import dumps_value, loads_call, tidy_caches
+from ..serialize import dumps_value, loads_labelled_call, tidy_caches
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from . import joblog, lane
 from .direct import DirectPeers
@@ -307,15 +308,14 @@ class Executor:
         ``mark``: what the job slot says while it runs (its id, or a lane job's mark)."""
         old_path = sys.path[:]
         self._enter(tid, mark)
+        label = None
         try:
             ctx = self.context(frames[0])
-            try:
-                os.chdir(ctx["cwd"])
-            except OSError as e:
-                log.warning("job %s: cannot enter the client's directory: %s", tid, e)
+            _enter_directory(ctx, tid)
             sys.path[:] = self.job_path(ctx["path"], old_path)
             try:
-                func, args, kwargs = loads_call(frames[1:])
+                func, args, kwargs, label = loads_labelled_call(frames[1:])
+                joblog.set_job(tid if label is None else label)  # the client's name for it
             except shm.DataUnreachable as exc:  # its data is in another host's memory, or gone
                 frame, summary = dumps_error(exc)
                 return _UNREACHABLE, summary, [frame]  # its client sends it again inline
@@ -330,9 +330,12 @@ class Executor:
             return _OK, None, _result_frames(value, ctx, self.direct, self.max_message_size)
         except BaseException as exc:  # a job's failure, whatever it is, is its result
             frame, summary = dumps_error(exc)
+            log.warning("job %s failed: %s", tid if label is None else label,
+                        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:])
             return _ERROR, summary, [frame]
         finally:
             self._leave(old_path)
+
 
     def _enter(self, tid: int, mark: int) -> None:
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
@@ -349,6 +352,14 @@ class Executor:
             os.chdir(self.home)
         except OSError:
             pass
+
+
+def _enter_directory(ctx: dict, tid: int) -> None:
+    """The client's directory, for the job's time (undone by ``_leave``)."""
+    try:
+        os.chdir(ctx["cwd"])
+    except OSError as e:
+        log.warning("job %s: cannot enter the client's directory: %s", tid, e)
 
 
 def _result_frames(value: Any, ctx: dict, direct: DirectPeers, max_message_size: int) -> list:

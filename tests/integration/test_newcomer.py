@@ -58,3 +58,36 @@ def test_the_timeline_benchmark_runs_as_documented(cw_home):
     assert done.returncode == 0, done.stderr
     assert "round trips; the client measured a median of" in done.stdout
     assert "master sends TASK -> executor has it" in done.stdout
+
+
+def test_cw_logs_finds_a_worker_by_the_pid_status_shows_and_tags_jobs_by_their_ids(cw_home):
+    import json
+
+    from cw.client import ClientThread, RemoteException
+
+    up = subprocess.run([sys.executable, "mp.py", "-n", "2", "start"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    try:
+        status = cw("status", "--json")
+        pids = [w["pid"] for w in json.loads(status.stdout)["workers"]]
+        assert len(pids) == 2
+        ct = ClientThread(lambda jobid, result: None, connect_timeout=10)
+        ct.start()
+        ct.submit("greeting", print, "hello from the job")
+        ct.submit("broken", int, "not a number")
+        try:
+            ct.wait()
+        except RemoteException:
+            pass
+        ct.wait()
+        ct.stop()
+        everything = wait_for(lambda: (lambda out: out if "ValueError: invalid literal" in out else None)(
+            cw("logs").stdout), what="the failed job's traceback in the logs")
+        assert "job greeting stdout: hello from the job" in everything  # the client's id, not cw's
+        assert "job broken failed" in everything
+        for pid, other in (pids, pids[::-1]):
+            mine = cw("logs", str(pid))
+            assert mine.returncode == 0 and f"[{pid}]" in mine.stdout and f"[{other}]" not in mine.stdout
+    finally:
+        subprocess.run([sys.executable, "mp.py", "stop"], cwd=ROOT, capture_output=True, timeout=120)
