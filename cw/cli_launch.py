@@ -53,8 +53,9 @@ def _local(action: str, nworkers: int, no_master: bool, no_workers: bool, procs_
         info = local.start(nworkers, master=not no_master, workers=not no_workers, cluster=cluster,
                            host=host, port=port, procs=procs_per_worker, timeout=timeout,
                            insecure=insecure)
+        dashboard = f"; dashboard {info['http']}" if info.get("http") else ""
         click.echo(f"cluster {info['cluster']}: master at {info['host']}:{info['port']}, "
-                   f"{len(info['worker_pids'])} worker(s) started")
+                   f"{len(info['worker_pids'])} worker(s) started{dashboard}")
     elif action == "stop":
         n = local.stop(cluster, master=not no_master, workers=not no_workers)
         click.echo(f"stopped {n} process(es)")

@@ -57,7 +57,8 @@ def start(nworkers: int = 1, master: bool = True, workers: bool = True,
              "docker": f"{len(info.get('containers', ()))} container(s)"}[kind]
     # Where it runs, said once: a newcomer should not guess which launcher was picked.
     print(f"cw: started a {kind} cluster {info['cluster']!r}: master at {info['host']}:{info['port']}, "
-          f"{where if workers else 'no workers'}", file=sys.stderr)
+          f"{where if workers else 'no workers'}"
+          + (f"; dashboard {info['http']}" if info.get("http") else ""), file=sys.stderr)
     return info
 
 

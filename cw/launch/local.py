@@ -103,7 +103,7 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
     except BaseException:
         _undo(name, started)  # a failed start leaves nothing running
         raise
-    return {"cluster": name, "host": info["host"], "port": info["port"],
+    return {"cluster": name, "host": info["host"], "port": info["port"], "http": info.get("http"),
             "master_pid": info.get("pid"), "worker_pids": [p.pid for p in workers_started]}
 
 

@@ -91,3 +91,15 @@ def test_cw_logs_finds_a_worker_by_the_pid_status_shows_and_tags_jobs_by_their_i
             assert mine.returncode == 0 and f"[{pid}]" in mine.stdout and f"[{other}]" not in mine.stdout
     finally:
         subprocess.run([sys.executable, "mp.py", "stop"], cwd=ROOT, capture_output=True, timeout=120)
+
+
+def test_mp_py_start_prints_the_dashboard_address(cw_home):
+    import os
+
+    up = subprocess.run([sys.executable, "mp.py", "-n", "1", "start"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120, env={**os.environ, "CW_HTTP_PORT": "0"})
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "; dashboard http://127.0.0.1:" in up.stdout
+    finally:
+        subprocess.run([sys.executable, "mp.py", "stop"], cwd=ROOT, capture_output=True, timeout=120)
