@@ -99,6 +99,7 @@ class Hello(NamedTuple):  # client -> master
     python: str
     cloudpickle: str
     shm: Optional[str] = None  # its shared-memory host key (cw.shm), if it has one
+    program: Optional[str] = None  # its script's name, for cw status and the dashboard
 
 
 class Welcome(NamedTuple):  # master -> client or executor

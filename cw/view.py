@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 WIDTH = 80
 WORKER_ROW = "{:<13.13} {:>7} {:>5}  {:<8.8} {:>7} {:>6} {:>6} {:>5} {:>6} {:>6}"
-CLIENT_ROW = "{:<13.13} {:>7} {:>10} {:>10} {:>10}"
+CLIENT_ROW = "{:<13.13} {:>7}  {:<16.16} {:>10} {:>10} {:>10}"
 
 
 def duration(seconds: Optional[float]) -> str:
@@ -95,10 +95,10 @@ def render(snap: dict, address: str) -> str:
             duration(w["age"]), _num(w["done"], 6), _num(w["failed"], 5), cpu, size(w.get("rss"))))
     if not snap["workers"]:
         lines.append("  (no workers registered)")
-    lines += ["", CLIENT_ROW.format("CLIENT", "PID", "QUEUED", "RUNNING", "DONE")]
+    lines += ["", CLIENT_ROW.format("CLIENT", "PID", "PROGRAM", "QUEUED", "RUNNING", "DONE")]
     for c in sorted(snap["clients"], key=lambda c: (str(c["host"]), c["pid"] or 0)):
-        lines.append(CLIENT_ROW.format(str(c["host"]), c["pid"], _num(c["queued"], 10),
-                                       _num(c["running"], 10), _num(c["done"], 10)))
+        lines.append(CLIENT_ROW.format(str(c["host"]), c["pid"], str(c.get("program") or "-"),
+                                       _num(c["queued"], 10), _num(c["running"], 10), _num(c["done"], 10)))
     if not snap["clients"]:
         lines.append("  (no clients connected)")
     return "\n".join(line[:WIDTH] for line in lines)

@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import socket
+import sys
 import threading
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -100,7 +101,7 @@ class MasterLink:
 
     def send_hello(self) -> None:
         hello = {"session": self.identity.hex(), "host": socket.gethostname(),
-                 "pid": os.getpid(), **versions()}
+                 "pid": os.getpid(), "program": _program(), **versions()}
         key = shm.host_key()
         if key is not None and lanes.enabled():  # executors of this host may lend us their lanes
             hello["shm"] = key
@@ -221,3 +222,12 @@ class _Batch:
         if len(self.frames) != len(self.ids):  # some job has out-of-band buffers
             header["frames"] = self.counts
         return Message(Kind.SUBMIT, header, (self.context, *self.frames))
+
+
+def _program() -> str:
+    """The client's script, as a user would name it (``python -m pkg``: pkg)."""
+    path = sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c", "-") else "python"
+    name = os.path.basename(path)
+    if name == "__main__.py":
+        name = os.path.basename(os.path.dirname(path)) or name
+    return name[:64]

@@ -263,6 +263,7 @@ def client_view(client: Any, on_lanes: int = 0, prefetched: int = 0) -> dict:
     """``on_lanes``: its jobs that run on lanes (cw.lanes), which the master
     holds not; ``prefetched``: jobs an executor holds behind another, not begun."""
     queued = len(client.queue)
-    return {"host": client.info.host, "pid": client.info.pid, "queued": queued,
+    return {"host": client.info.host, "pid": client.info.pid, "program": client.info.program,
+            "queued": queued,
             "running": max(0, len(client.jobs) - queued - prefetched) + on_lanes,
             "prefetched": prefetched, "jobs": len(client.jobs) + on_lanes, "done": client.done}

@@ -132,3 +132,26 @@ def test_dashboard_shows_live_worker_count_in_a_browser(procs, cw_home, browser)
         browser.save_screenshot(shot)
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert errors == [], errors
+
+
+def test_the_dashboard_fits_a_480_px_window_names_clients_and_labels_its_chart(procs, cw_home, browser):
+    from cw.client import ClusterExecutor
+    from cw.client.link import _program
+
+    port, url = master_with_dashboard(procs, cw_home)
+    procs.worker(port)
+    wait_workers(port, 1)
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        assert ex.submit(abs, -3).result(30) == 3
+        browser.set_window_size(480, 900)
+        browser.get(url)
+        wait_for(lambda: text_of(browser, "workers") == "1", timeout=30, what="the page showing 1 worker")
+        wait_for(lambda: text_of(browser, "client-rows").startswith(_program()), timeout=30,
+                 what="the client named by its program")
+        width = browser.execute_script("return document.documentElement.clientWidth")
+        scrolls = browser.execute_script("return document.documentElement.scrollWidth")
+        assert scrolls <= width, f"the page scrolls sideways: {scrolls} px of content in {width} px"
+        assert text_of(browser, "x-axis").split() == ["60", "s", "ago", "30", "s", "ago", "now"]
+        assert text_of(browser, "y-top").endswith("/s")
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == [], errors
