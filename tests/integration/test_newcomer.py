@@ -103,3 +103,32 @@ def test_mp_py_start_prints_the_dashboard_address(cw_home):
         assert "; dashboard http://127.0.0.1:" in up.stdout
     finally:
         subprocess.run([sys.executable, "mp.py", "stop"], cwd=ROOT, capture_output=True, timeout=120)
+
+
+def test_jobs_of_a_client_that_left_are_not_counted_done(cluster, tmp_path):
+    """A client that submits and dies: its queued, prefetched and running
+    jobs are dropped, and none of them shows as done."""
+    port = cluster(1)
+    release = tmp_path / "release"
+    program = (
+        "import os, sys, time\n"
+        "import jobs\n"
+        "from cw.client import ClusterExecutor\n"
+        f"ex = ClusterExecutor('127.0.0.1', {port}, connect_timeout=10)\n"
+        f"blocker = ex.submit(jobs.wait_for_file, {str(release)!r}, 'ran')\n"
+        "rest = [ex.submit(jobs.square, i) for i in range(5)]\n"
+        "while not blocker.running():\n"
+        "    time.sleep(0.01)\n"
+        "os._exit(0)  # gone without a word\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT / "tests", capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: query_status("127.0.0.1", port)["totals"]["clients"] == 0, timeout=60,
+             what="the master to drop the client")
+    release.touch()
+    snap = wait_for(lambda: (lambda s: s if s["workers"] and s["workers"][0]["state"] == "idle"
+                             and s["totals"]["executors"] == 1 else None)(query_status("127.0.0.1", port)),
+                    timeout=60, what="the worker idle again")
+    assert snap["counts"]["done"] == 0 and snap["totals"]["done"] == 0
+    assert snap["executors"][0]["done"] == 0
