@@ -39,6 +39,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 import weakref
@@ -278,29 +279,48 @@ def attach(frame: Any) -> mmap.mmap:
         os.rename(path, mine)  # atomic: only one process ever maps a file
     except OSError as e:
         raise DataUnreachable(f"cannot open {path}: {e.strerror}") from e
+    fd = _open_ours(mine)
+    if fd is None:  # not a file of ours: never mapped, never run on
+        _unlink(mine)
+        raise DataUnreachable(f"cannot map {path}: not a regular file of this user")
     try:
-        fd = os.open(mine, os.O_RDONLY)
-        try:
-            m = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
-        finally:
-            os.close(fd)
+        m = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
     except OSError as e:
         _unlink(mine)
         raise DataUnreachable(f"cannot map {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
     _spares.watch(m, mine)
     return m
 
 
+def _open_ours(path: str, size: Optional[int] = None) -> Optional[int]:
+    """A descriptor of ``path`` if it is a regular file of this user (of
+    ``size`` bytes), else None. /dev/shm is every user's: a name we wrote
+    and an executor claimed is free again, and another user may have put a
+    link, a FIFO or a file of theirs there. Never followed, never blocks."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or size is not None and st.st_size != size:
+        os.close(fd)
+        return None
+    return fd
+
+
 def inline(frame: Any) -> Any:
     """A frame with the bytes in place of a reference to their file: the
-    file's (as they were sent), else the buffer's (as it is now)."""
+    file's (as they were sent) if it is still ours, else the buffer's (as
+    it is now)."""
     if not isinstance(frame, Ref):
         return frame
-    try:
-        with open(frame.path, "rb") as f:
-            return f.read()
-    except OSError:
+    fd = _open_ours(frame.path, frame.source.nbytes)
+    if fd is None:
         return frame.source
+    with open(fd, "rb") as f:
+        return f.read()
 
 
 def reissue(frame: Any, owner: int) -> Any:
@@ -311,7 +331,15 @@ def reissue(frame: Any, owner: int) -> Any:
 def unclaimed(frames: Iterable[Any]) -> bool:
     """Whether a file we referenced is still where we wrote it: nobody
     could map (and so claim) it."""
-    return any(isinstance(f, Ref) and os.path.exists(f.path) for f in frames)
+    return any(isinstance(f, Ref) and _is_ours(f.path) for f in frames)
+
+
+def _is_ours(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid()
 
 
 def release(frames: Iterable[Any]) -> None:

@@ -221,3 +221,42 @@ def test_cw_shm_0_turns_it_off():
     env = {**os.environ, "CW_SHM": "0"}
     out = subprocess.run([os.sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "None", out.stderr
+
+
+STRANGER = 65534  # nobody: another local user's files, made here as root
+
+
+def planted(kind, path, data=b"the attacker's bytes"):
+    """Put at ``path`` what another local user could: a file of theirs, a FIFO, a link."""
+    if kind == "file":
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chown(path, STRANGER, STRANGER)
+    elif kind == "fifo":
+        os.mkfifo(path, 0o666)
+        os.chown(path, STRANGER, STRANGER)
+    else:
+        os.symlink("/etc/hostname", path)
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo", "link"])
+def test_a_retry_never_reads_what_another_user_put_at_a_claimed_name(kind):
+    """An executor claimed a big argument's file (renamed it): its name is free
+    again. A retry must send the client's bytes, not what was put there since."""
+    if os.getuid() != 0:
+        pytest.skip("making another user's file needs root")
+    data = numpy.arange(200_000, dtype=numpy.float64)
+    ref = shm.export(memoryview(data), os.getpid())
+    claimed = ref.path + "-claimed"
+    os.rename(ref.path, claimed)  # as an executor's attach does
+    try:
+        planted(kind, ref.path, bytes(len(data) * 8) if kind == "file" else b"x")
+        assert not shm.unclaimed([ref])  # not ours: it does not count as our file, unclaimed
+        sent = shm.inline(ref)  # returns at once, even for a FIFO
+        assert bytes(sent) == data.tobytes()
+        with pytest.raises(shm.DataUnreachable, match="not a regular file of this user"):
+            shm.attach(ref)  # an executor never maps it either
+    finally:
+        for path in (ref.path, claimed):
+            if os.path.lexists(path):
+                os.unlink(path)
