@@ -181,7 +181,10 @@ class Pages:
     """A fetched argument blob in memory of its own (a memfd): each job maps
     it copy-on-write, so it gets a writable buffer without a copy of 50 MB."""
 
-    def __init__(self, data: Any) -> None:
+    def __init__(self, data: Any = None, fd: Optional[int] = None) -> None:
+        if fd is not None:  # a file of its own already (the host's copy, cw.worker.hostcache)
+            self.fd, self.size = fd, os.fstat(fd).st_size
+            return
         self.size = len(data)
         self.fd = os.memfd_create("cw-blob", os.MFD_CLOEXEC)
         with open(self.fd, "wb", closefd=False) as f:
@@ -202,13 +205,14 @@ class Pages:
             pass
 
 
-def keep_fetched(key: bytes, data: Any) -> None:
-    """Cache an argument blob an executor fetched (in a memfd where it can)."""
+def keep_fetched(key: bytes, data: Any, fd: Optional[int] = None) -> None:
+    """Cache an argument blob an executor fetched (in a memfd where it can),
+    or the file ``fd`` that holds it (the host's copy: this takes the fd)."""
     try:
-        kept: Any = Pages(data)
+        kept: Any = Pages(data, fd)
     except (OSError, AttributeError):  # no memfd here: a plain copy per job, then
         kept = bytes(data)
-    fetched.put(key, kept, len(data), time.monotonic())
+    fetched.put(key, kept, len(kept), time.monotonic())
 
 
 def _blob_buffer(frame: Any) -> Any:

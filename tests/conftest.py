@@ -105,6 +105,23 @@ def shm_files() -> dict[str, int]:
                 found[e.path] = int(m.group(2))
         except OSError:
             pass
+    return {**found, **_host_blobs(ns)}
+
+
+def _host_blobs(ns: int) -> dict[str, int]:
+    """The host's copies of blobs (cw.worker.hostcache), named after the executor that keeps each."""
+    from cw import shm
+    from cw.worker import hostcache
+
+    found = {}
+    try:
+        entries = list(os.scandir(Path(shm.ROOT) / f"cw-blobs-{os.getuid()}"))
+    except OSError:
+        return {}
+    for e in entries:
+        m = hostcache._NAME.fullmatch(e.name)
+        if m and int(m.group(2)) == ns:
+            found[e.path] = int(m.group(3))
     return found
 
 

@@ -9,11 +9,9 @@ An executor runs each job inside the client's cwd with the client's
 sys.path in front, and restores both afterwards. It holds up to
 ``--prefetch`` tasks beyond the running one (``--batch`` while jobs are
 short), so it need not wait a round trip for its next job, and it sends
-the results of short jobs together, though none waits behind the next
-job (``cw.worker.outbox``). Its supervisor starts it as
-``python -m cw.executor`` with flags of its own (see ``Supervisor.spawn``),
-and restarts it when it dies.
-``Peer`` is the connection to the master that both roles use.
+short jobs' results together, none waiting behind the next job
+(``cw.worker.outbox``). Its supervisor starts it as ``python -m cw.executor``
+(see ``Supervisor.spawn``) and restarts it when it dies.
 """
 from __future__ import annotations
 
@@ -36,11 +34,12 @@ from ..errors import BlobUnavailableError, CWError, JobRejectedError
 from ..joberrors import dumps_error
 from ..protocol import SLOT_MARK, ErrorCode, Kind, Message, Result, Status, job_runs
 from ..security import Keys
-from ..serialize import dumps_value, loads_labelled_call, tidy_caches
+from ..serialize import dumps_value, loads_labelled_call
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from . import joblog, lane
 from .direct import DirectPeers
 from .fetch import Fetcher
+from .hostcache import HostCache
 from .outbox import Flusher, Outbox
 from .peer import Peer, peer_header, unknown_peer
 
@@ -76,7 +75,7 @@ class Executor:
         self.tasks: deque = deque()  # (task id, frames), in the order received
         self.outbox = Outbox(self.peer.send)
         self.direct = DirectPeers(keys)  # cw.direct: clients on other hosts, without the master
-        self.fetcher = Fetcher(self.peer.send, self.direct, self.direct_route)
+        self.fetcher = Fetcher(self.peer.send, self.direct, self.direct_route, HostCache.here())
         # Shared with the supervisor: the task running now, so that a death
         # is charged to the right job even when earlier results were unsent.
         self.slot = mmap.mmap(job_fd, 8) if job_fd is not None else None
@@ -129,6 +128,7 @@ class Executor:
         self.peer.send(Message(Kind.BYE))
         self.peer.close(linger=1000)
         self.direct.close()
+        self.fetcher.close()  # this host's copies of blobs it kept
         if self.lane is not None:
             self.lane.close(linger=1000)  # tasks it still held: their clients send them again
             lanes.remove(os.getpid())
@@ -148,13 +148,13 @@ class Executor:
         # Between queued tasks the socket, the parent and the spare files
         # are looked at every LISTEN_SECONDS, not before each job: that
         # costs a short job more than the job itself.
-        if not self.tasks or now >= self.listen_at or self.fetcher.waiting is not None:
+        if not self.tasks or now >= self.listen_at or self.fetcher.pending:
             if os.getppid() != self.parent:
                 self.stopping = True
                 return
             shm.tidy()
-            tidy_caches(time.monotonic())
-            if self.tasks and self.fetcher.waiting is None:
+            self.fetcher.tidy(time.monotonic())
+            if self.tasks and not self.fetcher.pending:
                 self.receive(0)
             else:  # nothing to run, or the next job's blob on its way
                 wait = self.peer.heartbeat if timeout is None else timeout
@@ -194,7 +194,7 @@ class Executor:
                 # Its clients send their jobs again; a lane's are no job of the master's.
                 self.tasks = deque(task for task in self.tasks if len(task) == 3)
                 self.outbox.drop()
-                self.fetcher.waiting = None
+                self.fetcher.reset()
                 forgotten = True
             msg = self.peer.recv(0)
         if forgotten:  # one READY for all the refusals that piled up
@@ -205,7 +205,7 @@ class Executor:
         for i, task in enumerate(self.tasks):
             if task[0] == tid and len(task) == 2:  # the master's, not a lane's
                 if i == 0:
-                    self.fetcher.waiting = None  # its blob is no longer needed
+                    self.fetcher.reset()  # its blob is no longer needed
                 del self.tasks[i]
                 dropped = Result(tid, _CANCELLED, "cancelled before it started", 0)
                 self.outbox.add(dropped, [], 0.0, self.clock())

@@ -10,12 +10,14 @@ job then fails with an error that says which, never waits for ever.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable, Optional
 
 from .. import blobs, serialize
 from ..protocol import Blob, Kind, Message
 from .direct import DirectPeers, Route
+from .hostcache import HostCache
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,12 @@ WINDOW = 4  # chunks asked for ahead: the master holds this many of one executor
 
 class Fetcher:
     def __init__(self, send: Callable[[Message], None], direct: Optional[DirectPeers] = None,
-                 route_of: Callable[[Any], Optional[Route]] = lambda frame: None) -> None:
+                 route_of: Callable[[Any], Optional[Route]] = lambda frame: None,
+                 host: Optional[HostCache] = None) -> None:
         self.send = send
+        self.host = host  # the blobs this host's executors share (cw.worker.hostcache)
+        self.host_wait: Optional[bytes] = None  # a blob another executor of this host fetches
+        self.from_host = 0  # blobs taken from the host's copy, without a fetch
         self.direct = direct  # the job's client's direct path (cw.direct), tried first
         self.route_of = route_of  # a job's context frame -> its client's direct path, if any
         self.failure: Optional[str] = None  # why the first job cannot have its blob
@@ -43,8 +49,10 @@ class Fetcher:
         now; if not, the first blob it lacks is asked for (once): straight
         from its client where it offers a direct path, else through the master."""
         for key, is_function in blobs.needs(frames[1:]):
-            if serialize.has_blob(key):
+            if serialize.has_blob(key) or self.take_host_copy(key, is_function):
                 continue
+            if self.hold_off(key, now):
+                return False
             if self.waiting != key and self.fetch_directly(frames[0], key, is_function):
                 if self.failure is not None:
                     return False
@@ -55,6 +63,46 @@ class Fetcher:
                 self.ask(0, now)
             return False
         return True
+
+    @property
+    def pending(self) -> bool:
+        """Whether the first job waits for a blob (its own fetch, or another executor's)."""
+        return self.waiting is not None or self.host_wait is not None
+
+    def take_host_copy(self, key: bytes, is_function: bool) -> bool:
+        """Whether this host has the blob already: kept without a fetch."""
+        fd = self.host.open(key) if self.host is not None else None
+        if fd is None:
+            return False
+        if self.host_wait == key:
+            self.host_wait = None
+        self.from_host += 1
+        if is_function:
+            with open(fd, "rb") as f:
+                serialize.fetched.put(key, f.read(), os.fstat(f.fileno()).st_size, time.monotonic())
+        else:
+            serialize.keep_fetched(key, None, fd=fd)
+        return True
+
+    def hold_off(self, key: bytes, now: float) -> bool:
+        """Whether another executor of this host fetches ``key`` now: wait for it."""
+        if self.host is None or self.waiting == key:
+            return False
+        if self.host.claim(key):
+            self.host_wait = None
+            return False
+        if self.host_wait != key:
+            self.host_wait, self.deadline = key, now + blobs.FETCH_SECONDS
+        return True
+
+    def close(self) -> None:
+        if self.host is not None:
+            self.host.close()
+
+    def tidy(self, now: float) -> None:
+        serialize.tidy_caches(now)
+        if self.host is not None:
+            self.host.tidy(now)
 
     def ask(self, offset: int, now: float) -> None:
         assert self.waiting is not None
@@ -76,6 +124,8 @@ class Fetcher:
             self.failure = f"{self.what()} arrived damaged: its digest differs"
         else:
             self.keep(key, data, is_function)
+        if self.failure is not None:
+            self.give_up(key)
         return True
 
     def overdue(self, now: float) -> Optional[str]:
@@ -84,9 +134,13 @@ class Fetcher:
         if self.failure is not None:
             failure, self.failure = self.failure, None
             return failure
+        if self.host_wait is not None and now >= self.deadline:
+            self.host_wait = None
+            return (f"{self.what()} did not come from this host's other executors "
+                    f"within {blobs.FETCH_SECONDS:g} s")
         if self.waiting is None or now < self.deadline:
             return None
-        self.waiting = self.parts = None
+        self.reset()
         return f"{self.what()} did not arrive from its client within {blobs.FETCH_SECONDS:g} s"
 
     def what(self) -> str:
@@ -96,7 +150,7 @@ class Fetcher:
         """The master's ERROR no-blob: the job's client is gone."""
         if self.waiting is None:
             return None
-        self.waiting = self.parts = None
+        self.reset()
         return f"{self.what()} cannot be had: its client has left"
 
     def arrived(self, msg: Message, now: float) -> Optional[str]:
@@ -105,7 +159,7 @@ class Fetcher:
         if body.blob != (self.waiting.hex() if self.waiting else None):
             return None  # an answer to an earlier FETCH, no longer needed
         if body.missing:
-            self.waiting = self.parts = None
+            self.reset()
             return f"{self.what()} is no longer held by its client (it left, or the job was already over)"
         if self.parts is None:
             self.parts = bytearray()
@@ -123,14 +177,29 @@ class Fetcher:
         data, key = self.parts, self.waiting  # a bytearray: pickle and hashlib take it as it is
         self.waiting = self.parts = None
         if len(data) != body.total or blobs.digest(data) != key:
+            self.give_up(key)
             return f"{self.what()} arrived damaged: its digest differs"
         self.keep(key, data, self.function)
         return None
 
-    def keep(self, key: bytes, data: bytearray, is_function: bool) -> None:
+    def keep(self, key: bytes, data: Any, is_function: bool) -> None:
+        """A blob fetched: kept here, and for the host's other executors."""
+        fd = self.host.publish(key, data) if self.host is not None else None
         if is_function:
             serialize.fetched.put(key, data, len(data), time.monotonic())
+            if fd is not None:
+                os.close(fd)
         else:
-            serialize.keep_fetched(key, data)
+            serialize.keep_fetched(key, data, fd=fd)
         self.fetched += 1
         self.fetched_bytes += len(data)
+
+    def reset(self) -> None:
+        """No blob awaited any more (the job failed, or went elsewhere)."""
+        self.give_up(self.waiting)
+        self.waiting = self.parts = self.host_wait = None
+
+    def give_up(self, key: Optional[bytes]) -> None:
+        """A fetch that failed: another executor of the host may try it."""
+        if self.host is not None and key is not None:
+            self.host.abandon(key)

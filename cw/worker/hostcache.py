@@ -1,0 +1,197 @@
+"""One copy per host: the executors of a host share the blobs they fetch.
+
+::
+
+    /dev/shm/cw-blobs-<uid>/            mode 0700, checked (as cw.lanes' directory)
+        <digest>-<pidns>-<pid>          a blob, whole, kept by the executor <pid>:
+                                        mapped copy-on-write by each executor
+        <digest>.part                   one executor fetching it: the others wait for it
+
+The first executor of a host that lacks a blob creates ``<digest>.part``
+(``O_EXCL``: one wins), fetches the blob (directly or through the master,
+``cw.worker.fetch``), writes it there and renames it after itself. An
+executor that finds the blob maps it without a fetch; one that finds only
+``.part`` waits for it (a ``.part`` older than ``STALE_SECONDS`` is a
+fetcher that died: it is taken over). A file is used only if it is a
+regular file of this user (``shm._open_ours``). The executor that kept a
+file removes it when it exits; any executor removes those of executors
+that died, those no executor loaded for ``IDLE_SECONDS``, and the oldest
+past ``max_bytes``. An executor that maps one keeps its pages however the
+file goes.
+``CW_SHM=0`` (no shared memory) turns it off: each executor fetches for
+itself, as when the directory is not this user's alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import stat
+import time
+from pathlib import Path
+from typing import Optional
+
+from .. import blobs, shm
+
+log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 60.0
+STALE_SECONDS = blobs.FETCH_SECONDS
+TIDY_SECONDS = 5.0
+
+
+def directory() -> Optional[Path]:
+    """This user's blob directory (made 0700), or None where it is not safe or not wanted."""
+    if shm.host_key() is None:
+        return None
+    path = Path(shm.ROOT) / f"cw-blobs-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+    except OSError as e:
+        log.info("no host blob cache: cannot make %s: %s", path, e)
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        log.warning("no host blob cache: %s is not a directory of this user's alone (mode 0700)", path)
+        return None
+    return path
+
+
+class HostCache:
+    def __init__(self, max_bytes: int, where: Optional[Path] = None) -> None:
+        self.dir = where
+        self.max_bytes = max_bytes
+        self.claims: dict[bytes, int] = {}  # blobs this executor fetches for the host: their .part's fd
+        self.published: list[Path] = []  # the host's copies this executor keeps (and removes at exit)
+        self.tidied = 0.0
+
+    @classmethod
+    def here(cls) -> "HostCache":
+        """This host's, bounded as an executor's cache of fetched blobs."""
+        from .. import serialize
+
+        return cls(serialize.fetched.max_bytes, directory())
+
+    def open(self, key: bytes) -> Optional[int]:
+        """A descriptor of the host's copy of a blob, or None."""
+        if self.dir is None:
+            return None
+        prefix = key.hex() + "-"
+        with os.scandir(self.dir) as entries:
+            names = [e.path for e in entries if e.name.startswith(prefix) and _NAME.fullmatch(e.name)]
+        for path in names:
+            fd = shm._open_ours(path)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.utime(fd)  # in use: not idle
+                return fd
+        return None
+
+    def claim(self, key: bytes) -> bool:
+        """Whether this executor fetches ``key`` for the host (no one else
+        is, or the one who was died); False while another one fetches it."""
+        if self.dir is None:
+            return True
+        part = self.dir / f"{key.hex()}.part"
+        for _ in range(2):
+            try:
+                self.claims[key] = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                           | os.O_CLOEXEC, 0o600)
+                return True
+            except FileExistsError:
+                try:
+                    st = part.lstat()
+                except OSError:
+                    continue  # it became the blob, or was given up: look again
+                if time.time() - st.st_mtime < STALE_SECONDS or st.st_uid != os.getuid():
+                    return False
+                part.unlink(missing_ok=True)  # its fetcher died: take it over
+            except OSError as e:
+                log.debug("no host copy of %s: %s", key.hex(), e)
+                return True
+        return False
+
+    def publish(self, key: bytes, data: object) -> Optional[int]:
+        """Write a blob this executor fetched for the host; its descriptor
+        (the host's copy), or None if it holds no claim or the write failed."""
+        fd = self.claims.pop(key, None)
+        if fd is None or self.dir is None:
+            return None
+        part = self.dir / f"{key.hex()}.part"
+        final = self.dir / f"{key.hex()}-{shm.pid_namespace()}-{os.getpid()}"
+        try:
+            view = memoryview(data).cast("B")  # type: ignore[arg-type]
+            done = 0
+            while done < len(view):
+                done += os.write(fd, view[done:])
+            os.rename(part, final)
+            self.published.append(final)
+            return fd
+        except OSError as e:  # full: the others fetch it themselves
+            log.info("cannot keep a host copy of blob %s: %s", key.hex(), e)
+            os.close(fd)
+            part.unlink(missing_ok=True)
+            return None
+
+    def abandon(self, key: bytes) -> None:
+        """The fetch failed: let another executor try."""
+        fd = self.claims.pop(key, None)
+        if fd is not None and self.dir is not None:
+            os.close(fd)
+            (self.dir / f"{key.hex()}.part").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """This executor exits: the copies it kept go (those mapping them keep their pages)."""
+        for key in list(self.claims):
+            self.abandon(key)
+        for path in self.published:
+            path.unlink(missing_ok=True)
+        self.published.clear()
+
+    def tidy(self, now: float) -> None:
+        """Remove the copies of executors that died, those idle for
+        ``IDLE_SECONDS``, then the oldest past ``max_bytes``."""
+        if self.dir is None or now - self.tidied < TIDY_SECONDS:
+            return
+        self.tidied = now
+        files, wall, ns = [], time.time(), shm.pid_namespace()
+        with os.scandir(self.dir) as scan:
+            entries = list(scan)
+        for entry in entries:
+            m = _NAME.fullmatch(entry.name)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if m is None or not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            if int(m.group(2)) == ns and not _alive(int(m.group(3))) or wall - st.st_mtime >= IDLE_SECONDS:
+                _unlink(entry.path)
+            else:
+                files.append((st.st_mtime, st.st_size, entry.path))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        for _, size, path in files:
+            if total <= self.max_bytes:
+                break
+            _unlink(path)
+            total -= size
+
+
+_NAME = re.compile(r"([0-9a-f]{64})-(\d+)-(\d+)")  # digest, pid namespace, the executor that keeps it
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
