@@ -24,6 +24,9 @@ def friendly(func: Callable) -> Callable:
     return wrapper
 
 
+MAX_PROCS = 4096  # a worker's executors: as many as a READY may declare (cw.messages.LIMITS)
+
+
 class Procs(click.ParamType):
     """A positive number of executor processes, or ``auto``."""
 
@@ -43,6 +46,8 @@ class Procs(click.ParamType):
                 self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
         if n < 1:
             self.fail(f"{n} is not at least 1", param, ctx)
+        if n > MAX_PROCS:
+            self.fail(f"{n} is more executors than one worker runs (at most {MAX_PROCS})", param, ctx)
         return n
 
 

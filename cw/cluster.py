@@ -68,10 +68,30 @@ def read_json(path: Path) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
+def master_problem(name: Optional[str] = None) -> Optional[str]:
+    """What is wrong with a cluster's master.json, if it is there and wrong."""
+    path = cluster_dir(name) / "master.json"
+    try:
+        data = json.loads(path.read_text())
+    except OSError:
+        return None  # absent (or unreadable: said where it is opened)
+    except ValueError as e:
+        return f"{path} is not valid JSON ({e})"
+    if not isinstance(data, dict):
+        return f"{path} holds no JSON object"
+    port, host = data.get("port"), data.get("host")
+    if type(port) is not int or not 0 < port < 65536:
+        return f"{path}: port {port!r} is not a port (1-65535)"
+    if not isinstance(host, str) or not host.strip() or any(c.isspace() for c in host):
+        return f"{path}: host {host!r} is not a host name or address"
+    return None
+
+
 def read_master(name: Optional[str] = None) -> Optional[dict]:
-    """master.json of a cluster, or None if absent or left by a dead master here."""
+    """master.json of a cluster, or None if absent, malformed (``master_problem``
+    says how) or left by a dead master here."""
     info = read_json(cluster_dir(name) / "master.json")
-    if info is None or not isinstance(info.get("port"), int):
+    if info is None or master_problem(name) is not None:
         return None
     same_host = info.get("hostname") == socket.gethostname()
     # A pid means something only in its own pid namespace: a master in a

@@ -5,7 +5,8 @@ import os
 from typing import Optional
 
 from . import squeue
-from .cluster import env_port, read_master
+from .cluster import env_port, master_problem, read_master
+from .errors import ClusterError
 from .protocol import DEFAULT_PORT
 
 
@@ -14,6 +15,10 @@ def find_master(
 ) -> tuple[str, int]:
     """Where the master is: arguments, environment, master.json, SLURM, localhost."""
     info = read_master(cluster) if host is None or port is None else None
+    if info is None and (host is None or port is None) and not os.environ.get("CW_MASTER_ADDRESS"):
+        problem = master_problem(cluster)
+        if problem is not None:  # not taken silently for "no master": said, with the file
+            raise ClusterError(f"{problem}; a master rewrites it when it starts (remove it if none runs)")
     if host is None:
         host = os.environ.get("CW_MASTER_ADDRESS") or (info or {}).get("host")
     if host is None:
