@@ -40,7 +40,8 @@ DIGEST_BYTES = 32
 REF_BYTES = 4 + DIGEST_BYTES  # a buffer frame of this size starting with REF is a reference
 SHARED = b"\xff\xff\xff\xfe"  # the same, for a ``share()``d object's pickle (cw.share)
 THRESHOLD = 1 << 20
-CHUNK = 4 << 20  # a blob moves in chunks, a few asked for ahead (cw.worker.fetch.WINDOW)
+CHUNK = 4 << 20  # a blob moves in chunks, a few asked for ahead
+WINDOW = 4  # chunks asked for ahead: the master holds this many of one executor's at most
 MAX_BLOB = 1 << 40  # a size no blob has: a peer that says more is wrong
 FETCH_SECONDS = 120.0  # an executor waits this long for a blob, then fails the job
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Optional
 
@@ -47,17 +46,7 @@ def enabled() -> bool:
 
 def directory() -> Optional[Path]:
     """The owner's lane directory (made 0700), or None where it is not safe."""
-    path = Path(shm.ROOT) / f"cw-lanes-{os.getuid()}"
-    try:
-        path.mkdir(mode=0o700, exist_ok=True)
-        st = path.lstat()
-    except OSError as e:
-        log.info("no lanes: cannot make %s: %s", path, e)
-        return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        log.warning("no lanes: %s is not a directory of this user's alone (mode 0700)", path)
-        return None
-    return path
+    return shm.private_directory(f"cw-lanes-{os.getuid()}", "lanes")
 
 
 def sweep(directory: Path, pidns: int) -> None:

@@ -43,6 +43,7 @@ import stat
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .cluster import pid_alive
@@ -279,7 +280,7 @@ def attach(frame: Any) -> mmap.mmap:
         os.rename(path, mine)  # atomic: only one process ever maps a file
     except OSError as e:
         raise DataUnreachable(f"cannot open {path}: {e.strerror}") from e
-    fd = _open_ours(mine)
+    fd = open_ours(mine)
     if fd is None:  # not a file of ours: never mapped, never run on
         _unlink(mine)
         raise DataUnreachable(f"cannot map {path}: not a regular file of this user")
@@ -294,7 +295,7 @@ def attach(frame: Any) -> mmap.mmap:
     return m
 
 
-def _open_ours(path: str, size: Optional[int] = None) -> Optional[int]:
+def open_ours(path: str, size: Optional[int] = None) -> Optional[int]:
     """A descriptor of ``path`` if it is a regular file of this user (of
     ``size`` bytes), else None. /dev/shm is every user's: a name we wrote
     and an executor claimed is free again, and another user may have put a
@@ -310,13 +311,29 @@ def _open_ours(path: str, size: Optional[int] = None) -> Optional[int]:
     return fd
 
 
+def private_directory(name: str, what: str) -> Optional[Path]:
+    """``ROOT/name``, made 0700, or None (logged, naming ``what`` goes
+    without it) where it cannot be made or is not this user's alone."""
+    path = Path(ROOT) / name
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+    except OSError as e:
+        log.info("no %s: cannot make %s: %s", what, path, e)
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        log.warning("no %s: %s is not a directory of this user's alone (mode 0700)", what, path)
+        return None
+    return path
+
+
 def inline(frame: Any) -> Any:
     """A frame with the bytes in place of a reference to their file: the
     file's (as they were sent) if it is still ours, else the buffer's (as
     it is now)."""
     if not isinstance(frame, Ref):
         return frame
-    fd = _open_ours(frame.path, frame.source.nbytes)
+    fd = open_ours(frame.path, frame.source.nbytes)
     if fd is None:
         return frame.source
     with open(fd, "rb") as f:

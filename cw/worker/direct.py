@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 600.0
 MAX_PEERS = 8  # clients' sockets kept open at once (least recently used go)
-WINDOW = 4  # chunks asked for ahead
 Route = tuple  # (address, the client's public key z85 or None)
 _FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -81,7 +80,7 @@ class DirectPeers:
             parts[got:got + chunk] = msg.payload[0]
             got += chunk
             asked = max(asked, got)
-            while asked < min(total, got + WINDOW * max(chunk, 1)):
+            while asked < min(total, got + blobs.WINDOW * max(chunk, 1)):
                 self.send(sock, Kind.FETCH, {"blob": name, "offset": asked})
                 asked += chunk
             if not chunk and got < total:

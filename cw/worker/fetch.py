@@ -21,7 +21,6 @@ from .hostcache import HostCache
 
 log = logging.getLogger(__name__)
 
-WINDOW = 4  # chunks asked for ahead: the master holds this many of one executor's at most
 
 
 class Fetcher:
@@ -170,7 +169,7 @@ class Fetcher:
         if len(self.parts) < body.total and chunk:
             # WINDOW chunks on their way at once: the hops' encryption overlaps.
             self.asked = max(self.asked, len(self.parts))
-            while self.asked < min(body.total, len(self.parts) + WINDOW * chunk):
+            while self.asked < min(body.total, len(self.parts) + blobs.WINDOW * chunk):
                 self.ask(self.asked, now)
                 self.asked += chunk
             return None

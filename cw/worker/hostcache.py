@@ -13,7 +13,7 @@ The first executor of a host that lacks a blob creates ``<digest>.part``
 executor that finds the blob maps it without a fetch; one that finds only
 ``.part`` waits for it (a ``.part`` older than ``STALE_SECONDS`` is a
 fetcher that died: it is taken over). A file is used only if it is a
-regular file of this user (``shm._open_ours``). The executor that kept a
+regular file of this user (``shm.open_ours``). The executor that kept a
 file removes it when it exits; any executor removes those of executors
 that died, those no executor loaded for ``IDLE_SECONDS``, and the oldest
 past ``max_bytes``. An executor that maps one keeps its pages however the
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import blobs, shm
+from ..cluster import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,7 @@ def directory() -> Optional[Path]:
     """This user's blob directory (made 0700), or None where it is not safe or not wanted."""
     if shm.host_key() is None:
         return None
-    path = Path(shm.ROOT) / f"cw-blobs-{os.getuid()}"
-    try:
-        path.mkdir(mode=0o700, exist_ok=True)
-        st = path.lstat()
-    except OSError as e:
-        log.info("no host blob cache: cannot make %s: %s", path, e)
-        return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        log.warning("no host blob cache: %s is not a directory of this user's alone (mode 0700)", path)
-        return None
-    return path
+    return shm.private_directory(f"cw-blobs-{os.getuid()}", "host blob cache")
 
 
 class HostCache:
@@ -81,7 +72,7 @@ class HostCache:
         with os.scandir(self.dir) as entries:
             names = [e.path for e in entries if e.name.startswith(prefix) and _NAME.fullmatch(e.name)]
         for path in names:
-            fd = shm._open_ours(path)
+            fd = shm.open_ours(path)
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.utime(fd)  # in use: not idle
@@ -166,7 +157,7 @@ class HostCache:
                 continue
             if m is None or not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
                 continue
-            if int(m.group(2)) == ns and not _alive(int(m.group(3))) or wall - st.st_mtime >= IDLE_SECONDS:
+            if int(m.group(2)) == ns and not pid_alive(int(m.group(3))) or wall - st.st_mtime >= IDLE_SECONDS:
                 _unlink(entry.path)
             else:
                 files.append((st.st_mtime, st.st_size, entry.path))
@@ -180,16 +171,6 @@ class HostCache:
 
 
 _NAME = re.compile(r"([0-9a-f]{64})-(\d+)-(\d+)")  # digest, pid namespace, the executor that keeps it
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        pass
-    return True
 
 
 def _unlink(path: str) -> None:
