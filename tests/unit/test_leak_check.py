@@ -65,7 +65,7 @@ def test_a_cw_process_of_the_tests_home_is_reported_and_killed(home, tmp_path, r
     reaped.append(stray)
     other = look_alike(tmp_path / "someone-elses")  # another test's cluster: not this one's
     reaped.append(other)
-    wait_for(lambda: psutil.Process(stray.pid).cmdline()[-1] == "cw.worker", what="the look-alike to run")
+    wait_for(lambda: psutil.Process(stray.pid).cmdline()[-1:] == ["cw.worker"], what="the look-alike to run")
     leaked = leaks.check()
     assert len(leaked) == 1 and f"pid {stray.pid}:" in leaked[0] and "-m cw.worker" in leaked[0]
     assert not psutil.pid_exists(stray.pid)  # killed (and reaped by the check)
