@@ -1,0 +1,67 @@
+"""Fixtures of the two-user test bed (bed.py)."""
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+from .bed import Bed, User, why_not
+
+
+@pytest.fixture(scope="session")
+def bed():
+    reason = why_not()
+    if reason:
+        pytest.skip(f"two-user test bed unavailable: {reason}")
+    bed = Bed(Path("/tmp") / f"cwbed-{secrets.token_hex(4)}")
+    try:
+        owner, other = bed.up()
+        check = owner.run([sys.executable, "-c", "import cw, zmq, numpy, psutil"])
+        if check.returncode != 0:
+            pytest.fail(f"the bed's users cannot run cw from this tree:\n{check.stderr}")
+        yield bed
+    finally:
+        left = bed.down()
+        assert not left, f"processes that needed SIGKILL at the bed's end: {left}"
+
+
+@pytest.fixture
+def users(bed):
+    """(owner, other); whatever a test leaves running is stopped after it,
+    and a process that ignores SIGTERM fails the test."""
+    owner, other = bed.users
+    yield owner, other
+    left = []
+    for user in (owner, other):
+        left += user.stop_all()
+        user.remove_shm()
+        for path in user.home.iterdir():
+            subprocess.run(["rm", "-rf", str(path)])
+    assert not left, f"left running past SIGTERM: {left}"
+
+
+def start_master(owner: User, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """The owner's master on a free port of 127.0.0.1, as `python -m cw.master` starts it."""
+    proc = owner.popen([sys.executable, "-m", "cw.master", "--host", "127.0.0.1", "--port", "0", *extra],
+                       env=env)
+    mjson = owner.cw_home / "default" / "master.json"
+
+    def ready():
+        assert proc.poll() is None, "the owner's master exited at start"
+        try:
+            info = json.loads(mjson.read_text())
+        except (OSError, ValueError):
+            return None
+        return info if info.get("pid") == proc.pid else None
+
+    return proc, wait_for(ready, what="the owner's master.json")["port"]
+
+
+def start_worker(owner: User, port: int, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    return owner.popen([sys.executable, "-m", "cw.worker", "127.0.0.1", "--port", str(port), "--procs", "1",
+                        *extra], env=env)
