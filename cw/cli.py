@@ -167,7 +167,7 @@ def keys_add(name: str, keyfile: str, cluster: Optional[str]) -> None:
     from .cluster import check_name
     from .security import load_public
 
-    check_name(name)
+    check_name(name, "key")
     load_public(Path(keyfile))  # refuse what is not a key file
     target = _authorized(cluster) / f"{name}.key"
     if target.exists():
@@ -183,7 +183,9 @@ def keys_add(name: str, keyfile: str, cluster: Optional[str]) -> None:
 @friendly
 def keys_remove(name: str, cluster: Optional[str]) -> None:
     """Stop admitting the key NAME (running connections keep going until they reconnect)."""
-    target = _authorized(cluster) / f"{name}.key"
+    from .cluster import check_name
+
+    target = _authorized(cluster) / f"{check_name(name, 'key')}.key"
     if not target.exists():
         names = ", ".join(sorted(p.stem for p in target.parent.glob("*.key"))) or "none"
         raise click.ClickException(f"no admitted key named {name!r}; admitted: {names}")

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import socket
+import stat
 from pathlib import Path
 from typing import Optional
 
@@ -30,12 +31,50 @@ def home() -> Path:
     return Path(os.environ.get("CW_HOME") or "~/.cw").expanduser()
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, what: str = "cluster") -> str:
     if not _NAME.match(name):
         raise ClusterError(
-            f"invalid cluster name {name!r}: use letters, digits, '_', '.', '-' (at most 64)"
+            f"invalid {what} name {name!r}: use letters, digits, '_', '.', '-' (at most 64, "
+            f"not starting with '.', '_' or '-'), e.g. {'alice' if what == 'key' else 'default'}"
         )
     return name
+
+
+def trusted(path: Path, fix: str, private: bool = False) -> Path:
+    """``path`` if no other user made it or may change what it holds, as
+    OpenSSH's StrictModes checks: a directory owned by this user (or root)
+    that nobody else may write in (a ``private`` one: nobody else may enter),
+    and, if it is a link, a link of this user (or root). An absent one
+    passes: cw creates it 0700. Else a ClusterError naming it and ``fix``."""
+    try:
+        link = os.lstat(path)
+        st = os.stat(path) if stat.S_ISLNK(link.st_mode) else link
+    except FileNotFoundError:
+        if not os.path.lexists(path):
+            return path
+        raise ClusterError(f"refusing {path}: a link to nothing; {fix}") from None
+    except OSError as e:
+        raise ClusterError(f"cannot check {path}: {e.strerror}; {fix}") from e
+    me = os.geteuid()
+    problem = None
+    if link.st_uid not in (me, 0):
+        problem = f"{'a link ' if link is not st else ''}owned by uid {link.st_uid}, not you (uid {me})"
+    elif st.st_uid not in (me, 0):
+        problem = f"owned by uid {st.st_uid}, not you (uid {me})"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem = "not a directory"
+    elif st.st_mode & (0o077 if private else 0o022):
+        others = "others may enter it" if private and not st.st_mode & 0o022 else "others may write in it"
+        problem, fix = f"{others} (mode {stat.S_IMODE(st.st_mode):04o})", \
+            f"chmod {'700' if private else 'go-w'} {path}, or {fix}"
+    if problem is not None:
+        raise ClusterError(f"refusing {path}: {problem}; {fix}")
+    return path
+
+
+def trusted_home() -> Path:
+    """``$CW_HOME``, checked (``trusted``)."""
+    return trusted(home(), "remove it or set CW_HOME to a directory of yours")
 
 
 def cluster_name(name: Optional[str] = None) -> str:
@@ -43,18 +82,29 @@ def cluster_name(name: Optional[str] = None) -> str:
 
 
 def cluster_dir(name: Optional[str] = None, create: bool = False) -> Path:
-    path = home() / cluster_name(name)
+    """``$CW_HOME/<name>``; refused (``trusted``) where another user made or
+    may change it or ``$CW_HOME``: it holds keys, and commands to run (ssh.json)."""
+    name = cluster_name(name)
+    path = trusted_home() / name
+    fix = "remove it, or use another cluster name (--cluster) or CW_HOME"
     if create:
-        for sub in (path, path / "pids", path / "logs"):
-            sub.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        trusted_home()
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+            os.chmod(path, 0o700)  # made readable by others (a wide umask), never writable: ours to tighten
+    trusted(path, fix, private=True)
+    if create:
+        for sub in (path / "pids", path / "logs"):
+            sub.mkdir(mode=0o700, exist_ok=True)
     return path
 
 
 def write_json(path: Path, data: dict) -> None:
     """Write atomically, so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f)
     os.replace(tmp, path)

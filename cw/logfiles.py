@@ -9,31 +9,70 @@
                                    names what it captures of a process so too
         *.log                      what other launchers capture of raw stdout/stderr
 
-(``$CW_LOG_DIR`` puts them elsewhere, e.g. on a node's local disk.)
+(``$CW_LOG_DIR`` puts them elsewhere, e.g. on a node's local disk; like the
+cluster directory it must be the user's own, which no one else may write in.)
+Files are 0600, opened without following links; ``cw logs`` prints what
+they hold with control characters escaped (``\\x1b``), so a job's output
+cannot drive the reader's terminal.
 
 Lines start with a timestamp (``2026-01-02 10:11:12,345``), so the files of
 many processes merge into one time-ordered stream.
 """
 from __future__ import annotations
 
+import errno
 import heapq
 import logging
 import os
 import re
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, TextIO
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 _STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # all but tab: a terminal acts on them
 
 
 def logs_dir(cluster_dir: Path) -> Path:
-    """``$CW_LOG_DIR`` if set, else the cluster directory's ``logs/``."""
+    """``$CW_LOG_DIR`` if set (refused where another user made it or may write
+    in it), else the cluster directory's ``logs/``."""
+    from .cluster import trusted
+
     value = os.environ.get("CW_LOG_DIR", "").strip()
-    return Path(value).expanduser() if value else cluster_dir / "logs"
+    if not value:
+        return cluster_dir / "logs"
+    return trusted(Path(value).expanduser(), "remove it or set CW_LOG_DIR to a directory of yours")
+
+
+def open_log(path: Path) -> int:
+    """A descriptor appending to the log file ``path``: created 0600, never
+    through a link, only a regular file of this user's (else OSError)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise OSError(errno.EPERM, "not a regular file of yours", str(path))
+    if st.st_mode & 0o077:
+        os.fchmod(fd, 0o600)  # an older cw's, made with the umask
+    os.set_blocking(fd, True)  # O_NONBLOCK was for the open only: a FIFO planted there must not hang it
+    return fd
+
+
+class _PrivateFileHandler(logging.FileHandler):
+    """A FileHandler whose file is ``open_log``'s: 0600, never through a link."""
+
+    def _open(self) -> TextIO:
+        return open(open_log(Path(self.baseFilename)), "a", encoding=self.encoding, errors=self.errors)
+
+
+def printable(line: str) -> str:
+    """``line`` with control characters (escape sequences, carriage returns) as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
 
 
 def log_path(logs: Path, role: str, pid: Optional[int] = None) -> Path:
@@ -63,7 +102,7 @@ def setup_logging(level: str, logfile: Optional[Path] = None) -> None:
     handlers: list[logging.Handler] = []
     if logfile is not None:
         try:
-            handlers.append(logging.FileHandler(logfile, encoding="utf-8"))
+            handlers.append(_PrivateFileHandler(logfile, encoding="utf-8"))
         except OSError as e:
             print(f"cw: cannot write the log file {logfile}: {e}; logging to stderr only", file=sys.stderr)
             logfile = None
@@ -115,13 +154,15 @@ def merged(files: list[Path], tail: Optional[int] = None) -> list[str]:
         if stamp and line in seen:
             continue  # a warning both in a process's log and in what its launcher captured
         seen.add(line)
-        out.append(f"{label}{line}")
+        out.append(printable(f"{label}{line}"))
     return out[-tail:] if tail else out
 
 
 def _read(path: Path, offset: int = 0) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return b""
             f.seek(offset)
             return f.read()
     except OSError:
@@ -145,7 +186,7 @@ def follow(logs: Path, who: Optional[str], emit: Callable[[str], None], poll: fl
             if rest:
                 partial[path] = rest
             for line in lines:
-                emit(f"{path.stem}| {line.decode('utf-8', 'replace')}")
+                emit(printable(f"{path.stem}| {line.decode('utf-8', 'replace')}"))
 
 
 def _size(path: Path) -> int:
@@ -157,16 +198,18 @@ def _size(path: Path) -> int:
 
 def role_log_file(cluster: Optional[str], role: str) -> Optional[Path]:
     """Where a master or worker started by hand logs: its cluster's logs
-    directory, or None (stderr only)."""
+    directory, or None (stderr only); a ClusterError where that directory
+    is not to be trusted."""
     from .cluster import cluster_dir
 
     try:
-        logs = logs_dir(cluster_dir(cluster, create=True))
+        cdir = cluster_dir(cluster, create=True)
+        logs = logs_dir(cdir)
         if stderr_in(logs):
             # A launcher (local, SLURM, the container entrypoint) keeps our
             # stderr as this process's log already: one file, not two.
             return None
         logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return log_path(logs, role)
+        return log_path(logs_dir(cdir), role)  # checked again: made by another user meanwhile?
     except OSError:
         return None  # no writable cluster directory here: stderr only

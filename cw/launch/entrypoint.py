@@ -28,6 +28,7 @@ from typing import IO, Any, Mapping, Optional
 
 from ..cluster import cluster_dir, read_json
 from ..errors import ClusterError, CWError
+from ..logfiles import open_log
 
 log = logging.getLogger("cw.entrypoint")
 
@@ -135,8 +136,8 @@ class Entrypoint:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = self.log_dir / f"{role}-{socket.gethostname()}-{stamp}-{os.urandom(3).hex()}.log"
         try:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            return open(path, "a")
+            self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return open(open_log(path), "a")
         except OSError as e:
             log.warning("cannot write %s (%s); logging to stderr instead. Mount a directory "
                         "this container's user may write at %s", path, e.strerror, self.log_dir)

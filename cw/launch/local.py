@@ -2,7 +2,10 @@
 
 Every process it starts is recorded in ``<cluster>/pids/<role>-<pid>.json``
 with its create time; ``stop`` ends exactly those processes and their
-children (executors), checked with psutil, never by matching command lines.
+children (executors). Before it signals one, it checks with psutil that the
+pid is still that process: the recorded create time, cw's command for its
+role (``python -m cw.worker``) and this cluster in its environment
+(``CW_CLUSTER``, ``CW_HOME``); a record that fails is removed, its pid left alone.
 """
 from __future__ import annotations
 
@@ -16,9 +19,9 @@ from typing import Optional
 
 import psutil
 
-from ..cluster import cluster_dir, cluster_name, env_port, pid_alive, read_json, read_master, write_json
+from ..cluster import cluster_dir, cluster_name, env_port, home, pid_alive, read_json, read_master, write_json
 from ..errors import ClusterError, MasterUnavailableError
-from ..logfiles import LEVELS, log_path
+from ..logfiles import LEVELS, log_path, logs_dir
 from ..security import ensure_keys, insecure_default
 from . import query_status, wait_for_workers, wait_until
 
@@ -76,6 +79,7 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
     name = cluster_name(cluster)
     port = _port(port)
     _check(nworkers, procs)
+    logs_dir(cluster_dir(name))  # CW_LOG_DIR refused here, not by each process it starts
     insecure = insecure_default(insecure)
     flags = ["--insecure"] if insecure else []
     started: list[psutil.Process] = []
@@ -194,11 +198,39 @@ def _records(name: str) -> list[tuple[Path, dict]]:
     for path in sorted(pids.glob("*.json")) if pids.is_dir() else []:
         record = read_json(path)
         if record is None or not isinstance(record.get("pid"), int):
-            path.unlink(missing_ok=True)
+            _forget(path)
             continue
         out.append((path, record))
     # Workers first, so they leave while the master can still hear them.
     return sorted(out, key=lambda item: item[1].get("role") == "master")
+
+
+def _forget(path: Path) -> None:
+    """Remove a pid record, or say which one cannot be removed and why."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        raise ClusterError(f"cannot remove the pid record {path}: {e.strerror}; remove it yourself "
+                           f"(check the permissions and attributes of it and {path.parent})") from e
+
+
+def _still_ours(name: str, rec: dict) -> Optional[psutil.Process]:
+    """The recorded process if it still is the one this cluster's launcher
+    started: its create time, ``python -m cw.<role>``, this cluster and
+    ``CW_HOME`` in its environment. A record anyone could have written
+    (a pid reused, a planted file) must not make us signal another process."""
+    pid, created = rec["pid"], rec.get("create_time")
+    if not isinstance(created, (int, float)) or not pid_alive(pid, created):
+        return None
+    try:
+        proc = psutil.Process(pid)
+        cmd, env, cwd = proc.cmdline(), proc.environ(), proc.cwd()
+    except psutil.Error:
+        return None
+    if cmd[1:3] != ["-m", f"cw.{rec.get('role')}"] or env.get("CW_CLUSTER") != name:
+        return None
+    its_home = Path(cwd, Path(env.get("CW_HOME") or "~/.cw").expanduser())
+    return proc if its_home.resolve() == home().resolve() else None
 
 
 def stop(cluster: Optional[str] = None, timeout: float = 30.0, *, master: bool = True,
@@ -211,25 +243,26 @@ def stop(cluster: Optional[str] = None, timeout: float = 30.0, *, master: bool =
         group = [(path, rec) for path, rec in _records(name) if rec.get("role") == role]
         procs = []
         for path, rec in group:
-            if pid_alive(rec["pid"], rec.get("create_time")):
-                procs.append(psutil.Process(rec["pid"]))
-            else:
-                _reap(rec["pid"])
-            path.unlink(missing_ok=True)
+            proc = _still_ours(name, rec)
+            if proc is not None:
+                procs.append(proc)
+            elif psutil.pid_exists(rec["pid"]) and not _reap(rec["pid"]):
+                log.warning("pid %d is no longer this cluster's %s; record removed", rec["pid"], role)
+            _forget(path)
         stopped += len(procs)
         _terminate_trees(procs, timeout)
     master = read_json(cluster_dir(name) / "master.json")
     if master and not pid_alive(master.get("pid")):
-        (cluster_dir(name) / "master.json").unlink(missing_ok=True)
+        _forget(cluster_dir(name) / "master.json")
     return stopped
 
 
-def _reap(pid: int) -> None:
-    """Collect a dead child of ours (a cluster started in this process)."""
+def _reap(pid: int) -> bool:
+    """Collect a dead child of ours (a cluster started in this process); whether it was one."""
     try:
-        os.waitpid(pid, os.WNOHANG)
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
     except ChildProcessError:
-        pass
+        return False
 
 
 def _terminate_trees(procs: list, timeout: float) -> None:

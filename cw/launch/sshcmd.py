@@ -91,7 +91,7 @@ def _machine(fields: list[str], line: int) -> Machine:
 def _number(column: str, value: str, top: int) -> Optional[int]:
     if not value:
         return None
-    if not value.isdigit() or not 1 <= int(value) <= top:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= top:  # not '²': int() refuses it
         raise ValueError(f"{column} {value!r} is not a number from 1 to {top}")
     return int(value)
 
