@@ -124,9 +124,15 @@ class Bed:
         self.acl: list[tuple[Path, str]] = []
         self.users: list[User] = []
 
+    @property
+    def tmp(self) -> Path:
+        return self.base / "tmp"
+
     def up(self) -> tuple[User, User]:
         self.base.mkdir(mode=0o711)
         os.chmod(self.base, 0o711)
+        self.tmp.mkdir()
+        os.chmod(self.tmp, 0o1777)  # like /tmp: anyone may create, only owners remove
         for name in NAMES:
             subprocess.run(["userdel", name], capture_output=True)  # a crashed run's
             subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",

@@ -40,7 +40,7 @@ def users(bed):
     for user in (owner, other):
         left += user.stop_all()
         user.remove_shm()
-        for path in user.home.iterdir():
+        for path in [*user.home.iterdir(), *bed.tmp.iterdir()]:
             subprocess.run(["rm", "-rf", str(path)])
     assert not left, f"left running past SIGTERM: {left}"
 

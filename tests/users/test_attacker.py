@@ -80,3 +80,67 @@ def test_a_retried_job_computes_on_the_owners_bytes(users, kind):
     result = json.loads(out)
     assert result["total"] == result["expected"]
     os.unlink(path)
+
+
+def cw_cli(user, *args: str, env: dict | None = None, timeout: float = 60):
+    return user.run([sys.executable, "-m", "cw.cli", *args], env=env, timeout=timeout)
+
+
+def one_line_naming(done, path) -> str:
+    """The refusal: a non-zero exit and one line that names ``path``, no traceback."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1 and str(path) in lines[0], done.stderr
+    assert "insecure" not in lines[0].lower()
+    return lines[0]
+
+
+def test_a_cw_home_another_user_made_first_is_refused(users, bed):
+    """Item 2: the attacker made the owner's $CW_HOME first and put a cluster
+    directory there: an ssh.json whose ProxyCommand runs their command, a pid
+    record naming an unrelated process of the owner's. The owner's commands
+    refuse the directory and touch nothing."""
+    owner, other = users
+    home = other.make(bed.tmp / "owner-cw", 0o755)
+    cdir = other.make(home / "default", 0o755)
+    other.make(cdir / "pids", 0o755)
+    ran = bed.tmp / "proxy-command-ran"
+    victim = psutil.Process(owner.popen(["sleep", "600"]).pid)
+    planted = {
+        "ssh.json": {"cluster": "default", "token": "t", "homes": [], "started": {},
+                     "machines": [{"address": "127.0.0.1", "line": 1}],
+                     "options": {"python": sys.executable, "cwd": "/", "env": {}, "connect_timeout": 5,
+                                 "ssh_options": [f"ProxyCommand=touch {ran}"]}},
+        "pids/worker-1.json": {"pid": victim.pid, "create_time": victim.create_time(), "role": "worker",
+                               "log": str(cdir / "logs" / "x.log")},
+    }
+    for name, record in planted.items():
+        (cdir / name).write_text(json.dumps(record))
+        os.chown(cdir / name, other.uid, other.gid)
+    env = {"CW_HOME": str(home)}
+    for args in (["ssh", "status"], ["local", "stop"], ["status"], ["logs"]):
+        one_line_naming(cw_cli(owner, *args, env=env), home)
+    assert not ran.exists() and victim.is_running()
+
+
+def test_log_files_are_private_and_a_log_dir_another_user_made_is_refused(users, bed):
+    """Item 3: job output in the owner's logs is not readable by the attacker,
+    and a CW_LOG_DIR the attacker made first (with links under cw's log
+    names) is refused before anything is written there."""
+    owner, other = users
+    logs = owner.make(owner.home / "logs", 0o755)  # a plain mkdir: 0755
+    env = {"CW_LOG_DIR": str(logs)}
+    started = cw_cli(owner, "local", "start", "-n", "1", env=env, timeout=120)
+    assert started.returncode == 0, started.stderr
+    assert cw_cli(owner, "local", "stop", env=env, timeout=120).returncode == 0
+    files = [p for p in logs.rglob("*") if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o777 == 0o600 for p in files)
+    peek = other.run(["cat", *map(str, files)])
+    assert peek.returncode != 0 and not peek.stdout
+
+    trap = other.make(bed.tmp / "logs", 0o777)
+    target = bed.tmp / "written-through-a-link"
+    for role in ("master", "worker"):
+        os.symlink(target, trap / f"{role}.log")
+    one_line_naming(cw_cli(owner, "local", "start", "-n", "1", env={"CW_LOG_DIR": str(trap)}), trap)
+    assert not target.exists()
+    assert not (owner.cw_home / "default" / "master.json").exists()
