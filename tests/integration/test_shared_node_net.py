@@ -1,14 +1,20 @@
 """Another user on the same node: a squatter on the master's port, idle
 connections that exhaust the master's descriptors, and the dashboard."""
+import json
 import os
 import socket
+import stat
+import struct
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
+import psutil
 import pytest
 import zmq
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 from cw import SecurityError
 from cw.client import ClusterExecutor
@@ -89,3 +95,78 @@ def test_local_start_takes_a_free_port_when_the_default_is_squatted(cw_home):
                 pass
         finally:
             local.stop()
+
+
+# -- the dashboard -------------------------------------------------------------
+
+def master_logged(procs, cw_home, tmp_path, *extra):
+    """A master whose stderr goes to a file (tracebacks land there), and its master.json."""
+    err = open(tmp_path / "master.stderr", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "cw.master", "--host", "127.0.0.1", "--port", "0",
+                             *extra], cwd=ROOT, stdin=subprocess.DEVNULL, stderr=err)
+    err.close()
+    procs.popens.append(proc)
+    procs.observe()
+    mjson = cw_home / "default" / "master.json"
+    info = wait_for(lambda: (lambda i: i if i and i.get("pid") == proc.pid else None)(_read(mjson)),
+                    what="master.json")
+    return proc, info, tmp_path / "master.stderr"
+
+
+def _read(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def http_get(url, host=None):
+    try:
+        req = urllib.request.Request(url, headers={"Host": host} if host else {})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_the_dashboard_answers_only_with_its_token(procs, cw_home, tmp_path):
+    _, info, _ = master_logged(procs, cw_home, tmp_path, "--http-port", "0")
+    url = info["http"]
+    base, token = url.rstrip("/").rsplit("/", 1)
+    assert len(token) >= 40  # secrets.token_urlsafe(32)
+    mjson = cw_home / "default" / "master.json"  # the only file holding it: private
+    assert stat.S_IMODE(mjson.stat().st_mode) == 0o600
+    assert stat.S_IMODE(mjson.parent.stat().st_mode) == 0o700
+    for path in ("/", "/api/status", "/index.html", f"/{token[:-1]}/api/status", f"/x{token}/"):
+        assert http_get(base + path)[0] == 403, path
+    assert http_get(url)[0] == 200 and http_get(url + "api/status")[0] == 200
+    assert http_get(base + "/" + token)[0] == 200  # redirected to /TOKEN/
+    done = cw_cli("status")
+    assert url in done.stdout  # where the owner finds it
+
+
+def test_idle_connections_cost_the_dashboard_no_thread_and_leave_no_traceback(procs, cw_home, tmp_path):
+    proc, info, stderr = master_logged(procs, cw_home, tmp_path, "--http-port", "0")
+    url = info["http"]
+    port = int(url.split(":")[2].split("/")[0])
+    assert http_get(url + "api/status")[0] == 200
+    master = psutil.Process(proc.pid)
+    threads = master.num_threads()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(200)]
+    try:
+        assert http_get(url + "api/status")[0] == 200  # served while 200 wait
+        assert master.num_threads() <= threads
+        for sock in idle[:20]:  # requests abandoned halfway, then reset
+            sock.sendall(f"GET /{url.rsplit('/', 2)[1]}/api/status HTTP/1.1\r\nHost: 127.0".encode())
+        time.sleep(0.2)
+        for sock in idle[20:40]:  # a full request, the answer never read: reset
+            sock.sendall(f"GET /{url.rsplit('/', 2)[1]}/api/status HTTP/1.0\r\n\r\n".encode())
+    finally:
+        for sock in idle:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+    assert http_get(url + "api/status")[0] == 200
+    assert master.num_threads() <= threads
+    logs = [stderr, *(cw_home / "default" / "logs").glob("master-*.log")]
+    text = "".join(path.read_text() for path in logs)
+    assert "Traceback" not in text and "dashboard at" in text
