@@ -244,4 +244,5 @@ def silence(seen: set, address: str, secure: bool) -> str:
     if zmq.EVENT_CONNECTED in seen:
         return (f"a program at {address} took the connection but completed no handshake: not a "
                 "cw master, or a master out of file descriptors (see its log)")
-    return f"nothing took a connection at {address}"
+    return (f"nothing took a connection at {address} (no master there, or one out of file "
+            "descriptors: see its log)")

@@ -170,3 +170,72 @@ def test_idle_connections_cost_the_dashboard_no_thread_and_leave_no_traceback(pr
     logs = [stderr, *(cw_home / "default" / "logs").glob("master-*.log")]
     text = "".join(path.read_text() for path in logs)
     assert "Traceback" not in text and "dashboard at" in text
+
+
+# -- idle connections against the master's descriptors ------------------------
+
+FLOOD = """
+import resource, selectors, socket, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+port, n = int(sys.argv[1]), int(sys.argv[2])
+sel = selectors.DefaultSelector()
+def dial():
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex(("127.0.0.1", port))
+    sel.register(s, selectors.EVENT_READ)
+for _ in range(n):
+    dial()
+print("holding", n, flush=True)
+while True:  # say nothing; whatever the master closes is dialled again at once
+    for key, _ in sel.select(1):
+        try:
+            data = key.fileobj.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            dial()
+"""
+
+
+LIMIT = 256  # the master's descriptors: the flood outnumbers them eightfold
+
+
+def test_idle_connections_leave_the_master_room_for_admitted_peers(procs, cw_home):
+    """2,000 unauthenticated connections, held and redialled, against a master
+    limited to 256 descriptors: a worker already there keeps working, a new
+    client gets in and runs jobs, `cw status` answers; the log says so once."""
+    import jobs
+    from conftest import wait_workers
+
+    from cw.master.guard import reserve
+
+    master, port = procs.master()
+    psutil.Process(master.pid).rlimit(psutil.RLIMIT_NOFILE, (LIMIT, LIMIT))
+    procs.worker(port)
+    wait_workers(port, 1)
+    flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(port), "2000"], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert flood.stdout.readline().startswith("holding")
+        # At full strength: past the reserve the master keeps for admitted peers.
+        wait_for(lambda: psutil.Process(master.pid).num_fds() >= LIMIT - reserve(LIMIT) - 16, timeout=60,
+                 what="the master holding the flood's connections")
+        start = time.monotonic()
+        with ClusterExecutor("127.0.0.1", port, connect_timeout=30) as ex:
+            assert list(ex.map(jobs.square, range(10), timeout=60)) == [i * i for i in range(10)]
+        took = time.monotonic() - start
+        print(f"a new client ran its jobs in {took:.2f} s")
+        done = cw_cli("status", "--timeout", "30", CW_PORT=str(port))
+        assert done.returncode == 0 and "10 done" in done.stdout, done.stderr
+        assert psutil.Process(master.pid).num_fds() <= LIMIT
+    finally:
+        flood.kill()
+        flood.wait(10)
+        flood.stdout.close()
+    assert took < 20
+    log = "".join(p.read_text() for p in (cw_home / "default" / "logs").glob("master-*.log"))
+    said = [line for line in log.splitlines() if "unauthenticated connections" in line]
+    assert 1 <= len(said) <= 2, said  # once a minute at most, not once per connection
