@@ -5,15 +5,22 @@ import os
 from typing import Optional
 
 from . import squeue
-from .cluster import env_port, master_problem, read_master
-from .errors import ClusterError
+from .cluster import cluster_dir, cluster_name, env_port, master_problem, read_json, read_master
+from .errors import ClusterError, MasterUnavailableError
 from .protocol import DEFAULT_PORT
 
 
 def find_master(
     host: Optional[str] = None, port: Optional[int] = None, cluster: Optional[str] = None
 ) -> tuple[str, int]:
-    """Where the master is: arguments, environment, master.json, SLURM, localhost."""
+    """Where the master is: arguments, environment, master.json, SLURM.
+
+    Nothing naming an address (no host, no port, no ``CW_MASTER_ADDRESS``,
+    no ``CW_PORT``, no running master's ``master.json``, no SLURM master
+    job) is an error naming the file looked for: dialling the default port
+    then would reach whatever listens there, which on a shared machine may
+    be another user's program.
+    """
     info = read_master(cluster) if host is None or port is None else None
     if info is None and (host is None or port is None) and not os.environ.get("CW_MASTER_ADDRESS"):
         problem = master_problem(cluster)
@@ -24,5 +31,18 @@ def find_master(
     if host is None:
         host = squeue.master_host(cluster, wait=False) if squeue.available() else None
     if port is None:
-        port = env_port() or (info or {}).get("port", DEFAULT_PORT)
-    return host or "127.0.0.1", int(port)
+        port = env_port() or (info or {}).get("port")
+    if host is None and port is None:
+        raise MasterUnavailableError(_nowhere(cluster))
+    return host or "127.0.0.1", int(port or DEFAULT_PORT)
+
+
+def _nowhere(cluster: Optional[str]) -> str:
+    """No master found for ``cluster``: which file said so, and what to do."""
+    path = cluster_dir(cluster) / "master.json"
+    left = read_json(path)
+    found = (f"{path} was left by master pid {left.get('pid')}, which is no longer running"
+             if left is not None else f"{path} does not exist")
+    return (f"no running master for cluster {cluster_name(cluster)!r}: {found}; start one "
+            "(`cw local start`), or say where yours is (host=/port=, --cluster, "
+            "CW_MASTER_ADDRESS, CW_PORT)")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import resource
+from typing import Optional
 
 
 def cpus_available() -> int:
@@ -22,3 +24,21 @@ def cpus_available() -> int:
     except (OSError, ValueError):
         pass
     return max(1, n)
+
+
+def raise_fd_limit() -> Optional[int]:
+    """Raise this process's soft limit of open files to its hard limit (the
+    most an unprivileged process may); the soft limit now, None if unknown.
+
+    A master holds a descriptor per peer connection, and another user's idle
+    connections may take many of them; a client or worker holds one per
+    connection and per lane. The soft limit (often 1024) is a default, not a
+    choice: the hard one is what the machine's administrator allows.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    except (ValueError, OSError):
+        return None

@@ -187,32 +187,62 @@ class ZapHandler:
 
 
 def handshake_error(event: int, value: int, address: str, secure: bool) -> Optional[str]:
-    """What a failed handshake (a socket monitor event) means, for the user."""
+    """What a failed handshake (a socket monitor event) means, for the user.
+
+    Said as what was found at the address, never as advice to turn CURVE
+    off: whoever listens on a master's usual port may be another user's
+    program, and a peer without CURVE is exactly what such a program is.
+    """
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return (f"the master at {address} refused this peer's key; the master admits only keys "
                 "in its cluster directory's keys/authorized (see `cw keys add`)")
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == MECHANISM_MISMATCH:
         if secure:
-            return (f"the master at {address} runs without CURVE (--insecure) and this peer with it; "
-                    "both ends must agree: start the master without --insecure")
+            return (f"the peer at {address} does not speak CurveZMQ, so it is not a secure cw master "
+                    "(another program listens there, or a master started with --insecure); nothing "
+                    "was sent to it. Check the address: the cluster's master.json, host=/port=, "
+                    "CW_MASTER_ADDRESS, CW_PORT")
         return (f"the master at {address} requires CURVE and this peer runs with --insecure / "
-                "CW_INSECURE=1; both ends must agree")
+                "CW_INSECURE=1: drop that flag so that this peer uses its cluster's keys")
     return None
 
 
+WATCHED = (zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+           | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
 def monitor(sock: zmq.Socket) -> zmq.Socket:
-    """A monitor socket reporting handshake outcomes of ``sock``."""
-    events = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-    return sock.get_monitor_socket(events, addr=f"inproc://cw-monitor-{os.urandom(6).hex()}")
+    """A monitor socket reporting connections and handshake outcomes of ``sock``."""
+    return sock.get_monitor_socket(WATCHED, addr=f"inproc://cw-monitor-{os.urandom(6).hex()}")
 
 
-def read_monitor(mon: zmq.Socket, address: str, secure: bool) -> Optional[str]:
-    """Drain a monitor socket; the first fatal handshake failure, explained."""
+def read_monitor(mon: zmq.Socket, address: str, secure: bool,
+                 seen: Optional[set] = None) -> Optional[str]:
+    """Drain a monitor socket; the first fatal handshake failure, explained.
+    Every event read is added to ``seen``, for ``silence`` to explain later."""
     from zmq.utils.monitor import recv_monitor_message
 
     error = None
     while mon.poll(0):
         event = recv_monitor_message(mon)
+        if seen is not None:
+            seen.add(event["event"])
         error = error or handshake_error(event["event"], event["value"], address, secure)
     return error
+
+
+def silence(seen: set, address: str, secure: bool) -> str:
+    """Why no master answered at ``address``, from the monitor events ``seen``."""
+    if zmq.EVENT_HANDSHAKE_SUCCEEDED in seen:
+        if secure:  # only the holder of the master's secret key completes a CURVE handshake
+            return (f"the master at {address} completed the handshake but sent no answer "
+                    "(stopped, or overloaded: see its log)")
+        return f"a ZeroMQ peer at {address} took the connection but sent no cw answer"
+    if zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL in seen and secure:
+        return (f"a program at {address} took the connection but does not hold this cluster's "
+                "master key (keys/master.key): another cluster's master, or not a cw master")
+    if zmq.EVENT_CONNECTED in seen:
+        return (f"a program at {address} took the connection but completed no handshake: not a "
+                "cw master, or a master out of file descriptors (see its log)")
+    return (f"nothing took a connection at {address} (no master there, or one out of file "
+            "descriptors: see its log)")

@@ -20,6 +20,7 @@ from .. import blobs, squeue
 from ..cluster import cluster_dir
 from ..discovery import find_master
 from ..errors import JobRejectedError, RemoteException, WorkerLostError
+from ..host import raise_fd_limit
 from ..joberrors import loads_error
 from ..protocol import Status
 from ..security import client_keys, insecure_default
@@ -79,6 +80,7 @@ def _connect(host: Optional[str], port: Optional[int], cluster: Optional[str],
              insecure: Optional[bool], connect_timeout: float, on_result, on_started,
              heartbeat: float, liveness: int) -> IOCore:
     host, port = find_master(host, port, cluster)
+    raise_fd_limit()  # each connection and lane is a descriptor; the soft limit is only a default
     keys = None if insecure_default(insecure) else client_keys(cluster_dir(cluster))
     core = IOCore(host, port, on_result=on_result, on_started=on_started,
                   connect_timeout=connect_timeout, keys=keys, heartbeat=heartbeat,

@@ -22,7 +22,7 @@ import zmq
 from .. import lanes, shm
 from ..errors import CWError, MasterUnavailableError, ProtocolError, SecurityError
 from ..protocol import Kind, Message, Welcome, version_mismatch, versions
-from ..security import Keys, read_monitor
+from ..security import Keys, read_monitor, silence
 from ..transport import NOBLOCK, close_dealer, dealer, readable, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class MasterLink:
         self.clock = clock  # stamps sends made outside a turn (a user thread's direct submit)
         self.sock: Optional[zmq.Socket] = None
         self.monitor: Optional[zmq.Socket] = None
+        self.seen: set = set()  # the monitor's events since the last (re)connect: why it is silent
         self.sock_fd = -1  # the socket's ZMQ_FD, polled without the lock
         self.connected = threading.Event()  # WELCOME came since the last (re)connect
         self.hello_due = False  # a HELLO found no connection to queue on
@@ -62,6 +63,7 @@ class MasterLink:
         self.poller.register(self.sock_fd, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
         self.connected.clear()
+        self.seen = set()
         self.last_heard = now
         self.send_hello()
 
@@ -79,7 +81,7 @@ class MasterLink:
     def watch(self, events: dict) -> None:
         """Read the handshake monitor when the poll saw it: a refused key is fatal."""
         if self.monitor is not None and self.monitor in events:
-            error = read_monitor(self.monitor, self.address, self.keys is not None)
+            error = read_monitor(self.monitor, self.address, self.keys is not None, self.seen)
             if error:
                 self.broken = SecurityError(error)
 
@@ -192,11 +194,13 @@ class MasterLink:
             and now - self.last_sent >= self.heartbeat
 
     def unavailable(self) -> MasterUnavailableError:
-        hint = ("; if it runs, check that this client has its cluster's keys "
-                "(same CW_HOME and cluster)") if self.keys is not None else ""
+        if self.monitor is not None:  # events the poll has not handed over yet
+            read_monitor(self.monitor, self.address, self.keys is not None, self.seen)
+        why = silence(self.seen, self.address, self.keys is not None)
         return MasterUnavailableError(
-            f"no cw master answered at {self.address} within {self.connect_timeout:g} s; "
-            f"start one (`cw local start`) or pass host=/port= (see `cw status`){hint}"
+            f"no cw master answered at {self.address} within {self.connect_timeout:g} s: {why}; "
+            "start one (`cw local start`), or point this client at yours (host=/port=, "
+            "cluster=, CW_MASTER_ADDRESS; `cw status` shows where it is)"
         )
 
 

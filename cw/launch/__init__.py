@@ -14,7 +14,7 @@ import zmq
 from ..cluster import cluster_dir
 from ..errors import ClusterError, MasterUnavailableError
 from ..protocol import Kind, Message, version_mismatch
-from ..security import apply_client, client_keys, insecure_default, monitor, read_monitor
+from ..security import apply_client, client_keys, insecure_default, monitor, read_monitor, silence
 
 
 def query_status(host: str, port: int, timeout: float = 5.0, *, cluster: Optional[str] = None,
@@ -29,33 +29,44 @@ def query_status(host: str, port: int, timeout: float = 5.0, *, cluster: Optiona
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     poller.register(mon, zmq.POLLIN)
+    seen: set = set()
+    address = f"{host}:{port}"
     try:
         sock.connect(f"tcp://{host}:{port}")
         sock.send_multipart(Message(Kind.STATUS).to_frames())
         deadline = time.monotonic() + timeout
         while poller.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
-            refused = read_monitor(mon, f"{host}:{port}", keys is not None)
+            refused = read_monitor(mon, address, keys is not None, seen)
             if refused:
                 raise ClusterError(refused)
             if not sock.poll(0):
                 continue
-            frames = sock.recv_multipart()
-            try:
-                msg = Message.from_frames(frames)
-            except Exception:
-                mismatch = version_mismatch(frames, f"{host}:{port}", "this cw")
-                if mismatch:
-                    raise ClusterError(mismatch) from None
-                continue
-            if msg.kind is Kind.STATUS:
-                return msg.body  # a STATUS reply's body is its snapshot
-            if msg.kind is Kind.ERROR:
-                raise ClusterError(f"master at {host}:{port} refused STATUS: {msg.body.error}")
-        raise MasterUnavailableError(f"no cw master answered at tcp://{host}:{port} within {timeout:g} s")
+            snap = _status_reply(sock.recv_multipart(), address)
+            if snap is not None:
+                return snap
+        read_monitor(mon, address, keys is not None, seen)
+        raise MasterUnavailableError(f"no cw master answered at tcp://{address} within {timeout:g} s: "
+                                     f"{silence(seen, address, keys is not None)}")
     finally:
         sock.disable_monitor()
         mon.close(linger=0)
         sock.close()
+
+
+def _status_reply(frames: list, address: str) -> Optional[dict]:
+    """A STATUS reply's snapshot; None for anything else; a refusal raised."""
+    try:
+        msg = Message.from_frames(frames)
+    except Exception:
+        mismatch = version_mismatch(frames, address, "this cw")
+        if mismatch:
+            raise ClusterError(mismatch) from None
+        return None
+    if msg.kind is Kind.STATUS:
+        return msg.body  # a STATUS reply's body is its snapshot
+    if msg.kind is Kind.ERROR:
+        raise ClusterError(f"master at {address} refused STATUS: {msg.body.error}")
+    return None
 
 
 def wait_until(check: Callable[[], Optional[dict]], timeout: float, poll: float = 0.1) -> Optional[dict]:

@@ -21,6 +21,7 @@ from ..cli_common import (
     insecure_option,
     log_option,
 )
+from ..host import raise_fd_limit
 from ..logfiles import role_log_file, setup_logging
 from ..protocol import DEFAULT_PORT, PROTOCOL_VERSION
 
@@ -62,6 +63,7 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
     cdir = cluster_dir(cluster, create=True)
     setup_logging(log_level, role_log_file(cluster, "master"))
     keys = None if insecure else master_keys(cdir)
+    raise_fd_limit()  # a descriptor per peer, and others' idle connections take some (cw.master.guard)
     master = _bind(host, port, heartbeat=heartbeat, liveness=liveness, keys=keys, cluster_dir=cdir,
                    limits=Limits(max_message_size, max_jobs_per_client, max_bytes_per_client), spin=spin)
 

@@ -40,6 +40,7 @@ from ..protocol import Kind, Message, legacy_layout, salvage_ids
 from ..security import Keys, ZapHandler, apply_server
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from .blobs import BlobRoutes
+from .guard import HANDSHAKE_SECONDS, Guard
 from .leases import Leases
 from .monitor import Monitor
 from .peers import Peers
@@ -69,6 +70,9 @@ def _router(host: str, port: int, keys: Optional[Keys], max_message_size: int) -
     # only a hostile peer goes past it, and libzmq cuts that connection
     # before buffering the frame.
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_size + (1 << 20))
+    # An accepted connection that does not complete its handshake in time is
+    # closed (libzmq's default is 30 s): idle connections hold no descriptor long.
+    sock.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_SECONDS * 1000))
     try:
         apply_server(sock, keys)
         if port == 0:
@@ -93,6 +97,8 @@ class Master:
         self.sock, self.port = _router(host, port, keys, limits.max_message_size)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
+        self.guard = Guard(self.sock, self.port)  # connections that never authenticate: bounded
+        self.poller.register(self.guard.mon, zmq.POLLIN)
         self.zap: Optional[ZapHandler] = None
         if keys is not None:
             assert cluster_dir is not None, "a secure master needs its cluster directory"
@@ -146,6 +152,8 @@ class Master:
         if self.zap is not None and self.zap.sock in events:
             while self.zap.sock.poll(0):
                 self.zap.handle()
+        if self.guard.mon in events:
+            self.guard.handle(self.clock() if now is None else now)
         if self.sock in events:  # a message waits: the poll asked the socket
             self.receive(now)
         now = self.clock() if now is None else now
@@ -166,6 +174,8 @@ class Master:
                 frames = recv_frames(self.sock, NOBLOCK)
             except zmq.Again:
                 break
+            if self.guard.pending:  # a connection that spoke holds an admitted key
+                self.guard.heard(frames[0])
             self.handle(frames, self.clock() if now is None else now)
             # Asked before the next: ending on zmq.Again costs twice as much.
             if not readable(self.sock):
@@ -199,6 +209,8 @@ class Master:
         return dict(self.poller.poll(math.ceil(timeout * 1000)))
 
     def close(self) -> None:
+        self.sock.disable_monitor()
+        self.guard.close()
         self.sock.close(linger=0)
         if self.zap is not None:
             self.zap.close()

@@ -171,23 +171,29 @@ def test_dashboard_serves_page_and_snapshot_and_refuses_foreign_host_names():
     dash = Dashboard("127.0.0.1", 0).start()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", dash.port, timeout=10)
-        conn.request("GET", "/api/status")
+        base = f"/{dash.token}"
+        assert dash.url.endswith(base + "/")
+        conn.request("GET", base + "/api/status")
         assert conn.getresponse().status == 503  # nothing published yet
         dash.publish({"totals": {"workers": 3}})
-        conn.request("GET", "/api/status")
+        conn.request("GET", base + "/api/status")
         resp = conn.getresponse()
         assert resp.status == 200 and json.loads(resp.read()) == {"totals": {"workers": 3}}
-        conn.request("GET", "/")
+        conn.request("GET", base + "/")
         resp = conn.getresponse()
         page = resp.read().decode()
         assert resp.status == 200 and "default-src 'none'" in resp.headers["Content-Security-Policy"]
         assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # no outside asset
-        conn.request("GET", "/api/status", headers={"Host": "attacker.example:80"})
+        conn.request("GET", base + "/api/status", headers={"Host": "attacker.example:80"})
         assert conn.getresponse().status == 421
+        for path in ("/api/status", "/", base[:-1] + "/api/status"):  # no token, a wrong one
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            assert resp.status == 403 and dash.token not in resp.read().decode()
         conn.close()
     finally:
         dash.close()
-    assert not dash.thread.is_alive()
+    assert not any(thread.is_alive() for thread in dash.threads)
 
 
 def test_a_failing_status_bookkeeping_never_stops_the_master(caplog):
