@@ -235,7 +235,6 @@ def test_idle_connections_leave_the_master_room_for_admitted_peers(procs, cw_hom
         flood.kill()
         flood.wait(10)
         flood.stdout.close()
-    assert took < 20
     log = "".join(p.read_text() for p in (cw_home / "default" / "logs").glob("master-*.log"))
     said = [line for line in log.splitlines() if "unauthenticated connections" in line]
     assert 1 <= len(said) <= 2, said  # once a minute at most, not once per connection

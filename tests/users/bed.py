@@ -102,6 +102,9 @@ class User:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe:
+                    pipe.close()
         self.started.clear()
         return [f"pid {p.pid} of {self.name}" for p in stubborn]
 

@@ -45,10 +45,13 @@ def users(bed):
     assert not left, f"left running past SIGTERM: {left}"
 
 
-def start_master(owner: User, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
-    """The owner's master on a free port of 127.0.0.1, as `python -m cw.master` starts it."""
-    proc = owner.popen([sys.executable, "-m", "cw.master", "--host", "127.0.0.1", "--port", "0", *extra],
-                       env=env)
+def start_master(owner: User, *extra: str, env: dict | None = None,
+                 files: int | None = None) -> tuple[subprocess.Popen, int]:
+    """The owner's master on a free port of 127.0.0.1, as `python -m cw.master`
+    starts it (under `ulimit -n FILES` if given)."""
+    limit = ["prlimit", f"--nofile={files}:{files}", "--"] if files else []
+    proc = owner.popen([*limit, sys.executable, "-m", "cw.master", "--host", "127.0.0.1", "--port", "0",
+                        *extra], env=env)
     mjson = owner.cw_home / "default" / "master.json"
 
     def ready():

@@ -144,3 +144,127 @@ def test_log_files_are_private_and_a_log_dir_another_user_made_is_refused(users,
     one_line_naming(cw_cli(owner, "local", "start", "-n", "1", env={"CW_LOG_DIR": str(trap)}), trap)
     assert not target.exists()
     assert not (owner.cw_home / "default" / "master.json").exists()
+
+
+FAKE_MASTER = """
+import sys, zmq
+sock = zmq.Context.instance().socket(zmq.ROUTER)
+sock.linger = 0
+if sys.argv[1] == "0":
+    print(sock.bind_to_random_port("tcp://127.0.0.1"), flush=True)
+else:
+    sock.bind(f"tcp://127.0.0.1:{sys.argv[1]}")
+    print(sys.argv[1], flush=True)
+got = sock.poll(int(float(sys.argv[2]) * 1000))
+print("received" if got else "nothing", flush=True)
+"""
+
+CALL = """
+import sys
+from cw.client import ClusterExecutor
+try:
+    with ClusterExecutor("127.0.0.1", int(sys.argv[1]), connect_timeout=20) as ex:
+        print("ran", ex.submit(pow, 6, 2).result(60))
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_a_fake_master_on_the_owners_address_gets_nothing_and_no_advice_to_drop_curve(users):
+    """Item 4: the attacker listens without CURVE where the owner's client
+    connects. The owner is told what is there, never to turn security off,
+    and the attacker receives nothing of the owner's."""
+    owner, other = users
+    fake = other.popen([sys.executable, "-c", FAKE_MASTER, "0", "5"], stdout=subprocess.PIPE, text=True)
+    port = int(fake.stdout.readline())
+    said = owner.python(CALL, str(port)).stdout
+    assert "does not speak CurveZMQ" in said and "nothing was sent" in said
+    assert not re.search(r"\b(set|use|add|pass|try|run)\b[^.;]*--insecure|CW_INSECURE|both ends", said), said
+    assert fake.communicate(timeout=30)[0].strip() == "nothing"  # in its 5 s of listening
+
+
+def test_a_squatted_default_port_does_not_stop_a_local_cluster(users):
+    """Item 4: the attacker holds 127.0.0.1:5494 first; the owner's local
+    cluster takes a free port and the owner's program finds it."""
+    owner, other = users
+    squat = other.popen([sys.executable, "-c", FAKE_MASTER, "5494", "60"], stdout=subprocess.PIPE, text=True)
+    if squat.stdout.readline().strip() != "5494":
+        pytest.skip("127.0.0.1:5494 is taken on this machine already")
+    started = cw_cli(owner, "local", "start", "-n", "1", timeout=120)
+    assert started.returncode == 0, started.stderr
+    try:
+        found = owner.python("from cw.client import ClusterExecutor\n"
+                             "with ClusterExecutor(connect_timeout=20) as ex:\n"
+                             "    print(ex.submit(pow, 2, 10).result(60))")
+        assert found.stdout.strip() == "1024", found.stderr
+    finally:
+        assert cw_cli(owner, "local", "stop", timeout=120).returncode == 0
+
+
+FLOOD = """
+import resource, selectors, socket, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+port, n = int(sys.argv[1]), int(sys.argv[2])
+sel = selectors.DefaultSelector()
+def dial():
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex(("127.0.0.1", port))
+    sel.register(s, selectors.EVENT_READ)
+for _ in range(n):
+    dial()
+print("holding", n, flush=True)
+while True:  # say nothing; whatever the master closes is dialled again at once
+    for key, _ in sel.select(1):
+        try:
+            data = key.fileobj.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            dial()
+"""
+
+
+def test_idle_connections_of_another_user_leave_the_owner_able_to_connect(users):
+    """Item 5: with the owner's master at `ulimit -n 1024`, the attacker holds
+    2,000 idle TCP connections to its port; the owner's new client still
+    connects and runs a job, and `cw status` answers."""
+    owner, other = users
+    master, port = start_master(owner, *FAST, files=1024)
+    start_worker(owner, port, *FAST)
+    flood = other.popen([sys.executable, "-c", FLOOD, str(port), "2000"], stdout=subprocess.PIPE,
+                        text=True)
+    assert flood.stdout.readline().startswith("holding 2000")
+    wait_for(lambda: psutil.Process(master.pid).num_fds() >= 900, timeout=60,
+             what="the master to hold the attacker's connections")
+    assert owner.python(CALL, str(port), timeout=120).stdout.strip() == "ran 36"
+    status = cw_cli(owner, "status", "--timeout", "30", env={"CW_PORT": str(port)})
+    assert status.returncode == 0 and "1 done" in status.stdout, status.stderr
+    assert psutil.Process(master.pid).num_fds() <= 1024
+
+
+def test_the_dashboard_is_the_owners_alone(users):
+    """Item 6: the attacker, without the token the owner's master.json
+    holds, gets 403; 200 idle connections start no thread in the master."""
+    owner, other = users
+    master, _ = start_master(owner, "--http-port", "0")
+    url = json.loads((owner.cw_home / "default" / "master.json").read_text())["http"]
+    base = url.rstrip("/").rsplit("/", 1)[0]
+    probe = ("import sys, urllib.request, urllib.error\n"
+             "try: print(urllib.request.urlopen(sys.argv[1], timeout=10).status)\n"
+             "except urllib.error.HTTPError as e: print(e.code)")
+    for path in ("/", "/api/status"):
+        assert other.run([sys.executable, "-c", probe, base + path]).stdout.strip() == "403"
+    assert other.run(["cat", str(owner.cw_home / "default" / "master.json")]).returncode != 0
+    assert owner.run([sys.executable, "-c", probe, url + "api/status"]).stdout.strip() == "200"
+    threads = psutil.Process(master.pid).num_threads()
+    port = int(base.rsplit(":", 1)[1])
+    hold = ("import socket, sys\n"
+            "held = [socket.create_connection(('127.0.0.1', int(sys.argv[1]))) for _ in range(200)]\n"
+            "print('holding', flush=True); sys.stdin.read()")
+    idle = other.popen([sys.executable, "-c", hold, str(port)], stdout=subprocess.PIPE, text=True)
+    assert idle.stdout.readline().strip() == "holding"
+    assert owner.run([sys.executable, "-c", probe, url + "api/status"]).stdout.strip() == "200"
+    assert psutil.Process(master.pid).num_threads() <= threads
