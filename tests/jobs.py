@@ -135,7 +135,9 @@ def shm_files(spares=False):
 
     from cw import shm
 
-    return sorted(n for n in os.listdir("/dev/shm") if shm._ANY.fullmatch(n) and (spares or "-s-" not in n))
+    if shm.host_key() is None:
+        return []
+    return sorted(n for n in os.listdir(shm.root()) if shm._ANY.fullmatch(n) and (spares or "-s-" not in n))
 
 
 def log_pid_and_wait(path, release, timeout=60):
