@@ -161,7 +161,8 @@ def test_status_says_why_lanes_are_off(procs, cw_home):
         out = subprocess.run([sys.executable, "-m", "cw.cli", "status"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
-        text = " ".join(line.strip() for line in out.stdout.split("lanes off on ", 1)[1].split("\n\n")[0].splitlines())
+        said = out.stdout.split("lanes off on ", 1)[1].split("\n\n")[0]
+        text = " ".join(line.strip() for line in said.splitlines())
         assert text == f"{socket.gethostname()}: {why}"
         assert root.name not in out.stdout  # the secret name is never shown
     finally:
