@@ -146,3 +146,10 @@ def log_pid_and_wait(path, release, timeout=60):
         f.write(f"{os.getpid()}\n")
     wait_for_file(release, timeout=timeout)
     return os.getpid()
+
+
+def big_array(n):
+    """A result with an out-of-band buffer of ``n`` bytes (pushed over the direct path)."""
+    import numpy
+
+    return numpy.ones(n, dtype=numpy.uint8)

@@ -424,7 +424,7 @@ def main(argv: Optional[list] = None) -> None:
     """An executor, as its supervisor starts it (see ``Supervisor.spawn``)."""
     from ..cluster import cluster_dir
     from ..logfiles import LEVELS, setup_logging
-    from ..security import client_keys
+    from ..security import worker_keys
 
     opts = _parser().parse_args(argv)
     # The supervisor passes its (checked) log file and level on in the environment.
@@ -434,7 +434,7 @@ def main(argv: Optional[list] = None) -> None:
                   Path(log_file) if log_file else None)
     joblog.install()  # a job's prints go to the worker's log, tagged with its id
     try:
-        keys = None if opts.insecure else client_keys(cluster_dir(opts.cluster))
+        keys = None if opts.insecure else worker_keys(cluster_dir(opts.cluster))
     except (CWError, OSError) as e:  # its keys went missing since the supervisor read them
         sys.exit(f"cw executor: {e}")
     executor = Executor(f"tcp://{opts.host}:{opts.port}", opts.executor, opts.supervisor,
