@@ -38,7 +38,8 @@ def test_master_creates_private_cluster_directory_and_keys(procs, cw_home):
         assert (cdir / "keys" / f"{name}.key").exists()
     assert [p.name for p in (cdir / "keys" / "authorized").iterdir()] == ["owner.key"]
     # The workers' pair, admitted as a worker's (it can only serve), not listed as a client's.
-    assert mode(cdir / "keys" / "worker") == 0o700 and mode(cdir / "keys" / "worker" / "worker.key_secret") == 0o600
+    wdir = cdir / "keys" / "worker"
+    assert mode(wdir) == 0o700 and mode(wdir / "worker.key_secret") == 0o600
 
 
 def test_world_readable_secret_key_is_refused_with_the_fix(procs, cw_home):
