@@ -78,6 +78,17 @@ def path_for(where: Path) -> Optional[Path]:
         return None
 
 
+def remove_if_empty(where: Path) -> None:
+    """Remove the private directory of the CW_HOME ``where`` if nothing is
+    left in it (that CW_HOME is going away: its secret would name it no more)."""
+    root = path_for(where)
+    for path in (root / "lanes", root / "blobs", root) if root is not None else ():
+        try:
+            path.rmdir()
+        except OSError:
+            pass  # in use, or gone
+
+
 def _named(secret: bytes) -> Path:
     with open("/proc/sys/kernel/random/boot_id", "rb") as f:
         boot = f.read().strip()

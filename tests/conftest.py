@@ -154,12 +154,7 @@ def remove_private_dir(home: Path) -> None:
     test has its own, and /dev/shm must not fill with them."""
     from cw import shmdir
 
-    root = shmdir.path_for(home)
-    for path in (root / "lanes", root / "blobs", root) if root is not None else ():
-        try:
-            path.rmdir()
-        except OSError:
-            pass
+    shmdir.remove_if_empty(home)
 
 
 def uses_home(pid: int, home: Path) -> bool:

@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import psutil
 
+from .. import shmdir
 from .local import _terminate_trees
 
 PRIVATE_ROOT = "~/.cw/ssh"  # cluster homes of machines that do not share the head's
@@ -171,6 +172,7 @@ def _remove_private(home: Path, token: str) -> bool:
             return False
     except OSError:
         return False
+    shmdir.remove_if_empty(home)  # its workers are gone: nothing in /dev/shm outlives them
     shutil.rmtree(home, ignore_errors=True)
     try:
         root.rmdir()  # ~/.cw/ssh, once no cluster uses it

@@ -150,3 +150,22 @@ def test_route_address_of_loopback():
     assert route_address("127.0.0.1") == "127.0.0.1"
     with pytest.raises(ClusterError, match="pass --master-address"):
         route_address("no-such-host.invalid")
+
+
+def test_stop_removes_the_copied_keys_and_their_private_shm_directory(monkeypatch, tmp_path):
+    """What `cw ssh start` wrote on a machine, and what its workers made in
+    /dev/shm under that home (cw.shmdir), goes at `cw ssh stop`."""
+    from cw import shm, shmdir
+    from cw.launch import remote
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~/.cw/ssh: the machine's private root
+    home = Path(remote.PRIVATE_ROOT).expanduser() / "head-0123456789ab"
+    remote._write_private(home, "default", "token", {"master.key": "public\n"})
+    monkeypatch.setenv("CW_HOME", str(home))  # as its workers run
+    monkeypatch.setattr(shmdir, "_found", {})
+    root, why = shmdir.subdirectory("lanes")
+    if root is None:
+        pytest.skip(f"no private /dev/shm directory here: {why}")
+    assert root.parent.exists() and shm.ROOT in str(root)
+    assert remote._remove_private(home, "token")
+    assert not home.exists() and not root.parent.exists()
