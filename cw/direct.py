@@ -16,8 +16,8 @@ firewall from the compute nodes to where clients run), on the address it
 reaches the master from (``CW_DIRECT_HOST`` overrides it), and names it in
 its jobs' context frame with its public key. It is CURVE like every cw
 socket: the client's key pair serves, and a ZAP handler admits the
-cluster's admitted keys (``keys/authorized``), as the master does; plain
-only under ``--insecure``.
+cluster's client key and its workers' key (``cw.security``); plain only
+under ``--insecure``.
 
 An executor on another host (it shares no memory with the client: see
 ``cw.shm``) fetches the blobs a job lacks over the direct path, and pushes

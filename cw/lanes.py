@@ -20,10 +20,12 @@ through the master again: it keeps every unfinished job's frames, as for a
 master restart. Jobs with a
 timeout never take a lane; the master enforces timeouts.
 
-A lane is a ROUTER on an ``ipc://`` socket in a directory only its owner
-may enter (mode 0700, checked): the same trust as the cluster's key files,
-no CURVE needed on a socket no other user can reach. ``CW_LANES=0`` in a
-worker's environment turns lanes off.
+A lane is a ROUTER on an ``ipc://`` socket in ``lanes/`` of the user's
+private directory (``cw.shmdir``: mode 0700, checked, under a name no other
+user can derive and so take first): the same trust as the cluster's key
+files, no CURVE needed on a socket no other user can reach. ``CW_LANES=0``
+in a worker's environment turns lanes off. Where lanes are off, the
+executor says why in its READY and ``cw status`` shows it.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from . import shm
+from . import shm, shmdir
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,9 @@ def enabled() -> bool:
     return os.environ.get("CW_LANES", "1").strip().lower() not in ("0", "no", "false", "off")
 
 
-def directory() -> Optional[Path]:
-    """The owner's lane directory (made 0700), or None where it is not safe."""
-    return shm.private_directory(f"cw-lanes-{os.getuid()}", "lanes")
+def directory() -> tuple[Optional[Path], str]:
+    """The owner's lane directory (made 0700), or None and why not."""
+    return shmdir.subdirectory("lanes")
 
 
 def sweep(directory: Path, pidns: int) -> None:
@@ -69,7 +71,7 @@ def remove(pid: int) -> None:
     libzmq leaves an ``ipc://`` socket's file behind when it closes."""
     if shm.host_key() is None:  # no shared memory here: no lanes either
         return
-    path = Path(shm.ROOT) / f"cw-lanes-{os.getuid()}" / f"lane-{shm.pid_namespace()}-{pid}"
+    path = Path(shm.root()) / "lanes" / f"lane-{shm.pid_namespace()}-{pid}"
     try:
         path.unlink(missing_ok=True)
     except OSError as e:
@@ -78,4 +80,6 @@ def remove(pid: int) -> None:
 
 def valid_address(address: str) -> bool:
     """A lane in this user's lane directory: no master of ours lends another."""
-    return address.startswith(f"ipc://{shm.ROOT}/cw-lanes-{os.getuid()}/lane-") and ".." not in address
+    if shm.host_key() is None:
+        return False
+    return address.startswith(f"ipc://{shm.root()}/lanes/lane-") and ".." not in address

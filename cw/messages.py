@@ -157,6 +157,7 @@ class Ready(NamedTuple):  # executor (or supervisor: procs) -> master
     procs: Optional[int] = None  # a supervisor's executors
     lane: Optional[str] = None  # its lane's address (cw.lanes)
     shm: Optional[str] = None
+    lanes_off: Optional[str] = None  # why it has no lane (for `cw status`)
 
 
 class Died(NamedTuple):  # supervisor -> master

@@ -3,14 +3,22 @@
 The cluster directory holds (mode 0700; secret key files 0600)::
 
     keys/master.key, keys/master.key_secret   the master's key pair
-    keys/client.key, keys/client.key_secret   the owner's key pair (clients, workers)
-    keys/authorized/*.key                      public keys the master admits
+    keys/client.key, keys/client.key_secret   the owner's key pair (clients)
+    keys/authorized/*.key                      public keys the master admits as clients
+    keys/worker/worker.key, .../worker.key_secret
+                                               the workers' key pair: it serves jobs and
+                                               nothing else (the only secret `cw ssh start`
+                                               copies to machines)
 
 Whoever needs the keys first (normally the master, on its first start)
 creates them, atomically, so peers on the same shared filesystem need no
 configuration. The master's ZAP handler runs inside its own poll loop (no
 thread) and admits only the keys in ``keys/authorized``, re-read when that
-folder changes (``cw keys add/remove``).
+folder changes (``cw keys add/remove``), and the workers' key as a worker's:
+its User-Id is ``worker`` (``WORKER``), and the master refuses what only a
+client may send (``CLIENT_ONLY`` in ``cw.master.loop``) from such a peer. A
+leaked worker secret thus cannot submit jobs; it can still take jobs and
+answer them, so it is trusted with their data and results.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ log = logging.getLogger(__name__)
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 MECHANISM_MISMATCH = 0x11000002  # ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+WORKER, CLIENT = b"worker", b"client"  # the User-Id the ZAP handler gives a peer's key
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class Keys:
     public: bytes
     secret: bytes
     server: bytes  # the master's public key
+    peers: tuple = ()  # other public keys this side admits on a socket it serves (the workers')
 
 
 def insecure_default(value: Optional[bool] = None) -> bool:
@@ -78,6 +88,28 @@ def ensure_keys(cdir: Path) -> Path:
     return kdir
 
 
+def ensure_worker_keys(kdir: Path) -> Optional[Path]:
+    """The workers' key pair of a cluster, made once in ``kdir/worker`` where
+    the master's secret is (the owner's cluster directory); None elsewhere."""
+    wdir = kdir / "worker"
+    if (wdir / "worker.key_secret").exists():
+        return wdir
+    if not (kdir / "master.key_secret").exists():
+        return None  # a machine that holds copied keys only: nothing to make here
+    tmp = kdir / f".worker-{os.getpid()}-{os.urandom(4).hex()}"
+    tmp.mkdir(mode=0o700)
+    try:
+        _, secret = zmq.auth.create_certificates(str(tmp), "worker")
+        os.chmod(secret, 0o600)
+        os.rename(tmp, wdir)  # atomic; fails if another process won the race
+    except OSError:
+        if not (wdir / "worker.key_secret").exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return wdir
+
+
 def load_secret(path: Path) -> tuple[bytes, bytes]:
     """A key pair from a secret key file, refused if others can read it."""
     try:
@@ -105,6 +137,7 @@ def load_public(path: Path) -> bytes:
 
 def master_keys(cdir: Path) -> Keys:
     kdir = ensure_keys(cdir)
+    ensure_worker_keys(kdir)  # admitted from the start, as a worker's
     public, secret = load_secret(kdir / "master.key_secret")
     return Keys(public, secret, public)
 
@@ -116,6 +149,19 @@ def client_keys(cdir: Path) -> Keys:
     if not (kdir / "client.key_secret").exists():
         kdir = ensure_keys(cdir)
     public, secret = load_secret(kdir / "client.key_secret")
+    wdir = ensure_worker_keys(kdir)
+    workers = (load_public(wdir / "worker.key"),) if wdir is not None else ()
+    return Keys(public, secret, load_public(kdir / "master.key"), workers)
+
+
+def worker_keys(cdir: Path) -> Keys:
+    """A worker's keys: the workers' key pair, which can only serve; the
+    client pair where a cluster directory has no workers' pair (older copies)."""
+    kdir = keys_dir(cdir)
+    wdir = ensure_worker_keys(kdir) if (kdir / "master.key_secret").exists() else kdir / "worker"
+    if wdir is None or not (wdir / "worker.key_secret").exists():
+        return client_keys(cdir)
+    public, secret = load_secret(wdir / "worker.key_secret")
     return Keys(public, secret, load_public(kdir / "master.key"))
 
 
@@ -139,30 +185,30 @@ class ZapHandler:
 
     def __init__(self, cdir: Path, ctx: Optional[zmq.Context] = None) -> None:
         self.dir = keys_dir(cdir) / "authorized"
+        self.worker = keys_dir(cdir) / "worker" / "worker.key"
         self.sock: zmq.Socket = (ctx or zmq.Context.instance()).socket(zmq.REP)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(ZAP_ENDPOINT)
-        self.allowed: set[bytes] = set()
-        self.stamp: Optional[float] = None
+        self.allowed: dict[bytes, bytes] = {}  # key -> the User-Id it is given
+        self.stamp: Optional[tuple] = None
         self.checked = 0.0
         self.denied: set[str] = set()
         self.reload()
 
     def reload(self) -> None:
-        try:
-            stamp = self.dir.stat().st_mtime
-        except OSError:
-            stamp = None
+        stamp = (_mtime(self.dir), _mtime(self.worker))
         if stamp == self.stamp:
             return
-        allowed = set()
-        for path in self.dir.glob("*.key") if stamp is not None else []:
+        allowed = {}
+        for path, who in [(self.worker, WORKER)] * (stamp[1] is not None) + \
+                [(p, CLIENT) for p in (self.dir.glob("*.key") if stamp[0] is not None else [])]:
             try:
-                allowed.add(z85.decode(load_public(path)))
+                allowed[z85.decode(load_public(path))] = who  # a key listed as a client's is one
             except (SecurityError, ValueError):
                 log.warning("ignoring unreadable key file %s", path)
         self.allowed, self.stamp = allowed, stamp
-        log.info("%d key(s) admitted from %s", len(allowed), self.dir)
+        log.info("%d key(s) admitted from %s%s", len(allowed), self.dir,
+                 ", and the workers' key" if stamp[1] is not None else "")
 
     def handle(self) -> None:
         """Answer one pending ZAP request."""
@@ -173,17 +219,25 @@ class ZapHandler:
         frames = self.sock.recv_multipart()
         version, request_id, _domain, address, _identity, mechanism = frames[:6]
         credentials = frames[6:]
-        ok = mechanism == b"CURVE" and bool(credentials) and credentials[0] in self.allowed
-        if not ok:
+        user = self.allowed.get(credentials[0]) if mechanism == b"CURVE" and credentials else None
+        if user is None:
             who = address.decode(errors="replace")
             if who not in self.denied and len(self.denied) < 10_000:
                 self.denied.add(who)
                 log.warning("refused a peer at %s: its key is not admitted (cw keys add)", who)
-        status = (b"200", b"OK") if ok else (b"400", b"key not admitted")
-        self.sock.send_multipart([version, request_id, *status, b"", b""])
+        status = (b"200", b"OK") if user is not None else (b"400", b"key not admitted")
+        # The User-Id travels with each message of the connection (Frame.get("User-Id")).
+        self.sock.send_multipart([version, request_id, *status, user or b"", b""])
 
     def close(self) -> None:
         self.sock.close(linger=0)
+
+
+def _mtime(path: Path) -> Optional[float]:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def handshake_error(event: int, value: int, address: str, secure: bool) -> Optional[str]:

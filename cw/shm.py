@@ -2,7 +2,7 @@
 
 ::
 
-    client: numpy array ──os.write──► /dev/shm/cw-<pidns>-<pid>-<token>
+    client: numpy array ──os.write──► /dev/shm/cw-<uid>-<tag>/cw-<pidns>-<pid>-<token>
             SUBMIT carries a reference frame (b"cw-shm:" + file name)
     executor: same host key? ──► mmap, copy-on-write (no copy, no master)
               else ──► the job bounces: the client sends it again inline
@@ -22,11 +22,13 @@ pages, and renames it to a job file. Spares are few (``SPARE_FILES``, ``SPARE_BY
 
 The *host key* names what two processes must share for a file one writes to
 be the same file the other reads: the boot, the ``/dev/shm`` filesystem, the
-pid namespace (file names carry pids, see ``sweep``) and the user (files are
-0600). Files are named after the process that must remove them: the client,
-for its arguments (when the job is done) and for its results (when it reads
-them). A file whose process has died is removed by the next cw process of
-the same namespace that starts using shared memory.
+pid namespace (file names carry pids, see ``sweep``) and the user's private
+directory there (``cw.shmdir``: 0700, under a name only the user can derive,
+so no other user can see, plant or take a name in it). Files are named
+after the process that must remove them: the client, for its arguments
+(when the job is done) and for its results (when it reads them). A file
+whose process has died is removed by the next cw process of the same
+namespace that starts using shared memory.
 
 ``CW_SHM=0`` turns the path off; a full ``/dev/shm`` (64 MiB in a default
 Docker container) makes a buffer travel inline instead.
@@ -43,15 +45,15 @@ import stat
 import threading
 import time
 import weakref
-from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from . import shmdir
 from .cluster import pid_alive
 from .errors import CWError
 
 log = logging.getLogger(__name__)
 
-ROOT = "/dev/shm"
+ROOT = shmdir.ROOT  # the files are in our private directory there (cw.shmdir)
 SHARE_FROM = 1 << 20  # smaller out-of-band buffers are cheaper as frames
 MARK = b"cw-shm:"
 _NAME = re.compile(r"cw-(\d+)-(\d+)-[0-9a-f]{32}")  # a job's file, named after its remover
@@ -171,34 +173,51 @@ def drop_spares() -> None:
     _spares.clear()
 
 
-def _identity() -> Optional[tuple]:
+def _identity() -> tuple[Optional[tuple], str]:
+    """(host key, pid namespace, private directory), or None and why not."""
     if os.environ.get("CW_SHM", "1").strip().lower() in ("0", "no", "false", "off"):
-        return None
+        return None, "CW_SHM=0"
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
-        st = os.stat(ROOT)
         pidns = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-    if not os.access(ROOT, os.W_OK):
-        return None
-    return f"{boot}:{st.st_dev}:{st.st_ino}:{pidns}:{os.getuid()}", pidns
+    except OSError as e:
+        return None, f"no shared memory here: {e}"
+    root, why = shmdir.directory()
+    if root is None:
+        return None, why
+    # The private directory, not /dev/shm: processes that share it see the
+    # same files, and its inode says so without naming it.
+    st = os.stat(root)
+    return (f"{boot}:{st.st_dev}:{st.st_ino}:{pidns}:{os.getuid()}", pidns, str(root)), ""
 
 
 _cached: Optional[tuple] = None
-_checked = False
+_checked: Optional[str] = None  # the CW_HOME the host key was found for
+_why = ""
 
 
 def host_key() -> Optional[str]:
     """This process's host key, or None where shared memory is off or missing."""
-    global _cached, _checked
-    if not _checked:
-        _checked = True
-        _cached = _identity()
+    global _cached, _checked, _why
+    home = os.environ.get("CW_HOME", "")
+    if home != _checked:  # once per process (tests change CW_HOME)
+        _checked = home
+        _cached, _why = _identity()
         if _cached is not None:
             sweep(_cached[1])
     return None if _cached is None else _cached[0]
+
+
+def off_reason() -> str:
+    """Why shared memory is off here (after ``host_key`` said None)."""
+    return _why
+
+
+def root() -> str:
+    """This user's private directory (``cw.shmdir``), where the files are."""
+    assert _cached is not None, "call host_key() first"
+    return _cached[2]
 
 
 def pid_namespace() -> int:
@@ -209,7 +228,7 @@ def pid_namespace() -> int:
 
 def _new_path(owner: int, spare: bool = False) -> str:
     assert _cached is not None, "call host_key() first"
-    return os.path.join(ROOT, f"cw-{_cached[1]}-{owner}-{'s-' if spare else ''}{secrets.token_hex(16)}")
+    return os.path.join(_cached[2], f"cw-{_cached[1]}-{owner}-{'s-' if spare else ''}{secrets.token_hex(16)}")
 
 
 def export(buf: memoryview, owner: int) -> Any:
@@ -241,7 +260,7 @@ def export(buf: memoryview, owner: int) -> Any:
 def _write(path: str, view: memoryview, flags: int, truncate: bool = False) -> None:
     # os.write, not a mapping: the kernel fills the pages in one pass,
     # without a page fault for each of them.
-    fd = os.open(path, flags, 0o600)
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         done = 0
         while done < len(view):
@@ -266,15 +285,15 @@ def _path(frame: Any) -> str:
     name = bytes(memoryview(frame)[len(MARK):]).decode("ascii", "replace")
     if not _NAME.fullmatch(name):
         raise DataUnreachable(f"malformed shared-memory reference {name[:80]!r}")
-    return os.path.join(ROOT, name)
+    if host_key() is None:
+        raise DataUnreachable(f"cannot open {name}: shared memory is off here ({_why})")
+    return os.path.join(root(), name)
 
 
 def attach(frame: Any) -> mmap.mmap:
     """Claim a referenced file and map it copy-on-write: writable, and the
     writes stay here. When the mapping is gone, the file is a spare."""
     path = _path(frame)
-    if host_key() is None:
-        raise DataUnreachable(f"cannot open {path}: shared memory is off here (CW_SHM) or missing")
     mine = _new_path(os.getpid(), spare=True)
     try:
         os.rename(path, mine)  # atomic: only one process ever maps a file
@@ -309,22 +328,6 @@ def open_ours(path: str, size: Optional[int] = None) -> Optional[int]:
         os.close(fd)
         return None
     return fd
-
-
-def private_directory(name: str, what: str) -> Optional[Path]:
-    """``ROOT/name``, made 0700, or None (logged, naming ``what`` goes
-    without it) where it cannot be made or is not this user's alone."""
-    path = Path(ROOT) / name
-    try:
-        path.mkdir(mode=0o700, exist_ok=True)
-        st = path.lstat()
-    except OSError as e:
-        log.info("no %s: cannot make %s: %s", what, path, e)
-        return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        log.warning("no %s: %s is not a directory of this user's alone (mode 0700)", what, path)
-        return None
-    return path
 
 
 def inline(frame: Any) -> Any:
@@ -385,18 +388,23 @@ def _unlink(path: str) -> None:
 
 
 def sweep(pidns: int) -> int:
-    """Remove files whose owner, a process of this pid namespace, has died."""
+    """Remove files whose owner, a process of this pid namespace, has died.
+    Only our private directory is read: no other user can put files there."""
     removed = 0
     try:
-        names = os.listdir(ROOT)
+        with os.scandir(root()) as scan:
+            names = [e.name for e in scan]
     except OSError:
         return 0
     for name in names:
         m = _ANY.fullmatch(name)
         if m is None or int(m.group(1)) != pidns or pid_alive(int(m.group(2))):
             continue
-        _unlink(os.path.join(ROOT, name))
-        removed += 1
+        try:
+            os.unlink(os.path.join(root(), name))
+            removed += 1
+        except OSError:
+            pass  # gone meanwhile: its owner's, or another sweep's
     if removed:
         log.info("removed %d shared-memory file(s) of dead cw processes", removed)
     return removed

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Optional
 
 WIDTH = 80
@@ -95,6 +96,9 @@ def render(snap: dict, address: str) -> str:
             duration(w["age"]), _num(w["done"], 6), _num(w["failed"], 5), cpu, size(w.get("rss"))))
     if not snap["workers"]:
         lines.append("  (no workers registered)")
+    for host, why in sorted((snap.get("lanes_off") or {}).items()):  # wrapped: the why matters
+        lines += textwrap.wrap(f"lanes off on {host}: {why}", WIDTH, initial_indent="  ",
+                               subsequent_indent="    ", break_on_hyphens=False)
     lines += ["", CLIENT_ROW.format("CLIENT", "PID", "PROGRAM", "QUEUED", "RUNNING", "DONE")]
     for c in sorted(snap["clients"], key=lambda c: (str(c["host"]), c["pid"] or 0)):
         lines.append(CLIENT_ROW.format(str(c["host"]), c["pid"], str(c.get("program") or "-"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,57 +89,72 @@ def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     return [p for p in procs if running(p)]
 
 
-def shm_files() -> dict[str, int]:
-    """cw's job and spare files in /dev/shm of this user and pid namespace:
-    name -> the pid it is named after (the process that must remove it)."""
-    from cw import shm
+def private_dirs() -> list[Path]:
+    """This user's private /dev/shm directories (cw.shmdir): one per CW_HOME."""
+    from cw import shmdir
 
-    ns, found = _pid_namespace(), {}
+    name = re.compile(rf"cw-{os.getuid()}-[0-9a-f]{{16}}")
     try:
-        entries = list(os.scandir(shm.ROOT))
+        entries = list(os.scandir(shmdir.ROOT))
     except OSError:
-        return {}
+        return []
+    out = []
     for e in entries:
-        m = shm._ANY.fullmatch(e.name)
         try:
-            if m and int(m.group(1)) == ns and e.stat(follow_symlinks=False).st_uid == os.getuid():
-                found[e.path] = int(m.group(2))
+            if name.fullmatch(e.name) and e.is_dir(follow_symlinks=False) \
+                    and e.stat(follow_symlinks=False).st_uid == os.getuid():
+                out.append(Path(e.path))
         except OSError:
             pass
-    return {**found, **_host_blobs(ns)}
+    return out
 
 
-def _host_blobs(ns: int) -> dict[str, int]:
-    """The host's copies of blobs (cw.worker.hostcache), named after the executor that keeps each."""
+def _scan(directory: Path) -> list[os.DirEntry]:
+    try:
+        return list(os.scandir(directory))
+    except OSError:
+        return []
+
+
+def shm_files() -> dict[str, int]:
+    """cw's job and spare files, and the host's copies of blobs, of this
+    user and pid namespace: name -> the pid it is named after (the process
+    that must remove it)."""
     from cw import shm
     from cw.worker import hostcache
 
-    found = {}
-    try:
-        entries = list(os.scandir(Path(shm.ROOT) / f"cw-blobs-{os.getuid()}"))
-    except OSError:
-        return {}
-    for e in entries:
-        m = hostcache._NAME.fullmatch(e.name)
-        if m and int(m.group(2)) == ns:
-            found[e.path] = int(m.group(3))
+    ns, found = _pid_namespace(), {}
+    for root in private_dirs():
+        for e in _scan(root):
+            m = shm._ANY.fullmatch(e.name)
+            if m and int(m.group(1)) == ns:
+                found[e.path] = int(m.group(2))
+        for e in _scan(root / "blobs"):
+            m = hostcache._NAME.fullmatch(e.name)
+            if m and int(m.group(2)) == ns:
+                found[e.path] = int(m.group(3))
     return found
 
 
 def lane_sockets() -> dict[str, int]:
     """The lane sockets of executors of this pid namespace: path -> pid."""
-    from cw import lanes, shm
+    from cw import lanes
 
-    directory, ns, found = Path(shm.ROOT) / f"cw-lanes-{os.getuid()}", _pid_namespace(), {}
-    try:
-        entries = list(directory.iterdir())
-    except OSError:
-        return {}
-    for path in entries:
-        m = lanes._SOCKET.fullmatch(path.name)
-        if m and int(m.group(1)) == ns:
-            found[str(path)] = int(m.group(2))
+    ns, found = _pid_namespace(), {}
+    for root in private_dirs():
+        for e in _scan(root / "lanes"):
+            m = lanes._SOCKET.fullmatch(e.name)
+            if m and int(m.group(1)) == ns:
+                found[e.path] = int(m.group(2))
     return found
+
+
+def remove_private_dir(home: Path) -> None:
+    """The private /dev/shm directory of a test's CW_HOME, once empty: each
+    test has its own, and /dev/shm must not fill with them."""
+    from cw import shmdir
+
+    shmdir.remove_if_empty(home)
 
 
 def uses_home(pid: int, home: Path) -> bool:
@@ -222,6 +238,7 @@ class Leaks:
             if pid not in self.killed:
                 leaked.append(f"lane socket left by executor pid {pid}, which ended: {path}")
             _unlink(path)
+        remove_private_dir(self.home)
         return leaked
 
 
@@ -230,6 +247,17 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+@pytest.fixture(autouse=True)
+def no_private_dirs_left(request):
+    """Each CW_HOME a test made (under its tmp_path) has its private /dev/shm
+    directory (cw.shmdir): removed once empty, whichever fixtures ran."""
+    base = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if base is not None:
+        for secret in [*base.glob(".shm-secret"), *base.glob("*/.shm-secret"), *base.glob("*/*/.shm-secret")]:
+            remove_private_dir(secret.parent)
 
 
 @pytest.fixture

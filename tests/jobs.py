@@ -135,7 +135,9 @@ def shm_files(spares=False):
 
     from cw import shm
 
-    return sorted(n for n in os.listdir("/dev/shm") if shm._ANY.fullmatch(n) and (spares or "-s-" not in n))
+    if shm.host_key() is None:
+        return []
+    return sorted(n for n in os.listdir(shm.root()) if shm._ANY.fullmatch(n) and (spares or "-s-" not in n))
 
 
 def log_pid_and_wait(path, release, timeout=60):
@@ -144,3 +146,10 @@ def log_pid_and_wait(path, release, timeout=60):
         f.write(f"{os.getpid()}\n")
     wait_for_file(release, timeout=timeout)
     return os.getpid()
+
+
+def big_array(n):
+    """A result with an out-of-band buffer of ``n`` bytes (pushed over the direct path)."""
+    import numpy
+
+    return numpy.ones(n, dtype=numpy.uint8)

@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 
 class DirectServer:
     def __init__(self, ctx: zmq.Context, sock: zmq.Socket, address: str,
-                 zap: Optional[zmq.Socket], admitted: Optional[bytes]) -> None:
+                 zap: Optional[zmq.Socket], keys: Optional[Keys]) -> None:
         self.ctx, self.sock, self.address, self.zap = ctx, sock, address, zap
-        self.admitted = admitted  # the one key admitted: the cluster's own (workers hold it)
-        self.public = None if admitted is None else z85.encode(admitted)
+        # Admitted: the cluster's client key and its workers' key (cw.security).
+        self.admitted = set() if keys is None else {z85.decode(k) for k in (keys.public, *keys.peers)}
+        self.public = None if keys is None else keys.public
         self.pushes: dict[tuple[bytes, bytes], list] = {}  # (peer, key) -> [bytes, how many so far]
         self.warned = False
 
@@ -59,8 +60,7 @@ class DirectServer:
                 zap.close()
             ctx.term()
             return None
-        admitted = None if keys is None else z85.decode(keys.public)
-        return cls(ctx, sock, f"tcp://{host}:{port}", zap, admitted)
+        return cls(ctx, sock, f"tcp://{host}:{port}", zap, keys)
 
     @staticmethod
     def _bind(sock: zmq.Socket, host: str, low: int, high: int) -> Optional[int]:
@@ -101,7 +101,7 @@ class DirectServer:
     def authenticate(self, frames: list) -> None:
         version, request_id, *_, mechanism = frames[:6]
         credentials = frames[6:]
-        ok = mechanism == b"CURVE" and bool(credentials) and credentials[0] == self.admitted
+        ok = mechanism == b"CURVE" and bool(credentials) and credentials[0] in self.admitted
         status = (b"200", b"OK") if ok else (b"400", b"key not admitted")
         if not ok:
             log.warning("direct path: refused a peer at %s: not this cluster's key",

@@ -6,7 +6,7 @@ unquoted::
 
     head ──ssh──► cd CWD; PYTHON -m cw.launch.remote start   (request on stdin)
                     ├─ shared cluster directory? (the head's probe file is there)
-                    │     yes: use it as it is      no: write the keys to ~/.cw/ssh/TAG
+                    │     yes: use it as it is      no: write the workers' key to ~/.cw/ssh/TAG
                     ├─ spawn python -m cw.worker ... in a session of its own
                     │     (log in <cluster>/logs/ssh-worker-<machine>-*.log)
                     └─ record pid, create time, token in <cluster>/ssh/<machine>/
@@ -29,11 +29,15 @@ from typing import Any, Optional
 
 import psutil
 
+from .. import shmdir
 from .local import _terminate_trees
 
 PRIVATE_ROOT = "~/.cw/ssh"  # cluster homes of machines that do not share the head's
 MARKER = ".cw-ssh-private"  # written by start: only such a directory is ever removed
-KEY_FILES = ("client.key", "client.key_secret", "master.key")
+# What a worker needs, and no more: the workers' key pair, which can only
+# serve jobs (the master refuses a client's messages from it), and the
+# master's public key. Never a client's secret, never the master's.
+KEY_FILES = ("master.key", "worker/worker.key", "worker/worker.key_secret")
 
 
 def _shared(probe: Optional[str], token: str) -> bool:
@@ -53,7 +57,9 @@ def _write_private(home: Path, cluster: str, token: str, keys: Optional[dict]) -
     for name, text in (keys or {}).items():
         if name not in KEY_FILES:
             raise ValueError(f"unexpected key file {name!r}")
-        _write_private_file(home / cluster / "keys" / name, text)
+        path = home / cluster / "keys" / name
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        _write_private_file(path, text)
 
 
 def _write_private_file(path: Path, text: str) -> None:
@@ -166,6 +172,7 @@ def _remove_private(home: Path, token: str) -> bool:
             return False
     except OSError:
         return False
+    shmdir.remove_if_empty(home)  # its workers are gone: nothing in /dev/shm outlives them
     shutil.rmtree(home, ignore_errors=True)
     try:
         root.rmdir()  # ~/.cw/ssh, once no cluster uses it

@@ -6,7 +6,8 @@
       ├─ master (+ a local worker) on this machine, as the local launcher does
       ├─ per CSV row, in parallel:  ssh [user@]address  cd CWD; PYTHON -m cw.launch.remote start
       │     (cw.launch.remote spawns `python -m cw.worker MASTER --master-timeout T`, records
-      │      its pid + create time on that machine, copies keys if the cluster dir is not shared)
+      │      its pid + create time on that machine; where the cluster dir is not shared, writes
+      │      the workers' key pair, which can only serve, and the master's public key)
       └─ <cluster>/ssh.json: the machines, where their records are; used by stop and status
 
 One machine failing (unreachable, key refused, no python there) is reported
@@ -32,7 +33,7 @@ from typing import Callable, Optional, Sequence
 
 from ..cluster import cluster_dir, cluster_name, read_json, read_master, write_json
 from ..errors import ClusterError, MasterUnavailableError
-from ..security import ensure_keys, insecure_default
+from ..security import ensure_keys, ensure_worker_keys, insecure_default
 from . import local, query_status, wait_until
 from .remote import KEY_FILES, PRIVATE_ROOT
 from .sshcmd import (
@@ -164,7 +165,10 @@ def _start_machines(state: dict, machines: list[Machine], opts: Options, info: d
 
 
 def _key_texts(cdir: Path) -> dict:
+    """The files a worker needs where it does not see the cluster directory:
+    the workers' key pair (it can only serve) and the master's public key."""
     kdir = ensure_keys(cdir)
+    ensure_worker_keys(kdir)
     return {name: (kdir / name).read_text() for name in KEY_FILES}
 
 
@@ -291,7 +295,7 @@ def start_report(report: dict) -> tuple[list[str], int]:
         if m["error"]:
             lines.append(f"  {m['machine']:<24} SSH error: {m['error']}")
         else:
-            where = "cluster directory shared" if m["shared"] else "keys copied"
+            where = "cluster directory shared" if m["shared"] else "workers' key copied"
             lines.append(f"  {m['machine']:<24} connected, worker pid {m['pid']} started with "
                          f"{m['executors']} executor(s) ({where})")
     return lines, sum(1 for m in report["machines"] if m["error"])
@@ -305,7 +309,7 @@ def stop_report(report: dict) -> tuple[list[str], list[str]]:
             lines.append(f"  {m['machine']:<24} SSH error: {m['error']}")
         else:
             lines.append(f"  {m['machine']:<24} stopped {m['stopped']} worker(s)"
-                         + ("; removed the copied keys" if m["removed"] else ""))
+                         + ("; removed the copied key" if m["removed"] else ""))
     lines.append(f"cluster {report['cluster']}: stopped {report['local']} local process(es)")
     return lines, [m["machine"] for m in report["machines"] if m["error"]]
 

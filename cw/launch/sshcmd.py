@@ -20,6 +20,7 @@ from ..errors import ClusterError
 COLUMNS = ("address", "ssh_user", "ssh_port", "local_ssh_file", "cpu_limit")
 EXIT_NO_CWD, EXIT_NO_PYTHON = 96, 97  # from the remote shell, before python runs
 _ADDRESS = re.compile(r"^[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]*$")
+MAX_LINE = 4096  # characters in a row: far more than five columns need
 _USER = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.@-]*$")
 # describe_failure's verdicts after which nothing ran on the machine
 NOT_STARTED = ("auth refused", "host key not trusted", "unreachable", "python missing",
@@ -55,7 +56,7 @@ def parse_machines(text: str, source: str = "CSV") -> list[Machine]:
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        fields = [f.strip() for f in next(csv.reader([line], skipinitialspace=True))]
+        fields = _fields(line, f"{source}, line {n}")
         if not machines and not seen and [f.lower() for f in fields] == list(COLUMNS[:len(fields)]):
             continue  # a header row
         try:
@@ -70,6 +71,16 @@ def parse_machines(text: str, source: str = "CSV") -> list[Machine]:
     if not machines:
         raise ClusterError(f"{source} lists no machine; one row per machine: {', '.join(COLUMNS)}")
     return machines
+
+
+def _fields(line: str, where: str) -> list[str]:
+    if len(line) > MAX_LINE:  # csv's own limit (128 KiB a field) would raise mid-parse
+        raise ClusterError(f"{where}: {len(line)} characters, at most {MAX_LINE} in a row; "
+                           f"expected: {', '.join(COLUMNS)}")
+    try:
+        return [f.strip() for f in next(csv.reader([line], skipinitialspace=True))]
+    except csv.Error as e:
+        raise ClusterError(f"{where}: {e}; expected: {', '.join(COLUMNS)}") from None
 
 
 def _machine(fields: list[str], line: int) -> Machine:
@@ -97,10 +108,17 @@ def _number(column: str, value: str, top: int) -> Optional[int]:
 
 
 def read_machines(path: str) -> list[Machine]:
+    """The machines of a CSV file: UTF-8, with or without the BOM spreadsheets write."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise ClusterError(f"cannot read the machines file: {e}") from e
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ClusterError(f"{path}, line {line}: not UTF-8 text (byte {data[e.start]:#04x}); "
+                           "save the file as UTF-8 (CSV UTF-8 in a spreadsheet)") from None
     return parse_machines(text, path)
 
 

@@ -37,7 +37,7 @@ import zmq
 
 from ..errors import ProtocolError
 from ..protocol import Kind, Message, legacy_layout, salvage_ids
-from ..security import Keys, ZapHandler, apply_server
+from ..security import WORKER, Keys, ZapHandler, apply_server
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from .blobs import BlobRoutes
 from .guard import HANDSHAKE_SECONDS, Guard
@@ -57,6 +57,10 @@ RECV_BATCH = 1000  # messages handled per step before dispatching
 # 1.41 to 1.19 ms; spinning in the executors or the client instead slowed it
 # (they share the cores). With jobs queued, executors are busy and need the CPU.
 SPIN_SECONDS = 0.0005
+# What only a client sends: refused from a peer that holds the workers' key
+# (its User-Id, set by the ZAP handler), which may serve jobs and nothing else.
+CLIENT_ONLY = frozenset({Kind.HELLO, Kind.SUBMIT, Kind.CANCEL, Kind.BLOB})
+_WORKER = WORKER.decode()
 
 
 def _router(host: str, port: int, keys: Optional[Keys], max_message_size: int) -> tuple[zmq.Socket, int]:
@@ -227,6 +231,10 @@ class Master:
             handler = self.handlers.get(msg.kind)
             if handler is None:
                 raise ProtocolError(f"{msg.kind.name} is not a message for the master")
+            if msg.kind in CLIENT_ONLY and self.zap is not None and frames[1].get("User-Id") == _WORKER:
+                self.books.refuse(identity, f"{msg.kind.name} refused: this peer holds the workers' key, "
+                                  "which serves jobs only; a client uses the cluster's client key")
+                return
             handler(identity, msg, now)
         except ProtocolError as e:
             kind, ids = salvage_ids(frames[1:])

@@ -206,6 +206,7 @@ class Monitor:
             "workers": workers, "executors": executors, "clients": clients,
             "queued": totals["queued"], "running": totals["running"], "prefetched": totals["prefetched"],
             "totals": totals, "throughput": self.throughput.summary(now), "counts": counts,
+            "lanes_off": lanes_off(books),
         }
 
     def usage(self, state: "ExecutorState") -> Optional[tuple[float, int, bool]]:
@@ -249,6 +250,12 @@ class Monitor:
             "cpu": round(sum(e["cpu"] for e in usage), 1) if usage else None,
             "rss": sum(e["rss"] for e in usage) if usage else None,
         }
+
+
+def lanes_off(books: "Books") -> dict[str, str]:
+    """Why lanes are off, per host, as its executors said in READY (one reason a host)."""
+    return {state.info.host: state.info.lanes_off for state in books.executors.values()
+            if state.info.lanes_off}
 
 
 def worker_state(executors: list[dict]) -> str:

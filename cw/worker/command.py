@@ -52,7 +52,7 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
     """Run a worker for the master at HOST [default: from the cluster directory]."""
     from ..cluster import cluster_dir, cluster_name
     from ..discovery import find_master
-    from ..security import client_keys
+    from ..security import worker_keys
     from .supervisor import Supervisor
 
     logfile = role_log_file(cluster, "worker")
@@ -60,7 +60,7 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
     if logfile is not None:  # the executors it starts log to the same file, at the same level
         os.environ["CW_LOG_FILE"] = str(logfile)
     os.environ["CW_LOG_LEVEL"] = log_level
-    keys = None if insecure else client_keys(cluster_dir(cluster))
+    keys = None if insecure else worker_keys(cluster_dir(cluster))
     raise_fd_limit()  # for the supervisor and the executors it starts
     if slurm and host is None:
         from ..squeue import master_host

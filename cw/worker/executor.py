@@ -88,7 +88,7 @@ class Executor:
         self._args: Any = None  # the last job's arguments, dropped after its result left
         self.home = os.getcwd()  # where each job's chdir is undone
         self.lane: Optional[zmq.Socket] = None  # opened by run()
-        self.lane_address: Optional[str] = None
+        self.lane_address = ""  # its address; without a lane, why not (for `cw status`)
         self.lane_done = self.lane_failed = 0  # lane jobs ended (failed) since a HEARTBEAT said so
         self.lane_told = 0.0  # when a HEARTBEAT last said so
         self.poller = zmq.Poller()
@@ -96,8 +96,10 @@ class Executor:
 
     def register(self) -> None:
         header = peer_header(self.capacity, supervisor=self.supervisor, batch=self.batch)
-        if self.lane_address is not None:
+        if self.lane is not None:
             header["lane"], header["shm"] = self.lane_address, shm.host_key()
+        elif self.lane_address:
+            header["lanes_off"] = self.lane_address[:1000]
         self.peer.send(Message(Kind.READY, header))
 
     def lane_header(self) -> dict:
@@ -110,9 +112,8 @@ class Executor:
     def open_lane(self) -> None:
         """Clients of this host may be lent our lane (cw.lanes): their jobs
         come straight from them, and their results go straight back."""
-        bound = lane.bind()
-        if bound is not None:
-            self.lane, self.lane_address = bound
+        self.lane, self.lane_address = lane.bind()
+        if self.lane is not None:
             self.poller.register(self.lane, zmq.POLLIN)
             self.peer.beat_header = self.lane_header
 
@@ -410,11 +411,10 @@ def _parser() -> Any:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--executor", type=bytes.fromhex, required=True)
     parser.add_argument("--supervisor", default="")
-    parser.add_argument("--heartbeat", type=float, default=1.0)
-    parser.add_argument("--liveness", type=int, default=10)
+    for flag, kind, default in (("--heartbeat", float, 1.0), ("--liveness", int, 10),
+                                ("--prefetch", int, 1), ("--batch", int, 64)):
+        parser.add_argument(flag, type=kind, default=default)
     parser.add_argument("--cluster")
-    parser.add_argument("--prefetch", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--job-fd", type=int)
     return parser
@@ -424,7 +424,7 @@ def main(argv: Optional[list] = None) -> None:
     """An executor, as its supervisor starts it (see ``Supervisor.spawn``)."""
     from ..cluster import cluster_dir
     from ..logfiles import LEVELS, setup_logging
-    from ..security import client_keys
+    from ..security import worker_keys
 
     opts = _parser().parse_args(argv)
     # The supervisor passes its (checked) log file and level on in the environment.
@@ -434,7 +434,7 @@ def main(argv: Optional[list] = None) -> None:
                   Path(log_file) if log_file else None)
     joblog.install()  # a job's prints go to the worker's log, tagged with its id
     try:
-        keys = None if opts.insecure else client_keys(cluster_dir(opts.cluster))
+        keys = None if opts.insecure else worker_keys(cluster_dir(opts.cluster))
     except (CWError, OSError) as e:  # its keys went missing since the supervisor read them
         sys.exit(f"cw executor: {e}")
     executor = Executor(f"tcp://{opts.host}:{opts.port}", opts.executor, opts.supervisor,

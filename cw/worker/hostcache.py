@@ -2,7 +2,7 @@
 
 ::
 
-    /dev/shm/cw-blobs-<uid>/            mode 0700, checked (as cw.lanes' directory)
+    /dev/shm/cw-<uid>-<tag>/blobs/      in the user's private directory (cw.shmdir), 0700
         <digest>-<pidns>-<pid>          a blob, whole, kept by the executor <pid>:
                                         mapped copy-on-write by each executor
         <digest>.part                   one executor fetching it: the others wait for it
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .. import blobs, shm
+from .. import blobs, shm, shmdir
 from ..cluster import pid_alive
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,10 @@ def directory() -> Optional[Path]:
     """This user's blob directory (made 0700), or None where it is not safe or not wanted."""
     if shm.host_key() is None:
         return None
-    return shm.private_directory(f"cw-blobs-{os.getuid()}", "host blob cache")
+    where, why = shmdir.subdirectory("blobs")
+    if where is None:
+        log.warning("no host blob cache: %s", why)
+    return where
 
 
 class HostCache:

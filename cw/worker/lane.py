@@ -8,27 +8,35 @@ from typing import Optional
 
 import zmq
 
-from .. import shm
+from .. import shm, shmdir
 from ..lanes import directory, enabled, sweep
 
 log = logging.getLogger(__name__)
 
 
-def bind() -> Optional[tuple[zmq.Socket, str]]:
-    """This executor's lane: a bound ROUTER and its address; None when lanes
-    are off or impossible here (no shared memory, no safe directory)."""
-    if not enabled() or shm.host_key() is None:
-        return None
-    where = directory()
+def bind() -> tuple[Optional[zmq.Socket], str]:
+    """This executor's lane: a bound ROUTER and its address; or None and why
+    lanes are off here (not wanted, no shared memory, no safe directory)."""
+    sock, said = _bind()
+    if sock is None:
+        log.info("lanes off: %s", said)
+    return sock, said
+
+
+def _bind() -> tuple[Optional[zmq.Socket], str]:
+    if not enabled():
+        return None, "CW_LANES=0 in the worker's environment"
+    if shm.host_key() is None:
+        return None, f"no shared memory: {shm.off_reason()}"
+    where, why = directory()
     if where is None:
-        return None
+        return None, why
     pidns = shm.pid_namespace()
     sweep(where, pidns)
     path = where / f"lane-{pidns}-{os.getpid()}"
     address = f"ipc://{path}"
     if len(address.encode()) > 100:  # sun_path holds 108 bytes
-        log.info("no lanes: %s is too long a socket path", path)
-        return None
+        return None, f"{shmdir.shown(path)} is too long a socket path"
     path.unlink(missing_ok=True)  # a dead process's, whose pid this one has now
     sock: zmq.Socket = zmq.Context.instance().socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -38,6 +46,5 @@ def bind() -> Optional[tuple[zmq.Socket, str]]:
         sock.bind(address)
     except zmq.ZMQError as e:
         sock.close()
-        log.info("no lanes: cannot bind %s: %s", address, e)
-        return None
+        return None, f"cannot bind {shmdir.shown(address)}: {e}"
     return sock, address

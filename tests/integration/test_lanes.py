@@ -1,15 +1,19 @@
 """Lanes (cw.lanes) with real processes: a sequential caller's jobs go
 straight to an executor of its host, and none is lost or delivered twice
 when that executor dies, drains or is taken back."""
+import os
 import signal
+import socket
+import subprocess
+import sys
 from concurrent.futures import CancelledError
 
 import jobs
 import psutil
 import pytest
-from conftest import stop_gracefully, wait_for, wait_workers
+from conftest import ROOT, stop_gracefully, wait_for, wait_workers
 
-from cw import shm
+from cw import shm, shmdir
 from cw.client import ClientThread, ClusterExecutor
 from cw.launch import query_status
 
@@ -139,3 +143,27 @@ def test_CW_LANES_0_keeps_every_job_on_the_master(cluster, monkeypatch):
         counts = status(port)["counts"]
         assert (counts["submitted"], counts["done"], counts["laned"]) == (50, 50, 0)
         assert lent(port) is None and not ex._core.lanes
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory another user's")
+def test_status_says_why_lanes_are_off(procs, cw_home):
+    """Had another user taken the private directory's name first, lanes (and
+    shared memory) are off on that host, and `cw status` says why."""
+    root, _ = shmdir.directory()  # this test's CW_HOME: the workers' too
+    assert root is not None
+    os.chown(root, 65534, 65534)
+    try:
+        _, port = procs.master(*FAST)
+        procs.worker(port, *FAST)
+        wait_for(lambda: status(port)["lanes_off"], what="the executor's READY")
+        why = f"no shared memory: /dev/shm/cw-{os.getuid()}-<secret> is owned by uid 65534, not {os.getuid()}"
+        assert status(port)["lanes_off"] == {socket.gethostname(): why}
+        out = subprocess.run([sys.executable, "-m", "cw.cli", "status"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        said = out.stdout.split("lanes off on ", 1)[1].split("\n\n")[0]
+        text = " ".join(line.strip() for line in said.splitlines())
+        assert text == f"{socket.gethostname()}: {why}"
+        assert root.name not in out.stdout  # the secret name is never shown
+    finally:
+        os.chown(root, os.getuid(), os.getgid())

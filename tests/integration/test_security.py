@@ -11,15 +11,17 @@ import time
 import jobs
 import pytest
 import zmq
-from conftest import ROOT, wait_for
+from conftest import ROOT, stop_gracefully, wait_for, wait_workers
 
-from cw import JobRejectedError, SecurityError
+from cw import JobRejectedError, SecurityError, direct
 from cw.client import ClusterExecutor
 from cw.cluster import cluster_dir
 from cw.errors import ClusterError, ProtocolError
 from cw.launch import query_status
+from cw.launch.remote import _write_private
+from cw.launch.ssh import _key_texts
 from cw.protocol import MAGIC, PROTOCOL_VERSION, Kind, Message, versions
-from cw.security import Keys, apply_client, client_keys, ensure_keys, load_public
+from cw.security import Keys, apply_client, client_keys, ensure_keys, load_public, worker_keys
 from cw.serialize import context_frame, dumps_call
 
 
@@ -35,6 +37,9 @@ def test_master_creates_private_cluster_directory_and_keys(procs, cw_home):
         assert mode(cdir / "keys" / f"{name}.key_secret") == 0o600
         assert (cdir / "keys" / f"{name}.key").exists()
     assert [p.name for p in (cdir / "keys" / "authorized").iterdir()] == ["owner.key"]
+    # The workers' pair, admitted as a worker's (it can only serve), not listed as a client's.
+    wdir = cdir / "keys" / "worker"
+    assert mode(wdir) == 0o700 and mode(wdir / "worker.key_secret") == 0o600
 
 
 def test_world_readable_secret_key_is_refused_with_the_fix(procs, cw_home):
@@ -254,3 +259,60 @@ def test_cw_status_says_at_once_that_the_peer_speaks_no_curve(procs):
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode != 0 and "does not speak CurveZMQ" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "not a secure cw master" in done.stderr
+
+
+def test_the_workers_key_serves_but_cannot_submit(cluster, tmp_path):
+    """A worker's key (the one `cw ssh start` copies) can only serve: a client's
+    messages from a peer holding it are refused, and nothing runs."""
+    port = cluster(1)  # its worker holds the workers' key
+    sentinel = tmp_path / "ran.txt"
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    apply_client(sock, worker_keys(cluster_dir()))
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        hello = {"session": "x", "host": "h", "pid": 1, **versions()}
+        sock.send_multipart(Message(Kind.HELLO, hello).to_frames())
+        payload = (context_frame(), *dumps_call(jobs.touch, (str(sentinel),), {}))
+        sock.send_multipart(Message(Kind.SUBMIT, {"ids": [1]}, payload).to_frames())
+        sock.send_multipart(Message(Kind.CANCEL, {"id": 1}).to_frames())
+        for kind in ("HELLO", "SUBMIT", "CANCEL"):
+            assert sock.poll(10_000)
+            reply = Message.from_frames(sock.recv_multipart())
+            assert reply.kind is Kind.ERROR
+            assert reply.header["error"] == (f"{kind} refused: this peer holds the workers' key, which "
+                                             "serves jobs only; a client uses the cluster's client key")
+        sock.send_multipart(Message(Kind.STATUS).to_frames())  # it may still ask how things are
+        assert sock.poll(10_000) and Message.from_frames(sock.recv_multipart()).kind is Kind.STATUS
+    finally:
+        sock.close()
+    snap = query_status("127.0.0.1", port)
+    assert snap["counts"]["submitted"] == 0 and snap["clients"] == []
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        assert ex.submit(jobs.square, 12).result(30) == 144  # served by the worker's key
+    assert not sentinel.exists()
+
+
+def test_a_worker_with_only_the_workers_key_serves_jobs(procs, cw_home, tmp_path):
+    """What `cw ssh start` writes on a machine that does not see the cluster
+    directory: the workers' pair and the master's public key, nothing more.
+    Its executors serve, and reach a client's direct path with that key."""
+    _, port = procs.master()
+    remote = tmp_path / "remote"
+    _write_private(remote, "default", "token", _key_texts(cw_home / "default"))
+    keys = remote / "default" / "keys"
+    assert sorted(str(p.relative_to(keys)) for p in keys.rglob("*")) == [
+        "master.key", "worker", "worker/worker.key", "worker/worker.key_secret"]
+    # No shared memory with this client: a big result takes the direct path.
+    env = {**os.environ, "CW_HOME": str(remote), "CW_SHM": "0"}
+    worker = subprocess.Popen([sys.executable, "-m", "cw.worker", "127.0.0.1", "--port", str(port),
+                               "--procs", "1"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+    procs.popens.append(worker)
+    procs.observe()
+    wait_workers(port, 1)
+    before = direct.counts["received"]
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        assert ex.submit(jobs.square, 7).result(30) == 49
+        assert ex.submit(jobs.big_array, 2 << 20).result(60).sum() == 2 << 20
+    assert direct.counts["received"] == before + 1  # its key admitted by the client's direct path
+    assert stop_gracefully(worker) == 0

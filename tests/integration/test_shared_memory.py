@@ -21,7 +21,7 @@ MIB = 1 << 20
 
 def our_files(spares=False):
     """This process's job files (with ``spares``: its spare files too)."""
-    return [n for n in os.listdir(shm.ROOT) if n.startswith(f"cw-{shm._cached[1]}-{os.getpid()}-")
+    return [n for n in os.listdir(shm.root()) if n.startswith(f"cw-{shm._cached[1]}-{os.getpid()}-")
             and (spares or "-s-" not in n)]
 
 
@@ -80,7 +80,7 @@ def test_a_job_requeued_after_its_executor_died_gets_a_fresh_file(cluster, tmp_p
         wait_for(lambda: our_files() == [], what="the job's files to go")
     # The file the dead executor claimed is named after it: the sweep takes it.
     shm.sweep(shm._cached[1])
-    dead = [n for n in os.listdir(shm.ROOT) if n.startswith(f"cw-{shm._cached[1]}-")
+    dead = [n for n in os.listdir(shm.root()) if n.startswith(f"cw-{shm._cached[1]}-")
             and not pid_alive(int(n.split("-")[2]))]
     assert dead == []
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cw import shmdir
+
 from .sshbed import BOX, NAMESPACES, ROOT, SSHBOX, Box, netns_processes, why_not
 
 
@@ -41,5 +43,6 @@ def ssh_home(sshbox, cw_home, monkeypatch):
     leaked = [p for ns in NAMESPACES for p in netns_processes(ns) if p.name() != "sshd"]
     for proc in leaked:
         proc.kill()
+    shmdir.remove_if_empty(home)  # its private /dev/shm directory (cw.shmdir), once empty
     shutil.rmtree(home, ignore_errors=True)
     assert not leaked, f"processes left on the machines: {leaked}"

@@ -65,15 +65,17 @@ def test_start_run_status_stop_on_two_machines(sshbox, ssh_home, tmp_path):
     assert f"master at {NET}.1:" in lines[0] and "1 local worker(s) with 1 executor(s)" in lines[0]
     assert any(f"{one}:22" in line and "connected" in line and "with 1 executor(s) (cluster directory "
                "shared)" in line for line in lines), done.stdout
-    assert any(f"root@{two}:22" in line and "with 2 executor(s) (keys copied)" in line
+    assert any(f"root@{two}:22" in line and "with 2 executor(s) (workers' key copied)" in line
                for line in lines), done.stdout
 
-    # cwssh2 cannot see the cluster directory: it got the keys a worker needs, privately.
+    # cwssh2 cannot see the cluster directory: it got the keys a worker needs,
+    # privately: the workers' pair (it can only serve), never the client's secret.
     state = json.loads((ssh_home / "default" / "ssh.json").read_text())
     private = Path(state["homes"][1]).expanduser() / "default" / "keys"
-    assert sorted(p.name for p in private.iterdir()) == ["client.key", "client.key_secret", "master.key"]
-    assert private.stat().st_mode & 0o777 == 0o700
-    assert all(p.stat().st_mode & 0o777 == 0o600 for p in private.iterdir())
+    files = sorted(str(p.relative_to(private)) for p in private.rglob("*"))
+    assert files == ["master.key", "worker", "worker/worker.key", "worker/worker.key_secret"]
+    assert all(p.stat().st_mode & 0o777 == (0o700 if p.is_dir() else 0o600)
+               for p in [private, *private.rglob("*")])
 
     with ClusterExecutor(connect_timeout=30) as ex:
         where = list(ex.map(sshjobs.address, [0.01] * 300))
@@ -89,7 +91,7 @@ def test_start_run_status_stop_on_two_machines(sshbox, ssh_home, tmp_path):
 
     stop = cw_ssh("stop")
     assert stop.returncode == 0, stop.stderr
-    assert "removed the copied keys" in stop.stdout
+    assert "removed the copied key" in stop.stdout
     assert cw_processes() == []
     assert not private.parent.parent.exists()
     assert not (ssh_home / "default" / "ssh.json").exists()
@@ -162,7 +164,7 @@ def test_workers_exit_when_the_master_dies(sshbox, ssh_home, tmp_path):
     wait_for(lambda: cw_processes() == [], timeout=30, interval=0.1, what="no worker left on any machine")
     stop = cw_ssh("stop")  # removes the keys copied to cwssh2
     assert stop.returncode == 0, stop.stderr
-    assert "stopped 0 worker(s); removed the copied keys" in stop.stdout
+    assert "stopped 0 worker(s); removed the copied key" in stop.stdout
 
 
 def test_remote_command_survives_a_real_shell(tmp_path):

@@ -27,12 +27,14 @@ def look_alike(home, **env):
 
 
 def shm_name(pid):
-    return os.path.join(shm.ROOT, f"cw-{_pid_namespace()}-{pid}-{secrets.token_hex(16)}")
+    assert shm.host_key() is not None
+    return os.path.join(shm.root(), f"cw-{_pid_namespace()}-{pid}-{secrets.token_hex(16)}")
 
 
 def lane_socket(pid):
     """A bound lane socket named after ``pid``, in this user's lane directory."""
-    directory = Path(shm.ROOT) / f"cw-lanes-{os.getuid()}"
+    assert shm.host_key() is not None
+    directory = Path(shm.root()) / "lanes"
     directory.mkdir(mode=0o700, exist_ok=True)
     path = directory / f"lane-{_pid_namespace()}-{pid}"
     with socket.socket(socket.AF_UNIX) as s:
@@ -135,8 +137,10 @@ def test_the_fixtures_fail_the_test_that_leaked_at_teardown(pytester):
             pass
 
         def test_leaky(cw_home):
+            from cw import shm
+            assert shm.host_key() is not None
             ns = os.stat("/proc/self/ns/pid").st_ino
-            path = f"/dev/shm/cw-{ns}-{os.getpid()}-{secrets.token_hex(16)}"
+            path = os.path.join(shm.root(), f"cw-{ns}-{os.getpid()}-{secrets.token_hex(16)}")
             open(path, "w").close()
             print("LEFT", path)
     """)

@@ -1,17 +1,18 @@
 """Lanes (cw.lanes): which clients the master lends an executor's lane, when
 it takes it back, and which lane directories an executor trusts."""
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import pytest
 from test_master import PEER, Peer, client, run, running_master, submit
 
-from cw import lanes, shm
+from cw import lanes, shm, shmdir
 from cw.protocol import Kind
-from cw.worker import lane
+from cw.worker import hostcache, lane
 
-LANE = f"ipc://{shm.ROOT}/cw-lanes-{os.getuid()}/lane-1"
+LANE = f"ipc://{shm.root()}/lanes/lane-1" if shm.host_key() else "ipc:///none"
 
 
 @pytest.fixture
@@ -161,20 +162,36 @@ def test_a_lane_lent_to_another_since_is_not_killed_for_the_first(master):
     assert sup.nothing({Kind.KILL})
 
 
-def test_a_lane_binds_only_in_a_directory_of_this_user_alone(monkeypatch):
+@pytest.fixture
+def private(monkeypatch, tmp_path):
+    """A fresh CW_HOME and a /dev/shm stand-in (short: a socket path holds 108
+    bytes); cw.shm and cw.shmdir find their private directory anew there."""
     if shm.host_key() is None:
         pytest.skip("no shared memory here")
-    # A short root: pytest's tmp_path can be past a socket path's 108 bytes.
     with tempfile.TemporaryDirectory(prefix="cw-", dir="/tmp") as root:
-        _binds_only_in_a_private_directory(Path(root), monkeypatch)
+        monkeypatch.setattr(shmdir, "ROOT", root)
+        monkeypatch.setattr(shmdir, "_found", {})
+        for name, value in (("_cached", None), ("_checked", None), ("_why", "")):
+            monkeypatch.setattr(shm, name, value)
+        monkeypatch.setenv("CW_HOME", str(tmp_path / "home"))
+        yield Path(root)
 
 
-def _binds_only_in_a_private_directory(tmp_path, monkeypatch):
-    monkeypatch.setattr(shm, "ROOT", str(tmp_path))
-    directory = tmp_path / f"cw-lanes-{os.getuid()}"
+def test_a_lane_binds_only_in_a_directory_of_this_user_alone(private, monkeypatch):
+    # The names another user could take first are no longer cw's.
+    for squatted in (f"cw-lanes-{os.getuid()}", f"cw-blobs-{os.getuid()}", f"cw-{os.getuid()}"):
+        (private / squatted).mkdir(mode=0o755)
+        if os.geteuid() == 0:
+            os.chown(private / squatted, 65534, 65534)
+    assert shm.host_key() is not None
+    root = Path(shm.root())
+    assert root.parent == private and root.name.startswith(f"cw-{os.getuid()}-")
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    directory = root / "lanes"
     directory.mkdir(mode=0o755)
     directory.chmod(0o755)  # others may enter: a socket there is not ours alone
-    assert lane.bind() is None
+    sock, why = lane.bind()
+    assert sock is None and why.endswith("has mode 0o755, not 0700") and root.name not in why
     directory.chmod(0o700)
     sock, address = lane.bind()
     try:
@@ -184,15 +201,50 @@ def _binds_only_in_a_private_directory(tmp_path, monkeypatch):
         assert (directory / name).exists()
     finally:
         sock.close()
+        lanes.remove(os.getpid())
     monkeypatch.setenv("CW_LANES", "0")
-    assert lane.bind() is None
+    assert lane.bind() == (None, "CW_LANES=0 in the worker's environment")
 
 
-def test_a_client_takes_only_lanes_in_its_own_directory():
-    uid = os.getuid()
-    assert lanes.valid_address(f"ipc://{shm.ROOT}/cw-lanes-{uid}/lane-42")
-    for bad in (f"ipc://{shm.ROOT}/cw-lanes-{uid + 1}/lane-42", "tcp://10.0.0.1:5555",
-                f"ipc://{shm.ROOT}/cw-lanes-{uid}/lane-1/../../x", "ipc:///tmp/lane-1"):
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory another user's")
+def test_a_private_directory_taken_by_another_user_is_refused_and_said(private):
+    assert shm.host_key() is not None
+    root = Path(shm.root())
+    os.chown(root, 65534, 65534)  # had another user guessed its name (or had it leaked)
+    try:
+        shmdir._found.clear()  # a process that starts now
+        shm._checked = None
+        assert shm.host_key() is None
+        sock, why = lane.bind()
+        assert sock is None
+        assert why == (f"no shared memory: {private}/cw-{os.getuid()}-<secret> is owned by uid 65534, "
+                       f"not {os.getuid()}")
+        assert shm.off_reason() in why and hostcache.directory() is None
+    finally:
+        os.chown(root, os.getuid(), os.getgid())
+
+
+def test_the_secret_is_private_and_made_once(private):
+    home = Path(os.environ["CW_HOME"])
+    first, _ = shmdir.directory()
+    secret = home / shmdir.SECRET
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and first is not None
+    shmdir._found.clear()
+    assert shmdir.directory() == (first, "") and shmdir.path_for(home) == first
+    secret.chmod(0o644)  # others can read it: it names nothing
+    shmdir._found.clear()
+    path, why = shmdir.directory()
+    assert path is None and why == f"{secret} is not a file of this user's alone (mode 0600); " \
+                                   "remove it, cw makes a new one"
+
+
+def test_a_client_takes_only_lanes_in_its_own_directory(private):
+    assert shm.host_key() is not None
+    uid, root = os.getuid(), shm.root()
+    assert lanes.valid_address(f"ipc://{root}/lanes/lane-42")
+    for bad in (f"ipc://{private}/cw-lanes-{uid}/lane-42",
+                f"ipc://{private}/cw-{uid}-{'0' * 16}/lanes/lane-42", "tcp://10.0.0.1:5555",
+                f"ipc://{root}/lanes/lane-1/../../x", "ipc:///tmp/lane-1"):
         assert not lanes.valid_address(bad), bad
 
 

@@ -11,7 +11,7 @@ from cw.serialize import dumps_call, dumps_value, loads_call, loads_value
 
 
 def ours():
-    return {n for n in os.listdir(shm.ROOT) if n.startswith(f"cw-{shm._cached[1]}-{os.getpid()}-")}
+    return {n for n in os.listdir(shm.root()) if n.startswith(f"cw-{shm._cached[1]}-{os.getpid()}-")}
 
 
 def spares():
@@ -160,7 +160,7 @@ def test_files_still_mapped_at_exit_are_removed(tmp_path):
     out = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout.split()[-1])
-    assert [n for n in os.listdir(shm.ROOT) if n.startswith(f"cw-{shm._cached[1]}-{pid}-")] == []
+    assert [n for n in os.listdir(shm.root()) if n.startswith(f"cw-{shm._cached[1]}-{pid}-")] == []
 
 
 def test_a_result_is_claimed_by_its_reader():
@@ -181,7 +181,7 @@ def test_a_result_nobody_reads_is_discarded():
 
 
 def test_unwritable_shared_memory_falls_back_to_inline(monkeypatch, tmp_path):
-    monkeypatch.setattr(shm, "ROOT", str(tmp_path / "absent"))
+    monkeypatch.setattr(shm, "_cached", (*shm._cached[:2], str(tmp_path / "absent")))
     frames = dumps_call(len, (numpy.zeros(shm.SHARE_FROM, dtype=numpy.uint8),), {}, shared=True)
     assert len(frames) == 2 and not isinstance(frames[1], shm.Ref)
     assert len(frames[1]) == shm.SHARE_FROM
@@ -205,15 +205,91 @@ def test_sweep_removes_files_of_dead_processes_only():
              "other namespace": f"cw-{pidns + 1}-{dead.pid}-{'c' * 32}",
              "dead's spare": f"cw-{pidns}-{dead.pid}-s-{'d' * 32}"}
     for name in names.values():
-        open(os.path.join(shm.ROOT, name), "w").close()
+        open(os.path.join(shm.root(), name), "w").close()
     try:
         assert shm.sweep(pidns) >= 2
-        left = set(os.listdir(shm.ROOT))
+        left = set(os.listdir(shm.root()))
         assert names["dead"] not in left and names["dead's spare"] not in left
         assert names["alive"] in left and names["other namespace"] in left
     finally:
         for name in names.values():
-            shm._unlink(os.path.join(shm.ROOT, name))
+            shm._unlink(os.path.join(shm.root(), name))
+
+
+PLANTED = 100_000
+
+
+@pytest.fixture
+def look_alikes():
+    """PLANTED empty files of another user (nobody) in /dev/shm itself, named
+    as cw named its files there (this pid namespace, a dead pid), spares too."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make files another user's")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    names = [f"cw-{shm._cached[1]}-{dead.pid}-{'s-' if i % 10 == 0 else ''}{i:032x}" for i in range(PLANTED)]
+    made = []
+    try:
+        for name in names:
+            path = os.path.join(shm.ROOT, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            made.append(path)
+            os.fchown(fd, 65534, 65534)
+            os.close(fd)
+        yield made
+    finally:
+        for path in made:
+            shm._unlink(path)
+
+
+def test_files_planted_in_dev_shm_cost_a_start_nothing(look_alikes, monkeypatch):
+    calls = {"scandir": [], "unlink": 0, "stat": 0, "pid_alive": 0}
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            if name == "scandir":
+                calls[name].append(str(args[0]))
+            else:
+                calls[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("scandir", "unlink", "stat", "lstat"):
+        monkeypatch.setattr(os, name, counted("stat" if name == "lstat" else name, getattr(os, name)))
+    monkeypatch.setattr(shm, "pid_alive", counted("pid_alive", shm.pid_alive))
+    ours = [n for n in os.listdir(shm.root()) if shm._ANY.fullmatch(n)]  # live processes' files
+    assert shm.sweep(shm._cached[1]) == 0  # nothing removed, nothing claimed
+    # Only our private directory was read: the planted files cost no call at all.
+    assert calls["scandir"] == [shm.root()]
+    assert calls["unlink"] == 0 and calls["stat"] == 0 and calls["pid_alive"] <= len(ours)
+    monkeypatch.undo()
+    assert all(os.path.exists(p) for p in look_alikes[:: PLANTED // 100])
+    assert len([n for n in os.listdir(shm.ROOT) if n.startswith(f"cw-{shm._cached[1]}-")]) >= PLANTED
+
+
+def test_the_sweep_counts_only_what_it_removed(monkeypatch, caplog):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    paths = [os.path.join(shm.root(), f"cw-{shm._cached[1]}-{dead.pid}-{c * 32}") for c in "ef"]
+    for path in paths:
+        open(path, "w").close()
+    real = os.unlink
+
+    def refuse_first(path, *args, **kwargs):
+        if path == paths[0]:
+            raise PermissionError(1, "Operation not permitted", path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refuse_first)
+    try:
+        with caplog.at_level("INFO", logger="cw.shm"):
+            assert shm.sweep(shm._cached[1]) == 1
+        assert "removed 1 shared-memory file(s)" in caplog.text
+        assert os.path.exists(paths[0]) and not os.path.exists(paths[1])
+    finally:
+        monkeypatch.undo()
+        for path in paths:
+            shm._unlink(path)
 
 
 def test_cw_shm_0_turns_it_off():

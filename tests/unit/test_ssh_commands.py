@@ -13,6 +13,7 @@ from cw.launch.sshcmd import (
     Machine,
     describe_failure,
     parse_machines,
+    read_machines,
     remote_command,
     route_address,
     ssh_command,
@@ -76,6 +77,29 @@ def test_cli_refuses_a_malformed_file_before_starting_anything(cw_home, tmp_path
     assert not (cw_home / "default" / "master.json").exists()
 
 
+def test_a_spreadsheets_bom_is_accepted(tmp_path):
+    csv = tmp_path / "lab.csv"
+    csv.write_bytes("address,ssh_user,ssh_port\r\nlab1,ann,2222\r\nlab2\r\n".encode("utf-8-sig"))
+    assert read_machines(str(csv)) == [Machine("lab1", "ann", 2222, line=2), Machine("lab2", line=3)]
+
+
+@pytest.mark.parametrize("content, said", [
+    (b"lab1\nlab2,caf\xe9\n", "line 2: not UTF-8 text (byte 0xe9); save the file as UTF-8"),
+    (b"lab1\n\nlab2," + b"x" * (128 * 1024) + b"\n", "line 3: 131077 characters, at most 4096 in a row"),
+    (b"lab1\nlab2,\"a\x00b\"\n", "line 2: ssh_user 'a\\x00b' is not a user name"),
+], ids=["latin-1", "128 KiB field", "NUL"])
+def test_a_file_csv_cannot_read_is_one_line_naming_the_file_and_line(cw_home, tmp_path, content, said):
+    csv = tmp_path / "lab.csv"
+    csv.write_bytes(content)
+    with pytest.raises(ClusterError) as e:
+        read_machines(str(csv))
+    assert str(e.value).startswith(f"{csv}, {said}") and "\n" not in str(e.value)
+    done = CliRunner().invoke(main, ["ssh", "start", str(csv)])
+    assert done.exit_code == 1 and done.exception is None or isinstance(done.exception, SystemExit)
+    assert done.output.startswith(f"Error: {csv}, {said}") and "Traceback" not in done.output
+    assert not (cw_home / "default" / "master.json").exists()
+
+
 def test_commands_quote_every_value():
     machine = Machine("lab1.example.org", "ann", 2222, f"{ODD}/id key", 4)
     line = remote_command(f"{ODD}/bin/python", ODD, "start", {"PYTHONPATH": f"{ODD}/src:/opt/x y"})
@@ -126,3 +150,22 @@ def test_route_address_of_loopback():
     assert route_address("127.0.0.1") == "127.0.0.1"
     with pytest.raises(ClusterError, match="pass --master-address"):
         route_address("no-such-host.invalid")
+
+
+def test_stop_removes_the_copied_keys_and_their_private_shm_directory(monkeypatch, tmp_path):
+    """What `cw ssh start` wrote on a machine, and what its workers made in
+    /dev/shm under that home (cw.shmdir), goes at `cw ssh stop`."""
+    from cw import shm, shmdir
+    from cw.launch import remote
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~/.cw/ssh: the machine's private root
+    home = Path(remote.PRIVATE_ROOT).expanduser() / "head-0123456789ab"
+    remote._write_private(home, "default", "token", {"master.key": "public\n"})
+    monkeypatch.setenv("CW_HOME", str(home))  # as its workers run
+    monkeypatch.setattr(shmdir, "_found", {})
+    root, why = shmdir.subdirectory("lanes")
+    if root is None:
+        pytest.skip(f"no private /dev/shm directory here: {why}")
+    assert root.parent.exists() and shm.ROOT in str(root)
+    assert remote._remove_private(home, "token")
+    assert not home.exists() and not root.parent.exists()
