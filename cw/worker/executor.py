@@ -223,8 +223,9 @@ class Executor:
                     raise ValueError(f"a {msg.kind.name} message")
             except Exception as e:  # its client sends the lane's jobs through the master instead
                 log.warning("refused a bad message on the lane: %s", e)
-                send_frames(self.lane, [frames[0], *Message(Kind.ERROR, {"error": str(e)}).to_frames()],
-                            NOBLOCK)
+                with contextlib.suppress(zmq.ZMQError):  # its client left meanwhile
+                    send_frames(self.lane, [frames[0], *Message(Kind.ERROR, {"error": str(e)}).to_frames()],
+                                NOBLOCK)
                 continue
             client = frames[0].bytes
             for context, run in job_runs(msg.body, msg.payload):
@@ -272,10 +273,10 @@ class Executor:
         try:
             send_frames(self.lane, [client, *Message(Kind.RESULTS, {"results": [entry]},
                                                      tuple(payload)).to_frames()], NOBLOCK)
-        except zmq.ZMQError as e:  # the client is gone: nobody waits for it
-            log.debug("a lane result for job %s not sent: %s", entry.id, e)
-        self.lane_done += 1
-        self.lane_failed += entry.status != _OK
+            self.lane_done += 1  # only what reached its client: the master counts a job resent
+            self.lane_failed += entry.status != _OK
+        except zmq.ZMQError as e:  # the client is gone, or resent the job through the master
+            log.info("a lane result for job %s not sent: %s", entry.id, e)
 
     def job_path(self, path: list, own: list) -> list:
         """The client's sys.path in front of ours, computed once per context."""
