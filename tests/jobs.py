@@ -144,3 +144,13 @@ def log_pid_and_wait(path, release, timeout=60):
         f.write(f"{os.getpid()}\n")
     wait_for_file(release, timeout=timeout)
     return os.getpid()
+
+
+def log_start_and_end(path, release, timeout=60):
+    """Append ``start PID`` to ``path``, run until ``release`` exists, append ``end PID``."""
+    with open(path, "a") as f:
+        f.write(f"start {os.getpid()}\n")
+    wait_for_file(release, timeout=timeout)
+    with open(path, "a") as f:
+        f.write(f"end {os.getpid()}\n")
+    return os.getpid()
