@@ -19,24 +19,22 @@ import contextlib
 import logging
 import mmap
 import os
-import signal
 import sys
 import time
 import traceback
 from collections import deque
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import zmq
 
 from .. import lanes, shm
-from ..errors import BlobUnavailableError, CWError, JobRejectedError
+from ..errors import BlobUnavailableError, JobRejectedError
 from ..joberrors import dumps_error
 from ..protocol import SLOT_MARK, ErrorCode, Kind, Message, Result, Status, job_runs
 from ..security import Keys
 from ..serialize import dumps_value, loads_labelled_call
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
-from . import joblog, lane
+from . import joblog, lane, reaper
 from .direct import DirectPeers
 from .fetch import Fetcher
 from .hostcache import HostCache
@@ -119,6 +117,7 @@ class Executor:
     def run(self) -> None:
         flusher = Flusher(self.outbox)
         flusher.start()
+        reaper.count_threads()  # more than these: a job's, whose children are looked for too
         while not self.stopping:
             self.step()
         flusher.stop()
@@ -337,14 +336,14 @@ class Executor:
         finally:
             self._leave(old_path)
 
-
     def _enter(self, tid: int, mark: int) -> None:
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
         if self.slot is not None:
             self.slot[:8] = mark.to_bytes(8, "little")
 
     def _leave(self, old_path: list) -> None:
-        """Undo what a job changed in this process: its log tag, slot, path, directory."""
+        """Undo what a job changed in this process: its processes, log tag, slot, path, directory."""
+        reaper.after_job()  # (when main() installed it)
         joblog.set_job(None)
         if self.slot is not None:
             self.slot[:8] = bytes(8)
@@ -397,55 +396,3 @@ def _shared_with(ctx: dict) -> Optional[int]:
         return pid
     return None
 
-
-def _parser() -> Any:
-    """The flags ``Supervisor.executor_command`` gives: the supervisor's, not
-    a user's, so parsed without the CLI, whose imports (click and every
-    launcher) would add a tenth of a second to each executor's start."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m cw.executor",
-                                     description="Run jobs for a cw worker. A worker (`cw worker`) "
-                                                 "starts its executors itself: not a command to run by hand.")
-    parser.add_argument("host")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--executor", type=bytes.fromhex, required=True)
-    parser.add_argument("--supervisor", default="")
-    parser.add_argument("--heartbeat", type=float, default=1.0)
-    parser.add_argument("--liveness", type=int, default=10)
-    parser.add_argument("--cluster")
-    parser.add_argument("--prefetch", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--insecure", action="store_true")
-    parser.add_argument("--job-fd", type=int)
-    return parser
-
-
-def main(argv: Optional[list] = None) -> None:
-    """An executor, as its supervisor starts it (see ``Supervisor.spawn``)."""
-    from ..cluster import cluster_dir
-    from ..logfiles import LEVELS, setup_logging
-    from ..security import client_keys
-
-    opts = _parser().parse_args(argv)
-    # The supervisor passes its (checked) log file and level on in the environment.
-    log_file = os.environ.get("CW_LOG_FILE")
-    level = os.environ.get("CW_LOG_LEVEL", "").lower()
-    setup_logging(level if level in LEVELS else "info",
-                  Path(log_file) if log_file else None)
-    joblog.install()  # a job's prints go to the worker's log, tagged with its id
-    try:
-        keys = None if opts.insecure else client_keys(cluster_dir(opts.cluster))
-    except (CWError, OSError) as e:  # its keys went missing since the supervisor read them
-        sys.exit(f"cw executor: {e}")
-    executor = Executor(f"tcp://{opts.host}:{opts.port}", opts.executor, opts.supervisor,
-                        opts.heartbeat, opts.liveness, keys, opts.prefetch, opts.batch, opts.job_fd)
-
-    def on_term(signum: int, frame: Any) -> None:
-        executor.stopping = True
-
-    # The supervisor decides when executors stop; a Ctrl-C in its terminal
-    # must not kill a job halfway.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, on_term)
-    executor.run()
