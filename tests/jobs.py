@@ -153,3 +153,68 @@ def big_array(n):
     import numpy
 
     return numpy.ones(n, dtype=numpy.uint8)
+
+
+def log_start_and_end(path, release, timeout=60):
+    """Append ``start PID`` to ``path``, run until ``release`` exists, append ``end PID``."""
+    with open(path, "a") as f:
+        f.write(f"start {os.getpid()}\n")
+    wait_for_file(release, timeout=timeout)
+    with open(path, "a") as f:
+        f.write(f"end {os.getpid()}\n")
+    return os.getpid()
+
+
+def start_child(new_session=False):
+    """Start ``sleep 600`` and return at once: the child's pid."""
+    import subprocess
+
+    return subprocess.Popen(["sleep", "600"], start_new_session=new_session).pid
+
+
+def start_orphan():
+    """Start a daemon-like grandchild (its parent, a shell, exits at once;
+    it stays in the job's process group): the grandchild's pid."""
+    import subprocess
+
+    out = subprocess.run(["sh", "-c", "sleep 600 >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
+def start_child_in_thread():
+    """Start ``sleep 600`` from a thread that outlives the job: the child's pid."""
+    import subprocess
+
+    started = []
+    ready = threading.Event()
+
+    def run():
+        started.append(subprocess.Popen(["sleep", "600"]).pid)
+        ready.set()
+        time.sleep(600)
+
+    threading.Thread(target=run, daemon=True).start()
+    ready.wait(30)
+    return started[0]
+
+
+def start_child_and_wait(pidfile, release):
+    """Start ``sleep 600``, note its pid in ``pidfile``, run until ``release`` exists."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "600"])
+    with open(pidfile, "w") as f:
+        f.write(str(child.pid))
+    wait_for_file(release)
+    return child.pid
+
+
+def start_child_and_die(pidfile):
+    """Start ``sleep 600``, note its pid, then kill the executor under the job."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "600"])
+    with open(pidfile, "w") as f:
+        f.write(str(child.pid))
+    os._exit(3)

@@ -284,7 +284,7 @@ class IOCore(threading.Thread):
         elif msg.kind is Kind.WELCOME:
             self.welcome(msg.body)
         elif msg.kind is Kind.LEASE:
-            self.lanes.lease(msg.body)
+            self.lanes.lease(msg.body, self.link.heartbeat, self.link.liveness)
         elif msg.kind is Kind.ERROR:
             self.refused(msg.body)
         elif msg.kind is Kind.FETCH:  # an executor lacks a job's function (cw.blobs)

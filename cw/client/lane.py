@@ -22,7 +22,7 @@ class Lane:
     _WATCH = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
               | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
-    def __init__(self, address: str, worker: str) -> None:
+    def __init__(self, address: str, worker: str, heartbeat: float = 1.0, liveness: int = 10) -> None:
         self.worker = worker  # host:pid of its executor, as STARTED names it
         self.inflight: set[int] = set()
         self.ready = False  # connected: jobs sent now reach the executor
@@ -36,6 +36,15 @@ class Lane:
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.RECONNECT_IVL, -1)  # a lane that closed is gone for good
+        # Liveness, as the master's path has it (a frozen peer is noticed
+        # within the heartbeat window): libzmq's own PING every heartbeat.
+        # The executor's libzmq thread answers it even while a job holds the
+        # GIL for an hour; a frozen executor (SIGSTOP, a frozen cgroup) does
+        # not, and after heartbeat * liveness without a word the link closes:
+        # the monitor says DISCONNECTED and the lane's jobs go through the
+        # master (``Lanes.drain``). Its late results can no longer arrive.
+        self.sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, round(heartbeat * 1000)))
+        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, round(heartbeat * liveness * 1000)))
         self.monitor: zmq.Socket = self.sock.get_monitor_socket(
             self._WATCH, addr=f"inproc://cw-lane-{os.urandom(6).hex()}")
         self.fds: tuple = (int(self.sock.get(zmq.FD)), self.monitor)
@@ -111,8 +120,9 @@ class Lanes:
     def readable(self) -> bool:
         return any(readable(x.sock) for x in self.held)
 
-    def lease(self, lease: Lease) -> None:
-        """The master lends us a lane, or (no lane) takes ours back."""
+    def lease(self, lease: Lease, heartbeat: float = 1.0, liveness: int = 10) -> None:
+        """The master lends us a lane, or (no lane) takes ours back; the
+        client's ``heartbeat`` and ``liveness`` bound the lane's silence."""
         self.shut()
         address = lease.lane
         if address is None:
@@ -120,7 +130,7 @@ class Lanes:
         if not lanes.valid_address(address):
             log.warning("ignored a lease of a lane outside this user's directory: %s", address)
             return
-        x = Lane(address, lease.worker or "")
+        x = Lane(address, lease.worker or "", heartbeat, liveness)
         for fd in x.fds:
             self.poller.register(fd, zmq.POLLIN)
         self.held.append(x)

@@ -19,24 +19,22 @@ import contextlib
 import logging
 import mmap
 import os
-import signal
 import sys
 import time
 import traceback
 from collections import deque
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import zmq
 
 from .. import lanes, shm
-from ..errors import BlobUnavailableError, CWError, JobRejectedError
+from ..errors import BlobUnavailableError, JobRejectedError
 from ..joberrors import dumps_error
 from ..protocol import SLOT_MARK, ErrorCode, Kind, Message, Result, Status, job_runs
 from ..security import Keys
 from ..serialize import dumps_value, loads_labelled_call
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
-from . import joblog, lane
+from . import joblog, lane, reaper
 from .direct import DirectPeers
 from .fetch import Fetcher
 from .hostcache import HostCache
@@ -61,9 +59,8 @@ class Executor:
                  heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None,
                  prefetch: int = 1, batch: int = 64, job_fd: Optional[int] = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        # Holding ``prefetch`` tasks beyond the running one means an executor
-        # never idles for a round trip to the master between short jobs; while
-        # jobs are short the master sends up to ``batch`` at once.
+        # Holding ``prefetch`` tasks beyond the running one, an executor never idles for a
+        # round trip to the master between short jobs; the master sends up to ``batch`` at once.
         self.capacity = 1 + prefetch
         self.batch = max(self.capacity, batch) if prefetch else 1
         self.clock = clock  # a test's fake clock; every timing below reads it
@@ -120,6 +117,7 @@ class Executor:
     def run(self) -> None:
         flusher = Flusher(self.outbox)
         flusher.start()
+        reaper.count_threads()  # more than these: a job's, whose children are looked for too
         while not self.stopping:
             self.step()
         flusher.stop()
@@ -224,8 +222,9 @@ class Executor:
                     raise ValueError(f"a {msg.kind.name} message")
             except Exception as e:  # its client sends the lane's jobs through the master instead
                 log.warning("refused a bad message on the lane: %s", e)
-                send_frames(self.lane, [frames[0], *Message(Kind.ERROR, {"error": str(e)}).to_frames()],
-                            NOBLOCK)
+                with contextlib.suppress(zmq.ZMQError):  # its client left meanwhile
+                    send_frames(self.lane, [frames[0], *Message(Kind.ERROR, {"error": str(e)}).to_frames()],
+                                NOBLOCK)
                 continue
             client = frames[0].bytes
             for context, run in job_runs(msg.body, msg.payload):
@@ -273,10 +272,10 @@ class Executor:
         try:
             send_frames(self.lane, [client, *Message(Kind.RESULTS, {"results": [entry]},
                                                      tuple(payload)).to_frames()], NOBLOCK)
-        except zmq.ZMQError as e:  # the client is gone: nobody waits for it
-            log.debug("a lane result for job %s not sent: %s", entry.id, e)
-        self.lane_done += 1
-        self.lane_failed += entry.status != _OK
+            self.lane_done += 1  # only what reached its client: the master counts a job resent
+            self.lane_failed += entry.status != _OK
+        except zmq.ZMQError as e:  # the client is gone, or resent the job through the master
+            log.info("a lane result for job %s not sent: %s", entry.id, e)
 
     def job_path(self, path: list, own: list) -> list:
         """The client's sys.path in front of ours, computed once per context."""
@@ -337,14 +336,14 @@ class Executor:
         finally:
             self._leave(old_path)
 
-
     def _enter(self, tid: int, mark: int) -> None:
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
         if self.slot is not None:
             self.slot[:8] = mark.to_bytes(8, "little")
 
     def _leave(self, old_path: list) -> None:
-        """Undo what a job changed in this process: its log tag, slot, path, directory."""
+        """Undo what a job changed in this process: its processes, log tag, slot, path, directory."""
+        reaper.after_job()  # (when main() installed it)
         joblog.set_job(None)
         if self.slot is not None:
             self.slot[:8] = bytes(8)
@@ -397,54 +396,3 @@ def _shared_with(ctx: dict) -> Optional[int]:
         return pid
     return None
 
-
-def _parser() -> Any:
-    """The flags ``Supervisor.executor_command`` gives: the supervisor's, not
-    a user's, so parsed without the CLI, whose imports (click and every
-    launcher) would add a tenth of a second to each executor's start."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m cw.executor",
-                                     description="Run jobs for a cw worker. A worker (`cw worker`) "
-                                                 "starts its executors itself: not a command to run by hand.")
-    parser.add_argument("host")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--executor", type=bytes.fromhex, required=True)
-    parser.add_argument("--supervisor", default="")
-    for flag, kind, default in (("--heartbeat", float, 1.0), ("--liveness", int, 10),
-                                ("--prefetch", int, 1), ("--batch", int, 64)):
-        parser.add_argument(flag, type=kind, default=default)
-    parser.add_argument("--cluster")
-    parser.add_argument("--insecure", action="store_true")
-    parser.add_argument("--job-fd", type=int)
-    return parser
-
-
-def main(argv: Optional[list] = None) -> None:
-    """An executor, as its supervisor starts it (see ``Supervisor.spawn``)."""
-    from ..cluster import cluster_dir
-    from ..logfiles import LEVELS, setup_logging
-    from ..security import worker_keys
-
-    opts = _parser().parse_args(argv)
-    # The supervisor passes its (checked) log file and level on in the environment.
-    log_file = os.environ.get("CW_LOG_FILE")
-    level = os.environ.get("CW_LOG_LEVEL", "").lower()
-    setup_logging(level if level in LEVELS else "info",
-                  Path(log_file) if log_file else None)
-    joblog.install()  # a job's prints go to the worker's log, tagged with its id
-    try:
-        keys = None if opts.insecure else worker_keys(cluster_dir(opts.cluster))
-    except (CWError, OSError) as e:  # its keys went missing since the supervisor read them
-        sys.exit(f"cw executor: {e}")
-    executor = Executor(f"tcp://{opts.host}:{opts.port}", opts.executor, opts.supervisor,
-                        opts.heartbeat, opts.liveness, keys, opts.prefetch, opts.batch, opts.job_fd)
-
-    def on_term(signum: int, frame: Any) -> None:
-        executor.stopping = True
-
-    # The supervisor decides when executors stop; a Ctrl-C in its terminal
-    # must not kill a job halfway.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, on_term)
-    executor.run()

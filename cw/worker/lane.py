@@ -42,6 +42,10 @@ def _bind() -> tuple[Optional[zmq.Socket], str]:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
+    # A result for a client that left (or gave up on us while we were
+    # frozen, and sent the job through the master) fails to send, and is
+    # not counted as a lane job done: the master counts that job's rerun.
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     try:
         sock.bind(address)
     except zmq.ZMQError as e:

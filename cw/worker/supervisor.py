@@ -168,7 +168,7 @@ class Supervisor:
                 if now >= self.restart_at[i]:
                     self.spawn(i, now)
                 continue
-            code = proc.poll()
+            code = _ended(proc)
             if code is None:
                 continue
             log.warning("executor pid %d died with %s; restarting it", proc.pid, _describe(code))
@@ -197,7 +197,7 @@ class Supervisor:
         for proc in live:
             proc.terminate()  # an executor finishes its job, then leaves
         deadline = self.clock() + self.grace
-        while any(p.poll() is None for p in live) and self.clock() < deadline:
+        while any(_ended(p) is None for p in live) and self.clock() < deadline:
             self.peer.recv(0.1)
             self.peer.tick(self.clock())  # still alive: the master must not presume us dead
         for proc in live:
@@ -231,6 +231,26 @@ def _describe(code: int) -> str:
         return f"signal {-code} ({signal.Signals(-code).name})"
     except ValueError:  # real-time signals have no name
         return f"signal {-code}"
+
+
+def _ended(proc: subprocess.Popen) -> Optional[int]:
+    """An executor's exit status once it ended (else None), after killing
+    what its jobs left in its process group: a crash or a SIGKILL gives it
+    no time to (``cw.worker.reaper``). The group's id is the executor's pid,
+    which no new process takes before the executor is reaped, so the kill
+    comes first."""
+    if proc.returncode is not None or not hasattr(os, "waitid"):
+        return proc.poll()
+    try:
+        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            return None
+    except ChildProcessError:
+        return proc.poll()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left in it
+    return proc.poll()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import CancelledError
 
 import jobs
@@ -73,6 +74,45 @@ def test_executor_killed_under_a_lane_job_loses_nothing(cluster, tmp_path):
         assert ex.submit(jobs.pid).result(30) == again  # the replacement takes the next
     assert got == [again]  # delivered once
     assert status(port)["counts"]["lost"] == 0
+
+
+def test_a_frozen_lane_executors_job_moves_on_within_the_heartbeat_window(cluster, procs, tmp_path):
+    port = cluster(0, master_args=FAST)
+    workers = [procs.worker(port, *FAST) for _ in range(2)]
+    wait_workers(port, 2)
+    log, release = tmp_path / "log", tmp_path / "release"
+    got = []
+    with ClusterExecutor("127.0.0.1", port, **CLIENT_FAST) as ex:
+        victim = take_a_lane(ex, port)
+        owner = next(w for w in workers if victim in {c.pid for c in psutil.Process(w.pid).children()})
+        sent = next(ex._ids) - 1  # the jobs submitted so far (ids count from 1)
+        wait_for(lambda: status(port)["counts"]["done"] == sent, what="the lane's counts")
+        fut = ex.submit(jobs.log_start_and_end, str(log), str(release))
+        fut.add_done_callback(lambda f: got.append(f.result()))
+        wait_for(lambda: log.exists() and log.read_text(), what="the job to start")
+        assert log.read_text().split() == ["start", str(victim)]  # down the lane
+        frozen = procs.kill_tree(owner.pid, signal.SIGSTOP)  # the whole worker, as a hung node
+        try:
+            frozen_at = time.monotonic()
+            wait_for(lambda: len(log.read_text().split()) == 4, what="the job to start elsewhere")
+            moved_after = time.monotonic() - frozen_at
+            release.touch()
+            other = fut.result(10)
+        finally:
+            for p in frozen:
+                p.send_signal(signal.SIGCONT)
+        window = 0.2 * 5  # the client's (and master's) heartbeat * liveness
+        assert moved_after < window + 2.0, f"the job moved on after {moved_after:.1f} s"
+        assert other != victim and log.read_text().split()[2:4] == ["start", str(other)]
+        # Thawed, the frozen executor ends the job; its client gave up on the lane: the late
+        # result reaches no one, and no count takes it for a job done.
+        wait_for(lambda: f"end {victim}" in log.read_text(), what="the thawed executor to end the job")
+        assert ex.submit(jobs.square, 4).result(30) == 16  # a turn of the client after that
+        sent = next(ex._ids) - 2  # skipped one above
+        wait_for(lambda: status(port)["counts"]["done"] >= sent, what="the counts to settle")
+        counts = status(port)["counts"]
+        assert (counts["submitted"], counts["done"], counts["lost"]) == (sent, sent, 0)  # each job once
+    assert got == [other]  # delivered once
 
 
 def test_jobs_queueing_up_take_the_lane_back(cluster):
