@@ -34,7 +34,7 @@ def test_quick_jobs_of_one_client_never_wait_behind_long_jobs_sent_ahead_for_ano
     assert [done[0] for _, done in quick] == [("b", i) for i in range(20)]  # each once, in order
     assert len({tag for tag, *_ in ran}) == len(ran)  # A's too
     for submitted, (_, pid, started, _) in quick:
-        ahead = [tag for tag, apid, astart, _ in ran if apid == pid and submitted + SENT_BEFORE < astart < started]
+        ahead = [tag for tag, on, start, _ in ran if on == pid and submitted + SENT_BEFORE < start < started]
         assert not ahead, f"B's job waited behind A's {ahead}, sent ahead to its executor"
     counts = wait_for(lambda: (lambda c: c if c["done"] == len(ran) + 20 else None)(
         query_status("127.0.0.1", port)["counts"]), what="the master's count of jobs done")
