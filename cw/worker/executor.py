@@ -337,7 +337,6 @@ class Executor:
         finally:
             self._leave(old_path)
 
-
     def _enter(self, tid: int, mark: int) -> None:
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
         if self.slot is not None:
