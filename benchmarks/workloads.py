@@ -1,4 +1,5 @@
 """The job functions every system runs (importable by each system's workers)."""
+import time
 
 
 def noop(x=None):
@@ -7,3 +8,7 @@ def noop(x=None):
 
 def echo(data):
     return data
+
+
+def sleep(seconds):
+    time.sleep(seconds)

@@ -74,6 +74,13 @@ def sleep_pid(seconds, tag=None):
     return tag, os.getpid()
 
 
+def span(seconds, tag=None):
+    """Sleep; say where and when (CLOCK_MONOTONIC: one clock for every process here)."""
+    start = time.monotonic()
+    time.sleep(seconds)
+    return tag, os.getpid(), start, time.monotonic()
+
+
 def big_result(n):
     return b"x" * n
 

@@ -168,7 +168,9 @@ class Jobs:
                 self.books.refuse(identity, "no such job running here", result.id, ErrorCode.UNKNOWN_JOB)
                 continue
             state.done += result.status != _CANCELLED  # one dropped before it began never ran
-            self.forget(job)
+            client = self.forget(job)
+            if client is not None and result.ran is not None:
+                client.observe(result.ran)  # how long its jobs take: may they wait ahead? (Scheduler.take)
             if not job.cancelled:
                 self.reply(job, STATUSES[result.status], payload, result.error, result.ran, state.name)
             else:
@@ -223,11 +225,13 @@ class Jobs:
         self.books.counts["refused"] += 1
         self.answer(identity, jid, Status.ERROR, (), reason)
 
-    def forget(self, job: Job) -> None:
+    def forget(self, job: Job) -> Optional[ClientState]:
+        """The master holds the job no more; return its client, if still here."""
         job.deadline = None
         client = self.books.clients.get(job.client)
         if client is not None and client.jobs.pop(job.jid, None) is not None:
             client.held_bytes -= job.size
+        return client
 
     # -- ending jobs ---------------------------------------------------------
     def expire_jobs(self, now: float) -> None:

@@ -3,17 +3,20 @@
 ::
 
     SUBMIT ─► enqueue(): the job joins its client's queue (first in, first
-              out); the client joins ``ready``, the clients with queued
-              jobs, which take turns
-    dispatch(): executors with room wait in ``free``; each takes the ready
+              out); the client joins the clients with queued jobs, which
+              take turns: ``fresh`` (none of its jobs out on an executor),
+              served first, else ``ready``
+    dispatch(): executors with room wait in ``free``; each takes the
               clients' oldest jobs in turns (``take``), up to its
-              ``window``: its capacity, more while its jobs are short
+              ``window``: its capacity, more while its jobs are short. A
+              job waits on an executor behind another (prefetched) only
+              when both are of clients whose jobs are known to be short
               ──TASK──► one message per executor per turn (``send_task``)
     announce_started(): STARTED for the jobs still running a moment later
     expired(): running jobs past their timeout, from a heap of deadlines
 
-No step scans all executors or all queued jobs: ``ready`` and ``free`` are
-queues, and a dispatch pops from their fronts. The master owns the clients
+No step scans all executors or all queued jobs: ``fresh``, ``ready`` and
+``free`` are queues, and a dispatch pops from their fronts. The master owns the clients
 and executors (``cw.master.state``) and decides what a death, a cancel or a
 timeout does; the scheduler reads them and sends through the master.
 """
@@ -30,6 +33,13 @@ from .state import ClientState, ExecutorState, Job
 # this many seconds of work, and no more than its share of the queue.
 BATCH_SECONDS = 0.002
 TASK_BYTES = 1 << 20  # a TASK with several jobs stays under this
+# Prefetch pays for short jobs only: it saves a job one round trip to the
+# master, and costs a job of another client that comes meanwhile the whole
+# length of the job sent ahead of it. So a job goes to an executor that holds
+# others (and others go behind it) only when its client's recent jobs ran
+# this long or less (``ClientState.cost``); a client's first jobs, before
+# any result, wait for an executor with nothing to do.
+PREFETCH_SECONDS = 0.02
 # A job still running this long after it went to an executor is announced
 # to its client (STARTED); a quicker one names its worker in its result.
 ANNOUNCE_AFTER = 0.005
@@ -43,7 +53,8 @@ class Scheduler:
         self.clients = clients
         self.executors = executors
         self.send = send
-        self.ready: deque[bytes] = deque()  # clients with queued jobs, in turns
+        self.fresh: deque[bytes] = deque()  # clients with queued jobs and none out: first, in turns
+        self.ready: deque[bytes] = deque()  # the other clients with queued jobs, in turns
         self.free: deque[bytes] = deque()  # executors that may have room for tasks
         self.shared: list[ExecutorState] = []  # lent executors (cw.lanes) just given others' jobs
         self.queued = 0  # jobs in clients' queues (cancelled ones included until popped)
@@ -72,10 +83,15 @@ class Scheduler:
         client.queue.clear()
 
     def mark_ready(self, client: ClientState) -> None:
-        """A client with queued jobs joins the turns, once."""
+        """A client with queued jobs joins the turns, once: before the clients
+        that have jobs out on executors if it has none, so that a client
+        waiting for each result is not served after every busy one."""
         if not client.in_ready:
             client.in_ready = True
-            self.ready.append(client.identity)
+            # Its queue holds no cancelled job here (that leaves it only when
+            # popped, and a client leaves the turns once its queue is empty).
+            nothing_out = len(client.jobs) <= len(client.queue)
+            (self.fresh if nothing_out else self.ready).append(client.identity)
 
     def offer(self, state: ExecutorState) -> None:
         """An executor may have room: it joins the line of those that take tasks."""
@@ -94,16 +110,16 @@ class Scheduler:
                                     int(BATCH_SECONDS / max(state.cost, 1e-6)))
 
     def dispatch(self, now: float) -> None:
-        """Fill executors with room, taking the ready clients' jobs in turns."""
-        while self.free and self.ready:
+        """Fill executors with room, taking the clients' jobs in turns."""
+        while self.free and (self.fresh or self.ready):
             state = self.executors.get(self.free.popleft())
             if state is None:
                 continue  # gone since it was offered
             state.offered = False
             room = self.window(state) - len(state.running)
-            if room <= 0:
-                continue  # full: a result offers it again
-            jobs = self.take(room)
+            if room <= 0 or not self.may_wait_behind(state):
+                continue  # full, or busy with a long job: a result offers it again
+            jobs, more = self.take(room, behind=bool(state.running))
             for job in jobs:
                 job.executor = state.identity
                 job.announced = False
@@ -115,17 +131,43 @@ class Scheduler:
                 self.send_task(state, jobs)
                 if state.leased_to is not None and any(job.client != state.leased_to for job in jobs):
                     self.shared.append(state)  # its lane's next jobs would wait behind these
-            if len(state.running) < self.window(state):
+            if more and len(state.running) < self.window(state):
                 self.offer(state)  # the queue ran dry (or the message grew big) before it was full
 
-    def take(self, room: int) -> list[Job]:
-        """Up to ``room`` queued jobs, one client after another (round-robin)."""
+    def short(self, client: Optional[ClientState]) -> bool:
+        """Whether a client's jobs are known to be short: they may wait ahead."""
+        return client is not None and client.cost is not None and client.cost <= PREFETCH_SECONDS
+
+    def may_wait_behind(self, state: ExecutorState) -> bool:
+        """Whether a job sent now may wait behind what the executor holds:
+        only behind short jobs (a long one is alone, the first and last)."""
+        if not state.running:
+            return True
+        jobs = state.running.values()
+        return self.short(self.clients.get(next(iter(jobs)).client)) \
+            and self.short(self.clients.get(next(reversed(jobs)).client))
+
+    def take(self, room: int, behind: bool) -> tuple[list[Job], bool]:
+        """Up to ``room`` queued jobs, one client after another (round-robin,
+        the ``fresh`` first), for an executor that holds jobs already if
+        ``behind``; a job that would wait behind another goes only if both
+        clients' jobs are short. Also says whether the executor may take more
+        now (the queue ran dry, or the message grew big), not only once a
+        result comes."""
         jobs: list[Job] = []
         size = 0
-        while len(jobs) < room and size < TASK_BYTES and self.ready:
-            client = self.clients.get(self.ready.popleft())
+        while len(jobs) < room and size < TASK_BYTES:
+            line = self.fresh or self.ready
+            if not line:
+                return jobs, True
+            client = self.clients.get(line[0])
             if client is None:
+                line.popleft()
                 continue  # dropped since it queued
+            short = self.short(client)
+            if (behind or jobs) and not short:
+                return jobs, False  # it waits for an executor with nothing ahead of it
+            line.popleft()
             job = self.next_job(client)
             if job is None:
                 client.in_ready = False
@@ -133,7 +175,9 @@ class Scheduler:
             self.ready.append(client.identity)  # round-robin: back of the line
             jobs.append(job)
             size += job.size
-        return jobs
+            if not short:
+                return jobs, False  # nothing waits behind a job not known to be short
+        return jobs, True
 
     def next_job(self, client: ClientState) -> Optional[Job]:
         """A client's oldest queued job; cancelled ones leave the queue here."""

@@ -41,6 +41,11 @@ class Limits:
         return None
 
 
+def slow_to_fall(cost: Optional[float], sample: float) -> float:
+    """A recent cost: quick to rise, slow to fall, so one long job counts at once."""
+    return sample if cost is None or sample > cost else 0.8 * cost + 0.2 * sample
+
+
 class Job:
     """A job the master holds. Slotted: a million queued ones must stay small."""
 
@@ -75,6 +80,10 @@ class ClientState:
     in_ready: bool = False
     held_bytes: int = 0
     done: int = 0
+    cost: Optional[float] = None  # recent seconds per job, from its results: may its jobs wait ahead?
+
+    def observe(self, ran: float) -> None:
+        self.cost = slow_to_fall(self.cost, ran)
 
 
 @dataclass(eq=False)
@@ -100,8 +109,7 @@ class ExecutorState:
     def observe(self, busy: float, jobs: int) -> None:
         """Learn how long its jobs take: quick to rise, slow to fall, so a long
         job stops the batching of tasks at once."""
-        sample = busy / jobs
-        self.cost = sample if self.cost is None or sample > self.cost else 0.8 * self.cost + 0.2 * sample
+        self.cost = slow_to_fall(self.cost, busy / jobs)
 
     @property
     def supervisor(self) -> Optional[bytes]:

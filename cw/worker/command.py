@@ -32,8 +32,8 @@ from ..logfiles import role_log_file, setup_logging
 @click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
               help="Seconds a running job may take to finish on SIGTERM.")
 @click.option("--prefetch", type=click.IntRange(0, 64), default=1, show_default=True,
-              help="Tasks each executor holds beyond the one it runs (0 for long jobs "
-                   "that should start on the first free executor).")
+              help="Tasks each executor holds beyond the one it runs, while jobs take 20 ms "
+                   "or less (longer ones always start on the first free executor).")
 @click.option("--batch", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="Most tasks an executor holds while its jobs take about a millisecond or "
                    "less, to save messages (1: never more than --prefetch allows).")

@@ -8,10 +8,11 @@
 An executor runs each job inside the client's cwd with the client's
 sys.path in front, and restores both afterwards. It holds up to
 ``--prefetch`` tasks beyond the running one (``--batch`` while jobs are
-short), so it need not wait a round trip for its next job, and it sends
-short jobs' results together, none waiting behind the next job
-(``cw.worker.outbox``). Its supervisor starts it as ``python -m cw.executor``
-(see ``Supervisor.spawn``) and restarts it when it dies.
+very short; none while they are long: cw.master.scheduler), so it need
+not wait a round trip for its next job, and it sends short jobs' results
+together, none waiting behind the next job (``cw.worker.outbox``). Its
+supervisor starts it as ``python -m cw.executor`` (``Supervisor.spawn``)
+and restarts it when it dies.
 """
 from __future__ import annotations
 

@@ -140,13 +140,15 @@ def test_cancel_of_a_queued_future_removes_it_from_the_master(cluster):
         assert snap["executors"][0]["done"] == 5  # the cancelled job never ran
 
 
-def test_a_prefetched_job_is_not_running_and_cancels_without_running(cluster, tmp_path):
+def test_a_prefetched_job_is_not_running_and_cancels_without_running(cluster, tmp_path, monkeypatch):
     """One executor holds a job behind the one it runs (--prefetch 1): that
     job has not begun, so it is not running, and cancelling it keeps it
     from ever running."""
+    monkeypatch.setenv("CW_LANES", "0")  # after the first job, the next would take a lane
     port = cluster(1)
     started, release, marker = tmp_path / "started", tmp_path / "release", tmp_path / "ran"
     with ClusterExecutor("127.0.0.1", port, connect_timeout=10) as ex:
+        assert ex.submit(jobs.square, 3).result(30) == 9  # its jobs are short: the master prefetches them
         blocker = ex.submit(jobs.log_pid_and_wait, str(started), str(release))
         behind = ex.submit(jobs.touch, str(marker))
         wait_for(lambda: blocker.running(), what="the blocker to start")
@@ -162,7 +164,7 @@ def test_a_prefetched_job_is_not_running_and_cancels_without_running(cluster, tm
         assert blocker.result(30) > 0
         assert ex.submit(jobs.square, 4).result(30) == 16  # the executor went past where it was
     assert not marker.exists()  # it never ran
-    assert query_status("127.0.0.1", port)["executors"][0]["done"] == 2
+    assert query_status("127.0.0.1", port)["executors"][0]["done"] == 3
 
 
 def test_unreachable_master_raises_within_its_timeout(cw_home):

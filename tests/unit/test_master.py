@@ -42,7 +42,8 @@ class Peer:
 
     def send(self, kind: Kind, header: dict | None = None, *payload: bytes) -> None:
         if kind is Kind.RESULT and header and "id" in header:  # one result, as a batch of one
-            header = {"results": [[header["id"], header["status"], header.get("error"), len(payload)]]}
+            header = {"results": [[header["id"], header["status"], header.get("error"), len(payload),
+                                   header.get("ran")]]}
         self.sock.send_multipart(Message(kind, header or {}, payload).to_frames())
 
     def send_raw(self, frames: list) -> None:
@@ -280,12 +281,17 @@ def test_results_of_a_big_batch_come_in_chunks_under_the_header_limit():
 
 
 def two_tasks(master):
-    """A client with jobs 1 and 2 on one executor: 1 running, 2 prefetched."""
+    """A client with jobs 1 and 2 on one executor: 1 running, 2 prefetched
+    (its jobs are known to be short: job 99 ran in a millisecond)."""
     c = client(master)
     sup = Peer(master, b"s")
     sup.send(Kind.READY, {"capacity": 0, **PEER})
     ex = Peer(master, b"e")
     ex.send(Kind.READY, {"capacity": 2, "supervisor": sup.sock.identity.hex(), **PEER})
+    submit(c, 99)
+    task = ex.recv({Kind.TASK})
+    ex.send(Kind.RESULT, {"id": task.header["id"], "status": "ok", "ran": 0.001}, b"v")
+    assert c.recv({Kind.RESULT}).header["id"] == 99
     submit(c, 1, retries=0)
     submit(c, 2, retries=0)
     first, second = ex.recv({Kind.TASK}), ex.recv({Kind.TASK})
@@ -338,23 +344,30 @@ def raw_tasks(peer):
     raise AssertionError("no TASK arrived")
 
 
+def finished(master, state, count):
+    for _ in range(100):
+        master.step(timeout=0.01)
+        if state.done == count:
+            return
+    raise AssertionError(f"the executor did not finish {count} jobs")
+
+
 def test_short_jobs_travel_in_batches_long_ones_one_by_one(master):
     c = client(master)
     c.send(Kind.SUBMIT, {"ids": list(range(1, 1001))}, b"ctx", *[b"call"] * 1000)
     ex = Peer(master, b"e")
     ex.send(Kind.READY, {"capacity": 2, "batch": 64, "supervisor": "", **PEER})
     first = raw_tasks(ex)
-    assert len(first) == 2  # nothing known of its jobs yet: its capacity
-    done = [[tid, "ok", None, 0] for tid in first]
-    ex.send(Kind.RESULT, {"results": done, "busy": 0.00002})  # 10 us a job
-    assert len(raw_tasks(ex)) == 64  # short jobs: up to its batch at once
-    ex.send(Kind.RESULT, {"results": [[first[0] + 2, "ok", None, 0]], "busy": 0.5})  # a long one
+    assert len(first) == 1  # nothing known of its client's jobs yet: none waits behind another
+    ex.send(Kind.RESULT, {"results": [[first[0], "ok", None, 0, 0.00002]], "busy": 0.00002})  # 20 us
+    batch = raw_tasks(ex)
+    assert len(batch) == 64  # short jobs: up to its batch at once
     state = master.executors[ex.sock.identity]
-    for _ in range(100):
-        master.step(timeout=0.01)
-        if state.done == 3:
-            break
+    ex.send(Kind.RESULT, {"results": [[batch[0], "ok", None, 0, 0.5]], "busy": 0.5})  # a long one
+    finished(master, state, 2)
     assert master.sched.window(state) == 2  # back to its capacity at once
+    ex.send(Kind.RESULT, {"results": [[tid, "ok", None, 0, 0.5] for tid in batch[1:]], "busy": 31.5})
+    assert len(raw_tasks(ex)) == 1  # its client's jobs are long now: one at a time
 
 
 def test_batches_leave_work_for_every_executor(master):
@@ -365,9 +378,30 @@ def test_batches_leave_work_for_every_executor(master):
         ex.send(Kind.READY, {"capacity": 2, "batch": 64, "supervisor": "", **PEER})
     c.send(Kind.SUBMIT, {"ids": list(range(1, 41))}, b"ctx", *[b"call"] * 40)
     firsts = [raw_tasks(ex) for ex in executors]
-    assert all(len(ids) == 2 for ids in firsts)
-    executors[0].send(Kind.RESULT, {"results": [[tid, "ok", None, 0] for tid in firsts[0]], "busy": 1e-5})
-    assert len(raw_tasks(executors[0])) == 2 + 32 // 4  # 32 queued, 4 executors
+    assert all(len(ids) == 1 for ids in firsts)
+    executors[0].send(Kind.RESULT, {"results": [[firsts[0][0], "ok", None, 0, 1e-5]], "busy": 1e-5})
+    assert len(raw_tasks(executors[0])) == 2 + 36 // 4  # 36 queued, 4 executors
+
+
+def test_another_clients_job_never_waits_behind_a_long_one_sent_ahead(master):
+    """Client a's jobs take 0.4 s: none is prefetched, and b's job, which comes
+    while a's run, is the next to go (b has no job out: it goes first)."""
+    a, b = client(master), client(master)
+    for jid in range(1, 11):
+        submit(a, jid)
+    ex = Peer(master, b"e")
+    ex.send(Kind.READY, {"capacity": 2, "batch": 64, "supervisor": "", **PEER})
+    for done in range(1, 3):
+        (tid,) = raw_tasks(ex)  # one at a time: the first unknown, then known long
+        state = master.executors[ex.sock.identity]
+        ex.send(Kind.RESULT, {"results": [[tid, "ok", None, 0, 0.4]], "busy": 0.4})
+        finished(master, state, done)
+    (tid,) = raw_tasks(ex)
+    submit(b, 100)
+    assert ex.nothing({Kind.TASK})  # b's job does not wait behind a's running one, either
+    ex.send(Kind.RESULT, {"results": [[tid, "ok", None, 0, 0.4]], "busy": 0.4})
+    task = ex.recv({Kind.TASK})
+    assert bytes(task.payload[1]) == b"call100" and ex.nothing({Kind.TASK})
 
 
 class CountingPoller:
