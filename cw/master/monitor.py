@@ -68,11 +68,12 @@ class Throughput:
 _LANE = -1  # what the executor runs, for its age, while it runs a lane's job (no id of ours)
 
 
-def parse_stats(value: Any) -> Optional[dict[str, tuple[float, int, bool]]]:
+def parse_stats(value: Any) -> Optional[dict[str, tuple[float, int, bool, bool]]]:
     """A supervisor's HEARTBEAT ``stats``, or None if anything in it is malformed.
 
     Expected: ``{executor identity (hex): {"cpu": percent, "rss": bytes}}``,
-    with ``"lane": 1`` for one that runs a job a client sent down its lane.
+    with ``"lane": 1`` for one that runs a job a client sent down its lane and
+    ``"stopped": 1`` for one that is stopped (SIGSTOP).
     """
     if not isinstance(value, dict) or len(value) > MAX_STATS:
         return None
@@ -85,10 +86,10 @@ def parse_stats(value: Any) -> Optional[dict[str, tuple[float, int, bool]]]:
             return None  # (NaN and infinity fail the range check too)
         if not (isinstance(rss, int) and not isinstance(rss, bool) and 0 <= rss < 2**62):
             return None
-        lane = entry.get("lane", 0)
-        if lane not in (0, 1) or isinstance(lane, float):
+        lane, stopped = entry.get("lane", 0), entry.get("stopped", 0)
+        if not all(flag in (0, 1) and not isinstance(flag, float) for flag in (lane, stopped)):
             return None
-        out[key] = (float(cpu), rss, bool(lane))
+        out[key] = (float(cpu), rss, bool(lane), bool(stopped))
     return out
 
 
@@ -109,7 +110,8 @@ class Monitor:
         self.throughput = Throughput(now)
         self.next_tick = now
         self.seen: dict[bytes, _Seen] = {}
-        self.stats: dict[bytes, dict[str, tuple[float, int, bool]]] = {}  # supervisor -> executor -> usage
+        # supervisor -> executor -> usage: (cpu, rss, runs a lane's job, stopped)
+        self.stats: dict[bytes, dict[str, tuple[float, int, bool, bool]]] = {}
         self.retired: dict[bytes, int] = {}  # supervisor -> jobs done by executors since gone
         self.failures: dict[bytes, int] = {}  # supervisor -> jobs that failed there
         self.failed = 0
@@ -209,7 +211,7 @@ class Monitor:
             "lanes_off": lanes_off(books),
         }
 
-    def usage(self, state: "ExecutorState") -> Optional[tuple[float, int, bool]]:
+    def usage(self, state: "ExecutorState") -> Optional[tuple[float, int, bool, bool]]:
         """CPU %, RSS and whether it runs a lane's job, as its supervisor last said."""
         sup = state.supervisor
         return self.stats.get(sup, {}).get(state.identity.hex()) if sup else None
@@ -217,6 +219,11 @@ class Monitor:
     def on_lane(self, state: "ExecutorState") -> bool:
         usage = self.usage(state)
         return usage is not None and usage[2]
+
+    def stopped(self, state: "ExecutorState") -> bool:
+        """Whether its supervisor last said it is stopped (SIGSTOP): then it vouches for it no more."""
+        usage = self.usage(state)
+        return usage is not None and usage[3]
 
     def executor_view(self, state: "ExecutorState", now: float) -> dict:
         seen = self.seen.get(state.identity)

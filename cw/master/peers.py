@@ -17,11 +17,12 @@ a signal                DIED{executor, exitcode|signal,  min(0.5 s, heartbeat)  
                                                          dying lands first)      none for a lane
                                                                                  job (SLOT_MARK)
 silence: its host or    ``beat``: neither it nor its     ``beat`` ->             the first job in
-the network gone, its   supervisor heard for             ``requeue(count)``      ``running``
-whole worker frozen     heartbeat * liveness seconds
-(SIGSTOP), supervisor   (a busy executor cannot beat;
-killed (executors die   its supervisor vouches for it)
-with it: PDEATHSIG)
+the network gone, it    supervisor heard for             ``requeue(count)``      ``running``
+or its whole worker     heartbeat * liveness seconds
+frozen (SIGSTOP),       (a busy executor cannot beat;
+supervisor killed       its supervisor vouches for it,
+(executors die with     unless it says it is stopped)
+it: PDEATHSIG)
 drain: SIGTERM, SLURM   the supervisor: DRAIN (no new    ``on_drain``, then      none
 time limit              tasks, lane withdrawn), then     ``on_depart``
                         DEPART once its executors have
@@ -33,8 +34,11 @@ leaves or restarts:     the executor: BYE, or READY      ``on_bye`` /           
 BYE, re-registration    again under the same identity    ``on_ready``
 =====================  ==============================  ======================  ================
 
-A frozen executor whose supervisor still beats is vouched for: only its
-job's ``timeout=`` (a kill) frees its jobs. A client that goes silent or
+A busy executor whose supervisor still beats is vouched for, however long
+its job; one its supervisor says is stopped (SIGSTOP: ``"stopped"`` in the
+HEARTBEAT's stats) is not, and is dropped like a silent one once it has
+been silent for ``heartbeat * liveness`` (its late messages are then those
+of a stranger, which must register again). A client that goes silent or
 says BYE is dropped (``drop_client``): its jobs are cancelled, and a job of
 it that has started is stopped by killing its executor.
 """
@@ -173,9 +177,10 @@ class Peers:
                 del b.supervisors[ident]
                 log.warning("worker %s:%s missed its heartbeats", state.info.host, state.info.pid)
         for ident, state in list(b.executors.items()):
-            # A busy executor cannot heartbeat; its supervisor vouches for it.
+            # A busy executor cannot heartbeat; its supervisor vouches for it, unless it is stopped.
             sup = b.supervisors.get(state.supervisor) if state.supervisor else None
-            if max(state.last_seen, sup.last_seen if sup else 0.0) < limit:
+            vouched = sup.last_seen if sup and not self.monitor.stopped(state) else 0.0
+            if max(state.last_seen, vouched) < limit:
                 self.requeue(b.executors.pop(ident), "missed its heartbeats", count=True)
         beat = Message(Kind.HEARTBEAT)
         for ident in [*b.clients, *b.executors, *b.supervisors]:

@@ -13,7 +13,8 @@ class Usage:
         self.procs: dict[int, psutil.Process] = {}
 
     def header(self, executors: list[tuple[bytes, int, bool]]) -> dict:
-        """``{"stats": {...}}`` for ``(identity, pid, runs a lane's job)`` of the live executors."""
+        """``{"stats": {...}}`` for ``(identity, pid, runs a lane's job)`` of the live executors;
+        one that is stopped (SIGSTOP) is said to be, so that the master no longer vouches for it."""
         stats: dict[str, dict] = {}
         live = set()
         for ident, pid, on_lane in executors[:MAX_STATS]:
@@ -24,8 +25,10 @@ class Usage:
                     proc = self.procs[pid] = psutil.Process(pid)
                     proc.cpu_percent(None)  # the first call only starts the measurement
                 with proc.oneshot():
-                    stats[ident.hex()] = {"cpu": round(proc.cpu_percent(None), 1),
-                                          "rss": proc.memory_info().rss, **({"lane": 1} if on_lane else {})}
+                    entry = {"cpu": round(proc.cpu_percent(None), 1), "rss": proc.memory_info().rss}
+                    stopped = proc.status() == psutil.STATUS_STOPPED
+                stats[ident.hex()] = {**entry, **({"lane": 1} if on_lane else {}),
+                                      **({"stopped": 1} if stopped else {})}
             except (psutil.Error, OSError):
                 continue  # gone meanwhile: the supervisor reports its death
         for pid in [p for p in self.procs if p not in live]:

@@ -76,7 +76,10 @@ def test_executor_killed_under_a_lane_job_loses_nothing(cluster, tmp_path):
     assert status(port)["counts"]["lost"] == 0
 
 
-def test_a_frozen_lane_executors_job_moves_on_within_the_heartbeat_window(cluster, procs, tmp_path):
+@pytest.mark.parametrize("frozen", ["worker", "executor"])
+def test_a_frozen_lane_executors_job_moves_on_within_the_heartbeat_window(cluster, procs, tmp_path, frozen):
+    """A hung node (the whole worker stopped) or an executor stopped alone
+    (its supervisor still beats, and says it is stopped)."""
     port = cluster(0, master_args=FAST)
     workers = [procs.worker(port, *FAST) for _ in range(2)]
     wait_workers(port, 2)
@@ -91,7 +94,7 @@ def test_a_frozen_lane_executors_job_moves_on_within_the_heartbeat_window(cluste
         fut.add_done_callback(lambda f: got.append(f.result()))
         wait_for(lambda: log.exists() and log.read_text(), what="the job to start")
         assert log.read_text().split() == ["start", str(victim)]  # down the lane
-        frozen = procs.kill_tree(owner.pid, signal.SIGSTOP)  # the whole worker, as a hung node
+        frozen = procs.kill_tree(owner.pid if frozen == "worker" else victim, signal.SIGSTOP)
         try:
             frozen_at = time.monotonic()
             wait_for(lambda: len(log.read_text().split()) == 4, what="the job to start elsewhere")

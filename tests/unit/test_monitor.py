@@ -5,9 +5,13 @@ import json
 import logging
 import math
 import os
+import signal
+import subprocess
 import sys
 
+import psutil
 import pytest
+from conftest import wait_for
 from test_master import PEER, Peer, client, executor, running_master, submit
 
 from cw import logfiles
@@ -40,7 +44,8 @@ def test_throughput_counts_each_second_and_forgets_after_a_minute():
     {"e1": {"cpu": 1.0}}, {"e1": [1, 2]}, {"x" * 100: {"cpu": 1, "rss": 1}},
     {f"e{i}": {"cpu": 1, "rss": 1} for i in range(10_000)},
     {"e1": {"cpu": 1.0, "rss": 1, "lane": 2}}, {"e1": {"cpu": 1.0, "rss": 1, "lane": 1.0}},
-    {"e1": {"cpu": 1.0, "rss": 1, "lane": "yes"}},
+    {"e1": {"cpu": 1.0, "rss": 1, "lane": "yes"}}, {"e1": {"cpu": 1.0, "rss": 1, "stopped": 2}},
+    {"e1": {"cpu": 1.0, "rss": 1, "stopped": True}},
 ])
 def test_malformed_worker_stats_are_refused(bad):
     assert parse_stats(bad) is None
@@ -52,6 +57,20 @@ def test_usage_reports_cpu_and_rss_of_live_processes():
                           (b"e3", os.getpid(), True)])["stats"]  # it runs a lane's job
     assert list(stats) == [b"e1".hex(), b"e3".hex()] and stats[b"e1".hex()]["rss"] > 1 << 20
     assert [v[2] for v in parse_stats(stats).values()] == [False, True]
+
+
+def test_usage_says_which_executor_is_stopped():
+    usage = Usage()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        child.send_signal(signal.SIGSTOP)
+        wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_STOPPED, what="the stop")
+        stats = usage.header([(b"e1", os.getpid(), False), (b"e2", child.pid, False)])["stats"]
+        assert "stopped" not in stats[b"e1".hex()] and stats[b"e2".hex()]["stopped"] == 1
+        assert [v[3] for v in parse_stats(stats).values()] == [False, True]
+    finally:
+        child.kill()
+        child.wait(10)
 
 
 def supervisor(master, procs=2):
