@@ -87,7 +87,7 @@ def parse_stats(value: Any) -> Optional[dict[str, tuple[float, int, bool, bool]]
         if not (isinstance(rss, int) and not isinstance(rss, bool) and 0 <= rss < 2**62):
             return None
         lane, stopped = entry.get("lane", 0), entry.get("stopped", 0)
-        if not all(flag in (0, 1) and not isinstance(flag, float) for flag in (lane, stopped)):
+        if not all(type(flag) is int and flag in (0, 1) for flag in (lane, stopped)):
             return None
         out[key] = (float(cpu), rss, bool(lane), bool(stopped))
     return out
