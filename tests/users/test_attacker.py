@@ -270,3 +270,61 @@ def test_the_dashboard_is_the_owners_alone(users):
     assert idle.stdout.readline().strip() == "holding"
     assert owner.run([sys.executable, "-c", probe, url + "api/status"]).stdout.strip() == "200"
     assert psutil.Process(master.pid).num_threads() <= threads
+
+
+SEQUENTIAL = """
+import sys
+from cw.client import ClusterExecutor
+with ClusterExecutor("127.0.0.1", int(sys.argv[1]), connect_timeout=20) as ex:
+    print(sum(ex.submit(pow, i, 2).result(60) for i in range(300)))
+"""
+
+
+def test_directories_another_user_made_first_do_not_turn_lanes_off(users):
+    """Item 7: the attacker makes the directories cw used to put lanes and
+    blobs in (/dev/shm/cw-lanes-UID, cw-blobs-UID); the owner's sequential
+    jobs still take a lane, and `cw status` says no lane is off."""
+    owner, other = users
+    for name in (f"cw-lanes-{owner.uid}", f"cw-blobs-{owner.uid}"):
+        done = other.run(["mkdir", "-m", "0777", f"/dev/shm/{name}"])
+        assert done.returncode == 0, done.stderr
+    _, port = start_master(owner, *FAST)
+    start_worker(owner, port, *FAST)
+    ran = owner.python(SEQUENTIAL, str(port), timeout=120)
+    assert ran.stdout.strip() == str(sum(i * i for i in range(300))), ran.stderr
+    status = cw_cli(owner, "status", "--json", env={"CW_PORT": str(port)})
+    snap = json.loads(status.stdout)
+    assert snap["counts"]["laned"] > 0 and snap["lanes_off"] == {}
+    assert "lanes off" not in cw_cli(owner, "status", env={"CW_PORT": str(port)}).stdout
+
+
+PLANT = """
+import os, sys
+ns = os.stat("/proc/self/ns/pid").st_ino
+for i in range(int(sys.argv[1])):  # named like cw's files, after a pid that is gone
+    open(f"/dev/shm/cw-{ns}-4194000-{i:032x}", "wb").close()
+print("planted", flush=True)
+"""
+
+
+def test_files_another_user_planted_are_not_swept_nor_claimed(users):
+    """Item 8: 100,000 files named like cw's in /dev/shm, of the attacker's;
+    the owner's cluster starts and runs, removes none, and its logs claim no
+    removal."""
+    owner, other = users
+    planted = other.run([sys.executable, "-c", PLANT, "100000"], timeout=300)
+    assert planted.stdout.strip() == "planted", planted.stderr
+    try:
+        started = cw_cli(owner, "local", "start", "-n", "1", timeout=120)
+        assert started.returncode == 0, started.stderr
+        ran = owner.python(SEQUENTIAL.replace('"127.0.0.1", int(sys.argv[1]), ', ""), timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        assert cw_cli(owner, "local", "stop", timeout=120).returncode == 0
+        left = sum(1 for name in os.listdir("/dev/shm") if name.startswith("cw-") and "-4194000-" in name)
+        assert left == 100_000
+        logs = "".join(p.read_text() for p in (owner.cw_home / "default" / "logs").glob("*.log"))
+        assert logs and "removed" not in logs
+    finally:
+        for name in os.listdir("/dev/shm"):
+            if "-4194000-" in name:
+                os.unlink(f"/dev/shm/{name}")
