@@ -40,12 +40,16 @@ def check_name(name: str, what: str = "cluster") -> str:
     return name
 
 
-def trusted(path: Path, fix: str, private: bool = False) -> Path:
+def trusted(path: Path, fix: str, private: bool = False, sticky: bool = False) -> Path:
     """``path`` if no other user made it or may change what it holds, as
-    OpenSSH's StrictModes checks: a directory owned by this user (or root)
-    that nobody else may write in (a ``private`` one: nobody else may enter),
-    and, if it is a link, a link of this user (or root). An absent one
-    passes: cw creates it 0700. Else a ClusterError naming it and ``fix``."""
+    OpenSSH's StrictModes checks (the directory itself, not its parents): a
+    directory owned by this user (or root) that nobody else may write in (a
+    ``private`` one: nobody else may enter), and, if it is a link, a link of
+    this user (or root). With ``sticky``, a sticky directory of root's that
+    anyone may write in passes too (like /tmp, or a container image's
+    /var/log/cw): nobody else may remove or rename a file of ours there, and
+    files there are opened without following links. An absent one passes:
+    cw creates it 0700. Else a ClusterError naming it and ``fix``."""
     try:
         link = os.lstat(path)
         st = os.stat(path) if stat.S_ISLNK(link.st_mode) else link
@@ -63,6 +67,8 @@ def trusted(path: Path, fix: str, private: bool = False) -> Path:
         problem = f"owned by uid {st.st_uid}, not you (uid {me})"
     elif not stat.S_ISDIR(st.st_mode):
         problem = "not a directory"
+    elif sticky and st.st_uid == 0 and st.st_mode & stat.S_ISVTX:
+        pass
     elif st.st_mode & (0o077 if private else 0o022):
         others = "others may enter it" if private and not st.st_mode & 0o022 else "others may write in it"
         problem, fix = f"{others} (mode {stat.S_IMODE(st.st_mode):04o})", \

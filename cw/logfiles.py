@@ -39,13 +39,15 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # all but tab: a termin
 
 def logs_dir(cluster_dir: Path) -> Path:
     """``$CW_LOG_DIR`` if set (refused where another user made it or may write
-    in it), else the cluster directory's ``logs/``."""
+    in it, unless it is root's and sticky, like /tmp), else the cluster
+    directory's ``logs/``."""
     from .cluster import trusted
 
     value = os.environ.get("CW_LOG_DIR", "").strip()
     if not value:
         return cluster_dir / "logs"
-    return trusted(Path(value).expanduser(), "remove it or set CW_LOG_DIR to a directory of yours")
+    return trusted(Path(value).expanduser(), "remove it or set CW_LOG_DIR to a directory of yours",
+                   sticky=True)
 
 
 def open_log(path: Path) -> int:

@@ -225,3 +225,25 @@ def start_child_and_die(pidfile):
     with open(pidfile, "w") as f:
         f.write(str(child.pid))
     os._exit(3)
+
+
+_pools: dict = {}
+
+
+def pool_square(x, method="fork"):
+    """``x * x`` from a multiprocessing pool of 2 kept between jobs (one per
+    start method): its workers' pids and the answer."""
+    import multiprocessing
+
+    pool = _pools.get(method)
+    if pool is None:
+        pool = _pools[method] = multiprocessing.get_context(method).Pool(2)
+    return sorted(p.pid for p in pool._pool), pool.apply_async(square, (x,)).get(30)
+
+
+def pool_in_job(x, method="forkserver"):
+    """``x * x`` from a pool made and closed inside the job."""
+    import multiprocessing
+
+    with multiprocessing.get_context(method).Pool(2) as pool:
+        return pool.apply_async(square, (x,)).get(30)

@@ -112,6 +112,7 @@ class Monitor:
         self.seen: dict[bytes, _Seen] = {}
         # supervisor -> executor -> usage: (cpu, rss, runs a lane's job, stopped)
         self.stats: dict[bytes, dict[str, tuple[float, int, bool, bool]]] = {}
+        self.stopped_at: dict[bytes, dict[str, float]] = {}  # supervisor -> executor -> stopped since
         self.retired: dict[bytes, int] = {}  # supervisor -> jobs done by executors since gone
         self.failures: dict[bytes, int] = {}  # supervisor -> jobs that failed there
         self.failed = 0
@@ -131,7 +132,7 @@ class Monitor:
     def sample(self, books: "Books", now: float) -> None:
         self.throughput.sample(now, books.counts["done"] + books.counts["lost"])
         self.track(books.executors, now)
-        for table in (self.stats, self.retired, self.failures):
+        for table in (self.stats, self.stopped_at, self.retired, self.failures):
             for sup in [s for s in table if s not in books.supervisors]:
                 del table[sup]
         if self.dashboard is not None and self.dashboard.wanted():  # someone looked lately
@@ -173,10 +174,12 @@ class Monitor:
             if state.supervisor is not None:
                 self.failures[state.supervisor] = self.failures.get(state.supervisor, 0) + failed
 
-    def worker_stats(self, identity: bytes, value: Any) -> None:
+    def worker_stats(self, identity: bytes, value: Any, now: float) -> None:
         stats = parse_stats(value)
         if stats is not None:
             self.stats[identity] = stats
+            was = self.stopped_at.get(identity, {})
+            self.stopped_at[identity] = {key: was.get(key, now) for key, usage in stats.items() if usage[3]}
 
     # -- the snapshot ----------------------------------------------------------
     def snapshot(self, books: "Books", now: float) -> dict:
@@ -220,10 +223,11 @@ class Monitor:
         usage = self.usage(state)
         return usage is not None and usage[2]
 
-    def stopped(self, state: "ExecutorState") -> bool:
-        """Whether its supervisor last said it is stopped (SIGSTOP): then it vouches for it no more."""
-        usage = self.usage(state)
-        return usage is not None and usage[3]
+    def stopped_since(self, state: "ExecutorState") -> Optional[float]:
+        """Since when its supervisor has said it is stopped (SIGSTOP) at every
+        HEARTBEAT, or None: long enough, and it vouches for it no more."""
+        sup = state.supervisor
+        return self.stopped_at.get(sup, {}).get(state.identity.hex()) if sup else None
 
     def executor_view(self, state: "ExecutorState", now: float) -> dict:
         seen = self.seen.get(state.identity)

@@ -35,10 +35,11 @@ BYE, re-registration    again under the same identity    ``on_ready``
 =====================  ==============================  ======================  ================
 
 A busy executor whose supervisor still beats is vouched for, however long
-its job; one its supervisor says is stopped (SIGSTOP: ``"stopped"`` in the
-HEARTBEAT's stats) is not, and is dropped like a silent one once it has
-been silent for ``heartbeat * liveness`` (its late messages are then those
-of a stranger, which must register again). A client that goes silent or
+its job; one its supervisor has said is stopped (SIGSTOP: ``"stopped"`` in
+the HEARTBEAT's stats) for ``heartbeat * liveness`` is not, and is dropped
+like a silent one once it has been silent that long too (its late
+messages are then those of a stranger, which must register again). A
+stop shorter than that costs nothing. A client that goes silent or
 says BYE is dropped (``drop_client``): its jobs are cancelled, and a job of
 it that has started is stopped by killing its executor.
 """
@@ -130,7 +131,7 @@ class Peers:
             return
         beat: Heartbeat = msg.body
         if beat.stats is not None and identity in self.books.supervisors:
-            self.monitor.worker_stats(identity, beat.stats)  # ignored if malformed
+            self.monitor.worker_stats(identity, beat.stats, now)  # ignored if malformed
         elif beat.lane is not None and identity in self.books.executors:  # jobs its lane ran
             state, ran = self.books.executors[identity], beat.lane
             state.done += ran
@@ -177,9 +178,11 @@ class Peers:
                 del b.supervisors[ident]
                 log.warning("worker %s:%s missed its heartbeats", state.info.host, state.info.pid)
         for ident, state in list(b.executors.items()):
-            # A busy executor cannot heartbeat; its supervisor vouches for it, unless it is stopped.
+            # A busy executor cannot heartbeat; its supervisor vouches for it, unless it has
+            # said for the whole window that it is stopped.
             sup = b.supervisors.get(state.supervisor) if state.supervisor else None
-            vouched = sup.last_seen if sup and not self.monitor.stopped(state) else 0.0
+            since = self.monitor.stopped_since(state)
+            vouched = sup.last_seen if sup and (since is None or since > limit) else 0.0
             if max(state.last_seen, vouched) < limit:
                 self.requeue(b.executors.pop(ident), "missed its heartbeats", count=True)
         beat = Message(Kind.HEARTBEAT)

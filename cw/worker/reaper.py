@@ -21,6 +21,14 @@ A process the user wants to outlive its job starts in a session (or
 group) of its own: ``subprocess.Popen(..., start_new_session=True)``,
 ``os.setsid()``. It is spared (and reaped after a job, once it ended):
 no kill of the executor's group reaches it, so it is the user's to stop.
+
+The processes ``multiprocessing`` manages for this process (the workers
+of a ``Pool`` or ``ProcessPoolExecutor`` kept between jobs, a ``Process``
+still referenced, the forkserver, the resource tracker) and what runs
+under them are spared too, and never reaped here: multiprocessing reaps
+them itself, and one killed or reaped behind its back breaks the next
+job that uses it (a pool that never replaces its workers, a forkserver
+that raises ``ChildProcessError``). They end with the executor.
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ import ctypes
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Optional
@@ -53,7 +62,7 @@ class Reaper:
         if not raw.strip():
             return
         kids = {int(pid) for pid in raw.split()}
-        if kids <= self.spared:
+        if kids <= self.spared | _multiprocessing_pids():
             self.spared = _reap(self.spared)  # the user's processes that ended meanwhile
             return
         self.sweep()
@@ -65,9 +74,12 @@ class Reaper:
         group, me = os.getpgrp(), os.getpid()
         for _ in range(5):  # a process killed mid-fork may leave a child the first pass missed
             doomed = []
+            managed = _multiprocessing_pids()
             for p in psutil.Process(me).children(recursive=True):
                 try:
-                    if os.getpgid(p.pid) == group:
+                    if p.pid in managed or p.ppid() in managed:
+                        managed.add(p.pid)  # (children come after their parents)
+                    elif os.getpgid(p.pid) == group:
                         os.kill(p.pid, signal.SIGKILL)
                         doomed.append(p.pid)
                     elif p.ppid() == me:
@@ -109,6 +121,22 @@ def after_job() -> None:
     """A job returned: end what it left in our group (a microsecond when nothing)."""
     if _reaper is not None:
         _reaper.after_job()
+
+
+def _multiprocessing_pids() -> set[int]:
+    """The processes multiprocessing runs for this one (see above); nothing
+    where the job never imported it."""
+    pids: set[int] = set()
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        pids.update(p.pid for p in list(process._children) if p.pid)  # type: ignore[attr-defined]
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    if forkserver is not None and forkserver._forkserver._forkserver_pid:  # type: ignore[attr-defined]
+        pids.add(forkserver._forkserver._forkserver_pid)  # type: ignore[attr-defined]
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    if tracker is not None and tracker._resource_tracker._pid:  # type: ignore[attr-defined]
+        pids.add(tracker._resource_tracker._pid)  # type: ignore[attr-defined]
+    return pids
 
 
 def _other_threads_children() -> bytes:

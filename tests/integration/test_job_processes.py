@@ -93,3 +93,16 @@ def test_a_jobs_processes_end_when_its_executor_dies_under_it(cluster, tmp_path)
                      timeout=5, what="the dead executor's child to be killed")
         finally:
             kill(child)
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_what_multiprocessing_manages_is_left_to_it(cluster, method):
+    """A pool kept between jobs keeps its workers and serves the next job; a
+    pool made in each job (through the forkserver, whose server and
+    resource tracker outlive the job) works again and again."""
+    port = cluster(1, worker_args=FAST, master_args=FAST)
+    with ClusterExecutor("127.0.0.1", port, **CLIENT_FAST) as ex:
+        workers, answer = ex.submit(jobs.pool_square, 3, method).result(60)
+        assert answer == 9
+        assert ex.submit(jobs.pool_square, 4, method).result(60) == (workers, 16)  # the same workers
+        assert [ex.submit(jobs.pool_in_job, i, method).result(60) for i in range(3)] == [0, 1, 4]

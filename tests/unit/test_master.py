@@ -222,6 +222,32 @@ def test_malformed_message_is_counted_and_answered(master):
     assert c.recv({Kind.RESULT}).header["status"] == "ok"
 
 
+def test_an_executor_its_supervisor_says_is_stopped_loses_its_voucher_after_the_window():
+    now = [1000.0]
+    with running_master(clock=lambda: now[0]) as master:
+        c, sup, ex, first, second = two_tasks(master)
+        window = master.heartbeat * master.liveness
+        stopped = {"stats": {ex.sock.identity.hex(): {"cpu": 0.0, "rss": 1 << 20, "stopped": 1}}}
+
+        def beat(at, stats):
+            now[0] = at
+            sup.send(Kind.HEARTBEAT, stats)
+            c.send(Kind.HEARTBEAT)  # the client is alive
+            sup.nothing({Kind.KILL})  # (steps the master: the beats arrive)
+            master.peers.beat(at)
+
+        beat(1000.0 + 0.5 * window, {"stats": {}})  # busy: it says nothing, its supervisor vouches
+        beat(1000.0 + 1.5 * window, stopped)  # stopped just now: still vouched for
+        assert ex.sock.identity in master.executors
+        beat(1000.0 + 2.0 * window, {"stats": {}})  # it ran again: a short stop costs nothing
+        beat(1000.0 + 2.5 * window, stopped)
+        assert ex.sock.identity in master.executors
+        beat(1000.0 + 3.6 * window, stopped)  # stopped for the whole window, and silent: dropped
+        assert ex.sock.identity not in master.executors
+        res = c.recv({Kind.RESULT}).header  # charged to the job it ran (no retries left), as a death
+        assert (res["id"], res["status"]) == (1, "lost")
+
+
 def test_submit_from_unknown_peer_asks_for_hello(master):
     stranger = Peer(master, b"c")
     submit(stranger, 1)

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import ROOT, wait_for
 
 from cw.cli import main
-from cw.cluster import cluster_dir
+from cw.cluster import cluster_dir, trusted
 from cw.errors import ClusterError
 from cw.launch.sshcmd import parse_machines
 from cw.logfiles import role_log_file
@@ -149,6 +149,13 @@ def test_a_log_dir_another_user_made_is_refused(cw_home, tmp_path, monkeypatch):
     os.chown(logs, 0, 0)
     os.chmod(logs, 0o777)
     with pytest.raises(ClusterError, match=f"refusing {logs}: others may write in it .*chmod go-w"):
+        role_log_file(None, "worker")
+    os.chmod(logs, 0o1777)  # root's and sticky, like /tmp or an image's /var/log/cw: a log dir, not a home
+    assert role_log_file(None, "worker").parent == logs
+    with pytest.raises(ClusterError, match=f"refusing {logs}: others may write in it"):
+        trusted(logs, "fix")
+    os.chown(logs, NOBODY, NOBODY)  # another user's sticky directory is still refused
+    with pytest.raises(ClusterError, match=f"refusing {logs}: owned by uid {NOBODY}"):
         role_log_file(None, "worker")
 
 
