@@ -166,12 +166,19 @@ def pid_namespace() -> Optional[str]:
         return None
 
 
+# How far a process's create time, as psutil computes it, may move: it adds the
+# boot time, which the kernel derives from the wall clock, so a clock step moves
+# it by a second. A pid reused within a second of its last owner's start is not
+# a case to guard against.
+CREATE_TIME_SLACK = 1.0
+
+
 def pid_alive(pid: object, create_time: Optional[float] = None) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 0.01:
+        if create_time is not None and abs(proc.create_time() - create_time) > CREATE_TIME_SLACK:
             return False  # the pid was reused by another process
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:

@@ -339,11 +339,17 @@ class Processes:
     def cleanup(self) -> list[psutil.Process]:
         """Kill every tree we started; return what is still alive after."""
         self.observe()
+        for popen in self.popens:  # ours until waited for: no other process can have its pid
+            if popen.poll() is None:
+                popen.kill()
+                self.killed.append(popen.pid)
         procs = []
         for pid, created in self.seen.items():
             try:
                 p = psutil.Process(pid)
-                if abs(p.create_time() - created) < 0.01:
+                # (create times are computed from the boot time, which the kernel derives
+                # from the wall clock: a clock step moves them by a second)
+                if abs(p.create_time() - created) < 1.0:
                     procs.append(p)
             except psutil.Error:
                 pass

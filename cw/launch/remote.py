@@ -30,6 +30,7 @@ from typing import Any, Optional
 import psutil
 
 from .. import shmdir
+from ..cluster import CREATE_TIME_SLACK
 from .local import _terminate_trees
 
 PRIVATE_ROOT = "~/.cw/ssh"  # cluster homes of machines that do not share the head's
@@ -121,7 +122,7 @@ def _process(record: dict) -> Optional[psutil.Process]:
     """The recorded process if it still runs (a reused pid is not it)."""
     try:
         proc = psutil.Process(record["pid"])
-        if abs(proc.create_time() - float(record.get("create_time", 0))) > 0.01:
+        if abs(proc.create_time() - float(record.get("create_time", 0))) > CREATE_TIME_SLACK:
             return None
         return None if proc.status() == psutil.STATUS_ZOMBIE else proc
     except psutil.Error:

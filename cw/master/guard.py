@@ -21,10 +21,14 @@ hard limit at start, less those open) fall below a reserve kept for
 authenticated peers, or more than ``MAX_PENDING`` connections are pending,
 the oldest pending connection is shut down (a ``shutdown(2)`` on a
 duplicate of libzmq's descriptor, once its inode shows it is still that
-connection; libzmq then closes it as if the peer had gone). A peer that is
-authenticating takes a few milliseconds and is the newest: the oldest pending
-are the idle ones. What was refused or closed is logged once a minute at
-most, never once per connection.
+connection; libzmq then closes it as if the peer had gone). libzmq closes
+a connection whose handshake has not completed within
+``HANDSHAKE_SECONDS``, so one still open after that has authenticated,
+though it may not have spoken yet (an executor busy with a long job after
+a master restart): it is no longer pending, and never shed. A connection
+younger than ``MIN_AGE`` is not shed either: an admitted peer completes
+its handshake and speaks within a few milliseconds. What was refused or
+closed is logged once a minute at most, never once per connection.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_SECONDS = 5.0  # an accepted connection has this long to complete its handshake
 MAX_PENDING = 1024  # connections accepted, not yet heard from
+MIN_AGE = 0.05  # seconds a new connection has to authenticate and speak before it may be shed
 REPORT_SECONDS = 60.0  # at most one log line per this long for each kind of trouble
 EVENT_BATCH = 1000  # monitor events read per turn of the master's loop
 COUNT_SECONDS = 0.25  # how often the open descriptors are counted (a listing of /proc/self/fd)
@@ -113,8 +118,14 @@ class Guard:
         """Shed the oldest pending connections while descriptors or room run short."""
         if self.pending and (now - self.counted >= COUNT_SECONDS or self.counted < 0):
             self.count(now)
+        authenticated = now - HANDSHAKE_SECONDS - 1.0  # open since: its handshake succeeded
+        while self.pending and next(iter(self.pending.values()))[1] < authenticated:
+            self.pending.popitem(last=False)
         while self.pending and (self.spare < 0 or len(self.pending) > MAX_PENDING):
-            fd, (inode, _) = self.pending.popitem(last=False)
+            fd, (inode, at) = next(iter(self.pending.items()))
+            if now - at < MIN_AGE:
+                break
+            del self.pending[fd]
             if _shut_down(fd, inode):
                 self.shed += 1
                 self.spare += 1

@@ -18,7 +18,6 @@ from ..cli_common import (
     insecure_option,
     log_option,
 )
-from ..host import raise_fd_limit
 from ..logfiles import role_log_file, setup_logging
 
 
@@ -61,7 +60,6 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
         os.environ["CW_LOG_FILE"] = str(logfile)
     os.environ["CW_LOG_LEVEL"] = log_level
     keys = None if insecure else worker_keys(cluster_dir(cluster))
-    raise_fd_limit()  # for the supervisor and the executors it starts
     if slurm and host is None:
         from ..squeue import master_host
 
