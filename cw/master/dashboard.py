@@ -18,7 +18,10 @@ status`` and the master's log hold. It answers only requests naming a host
 it is known by, so a web page elsewhere cannot read it through DNS
 rebinding. One thread accepts connections and hands a connection to a
 bounded pool only once its request has begun to arrive: idle connections
-cost no thread, and past ``WAITING`` of them the oldest is closed.
+cost no thread, and past ``WAITING`` of them the oldest is closed. A pool
+thread gives a connection ``REQUEST_SECONDS`` at most (the accepting thread
+shuts it then), so requests trickled in a byte at a time cannot hold the
+pool.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ POOL = 4  # threads that answer requests
 QUEUED = 16  # connections with a request begun, handed to the pool, not yet taken
 WAITING = 256  # connections silent yet (or waiting for the pool); past it the oldest is closed
 IDLE = 5.0  # seconds a connection may stay silent, before its request and within it
+REQUEST_SECONDS = 10.0  # the most a pool thread gives one connection (a request trickled in, say)
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
        "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'")
@@ -83,6 +87,7 @@ class Dashboard:
         self.names = _known_names(host)
         self.stopping = False
         self.queue: queue.Queue = queue.Queue(QUEUED)
+        self.busy: dict = {}  # connection -> when its pool thread gives up on it (cut by accept)
         self.threads = [threading.Thread(target=self.accept, name="cw-dashboard", daemon=True)]
         self.threads += [threading.Thread(target=self.answer, name=f"cw-dashboard-{i}", daemon=True)
                          for i in range(POOL)]
@@ -120,10 +125,22 @@ class Dashboard:
                     conn.close()
                 while len(ready) > WAITING:  # the pool cannot keep up: the oldest are turned away
                     ready.popleft()[0].close()
+                self.cut_overdue()
         finally:
             for conn in [*waiting, *(conn for conn, _ in ready)]:
                 conn.close()
             sel.close()
+
+    def cut_overdue(self) -> None:
+        """Shut the connections the pool has spent ``REQUEST_SECONDS`` on: a
+        request trickled in a byte at a time must not hold a pool thread."""
+        now = time.monotonic()
+        for conn, deadline in list(self.busy.items()):
+            if deadline < now:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)  # its pool thread's read or write ends at once
+                except OSError:
+                    pass
 
     def take(self, sel: selectors.BaseSelector, waiting: OrderedDict) -> None:
         for _ in range(64):
@@ -146,6 +163,7 @@ class Dashboard:
                 return
             conn, address = item
             conn.setblocking(True)
+            self.busy[conn] = time.monotonic() + REQUEST_SECONDS
             try:
                 self.server.finish_request(conn, address)
             except OSError as e:  # the client went away, or stalled past IDLE
@@ -153,6 +171,7 @@ class Dashboard:
             except Exception:
                 self.server.handle_error(conn, address)
             finally:
+                self.busy.pop(conn, None)
                 self.server.shutdown_request(conn)
 
     def publish(self, snapshot: dict) -> None:

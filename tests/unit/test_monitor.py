@@ -248,3 +248,48 @@ def test_a_line_both_in_a_log_and_in_a_launchers_capture_is_shown_once(tmp_path)
     (tmp_path / "worker-20260101-100000-99.log").write_text(f"{line}\nTraceback (most recent call last):\n")
     assert [x.split("| ", 1)[1] for x in logfiles.merged(logfiles.select(tmp_path))] == [
         line, "Traceback (most recent call last):"]
+
+
+def test_requests_trickled_in_cannot_hold_the_dashboards_pool(monkeypatch):
+    """More slow requests than the pool has threads, each a byte at a time
+    (never silent for IDLE): each is cut after REQUEST_SECONDS, and a real
+    request is answered meanwhile."""
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    from cw.master import dashboard
+
+    monkeypatch.setattr(dashboard, "REQUEST_SECONDS", 1.0)
+    dash = dashboard.Dashboard("127.0.0.1", 0).start()
+    dash.publish({"totals": {}})
+    slow = [socket.create_connection(("127.0.0.1", dash.port), timeout=30) for _ in range(2 * dashboard.POOL)]
+    stop = threading.Event()
+
+    def trickle():  # (and publish, as the master's loop does while someone looks)
+        for i in range(100):
+            dash.publish({"totals": {}})
+            for conn in slow:
+                try:
+                    conn.send(b"GET /x HTTP/1.0\r\nX: "[i % 10:i % 10 + 1])
+                except OSError:
+                    pass
+            if stop.wait(0.2):
+                return
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    try:
+        start = time.monotonic()
+        with urllib.request.urlopen(dash.url + "api/status", timeout=30) as resp:
+            assert resp.status == 200
+        for conn in slow:  # each was cut: the server closed it without an answer
+            assert conn.recv(100) == b""
+        assert time.monotonic() - start < 25  # (bounded by the timeouts above: not a speed check)
+    finally:
+        stop.set()
+        sender.join(30)
+        for conn in slow:
+            conn.close()
+        dash.close()
