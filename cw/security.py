@@ -29,7 +29,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import zmq
 import zmq.auth
@@ -71,20 +71,13 @@ def ensure_keys(cdir: Path) -> Path:
     if (kdir / "master.key_secret").exists():
         return kdir
     cdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = cdir / f".keys-{os.getpid()}-{os.urandom(4).hex()}"
-    tmp.mkdir(mode=0o700)
-    try:
-        for name in ("master", "client"):
-            _, secret = zmq.auth.create_certificates(str(tmp), name)
-            os.chmod(secret, 0o600)
+
+    def fill(tmp: Path) -> None:
+        _key_pairs(tmp, "master", "client")
         (tmp / "authorized").mkdir(mode=0o700)
         shutil.copy(tmp / "client.key", tmp / "authorized" / "owner.key")
-        os.rename(tmp, kdir)  # atomic; fails if another process won the race
-    except OSError:
-        if not (kdir / "master.key_secret").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    _make_once(kdir, "master.key_secret", fill)
     return kdir
 
 
@@ -96,18 +89,30 @@ def ensure_worker_keys(kdir: Path) -> Optional[Path]:
         return wdir
     if not (kdir / "master.key_secret").exists():
         return None  # a machine that holds copied keys only: nothing to make here
-    tmp = kdir / f".worker-{os.getpid()}-{os.urandom(4).hex()}"
+    _make_once(wdir, "worker.key_secret", lambda tmp: _key_pairs(tmp, "worker"))
+    return wdir
+
+
+def _key_pairs(directory: Path, *names: str) -> None:
+    for name in names:
+        _, secret = zmq.auth.create_certificates(str(directory), name)
+        os.chmod(secret, 0o600)
+
+
+def _make_once(target: Path, made: str, fill: Callable[[Path], None]) -> None:
+    """Make the directory ``target`` by ``fill``-ing a private temporary one
+    beside it and renaming that into place: atomic, and safe when several
+    processes race (a loser's copy goes; ``target/made`` shows a winner)."""
+    tmp = target.parent / f".{target.name}-{os.getpid()}-{os.urandom(4).hex()}"
     tmp.mkdir(mode=0o700)
     try:
-        _, secret = zmq.auth.create_certificates(str(tmp), "worker")
-        os.chmod(secret, 0o600)
-        os.rename(tmp, wdir)  # atomic; fails if another process won the race
+        fill(tmp)
+        os.rename(tmp, target)  # atomic; fails if another process won the race
     except OSError:
-        if not (wdir / "worker.key_secret").exists():
+        if not (target / made).exists():
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return wdir
 
 
 def load_secret(path: Path) -> tuple[bytes, bytes]:

@@ -300,18 +300,7 @@ class Processes:
     def master(self, *extra: str, cluster: str = "default") -> tuple[subprocess.Popen, int]:
         proc = self.spawn("-m", "cw.master", "--host", "127.0.0.1", "--port", "0",
                           "--cluster", cluster, *extra)
-        mjson = self.home / cluster / "master.json"
-
-        def ready():
-            assert proc.poll() is None, "master exited at start"
-            try:
-                info = json.loads(mjson.read_text())
-            except (OSError, ValueError):
-                return None
-            return info if info.get("pid") == proc.pid else None
-
-        info = wait_for(ready, what="master.json")
-        return proc, info["port"]
+        return proc, master_json(proc, self.home / cluster / "master.json")["port"]
 
     def worker(self, port: int, *extra: str, procs: int = 1) -> subprocess.Popen:
         return self.spawn("-m", "cw.worker", "127.0.0.1", "--port", str(port),
@@ -402,6 +391,20 @@ def wait_workers(port: int, n: int, executors: int | None = None) -> dict:
             query_status("127.0.0.1", port)),
         what=f"{n} workers",
     )
+
+
+def master_json(proc: subprocess.Popen, path: Path, what: str = "master.json") -> dict:
+    """``path`` once the master ``proc`` wrote it (it records that master's
+    pid); fails the test if that master exits first."""
+    def ready():
+        assert proc.poll() is None, "the master exited at start"
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return info if info.get("pid") == proc.pid else None
+
+    return wait_for(ready, what=what)
 
 
 def stop_gracefully(proc: subprocess.Popen, timeout: float = 20.0) -> int:

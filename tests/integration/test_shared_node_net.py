@@ -1,6 +1,5 @@
 """Another user on the same node: a squatter on the master's port, idle
 connections that exhaust the master's descriptors, and the dashboard."""
-import json
 import os
 import socket
 import stat
@@ -14,7 +13,8 @@ import urllib.request
 import psutil
 import pytest
 import zmq
-from conftest import ROOT, wait_for
+from attacks import FLOOD
+from conftest import ROOT, master_json, wait_for
 
 from cw import SecurityError
 from cw.client import ClusterExecutor
@@ -107,17 +107,7 @@ def master_logged(procs, cw_home, tmp_path, *extra):
     err.close()
     procs.popens.append(proc)
     procs.observe()
-    mjson = cw_home / "default" / "master.json"
-    info = wait_for(lambda: (lambda i: i if i and i.get("pid") == proc.pid else None)(_read(mjson)),
-                    what="master.json")
-    return proc, info, tmp_path / "master.stderr"
-
-
-def _read(path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return proc, master_json(proc, cw_home / "default" / "master.json"), tmp_path / "master.stderr"
 
 
 def http_get(url, host=None):
@@ -173,31 +163,6 @@ def test_idle_connections_cost_the_dashboard_no_thread_and_leave_no_traceback(pr
 
 
 # -- idle connections against the master's descriptors ------------------------
-
-FLOOD = """
-import resource, selectors, socket, sys
-resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-port, n = int(sys.argv[1]), int(sys.argv[2])
-sel = selectors.DefaultSelector()
-def dial():
-    s = socket.socket()
-    s.setblocking(False)
-    s.connect_ex(("127.0.0.1", port))
-    sel.register(s, selectors.EVENT_READ)
-for _ in range(n):
-    dial()
-print("holding", n, flush=True)
-while True:  # say nothing; whatever the master closes is dialled again at once
-    for key, _ in sel.select(1):
-        try:
-            data = key.fileobj.recv(4096)
-        except OSError:
-            data = b""
-        if not data:
-            sel.unregister(key.fileobj)
-            key.fileobj.close()
-            dial()
-"""
 
 
 LIMIT = 256  # the master's descriptors: the flood outnumbers them eightfold

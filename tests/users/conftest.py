@@ -1,14 +1,13 @@
 """Fixtures of the two-user test bed (bed.py)."""
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import master_json
 
 from .bed import Bed, Unavailable, User, why_not
 
@@ -56,17 +55,8 @@ def start_master(owner: User, *extra: str, env: dict | None = None,
     limit = ["prlimit", f"--nofile={files}:{files}", "--"] if files else []
     proc = owner.popen([*limit, sys.executable, "-m", "cw.master", "--host", "127.0.0.1", "--port", "0",
                         *extra], env=env)
-    mjson = owner.cw_home / "default" / "master.json"
-
-    def ready():
-        assert proc.poll() is None, "the owner's master exited at start"
-        try:
-            info = json.loads(mjson.read_text())
-        except (OSError, ValueError):
-            return None
-        return info if info.get("pid") == proc.pid else None
-
-    return proc, wait_for(ready, what="the owner's master.json")["port"]
+    info = master_json(proc, owner.cw_home / "default" / "master.json", "the owner's master.json")
+    return proc, info["port"]
 
 
 def start_worker(owner: User, port: int, *extra: str, env: dict | None = None) -> subprocess.Popen:

@@ -12,6 +12,7 @@ import sys
 
 import psutil
 import pytest
+from attacks import FLOOD
 from conftest import wait_for
 
 from .conftest import start_master, start_worker
@@ -200,32 +201,6 @@ def test_a_squatted_default_port_does_not_stop_a_local_cluster(users):
         assert found.stdout.strip() == "1024", found.stderr
     finally:
         assert cw_cli(owner, "local", "stop", timeout=120).returncode == 0
-
-
-FLOOD = """
-import resource, selectors, socket, sys
-resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-port, n = int(sys.argv[1]), int(sys.argv[2])
-sel = selectors.DefaultSelector()
-def dial():
-    s = socket.socket()
-    s.setblocking(False)
-    s.connect_ex(("127.0.0.1", port))
-    sel.register(s, selectors.EVENT_READ)
-for _ in range(n):
-    dial()
-print("holding", n, flush=True)
-while True:  # say nothing; whatever the master closes is dialled again at once
-    for key, _ in sel.select(1):
-        try:
-            data = key.fileobj.recv(4096)
-        except OSError:
-            data = b""
-        if not data:
-            sel.unregister(key.fileobj)
-            key.fileobj.close()
-            dial()
-"""
 
 
 def test_idle_connections_of_another_user_leave_the_owner_able_to_connect(users):
