@@ -230,17 +230,29 @@ def test_an_executor_its_supervisor_says_is_stopped_loses_its_voucher_after_the_
         stopped = {"stats": {ex.sock.identity.hex(): {"cpu": 0.0, "rss": 1 << 20, "stopped": 1}}}
 
         def beat(at, stats):
-            now[0] = at
+            """The client and the supervisor beat a moment before ``at`` (the
+            master hears both, however loaded the machine), then the master
+            checks its peers at ``at``. Beats come every half window at most,
+            so that the master's own checks in its steps drop no live peer."""
+            now[0] = at - 0.001
             sup.send(Kind.HEARTBEAT, stats)
             c.send(Kind.HEARTBEAT)  # the client is alive
-            sup.nothing({Kind.KILL})  # (steps the master: the beats arrive)
+            heard = (master.clients[c.sock.identity], master.supervisors[sup.sock.identity])
+            for _ in range(500):
+                if all(peer.last_seen == now[0] for peer in heard):
+                    break
+                master.step(timeout=0.01)
+            assert all(peer.last_seen == now[0] for peer in heard)
+            now[0] = at
             master.peers.beat(at)
 
-        beat(1000.0 + 0.5 * window, {"stats": {}})  # busy: it says nothing, its supervisor vouches
+        for half in (0.5, 1.0):
+            beat(1000.0 + half * window, {"stats": {}})  # busy: it says nothing, its supervisor vouches
         beat(1000.0 + 1.5 * window, stopped)  # stopped just now: still vouched for
         assert ex.sock.identity in master.executors
         beat(1000.0 + 2.0 * window, {"stats": {}})  # it ran again: a short stop costs nothing
         beat(1000.0 + 2.5 * window, stopped)
+        beat(1000.0 + 3.0 * window, stopped)
         assert ex.sock.identity in master.executors
         beat(1000.0 + 3.6 * window, stopped)  # stopped for the whole window, and silent: dropped
         assert ex.sock.identity not in master.executors
