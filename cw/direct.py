@@ -115,7 +115,8 @@ class Parked:
 
 
 parked = Parked()  # this process's, shared by its clients
-counts = {"served": 0, "served_bytes": 0, "received": 0, "received_bytes": 0}  # this client's
+counts = {"served": 0, "served_bytes": 0, "received": 0, "received_bytes": 0,  # this client's
+          "sealed": 0}  # executors given a sealed session (cw.seal)
 
 
 def resolve(frames: Any) -> Any:

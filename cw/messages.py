@@ -193,6 +193,7 @@ class Fetch(NamedTuple):  # executor -> master (id), master -> client (executor)
     id: Optional[int] = None  # the task that needs it: how the master finds its client
     executor: Optional[str] = None  # who asks, hex identity: where the BLOB goes
     offset: int = 0  # blobs come in chunks, each asked for in turn
+    seal: bool = False  # direct path only: asks for a sealed bulk channel (cw.seal), not a blob
 
 
 class Blob(NamedTuple):  # client -> master (executor), master -> executor; payload: the bytes
@@ -201,6 +202,7 @@ class Blob(NamedTuple):  # client -> master (executor), master -> executor; payl
     missing: bool = False  # the client holds it no longer: no payload
     offset: int = 0  # where this chunk starts
     total: Optional[int] = None  # the blob's size
+    bulk: Optional[str] = None  # answering FETCH.seal: where the sealed channel listens; payload: its terms
 
 
 class Empty(NamedTuple):  # DRAIN, DEPART, BYE, a STATUS request

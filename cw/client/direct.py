@@ -1,16 +1,23 @@
 """A client's end of the direct path (``cw.direct``): a ROUTER executors of
 other hosts fetch blobs from and push big results to, served by the I/O
-thread beside the master's socket."""
+thread beside the master's socket.
+
+A secure client also binds a plain ROUTER, the bulk channel: an executor
+asks for a session over the CURVE socket (FETCH with ``seal``), gets its
+terms there (BLOB with ``bulk``: where it listens; payload: the session and
+a fresh key) and from then on sends and receives sealed messages there
+(``cw.seal``), at the speed of AES-GCM rather than of CURVE."""
 from __future__ import annotations
 
 import logging
 import random
-from typing import Optional
+from collections import OrderedDict
+from typing import Any, Optional
 
 import zmq
 from zmq.utils import z85
 
-from .. import blobs, direct
+from .. import blobs, direct, seal
 from ..errors import ProtocolError
 from ..protocol import Blob, Kind, Message
 from ..security import ZAP_ENDPOINT, Keys, apply_server
@@ -18,11 +25,17 @@ from ..transport import NOBLOCK, readable, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
+MAX_SESSIONS = 4096  # sealed sessions kept (least recently opened go; theirs then fall back)
+
 
 class DirectServer:
     def __init__(self, ctx: zmq.Context, sock: zmq.Socket, address: str,
-                 zap: Optional[zmq.Socket], keys: Optional[Keys]) -> None:
+                 zap: Optional[zmq.Socket], keys: Optional[Keys],
+                 bulk: Optional[tuple[zmq.Socket, str]] = None) -> None:
         self.ctx, self.sock, self.address, self.zap = ctx, sock, address, zap
+        self.bulk, self.bulk_address = bulk if bulk is not None else (None, None)
+        self.sessions: OrderedDict[bytes, seal.Seal] = OrderedDict()  # the bulk channel's, by routing id
+        self.refused = 0  # bulk messages that did not open (a stranger, a replay): dropped
         # Admitted: the cluster's client key and its workers' key (cw.security).
         self.admitted = set() if keys is None else {z85.decode(k) for k in (keys.public, *keys.peers)}
         self.public = None if keys is None else keys.public
@@ -41,15 +54,12 @@ class DirectServer:
             log.info("no direct path: cannot tell this host's address towards %s", master_host)
             return None
         ctx = zmq.Context()
-        zap = None
+        zap = bulk = None
         if keys is not None:  # its own context: its own ZAP endpoint, whatever else runs here
             zap = ctx.socket(zmq.REP)
             zap.setsockopt(zmq.LINGER, 0)
             zap.bind(ZAP_ENDPOINT)
-        sock = ctx.socket(zmq.ROUTER)
-        for name, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0),
-                            (zmq.MAXMSGSIZE, 2 * blobs.CHUNK + (1 << 16))):
-            sock.setsockopt(name, value)
+        sock = _router(ctx)
         apply_server(sock, None if keys is None else Keys(keys.public, keys.secret, keys.public))
         port = cls._bind(sock, host, low, high)
         if port is None:
@@ -60,7 +70,14 @@ class DirectServer:
                 zap.close()
             ctx.term()
             return None
-        return cls(ctx, sock, f"tcp://{host}:{port}", zap, keys)
+        if keys is not None and seal.available():  # plain: whoever connects, only sealed frames count
+            bulk = _router(ctx)
+            bulk_port = cls._bind(bulk, host, low, high)
+            if bulk_port is None:
+                log.info("direct path on CURVE alone: no second free port in %d-%d", low, high)
+                bulk.close()
+            bulk = None if bulk_port is None else (bulk, f"tcp://{host}:{bulk_port}")
+        return cls(ctx, sock, f"tcp://{host}:{port}", zap, keys, bulk)
 
     @staticmethod
     def _bind(sock: zmq.Socket, host: str, low: int, high: int) -> Optional[int]:
@@ -76,7 +93,7 @@ class DirectServer:
         return None
 
     def sockets(self) -> list:
-        return [s for s in (self.sock, self.zap) if s is not None]
+        return [s for s in (self.sock, self.zap, self.bulk) if s is not None]
 
     def context_fields(self) -> dict:
         return direct.context_fields(self.address, self.public)
@@ -87,16 +104,55 @@ class DirectServer:
             self.authenticate(self.zap.recv_multipart())
         while readable(self.sock):  # a flag read: this runs at every turn of the I/O thread
             frames = recv_frames(self.sock, NOBLOCK)
-            peer = bytes(frames[0])
-            try:
-                msg = Message.from_frames(frames[1:])
-            except ProtocolError as e:
-                log.warning("direct path: dropped a malformed message: %s", e)
+            self.handle(bytes(frames[0]), frames[1:], None)
+        while self.bulk is not None and readable(self.bulk):
+            frames = recv_frames(self.bulk, NOBLOCK)
+            session = self.sessions.get(bytes(frames[0]))
+            opened = None if session is None else session.open(frames[1:])
+            if opened is None:
+                self.refused += 1
+                if self.refused == 1:
+                    log.warning("direct path: dropped a message on the bulk channel that did not open "
+                                "(no such session, a replay or a forgery); more are only counted")
                 continue
-            if msg.kind is Kind.FETCH:
-                self.reply(peer, blobs.answer(msg.body))
-            elif msg.kind is Kind.BLOB:
-                self.take_chunk(peer, msg)
+            self.handle(session.session, opened, session)
+
+    def handle(self, peer: bytes, frames: list, session: Optional[seal.Seal]) -> None:
+        try:
+            msg = Message.from_frames(frames)
+        except ProtocolError as e:
+            log.warning("direct path: dropped a malformed message: %s", e)
+            return
+        if msg.kind is Kind.FETCH:
+            if msg.body.seal:
+                if session is None:
+                    self.open_session(peer)
+                return
+            self.reply(peer, session, blobs.answer(msg.body))
+        elif msg.kind is Kind.BLOB:
+            self.take_chunk(peer, session, msg)
+
+    def open_session(self, peer: bytes) -> None:
+        """Terms of a sealed session for an executor that asked over CURVE;
+        it has none where this client has no bulk channel."""
+        header: dict[str, Any] = {"blob": "", "missing": True}
+        payload: tuple = ()
+        if self.bulk is not None:
+            seal.keep_freed_memory()
+            terms = seal.new_terms()
+            self.sessions[terms[:seal.SESSION_BYTES]] = seal.Seal(terms, seal.CLIENT)
+            while len(self.sessions) > MAX_SESSIONS:
+                self.sessions.popitem(last=False)
+            header = {"blob": "", "total": len(terms), "bulk": self.bulk_address}
+            direct.counts["sealed"] += 1
+            payload = (terms,)
+        send_frames(self.sock, [peer, *Message(Kind.BLOB, header, payload).to_frames()])
+
+    def send(self, peer: bytes, session: Optional[seal.Seal], msg: Message) -> None:
+        if session is None:
+            send_frames(self.sock, [peer, *msg.to_frames()])
+        else:
+            seal.send_copied(self.bulk, [peer, *session.seal(msg.to_frames())])
 
     def authenticate(self, frames: list) -> None:
         version, request_id, *_, mechanism = frames[:6]
@@ -108,14 +164,14 @@ class DirectServer:
                         frames[3].decode(errors="replace"))
         self.zap.send_multipart([version, request_id, *status, b"", b""])
 
-    def reply(self, peer: bytes, msg: Message) -> None:
+    def reply(self, peer: bytes, session: Optional[seal.Seal], msg: Message) -> None:
         body = msg.header
         if not body.get("missing"):
             direct.counts["served"] += body.get("offset") == 0
             direct.counts["served_bytes"] += sum(map(len, msg.payload))
-        send_frames(self.sock, [peer, *msg.to_frames()])
+        self.send(peer, session, msg)
 
-    def take_chunk(self, peer: bytes, msg: Message) -> None:
+    def take_chunk(self, peer: bytes, session: Optional[seal.Seal], msg: Message) -> None:
         """A chunk of a result buffer an executor pushes; all of it parks."""
         body: Blob = msg.body
         try:
@@ -133,7 +189,9 @@ class DirectServer:
             self.pushes.pop((peer, key), None)  # out of order: the executor gives up, uses the master
             return
         parts = entry[0]
-        parts[entry[1]:entry[1] + len(chunk)] = chunk
+        if not seal.put(parts, entry[1], chunk):
+            self.pushes.pop((peer, key), None)
+            return
         entry[1] += len(chunk)
         if entry[1] < body.total:
             return
@@ -142,7 +200,7 @@ class DirectServer:
         direct.counts["received"] += 1
         direct.counts["received_bytes"] += len(parts)
         ack = {"blob": body.blob, "offset": body.total, "total": body.total}
-        send_frames(self.sock, [peer, *Message(Kind.BLOB, ack, (b"",)).to_frames()])
+        self.send(peer, session, Message(Kind.BLOB, ack, (b"",)))
 
     def relayed(self) -> None:
         """An executor asked through the master while this path was offered:
@@ -157,3 +215,11 @@ class DirectServer:
         for sock in self.sockets():
             sock.close(linger=0)
         self.ctx.term()
+
+
+def _router(ctx: zmq.Context) -> zmq.Socket:
+    sock = ctx.socket(zmq.ROUTER)
+    for name, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0),
+                        (zmq.MAXMSGSIZE, 2 * blobs.CHUNK + (1 << 16))):
+        sock.setsockopt(name, value)
+    return sock

@@ -7,6 +7,10 @@ blobs anyway, and its result cannot leave before its buffers have. A client
 not reached within ``CONNECT_SECONDS`` (no handshake) is not tried again for
 ``RETRY_SECONDS``: its jobs use the master's path meanwhile, and the log
 says so once.
+
+Over a secure path the executor then asks for a sealed session (``cw.seal``)
+and moves everything on the client's bulk channel; where that cannot be had
+(an older client, a port that does not answer) it stays on CURVE.
 """
 from __future__ import annotations
 
@@ -14,11 +18,11 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 
-from .. import blobs, direct
+from .. import blobs, direct, seal
 from ..errors import ProtocolError
 from ..protocol import Kind, Message
 from ..security import Keys, apply_client
@@ -34,10 +38,42 @@ _FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
 _HANDSHAKES = zmq.EVENT_HANDSHAKE_SUCCEEDED | _FAILED[0] | _FAILED[1] | _FAILED[2]
 
 
+class Link:
+    """One client's direct path: the CURVE socket, and the sealed bulk
+    channel beside it once agreed."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.bulk: Optional[zmq.Socket] = None
+        self.seal: Optional[seal.Seal] = None
+
+    def send(self, frames: list) -> None:
+        if self.seal is None:
+            send_frames(self.sock, frames)
+        else:
+            seal.send_copied(self.bulk, self.seal.seal(frames))
+
+    def receive(self, seconds: float) -> Optional[list]:
+        """The next message's frames, unsealed; [] for one that did not
+        open; None if none came in time."""
+        sock = self.sock if self.bulk is None else self.bulk
+        if not sock.poll(int(seconds * 1000), zmq.POLLIN):
+            return None
+        frames = recv_frames(sock)
+        if self.seal is None:
+            return frames
+        return self.seal.open(frames) or []
+
+    def close(self) -> None:
+        for sock in (self.sock, self.bulk):
+            if sock is not None:
+                sock.close(linger=0)
+
+
 class DirectPeers:
     def __init__(self, keys: Optional[Keys]) -> None:
         self.keys = keys
-        self.peers: OrderedDict = OrderedDict()  # address -> connected DEALER
+        self.peers: OrderedDict = OrderedDict()  # address -> its Link
         self.failed: dict[str, float] = {}  # address -> when to try it again
         self.on = direct.enabled()
         self.pushed = self.pushed_bytes = 0
@@ -54,16 +90,18 @@ class DirectPeers:
             return None
         return address, key
 
-    def fetch(self, route: Route, key: bytes) -> tuple[Optional[Any], Optional[str]]:
-        """A blob from the job's client: (its bytes, None); (None, why) if
-        the client holds it no longer; (None, None) if the path failed."""
-        sock = self.connect(route)
-        if sock is None:
+    def fetch(self, route: Route, key: bytes, land: Callable[[int], Any] = blobs.zeroed
+              ) -> tuple[Optional[Any], Optional[str]]:
+        """A blob from the job's client, in the memory ``land(size)`` gives:
+        (its bytes, None); (None, why) if the client holds it no longer;
+        (None, None) if the path failed."""
+        link = self.connect(route)
+        if link is None:
             return None, None
         name, parts, got, total, asked = key.hex(), bytearray(), 0, None, 0
-        self.send(sock, Kind.FETCH, {"blob": name, "offset": 0})
+        self.send(link, Kind.FETCH, {"blob": name, "offset": 0})
         while total is None or got < total:
-            msg = self.receive(sock, route)
+            msg = self.receive(link, route)
             if msg is None:
                 return None, None
             body = msg.body
@@ -75,13 +113,14 @@ class DirectPeers:
                     or total is not None and body.total != total:
                 continue
             if total is None:
-                total, parts = body.total, blobs.zeroed(body.total)
+                total, parts = body.total, land(body.total)
             chunk = len(msg.payload[0])
-            parts[got:got + chunk] = msg.payload[0]
+            if not seal.put(parts, got, msg.payload[0]):
+                return None, None  # damaged on the way: the master's path
             got += chunk
             asked = max(asked, got)
             while asked < min(total, got + blobs.WINDOW * max(chunk, 1)):
-                self.send(sock, Kind.FETCH, {"blob": name, "offset": asked})
+                self.send(link, Kind.FETCH, {"blob": name, "offset": asked})
                 asked += chunk
             if not chunk and got < total:
                 return None, None  # a client that sends nothing more: the master's path
@@ -92,74 +131,96 @@ class DirectPeers:
         sent to the client and replaced by its reference; as they were if
         the path failed (they go through the master then)."""
         big = [i for i in range(1, len(frames)) if len(frames[i]) >= blobs.threshold()]
-        sock = self.connect(route) if big else None
-        if sock is None:
+        link = self.connect(route) if big else None
+        if link is None:
             return frames
         out = list(frames)
         for i in big:
             key = os.urandom(blobs.DIGEST_BYTES)  # a name, not a digest: results are never shared
             view = memoryview(frames[i]).cast("B")
             for offset in range(0, max(1, view.nbytes), blobs.CHUNK):
-                self.send(sock, Kind.BLOB, {"blob": key.hex(), "offset": offset, "total": view.nbytes},
+                self.send(link, Kind.BLOB, {"blob": key.hex(), "offset": offset, "total": view.nbytes},
                           view[offset:offset + blobs.CHUNK])
-            if not self.acked(sock, route, key.hex(), view.nbytes):
+            if not self.acked(link, route, key.hex(), view.nbytes):
                 return frames
             out[i] = blobs.REF + key
             self.pushed += 1
             self.pushed_bytes += view.nbytes
         return out
 
-    def acked(self, sock: zmq.Socket, route: Route, name: str, total: int) -> bool:
+    def acked(self, link: Link, route: Route, name: str, total: int) -> bool:
         while True:
-            msg = self.receive(sock, route)
+            msg = self.receive(link, route)
             if msg is None:
                 return False
             if msg.kind is Kind.BLOB and msg.body.blob == name and msg.body.offset == total:
                 return True
 
-    def connect(self, route: Route) -> Optional[zmq.Socket]:
+    def connect(self, route: Route) -> Optional[Link]:
         address, key = route
-        sock = self.peers.get(address)
-        if sock is not None:
+        link = self.peers.get(address)
+        if link is not None:
             self.peers.move_to_end(address)
-            return sock
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        for name, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
-            sock.setsockopt(name, value)
+            return link
+        sock = _dealer()
         if self.keys is not None:
             apply_client(sock, Keys(self.keys.public, self.keys.secret, key.encode()))
-        mon = sock.get_monitor_socket(_HANDSHAKES, addr=f"inproc://cw-direct-{os.urandom(6).hex()}")
-        sock.connect(address)
-        ok = _handshake(mon, time.monotonic() + direct.CONNECT_SECONDS)
-        sock.disable_monitor()
-        mon.close(linger=0)
-        if not ok:
+        if not _connected(sock, address):
             sock.close(linger=0)
             self.give_up(address, f"no handshake within {direct.CONNECT_SECONDS:g} s")
             return None
-        self.peers[address] = sock
+        link = self.peers[address] = Link(sock)
         while len(self.peers) > MAX_PEERS:
-            self.peers.popitem(last=False)[1].close(linger=0)
-        return sock
+            self.peers.popitem(last=False)[1].close()
+        if self.keys is not None and seal.available():
+            self.bulk(link, address)
+        return link
+
+    @staticmethod
+    def bulk(link: Link, address: str) -> None:
+        """Agree on a sealed session over CURVE, then move to the client's
+        bulk channel; stay on CURVE where either cannot be had."""
+        link.send(Message(Kind.FETCH, {"blob": "", "seal": True}).to_frames())
+        frames = link.receive(direct.CONNECT_SECONDS)
+        try:
+            msg = Message.from_frames(frames) if frames else None
+        except ProtocolError:
+            msg = None
+        if msg is None or msg.kind is not Kind.BLOB or msg.body.blob != "" or msg.body.missing:
+            log.info("direct path to %s on CURVE alone: the client offers no sealed channel", address)
+            return
+        terms, where = bytes(msg.payload[0]), msg.body.bulk
+        if len(terms) != seal.TERMS_BYTES or not isinstance(where, str) or not where.startswith("tcp://"):
+            return
+        bulk = _dealer()
+        bulk.setsockopt(zmq.ROUTING_ID, terms[:seal.SESSION_BYTES])
+        if not _connected(bulk, where):
+            bulk.close(linger=0)
+            log.warning("direct path to %s on CURVE alone, slower: its sealed channel at %s does "
+                        "not answer (let compute nodes reach ports CW_DIRECT_PORTS of that host)",
+                        address, where)
+            return
+        link.bulk, link.seal = bulk, seal.Seal(terms, seal.EXECUTOR)
+        seal.keep_freed_memory()
 
     def give_up(self, address: str, why: str) -> None:
         log.warning("cannot use the direct path to the client at %s (%s): its blobs and big results "
                     "go through the master for %g s", address, why, RETRY_SECONDS)
         self.failed[address] = time.monotonic() + RETRY_SECONDS
-        sock = self.peers.pop(address, None)
-        if sock is not None:
-            sock.close(linger=0)
+        link = self.peers.pop(address, None)
+        if link is not None:
+            link.close()
 
     @staticmethod
-    def send(sock: zmq.Socket, kind: Kind, header: dict, chunk: Any = None) -> None:
-        send_frames(sock, Message(kind, header, () if chunk is None else (chunk,)).to_frames())
+    def send(link: Link, kind: Kind, header: dict, chunk: Any = None) -> None:
+        link.send(Message(kind, header, () if chunk is None else (chunk,)).to_frames())
 
-    def receive(self, sock: zmq.Socket, route: Route) -> Optional[Message]:
+    def receive(self, link: Link, route: Route) -> Optional[Message]:
         """The client's next answer; None (and the path given up) if none
         comes within ``cw.blobs.FETCH_SECONDS``."""
-        while sock.poll(int(blobs.FETCH_SECONDS * 1000), zmq.POLLIN):
+        while (frames := link.receive(blobs.FETCH_SECONDS)) is not None:
             try:
-                return Message.from_frames(recv_frames(sock))
+                return Message.from_frames(frames)
             except ProtocolError as e:
                 log.warning("direct path: dropped a malformed message: %s", e)
         self.give_up(route[0], f"no answer within {blobs.FETCH_SECONDS:g} s")
@@ -167,7 +228,24 @@ class DirectPeers:
 
     def close(self) -> None:
         while self.peers:
-            self.peers.popitem()[1].close(linger=0)
+            self.peers.popitem()[1].close()
+
+
+def _dealer() -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    for name, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
+        sock.setsockopt(name, value)
+    return sock
+
+
+def _connected(sock: zmq.Socket, address: str) -> bool:
+    """Connect, and wait up to ``CONNECT_SECONDS`` for the handshake."""
+    mon = sock.get_monitor_socket(_HANDSHAKES, addr=f"inproc://cw-direct-{os.urandom(6).hex()}")
+    sock.connect(address)
+    ok = _handshake(mon, time.monotonic() + direct.CONNECT_SECONDS)
+    sock.disable_monitor()
+    mon.close(linger=0)
+    return ok
 
 
 def _handshake(mon: zmq.Socket, deadline: float) -> bool:

@@ -113,19 +113,37 @@ class Fetcher:
         route = self.route_of(context) if self.direct is not None else None
         if route is None:
             return False
-        data, missing = self.direct.fetch(route, key)
+        files: list = []  # where an argument's blob lands: the host's copy, else a memfd
+
+        def land(size: int) -> Any:
+            if is_function:
+                return blobs.zeroed(size)
+            claim = self.host.claims.get(key) if self.host is not None else None
+            memory, fd = blobs.landing(size, claim)
+            files.append(fd)
+            return memory
+
+        data, missing = self.direct.fetch(route, key, land)
+        fd = files[0] if files else None
         if data is None and missing is None:
+            self.close_landing(key, fd)
             return False  # the path failed: the master's, then
         self.function = is_function
         if missing is not None:
             self.failure = f"{self.what()} {missing}"
-        elif self.direct.keys is None and blobs.digest(data) != key:  # CURVE checks it, else we do
+        elif self.direct.keys is None and blobs.digest(data) != key:  # sealed checks it, else we do
             self.failure = f"{self.what()} arrived damaged: its digest differs"
         else:
-            self.keep(key, data, is_function)
+            self.keep(key, data, is_function, fd)
         if self.failure is not None:
+            self.close_landing(key, fd)
             self.give_up(key)
         return True
+
+    def close_landing(self, key: bytes, fd: Optional[int]) -> None:
+        """A landing file of its own (not the host's claim, which give_up frees)."""
+        if fd is not None and (self.host is None or self.host.claims.get(key) != fd):
+            os.close(fd)
 
     def overdue(self, now: float) -> Optional[str]:
         """The error for the waiting job once its blob is past due (or the
@@ -181,17 +199,23 @@ class Fetcher:
         self.keep(key, data, self.function)
         return None
 
-    def keep(self, key: bytes, data: Any, is_function: bool) -> None:
-        """A blob fetched: kept here, and for the host's other executors."""
-        fd = self.host.publish(key, data) if self.host is not None else None
+    def keep(self, key: bytes, data: Any, is_function: bool, landed: Optional[int] = None) -> None:
+        """A blob fetched: kept here, and for the host's other executors.
+        ``landed``: the file it arrived in (the host's claim, or a memfd of
+        its own), which then needs no copy."""
+        claimed = landed is not None and self.host is not None and self.host.claims.get(key) == landed
+        fd = self.host.publish(key, data, written=claimed) if self.host is not None else None
+        if landed is not None and not claimed:
+            fd = landed
+        size = len(data)
         if is_function:
-            serialize.fetched.put(key, data, len(data), time.monotonic())
+            serialize.fetched.put(key, data, size, time.monotonic())
             if fd is not None:
                 os.close(fd)
         else:
-            serialize.keep_fetched(key, data, fd=fd)
+            serialize.keep_fetched(key, None if fd is not None else data, fd=fd)
         self.fetched += 1
-        self.fetched_bytes += len(data)
+        self.fetched_bytes += size
 
     def reset(self) -> None:
         """No blob awaited any more (the job failed, or went elsewhere)."""

@@ -106,9 +106,10 @@ class HostCache:
                 return True
         return False
 
-    def publish(self, key: bytes, data: object) -> Optional[int]:
-        """Write a blob this executor fetched for the host; its descriptor
-        (the host's copy), or None if it holds no claim or the write failed."""
+    def publish(self, key: bytes, data: object, written: bool = False) -> Optional[int]:
+        """Write a blob this executor fetched for the host (``written``: it
+        landed in the claim's file already); its descriptor (the host's
+        copy), or None if it holds no claim or the write failed."""
         fd = self.claims.pop(key, None)
         if fd is None or self.dir is None:
             return None
@@ -116,7 +117,7 @@ class HostCache:
         final = self.dir / f"{key.hex()}-{shm.pid_namespace()}-{os.getpid()}"
         try:
             view = memoryview(data).cast("B")  # type: ignore[arg-type]
-            done = 0
+            done = len(view) if written else 0
             while done < len(view):
                 done += os.write(fd, view[done:])
             os.rename(part, final)

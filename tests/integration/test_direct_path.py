@@ -45,6 +45,7 @@ def test_across_hosts_blobs_and_big_results_skip_the_master(procs, monkeypatch):
     # the function's pickle (4 MB, to each executor that ran a job) and the echo's argument
     assert 2 <= direct["served"] <= 3 and direct["served_bytes"] >= (4 << 20) + (3 << 20)
     assert direct["received"] == 1 and direct["received_bytes"] == 3 << 20  # the echo's result
+    assert direct["sealed"] >= 1  # the bytes took the sealed bulk channel (cw.seal), not CURVE
     counts = master_counts(port, 201)
     assert counts["blobs_routed"] == 0 and counts["blob_bytes"] == 0
     assert "direct path" not in err

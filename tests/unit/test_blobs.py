@@ -185,3 +185,35 @@ def gc_collect():
     import gc
 
     gc.collect()
+
+
+def test_a_big_blob_is_named_by_a_hash_tree_of_its_pieces():
+    import hashlib
+
+    small = b"s" * 1000
+    assert blobs.digest(small) == hashlib.sha256(small).digest()  # below TREE_BYTES: plain SHA-256
+    big = bytearray(blobs.TREE_BYTES + 12345)
+    key = blobs.digest(big)
+    assert key == blobs.digest(bytes(big)) == blobs.digest(memoryview(big))
+    assert key != hashlib.sha256(big).digest()
+    big[-1] = 1  # one byte of the last, short piece
+    assert blobs.digest(big) != key
+    assert blobs.digest(big[:-1]) not in (key, blobs.digest(big))  # the size is part of the name
+
+
+def test_a_copy_is_a_snapshot_and_a_landing_is_a_file():
+    import os
+
+    data = bytearray(b"x" * (blobs.TREE_BYTES + 1))
+    snap = blobs.copy(data)
+    data[0] = 0
+    assert snap[0] == ord("x") and len(snap) == len(data) and blobs.copy(b"small") == b"small"
+    memory, fd = blobs.landing(1 << 20)
+    try:
+        assert fd is not None and os.fstat(fd).st_size == 1 << 20
+        memory[:5] = b"hello"
+        assert os.pread(fd, 5, 0) == b"hello"  # what lands is in the file: kept with no copy
+    finally:
+        memory.close()
+        os.close(fd)
+    assert blobs.landing(0)[1] is None

@@ -5,7 +5,7 @@ import time
 import pytest
 import zmq
 
-from cw import blobs, direct
+from cw import blobs, direct, seal
 from cw.client.direct import DirectServer
 from cw.protocol import Kind, Message
 from cw.security import Keys
@@ -46,9 +46,13 @@ def test_a_result_takes_its_pushed_buffers_in_place_of_their_references(monkeypa
 
 
 @pytest.fixture
-def server(monkeypatch):
+def server(request, monkeypatch):
+    """A client's direct server, served by a thread; ``indirect`` False: one
+    that offers no sealed channel (as without ``cryptography``)."""
     monkeypatch.setenv("CW_DIRECT_HOST", "127.0.0.1")
     monkeypatch.setenv("CW_DIRECT_PORTS", "20000-60000")
+    if getattr(request, "param", True) is False:
+        monkeypatch.setattr(seal, "available", lambda: False)
     keys = keypair()
     srv = DirectServer.open("127.0.0.1", keys)
     assert srv is not None and srv.address.startswith("tcp://127.0.0.1:")
@@ -82,6 +86,7 @@ def test_an_executor_with_the_cluster_key_fetches_and_pushes(server):
         route = peers.route({"direct": srv.address, "direct_key": keys.public.decode()})
         got, missing = peers.fetch(route, key)
         assert missing is None and bytes(got) == data
+        assert peers.peers[srv.address].seal is not None and len(srv.sessions) == 1  # sealed, not CURVE
         frames = peers.push(route, [b"pickle", memoryview(data)])
         assert frames[1][:4] == blobs.REF and peers.pushed_bytes == len(data)
         assert bytes(direct.resolve(tuple(frames))[1]) == data
@@ -89,6 +94,57 @@ def test_an_executor_with_the_cluster_key_fetches_and_pushes(server):
                                                         "(it left, or the job was already over)")
         peers.close()
     finally:
+        blobs.store.let_go((b"", blobs.REF + key))
+
+
+@pytest.mark.parametrize("server", [False], indirect=True)
+def test_without_a_sealed_channel_the_executor_stays_on_curve(server):
+    srv, keys = server
+    data = bytes(range(256)) * 20_000
+    key = blobs.digest(data)
+    blobs.store.add(key, data)
+    try:
+        assert srv.bulk is None
+        peers = DirectPeers(keys)
+        route = peers.route({"direct": srv.address, "direct_key": keys.public.decode()})
+        got, missing = peers.fetch(route, key)
+        assert missing is None and bytes(got) == data and peers.peers[srv.address].seal is None
+        peers.close()
+    finally:
+        blobs.store.let_go((b"", blobs.REF + key))
+
+
+def test_the_bulk_channel_drops_what_does_not_open(server):
+    """Anyone may connect to the plain bulk socket; nothing they send opens,
+    and the cluster's executors go on being served."""
+    srv, keys = server
+    data = b"blob" * 500_000
+    key = blobs.digest(data)
+    blobs.store.add(key, data)
+    peers = DirectPeers(keys)
+    route = peers.route({"direct": srv.address, "direct_key": keys.public.decode()})
+    stranger = zmq.Context.instance().socket(zmq.DEALER)
+    stranger.setsockopt(zmq.LINGER, 0)
+    try:
+        assert peers.fetch(route, key)[0] is not None
+        link = peers.peers[srv.address]
+        stranger.setsockopt(zmq.ROUTING_ID, b"\x01" + b"x" * 15)
+        stranger.connect(srv.bulk_address)
+        stranger.send_multipart([b"garbage"])
+        stranger.send_multipart(Message(Kind.FETCH, {"blob": key.hex(), "offset": 0}).to_frames())
+        replay = link.seal.seal(Message(Kind.FETCH, {"blob": key.hex(), "offset": 0}).to_frames())
+        replay[0] = (0).to_bytes(8, "big")  # an old counter: a replay
+        link.bulk.send_multipart(replay)
+        deadline = time.monotonic() + 10
+        while srv.refused < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.refused == 3
+        assert not stranger.poll(200)  # it got nothing back
+        got, missing = peers.fetch(route, key)
+        assert missing is None and bytes(got) == data
+    finally:
+        stranger.close()
+        peers.close()
         blobs.store.let_go((b"", blobs.REF + key))
 
 
