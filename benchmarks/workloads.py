@@ -12,3 +12,10 @@ def echo(data):
 
 def sleep(seconds):
     time.sleep(seconds)
+
+
+def busy(ms):
+    """A CPU-bound job: spin for ``ms`` milliseconds."""
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        pass
