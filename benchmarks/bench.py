@@ -14,8 +14,11 @@ Suites:
           start-up to first result
   memory  cw's memory: map over a generator of 10,000,000 items (client and
           master RSS), and the master's cost per queued job
-  scale   cw's dispatch rate with 1,000 registered executors, as a ratio of
+  scale   cw's dispatch rate with 1,000 and 10,000 registered executors, as a ratio of
           its rate with 2 (light executors packed into a few processes)
+  efficiency  how busy N executors are kept on jobs of 1, 10, 100 ms, cw
+          and its peers (efficiency.py: N = cores - 1 and 2; light
+          executors N = 100, 1,000)
 
 Each repetition of each system runs in a fresh process, the systems taking
 turns, so drift on a shared machine hits them alike. The table shows medians
@@ -213,8 +216,8 @@ def machine() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--suite", default="peers,memory,scale",
-                        help="comma-separated: peers, memory, scale (default: all)")
+    parser.add_argument("--suite", default="peers,memory,scale,efficiency",
+                        help="comma-separated: peers, memory, scale, efficiency (default: all)")
     parser.add_argument("--jobs", type=int, default=20_000, help="no-op jobs submitted one by one")
     parser.add_argument("--map", type=int, default=1_000_000, help="no-op jobs in the chunked map")
     parser.add_argument("--repeat", type=int, default=3)
@@ -228,9 +231,10 @@ def main() -> None:
     if args.child:
         return child(args.child, args.jobs, args.map)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
-    unknown = set(suites) - {"peers", "memory", "scale"}
+    unknown = set(suites) - {"peers", "memory", "scale", "efficiency"}
     if unknown:
-        parser.error(f"unknown suite {', '.join(sorted(unknown))}; choose from: peers, memory, scale")
+        parser.error(f"unknown suite {', '.join(sorted(unknown))}; "
+                     "choose from: peers, memory, scale, efficiency")
     if args.systems is not None:
         known = [slug(s.name) for s in peers.all_systems()]
         args.systems = [x.strip().lower() for x in args.systems.split(",") if x.strip()]
@@ -279,6 +283,13 @@ def run_suites(args: argparse.Namespace, suites: list) -> None:
         if "scale" in suites:
             report["scale"] = limits.scale_suite(args.repeat)
             limits.print_scale(report["scale"])
+    if "efficiency" in suites:
+        import efficiency
+
+        cores = os.cpu_count() or 2
+        report["efficiency"] = efficiency.suite(sorted({max(1, cores - 1), 2}), [1, 10, 100],
+                                                list(efficiency.SYSTEMS), [100, 1000], args.repeat)
+        efficiency.print_suite(report["efficiency"])
     out.write_text(json.dumps(report, indent=2))
     print(f"\nresults written to {out}")
 

@@ -129,21 +129,26 @@ def print_memory(result: dict) -> None:
           f"payload {q['payload MiB']:.0f} MiB: {q['bytes per job beyond payload']:.0f} bytes a job more")
 
 
-def dispatch_rate(executors: int, jobs: int) -> float:
-    """No-op jobs per second through a master serving ``executors`` light executors."""
-    with cluster(0):
+def dispatch_rate(executors: int, jobs: int) -> dict:
+    """No-op jobs per second through a master serving ``executors`` light
+    executors; its RSS after, and how long a ``cw status`` query takes."""
+    with cluster(0) as master:
         port = read_json(cluster_dir() / "master.json")["port"]
         per_process = 250
         light = str(HERE / "light_executors.py")
         procs = [subprocess.Popen([sys.executable, light, str(port), str(min(per_process, executors - i))])
                  for i in range(0, executors, per_process)]
         try:
-            wait_registered(port, executors)
+            wait_registered(port, executors, timeout=max(180, executors / 20))
             with ClusterExecutor(max_pending=jobs) as ex:
                 t = time.perf_counter()
                 for f in [ex.submit(noop, i) for i in range(jobs)]:
                     f.result()
-                return jobs / (time.perf_counter() - t)
+                rate = jobs / (time.perf_counter() - t)
+            t = time.perf_counter()
+            query_status("127.0.0.1", port)
+            return {"jobs/s": rate, "master RSS MiB": master.memory_info().rss / MiB,
+                    "status ms": (time.perf_counter() - t) * 1e3}
         finally:
             for p in procs:
                 p.kill()
@@ -156,22 +161,28 @@ def wait_registered(port: int, executors: int, timeout: float = 180) -> None:
 
 
 def scale_suite(repeat: int = 3, jobs: int = 20_000) -> dict:
-    rates: dict = {"2 executors": [], "1000 executors": [], "2 executors, 200,000 queued": []}
+    cases = {"2 executors": (2, jobs), "1000 executors": (1000, jobs), "10000 executors": (10_000, jobs),
+             "2 executors, 200,000 queued": (2, 200_000)}
+    runs: dict = {name: [] for name in cases}
     for rep in range(repeat):
         print(f"  [{rep + 1}/{repeat}] scale ...", file=sys.stderr, flush=True)
-        rates["2 executors"].append(dispatch_rate(2, jobs))
-        rates["1000 executors"].append(dispatch_rate(1000, jobs))
-        rates["2 executors, 200,000 queued"].append(dispatch_rate(2, 200_000))
-    medians = {k: statistics.median(v) for k, v in rates.items()}
-    return {"runs": rates, "medians": medians,
-            "1000 / 2 executors": medians["1000 executors"] / medians["2 executors"],
-            "200,000 / 20,000 queued": medians["2 executors, 200,000 queued"] / medians["2 executors"]}
+        for name, (executors, count) in cases.items():
+            runs[name].append(dispatch_rate(executors, count))
+    medians = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
+    rate = {k: v["jobs/s"] for k, v in medians.items()}
+    return {"runs": runs, "medians": medians,
+            "1000 / 2 executors": rate["1000 executors"] / rate["2 executors"],
+            "10000 / 2 executors": rate["10000 executors"] / rate["2 executors"],
+            "200,000 / 20,000 queued": rate["2 executors, 200,000 queued"] / rate["2 executors"]}
 
 
 def print_scale(result: dict) -> None:
     med = result["medians"]
-    print("\ndispatch through the master to light executors (jobs/s, medians):")
-    for name, rate in med.items():
-        print(f"  {name:32} {rate:>10,.0f}")
-    print(f"  1,000 executors run at {result['1000 / 2 executors']:.0%} of the 2-executor rate; "
+    print("\ndispatch through the master to light executors (medians):")
+    print(f"  {'':32} {'jobs/s':>10} {'master RSS':>12} {'cw status':>10}")
+    for name, row in med.items():
+        print(f"  {name:32} {row['jobs/s']:>10,.0f} {row['master RSS MiB']:>8.0f} MiB "
+              f"{row['status ms']:>7.0f} ms")
+    print(f"  1,000 executors run at {result['1000 / 2 executors']:.0%} of the 2-executor rate, "
+          f"10,000 at {result['10000 / 2 executors']:.0%}; "
           f"200,000 queued at {result['200,000 / 20,000 queued']:.0%} of 20,000")

@@ -186,8 +186,13 @@ class Peers:
             if max(state.last_seen, vouched) < limit:
                 self.requeue(b.executors.pop(ident), "missed its heartbeats", count=True)
         beat = Message(Kind.HEARTBEAT)
+        # Any message does for a beat: only the others get one. A peer skipped
+        # here may hear nothing for two rounds, so not where two is all it allows.
+        spoken = b.spoken if b.liveness > 2 else set()
         for ident in [*b.clients, *b.executors, *b.supervisors]:
-            b.send(ident, beat)
+            if ident not in spoken:
+                b.send(ident, beat)
+        b.spoken = set()  # (the beats themselves count for nothing)
 
     def executors_of(self, supervisor: bytes) -> list[ExecutorState]:
         return [e for e in self.books.executors.values() if e.supervisor == supervisor]

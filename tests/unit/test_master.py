@@ -260,6 +260,37 @@ def test_an_executor_its_supervisor_says_is_stopped_loses_its_voucher_after_the_
         assert (res["id"], res["status"]) == (1, "lost")
 
 
+def test_a_heartbeat_round_skips_peers_that_heard_from_the_master_since_the_last(master):
+    c = client(master)
+    first, second = executor(master), executor(master)
+    for _ in range(500):
+        if len(master.executors) == 2:
+            break
+        master.step(timeout=0.01)
+    sent = []  # (identity, kind) of what the master sends, as it sends it
+    send = master.books.send
+    master.books.send = lambda identity, msg, **kw: (sent.append((identity, msg.kind)),
+                                                     send(identity, msg, **kw))
+    ids = {c.sock.identity, first.sock.identity, second.sock.identity}
+
+    def beats():
+        sent.clear()
+        master.peers.beat(master.clock())
+        return {identity for identity, kind in sent if kind is Kind.HEARTBEAT}
+
+    assert beats() == set()  # all three were just welcomed: that did for a beat
+    assert beats() == ids  # nothing since: a beat each
+    assert beats() == ids  # and again: a beat is no message that does for the next
+    submit(c, 1)
+    for _ in range(500):
+        takers = [e for e in (first, second) if master.executors[e.sock.identity].running]
+        if takers:
+            break
+        master.step(timeout=0.01)
+    taker, = takers
+    assert beats() == ids - {taker.sock.identity}  # its TASK did for a beat
+
+
 def test_submit_from_unknown_peer_asks_for_hello(master):
     stranger = Peer(master, b"c")
     submit(stranger, 1)
