@@ -141,14 +141,17 @@ def dispatch_rate(executors: int, jobs: int) -> dict:
         try:
             wait_registered(port, executors, timeout=max(180, executors / 20))
             with ClusterExecutor(max_pending=jobs) as ex:
+                cpu = sum(master.cpu_times()[:2])
                 t = time.perf_counter()
                 for f in [ex.submit(noop, i) for i in range(jobs)]:
                     f.result()
-                rate = jobs / (time.perf_counter() - t)
+                wall = time.perf_counter() - t
+                cpu = sum(master.cpu_times()[:2]) - cpu
             t = time.perf_counter()
             query_status("127.0.0.1", port)
-            return {"jobs/s": rate, "master RSS MiB": master.memory_info().rss / MiB,
-                    "status ms": (time.perf_counter() - t) * 1e3}
+            return {"jobs/s": jobs / wall, "master RSS MiB": master.memory_info().rss / MiB,
+                    "status ms": (time.perf_counter() - t) * 1e3, "master CPU %": 100 * cpu / wall,
+                    "master µs/job": 1e6 * cpu / jobs}
         finally:
             for p in procs:
                 p.kill()
@@ -179,10 +182,11 @@ def scale_suite(repeat: int = 3, jobs: int = 20_000) -> dict:
 def print_scale(result: dict) -> None:
     med = result["medians"]
     print("\ndispatch through the master to light executors (medians):")
-    print(f"  {'':32} {'jobs/s':>10} {'master RSS':>12} {'cw status':>10}")
+    print(f"  {'':32} {'jobs/s':>10} {'master RSS':>12} {'cw status':>10} {'master CPU':>11} "
+          f"{'CPU a job':>10}")
     for name, row in med.items():
         print(f"  {name:32} {row['jobs/s']:>10,.0f} {row['master RSS MiB']:>8.0f} MiB "
-              f"{row['status ms']:>7.0f} ms")
+              f"{row['status ms']:>7.0f} ms {row['master CPU %']:>10.0f}% {row['master µs/job']:>7.0f} µs")
     print(f"  1,000 executors run at {result['1000 / 2 executors']:.0%} of the 2-executor rate, "
           f"10,000 at {result['10000 / 2 executors']:.0%}; "
           f"200,000 queued at {result['200,000 / 20,000 queued']:.0%} of 20,000")
