@@ -101,34 +101,36 @@ class Seal:
     """One session's two directions: ``seal`` what this end sends, ``open``
     what the other end sent."""
 
-    def __init__(self, terms: bytes, mine: bytes) -> None:
+    def __init__(self, terms: bytes, mine: bytes, scratch: Optional[list] = None) -> None:
         if len(terms) != TERMS_BYTES or AESGCM is None:
             raise ValueError("bad session terms")
         self.session = terms[:SESSION_BYTES]
         self.aead = AESGCM(terms[SESSION_BYTES:])
         self.mine, self.theirs = mine, (EXECUTOR if mine == CLIENT else CLIENT)
         self.sent = 0  # the next counter this end seals with
-        self.buffer = bytearray()  # where a big frame is sealed, reused
+        # [bytearray] where a message's last big frame is sealed, reused: one
+        # per process's end (the client's sessions share theirs).
+        self.scratch = scratch if scratch is not None else [bytearray()]
         self.next = 0  # the lowest counter the other end may still use
 
     def _aad(self, count: int) -> bytes:
         return self.session + bytes([count])
 
     def seal(self, frames: Sequence[Any]) -> list:
-        """The frames sealed; a big one in this session's own buffer, valid
+        """The frames sealed; the last, if big, in the scratch buffer, valid
         until the next call (send it with a copy: ``send_copied``)."""
         aad = self._aad(len(frames))
         out: list = [self.sent.to_bytes(_COUNTER, "big")]
-        for frame in frames:
+        for i, frame in enumerate(frames):
             nonce = self.mine + self.sent.to_bytes(_COUNTER, "big")
             size = memoryview(frame).nbytes
-            if size < REUSE_ABOVE or not hasattr(self.aead, "encrypt_into"):
+            if size < REUSE_ABOVE or i < len(frames) - 1 or not hasattr(self.aead, "encrypt_into"):
                 out.append(self.aead.encrypt(nonce, frame, aad))
             else:  # no fresh 4 MiB for each chunk: the kernel clears every new page, a cost here
-                if len(self.buffer) != size + TAG_BYTES:
-                    self.buffer = bytearray(size + TAG_BYTES)
-                self.aead.encrypt_into(nonce, frame, aad, self.buffer)
-                out.append(self.buffer)
+                if len(self.scratch[0]) != size + TAG_BYTES:
+                    self.scratch[0] = bytearray(size + TAG_BYTES)
+                self.aead.encrypt_into(nonce, frame, aad, self.scratch[0])
+                out.append(self.scratch[0])
             self.sent += 1
         return out
 

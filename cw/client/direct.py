@@ -25,7 +25,9 @@ from ..transport import NOBLOCK, readable, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
-MAX_SESSIONS = 4096  # sealed sessions kept (least recently opened go; theirs then fall back)
+MAX_SESSIONS = 4096  # sealed sessions kept (least recently used go; theirs then fall back)
+BULK_TURN = 64  # bulk messages read per turn of the I/O thread: the master's socket is not kept waiting
+BULK_DOMAIN = b"cw-bulk"  # the bulk socket's ZAP domain: it admits only hosts that opened a session
 
 
 class DirectServer:
@@ -35,7 +37,11 @@ class DirectServer:
         self.ctx, self.sock, self.address, self.zap = ctx, sock, address, zap
         self.bulk, self.bulk_address = bulk if bulk is not None else (None, None)
         self.sessions: OrderedDict[bytes, seal.Seal] = OrderedDict()  # the bulk channel's, by routing id
+        self.session_of: dict[bytes, bytes] = {}  # an executor's CURVE identity -> its session
+        self.hosts: OrderedDict[str, None] = OrderedDict()  # addresses that opened a session over CURVE
+        self.scratch: list = [bytearray()]  # where every session seals a big frame (one thread seals)
         self.refused = 0  # bulk messages that did not open (a stranger, a replay): dropped
+        self.turned_away = 0  # connections refused at their handshake
         # Admitted: the cluster's client key and its workers' key (cw.security).
         self.admitted = set() if keys is None else {z85.decode(k) for k in (keys.public, *keys.peers)}
         self.public = None if keys is None else keys.public
@@ -70,8 +76,10 @@ class DirectServer:
                 zap.close()
             ctx.term()
             return None
-        if keys is not None and seal.available():  # plain: whoever connects, only sealed frames count
+        if keys is not None and seal.available():  # plain, but only hosts that asked over CURVE connect
             bulk = _router(ctx)
+            bulk.setsockopt(zmq.ZAP_DOMAIN, BULK_DOMAIN)
+            bulk.setsockopt(zmq.RCVHWM, 1000)
             bulk_port = cls._bind(bulk, host, low, high)
             if bulk_port is None:
                 log.info("direct path on CURVE alone: no second free port in %d-%d", low, high)
@@ -105,9 +113,12 @@ class DirectServer:
         while readable(self.sock):  # a flag read: this runs at every turn of the I/O thread
             frames = recv_frames(self.sock, NOBLOCK)
             self.handle(bytes(frames[0]), frames[1:], None)
-        while self.bulk is not None and readable(self.bulk):
+        for _ in range(BULK_TURN):
+            if self.bulk is None or not readable(self.bulk):
+                break
             frames = recv_frames(self.bulk, NOBLOCK)
-            session = self.sessions.get(bytes(frames[0]))
+            key = bytes(frames[0])
+            session = self.sessions.get(key)
             opened = None if session is None else session.open(frames[1:])
             if opened is None:
                 self.refused += 1
@@ -115,34 +126,43 @@ class DirectServer:
                     log.warning("direct path: dropped a message on the bulk channel that did not open "
                                 "(no such session, a replay or a forgery); more are only counted")
                 continue
-            self.handle(session.session, opened, session)
+            self.sessions.move_to_end(key)
+            self.handle(key, opened, session)
 
     def handle(self, peer: bytes, frames: list, session: Optional[seal.Seal]) -> None:
         try:
             msg = Message.from_frames(frames)
-        except ProtocolError as e:
-            log.warning("direct path: dropped a malformed message: %s", e)
-            return
-        if msg.kind is Kind.FETCH:
-            if msg.body.seal:
+            if msg.kind is Kind.FETCH and msg.body.seal:
                 if session is None:
-                    self.open_session(peer)
-                return
-            self.reply(peer, session, blobs.answer(msg.body))
-        elif msg.kind is Kind.BLOB:
-            self.take_chunk(peer, session, msg)
+                    self.open_session(peer, frames[-1])
+            elif msg.kind is Kind.FETCH:
+                self.reply(peer, session, blobs.answer(msg.body))
+            elif msg.kind is Kind.BLOB:
+                self.take_chunk(peer, session, msg)
+        except (ProtocolError, ValueError, OSError) as e:  # a bad name, an impossible size: its alone
+            log.warning("direct path: dropped a malformed message: %s", e)
 
-    def open_session(self, peer: bytes) -> None:
-        """Terms of a sealed session for an executor that asked over CURVE;
-        it has none where this client has no bulk channel."""
+    def open_session(self, peer: bytes, frame: Any) -> None:
+        """Terms of a sealed session for an executor that asked over CURVE
+        (one each: a new one replaces its last); none where this client
+        has no bulk channel. Its host may then connect to the bulk socket."""
         header: dict[str, Any] = {"blob": "", "missing": True}
         payload: tuple = ()
-        if self.bulk is not None:
+        host = _peer_address(frame)
+        if self.bulk is not None and host is not None:
             seal.keep_freed_memory()
             terms = seal.new_terms()
-            self.sessions[terms[:seal.SESSION_BYTES]] = seal.Seal(terms, seal.CLIENT)
+            self.sessions.pop(self.session_of.pop(peer, b""), None)
+            self.session_of[peer] = terms[:seal.SESSION_BYTES]
+            self.sessions[terms[:seal.SESSION_BYTES]] = seal.Seal(terms, seal.CLIENT, self.scratch)
+            self.hosts[host] = None
+            self.hosts.move_to_end(host)
             while len(self.sessions) > MAX_SESSIONS:
                 self.sessions.popitem(last=False)
+            while len(self.hosts) > MAX_SESSIONS:
+                self.hosts.popitem(last=False)
+            if len(self.session_of) > 2 * MAX_SESSIONS:
+                self.session_of = {p: k for p, k in self.session_of.items() if k in self.sessions}
             header = {"blob": "", "total": len(terms), "bulk": self.bulk_address}
             direct.counts["sealed"] += 1
             payload = (terms,)
@@ -155,13 +175,20 @@ class DirectServer:
             seal.send_copied(self.bulk, [peer, *session.seal(msg.to_frames())])
 
     def authenticate(self, frames: list) -> None:
-        version, request_id, *_, mechanism = frames[:6]
+        version, request_id, domain, address, _, mechanism = frames[:6]
         credentials = frames[6:]
-        ok = mechanism == b"CURVE" and bool(credentials) and credentials[0] in self.admitted
-        status = (b"200", b"OK") if ok else (b"400", b"key not admitted")
+        host = address.decode(errors="replace")
+        if domain == BULK_DOMAIN:  # the plain bulk socket: hosts that opened a session over CURVE
+            ok = mechanism == b"NULL" and host in self.hosts
+            why = "no session was opened from there"
+        else:
+            ok = mechanism == b"CURVE" and bool(credentials) and credentials[0] in self.admitted
+            why = "not this cluster's key"
+        status = (b"200", b"OK") if ok else (b"400", why.encode())
         if not ok:
-            log.warning("direct path: refused a peer at %s: not this cluster's key",
-                        frames[3].decode(errors="replace"))
+            self.turned_away += 1
+            if self.turned_away == 1 or domain != BULK_DOMAIN:  # strangers at the plain port: counted
+                log.warning("direct path: refused a peer at %s: %s", host, why)
         self.zap.send_multipart([version, request_id, *status, b"", b""])
 
     def reply(self, peer: bytes, session: Optional[seal.Seal], msg: Message) -> None:
@@ -223,3 +250,12 @@ def _router(ctx: zmq.Context) -> zmq.Socket:
                         (zmq.MAXMSGSIZE, 2 * blobs.CHUNK + (1 << 16))):
         sock.setsockopt(name, value)
     return sock
+
+
+def _peer_address(frame: Any) -> Optional[str]:
+    """The IP address a received message came from (what its host's other
+    connections will come from too), or None."""
+    try:
+        return str(frame.get("Peer-Address"))
+    except (AttributeError, zmq.ZMQError):
+        return None

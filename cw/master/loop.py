@@ -246,7 +246,7 @@ class Master:
             self.books.refuse(identity, f"internal error: {type(e).__name__}")
 
     def send(self, identity: bytes, msg: Message, legacy: bool = False) -> None:
-        self.books.spoken.add(identity)
+        self.books.spoken[identity] = self.clock()
         try:
             send_frames(self.sock, [identity, *(msg.to_legacy_frames() if legacy else msg.to_frames())])
         except zmq.ZMQError as e:  # peer gone: it will reconnect or be purged

@@ -186,13 +186,15 @@ class Peers:
             if max(state.last_seen, vouched) < limit:
                 self.requeue(b.executors.pop(ident), "missed its heartbeats", count=True)
         beat = Message(Kind.HEARTBEAT)
-        # Any message does for a beat: only the others get one. A peer skipped
-        # here may hear nothing for two rounds, so not where two is all it allows.
-        spoken = b.spoken if b.liveness > 2 else set()
+        # Any message does for a beat: a peer that heard from us in the last
+        # quarter beat is skipped (it hears nothing for 1.25 beats at most),
+        # except where a peer may give up after two.
+        spoken = b.spoken if b.liveness > 2 else {}
+        recent = now - b.heartbeat / 4
         for ident in [*b.clients, *b.executors, *b.supervisors]:
-            if ident not in spoken:
+            if spoken.get(ident, -1.0) < recent:
                 b.send(ident, beat)
-        b.spoken = set()  # (the beats themselves count for nothing)
+        b.spoken = {}  # (the beats themselves count for nothing)
 
     def executors_of(self, supervisor: bytes) -> list[ExecutorState]:
         return [e for e in self.books.executors.values() if e.supervisor == supervisor]

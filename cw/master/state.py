@@ -141,9 +141,10 @@ class Books:
     session: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: float = field(default_factory=time.time)
     moved: bool = False  # a submit or a result came since the last blocking wait
-    # Peers sent anything since the last heartbeat round: they heard from us,
-    # so that round skips them (10,000 busy executors need no 10,000 beats a second).
-    spoken: set = field(default_factory=set)
+    # Peers sent anything since the last heartbeat round, and when: those
+    # that heard from us in the last quarter beat are skipped by the round
+    # (10,000 busy executors need no 10,000 beats a second).
+    spoken: dict = field(default_factory=dict)
 
     def refuse(self, identity: bytes, reason: str, jid: Optional[int] = None,
                code: ErrorCode = ErrorCode.MALFORMED, legacy: bool = False) -> None:

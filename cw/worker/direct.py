@@ -115,8 +115,8 @@ class DirectPeers:
             if total is None:
                 total, parts = body.total, land(body.total)
             chunk = len(msg.payload[0])
-            if not seal.put(parts, got, msg.payload[0]):
-                return None, None  # damaged on the way: the master's path
+            if got + chunk > total or not seal.put(parts, got, msg.payload[0]):
+                return None, None  # too long, or damaged on the way: the master's path
             got += chunk
             asked = max(asked, got)
             while asked < min(total, got + blobs.WINDOW * max(chunk, 1)):
@@ -217,8 +217,10 @@ class DirectPeers:
 
     def receive(self, link: Link, route: Route) -> Optional[Message]:
         """The client's next answer; None (and the path given up) if none
-        comes within ``cw.blobs.FETCH_SECONDS``."""
-        while (frames := link.receive(blobs.FETCH_SECONDS)) is not None:
+        comes within ``cw.blobs.FETCH_SECONDS`` (messages that do not open
+        do not restart the wait)."""
+        deadline = time.monotonic() + blobs.FETCH_SECONDS
+        while (frames := link.receive(max(0.0, deadline - time.monotonic()))) is not None:
             try:
                 return Message.from_frames(frames)
             except ProtocolError as e:

@@ -123,7 +123,12 @@ class Fetcher:
             files.append(fd)
             return memory
 
-        data, missing = self.direct.fetch(route, key, land)
+        try:
+            data, missing = self.direct.fetch(route, key, land)
+        except BaseException:
+            self.close_landing(key, files[0] if files else None)
+            self.give_up(key)
+            raise
         fd = files[0] if files else None
         if data is None and missing is None:
             self.close_landing(key, fd)

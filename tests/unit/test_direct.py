@@ -148,6 +148,35 @@ def test_the_bulk_channel_drops_what_does_not_open(server):
         blobs.store.let_go((b"", blobs.REF + key))
 
 
+def test_the_bulk_port_admits_only_hosts_that_opened_a_session(server, caplog):
+    """A plain port, but a connection from a host that opened no session
+    over CURVE is turned away at its handshake: none of its bytes are read."""
+    srv, keys = server
+    data = b"blob" * 300_000
+    key = blobs.digest(data)
+    blobs.store.add(key, data)
+    peers = DirectPeers(keys)
+    route = peers.route({"direct": srv.address, "direct_key": keys.public.decode()})
+    stranger = zmq.Context.instance().socket(zmq.DEALER)
+    stranger.setsockopt(zmq.LINGER, 0)
+    try:
+        assert peers.fetch(route, key)[0] is not None  # a session, opened from 127.0.0.1
+        assert "127.0.0.1" in srv.hosts and srv.refused == srv.turned_away == 0
+        host_port = srv.bulk_address[len("tcp://"):]
+        stranger.connect(f"tcp://127.0.0.2:0;{host_port}")  # another "host" (source address)
+        stranger.send_multipart([b"garbage"])
+        deadline = time.monotonic() + 10
+        while srv.turned_away < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.turned_away >= 1 and "no session was opened from there" in caplog.text
+        assert peers.fetch(route, key)[0] is not None  # the executor is still served
+        assert srv.refused == 0  # the stranger's message was never read
+    finally:
+        stranger.close()
+        peers.close()
+        blobs.store.let_go((b"", blobs.REF + key))
+
+
 def test_a_stranger_key_gets_nothing(server, monkeypatch):
     """Another user's key: no handshake, no blob; the executor falls back."""
     srv, keys = server

@@ -261,6 +261,7 @@ def test_an_executor_its_supervisor_says_is_stopped_loses_its_voucher_after_the_
 
 
 def test_a_heartbeat_round_skips_peers_that_heard_from_the_master_since_the_last(master):
+    master.next_beat = float("inf")  # the rounds are this test's alone
     c = client(master)
     first, second = executor(master), executor(master)
     for _ in range(500):
@@ -273,9 +274,9 @@ def test_a_heartbeat_round_skips_peers_that_heard_from_the_master_since_the_last
                                                      send(identity, msg, **kw))
     ids = {c.sock.identity, first.sock.identity, second.sock.identity}
 
-    def beats():
+    def beats(later=0.0):
         sent.clear()
-        master.peers.beat(master.clock())
+        master.peers.beat(master.clock() + later)
         return {identity for identity, kind in sent if kind is Kind.HEARTBEAT}
 
     assert beats() == set()  # all three were just welcomed: that did for a beat
@@ -289,6 +290,13 @@ def test_a_heartbeat_round_skips_peers_that_heard_from_the_master_since_the_last
         master.step(timeout=0.01)
     taker, = takers
     assert beats() == ids - {taker.sock.identity}  # its TASK did for a beat
+    submit(c, 2)
+    for _ in range(500):
+        if len(master.executors[taker.sock.identity].running) + len(
+                master.executors[({first, second} - {taker}).pop().sock.identity].running) == 2:
+            break
+        master.step(timeout=0.01)
+    assert beats(later=master.heartbeat / 2) == ids  # heard from us, but not in the last quarter beat
 
 
 def test_submit_from_unknown_peer_asks_for_hello(master):
