@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -89,7 +88,9 @@ def run_cw(name: str, table, jobs: int) -> float:
             return time.perf_counter() - start
     finally:
         cw.stop(launcher="local")
-        shutil.rmtree(os.environ["CW_HOME"], ignore_errors=True)
+        from workloads import forget_home
+
+        forget_home(os.environ["CW_HOME"])
 
 
 def run_pool(table, jobs: int) -> float:

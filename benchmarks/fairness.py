@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -89,7 +88,9 @@ def main() -> None:
     try:
         measure(args)
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        from workloads import forget_home
+
+        forget_home(home)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import psutil
-from workloads import noop
+from workloads import forget_home, noop
 
 import cw
 from cw.client import ClusterExecutor
@@ -35,7 +34,7 @@ def cluster(nworkers: int) -> Iterator[psutil.Process]:
         yield psutil.Process(read_json(cluster_dir() / "master.json")["pid"])
     finally:
         cw.stop(launcher="local")
-        shutil.rmtree(os.environ["CW_HOME"], ignore_errors=True)
+        forget_home(os.environ["CW_HOME"])
 
 
 class PeakRSS:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import time
 from typing import Any, Callable, Iterable, Optional
@@ -80,7 +79,9 @@ class CW(_Executor):
 
         self.ex.shutdown()
         cw.stop(launcher="local")
-        shutil.rmtree(os.environ["CW_HOME"], ignore_errors=True)
+        from workloads import forget_home
+
+        forget_home(os.environ["CW_HOME"])
 
 
 class CWAcrossHosts(CW):
