@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -122,34 +121,13 @@ def run_child(name: str, args: argparse.Namespace, script: str = __file__, **run
     """One system's measurements, from ``script --child`` in a fresh process
     (``run``: more for subprocess.run, e.g. another tree's ``cwd`` and ``env``)."""
     cmd = [sys.executable, script, "--child", name, "--jobs", str(args.jobs), "--map", str(args.map)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, **run)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {args.timeout} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit {proc.returncode}: {tail[:200]}"}
-    return json.loads(lines[-1])
-
-
-def installed(system: peers.System) -> bool:
-    try:
-        importlib.import_module(system.module)
-        return True
-    except ImportError:
-        return False
-
-
-def slug(name: str) -> str:
-    """A system's name as ``--systems`` takes it: ``cw --insecure`` is cw-insecure."""
-    return name.lower().replace(" --", "-").replace(" ", "-")
+    return peers.run_json(cmd, args.timeout, **run)
 
 
 def peers_suite(args: argparse.Namespace) -> dict:
-    names = [s.name for s in peers.all_systems() if installed(s)] + list(FLOORS)
+    names = [s.name for s in peers.all_systems() if peers.installed(s)] + list(FLOORS)
     if args.systems:
-        names = [n for n in names if slug(n) in args.systems or n in FLOORS]
+        names = [n for n in names if peers.slug(n) in args.systems or n in FLOORS]
     runs: dict = {name: [] for name in names}
     for rep in range(args.repeat):
         for name in names:
@@ -222,7 +200,7 @@ def main() -> None:
     parser.add_argument("--map", type=int, default=1_000_000, help="no-op jobs in the chunked map")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--systems", help="comma-separated systems of the peers suite (default: "
-                        "all installed): " + ", ".join(slug(s.name) for s in peers.all_systems()))
+                        "all installed): " + ", ".join(peers.slug(s.name) for s in peers.all_systems()))
     parser.add_argument("--timeout", type=float, default=900, help="seconds one system's run may take")
     parser.add_argument("--json", default=str(HERE / "results.json"), help="where to write the results")
     parser.add_argument("--awake", action="store_true", help=AWAKE_HELP)
@@ -236,7 +214,7 @@ def main() -> None:
         parser.error(f"unknown suite {', '.join(sorted(unknown))}; "
                      "choose from: peers, memory, scale, efficiency")
     if args.systems is not None:
-        known = [slug(s.name) for s in peers.all_systems()]
+        known = [peers.slug(s.name) for s in peers.all_systems()]
         args.systems = [x.strip().lower() for x in args.systems.split(",") if x.strip()]
         unknown = set(args.systems) - set(known)
         if unknown or not args.systems:

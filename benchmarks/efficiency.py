@@ -67,7 +67,7 @@ def measure(system: Any, executors: int, ms_list: list, mode: str) -> dict:
 
 def child(name: str, executors: int, ms_list: list) -> None:
     peers.WORKERS = executors
-    system = next(s for s in peers.all_systems() if _slug(s.name) == name)
+    system = system_named(name)
     system.start()
     try:
         system.submit(noop, 0).result()
@@ -111,38 +111,16 @@ def light_child(executors: int, ms_list: list) -> None:
     print(json.dumps(out))
 
 
-def _slug(name: str) -> str:
-    return name.lower().replace(" --", "-").replace(" ", "-")
-
-
-def run(cmd: list, timeout: float) -> dict:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:g} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit {proc.returncode}: {tail[:200]}"}
-    return json.loads(lines[-1])
-
-
-def installed(name: str) -> bool:
-    import importlib
-
-    system = next(s for s in peers.all_systems() if _slug(s.name) == name)
-    try:
-        importlib.import_module(system.module)
-        return True
-    except ImportError:
-        return False
+def system_named(name: str) -> peers.System:
+    """The system ``--systems`` calls ``name`` (its slug)."""
+    return next(s for s in peers.all_systems() if peers.slug(s.name) == name)
 
 
 def suite(executors: list, ms_list: list, systems: list, light: list, repeat: int,
           timeout: float = 900) -> dict:
     """Every (system, N) ``repeat`` times, interleaved; medians and spreads."""
     ms_arg = ",".join(map(str, ms_list))
-    cases = [(name, n) for n in executors for name in systems if installed(name)]
+    cases = [(name, n) for n in executors for name in systems if peers.installed(system_named(name))]
     cases += [("cw light", n) for n in light]
     runs: dict = {f"{name}, N={n}": [] for name, n in cases}
     for rep in range(repeat):
@@ -150,7 +128,7 @@ def suite(executors: list, ms_list: list, systems: list, light: list, repeat: in
             print(f"  [{rep + 1}/{repeat}] {name}, N={n} ...", file=sys.stderr, flush=True)
             cmd = [sys.executable, __file__, "--executors", str(n), "--ms", ms_arg]
             cmd += ["--light-child"] if name == "cw light" else ["--child", name]
-            runs[f"{name}, N={n}"].append(run(cmd, timeout))
+            runs[f"{name}, N={n}"].append(peers.run_json(cmd, timeout))
     table: dict = {}
     for case, rs in runs.items():
         ok = [r for r in rs if "error" not in r]

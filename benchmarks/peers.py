@@ -6,8 +6,11 @@ the system has no chunked map; ``stop()`` tears everything down.
 """
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import os
+import subprocess
 import tempfile
 import time
 from typing import Any, Callable, Iterable, Optional
@@ -33,6 +36,34 @@ class System:
 
     def stop(self) -> None:
         raise NotImplementedError
+
+
+def slug(name: str) -> str:
+    """A system's name as ``--systems`` takes it: ``cw --insecure`` is cw-insecure."""
+    return name.lower().replace(" --", "-").replace(" ", "-")
+
+
+def installed(system: "System") -> bool:
+    try:
+        importlib.import_module(system.module)
+        return True
+    except ImportError:
+        return False
+
+
+def run_json(cmd: list, timeout: float, **run: Any) -> dict:
+    """The last line of ``cmd``'s output, as JSON, from a fresh process;
+    {"error": why} if it timed out or failed (``run``: more for
+    subprocess.run, e.g. another tree's ``cwd`` and ``env``)."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **run)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail[:200]}"}
+    return json.loads(lines[-1])
 
 
 def round_trips(system: System, n: int) -> list[float]:
