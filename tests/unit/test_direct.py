@@ -1,5 +1,6 @@
 """The direct path's parts (cw.direct): its settings, the client's server
 (who it admits, what it answers) and an executor's end against it."""
+import contextlib
 import time
 
 import pytest
@@ -76,14 +77,49 @@ def server(request, monkeypatch):
     srv.close()
 
 
-def test_an_executor_with_the_cluster_key_fetches_and_pushes(server):
-    srv, keys = server
-    data = bytes(range(256)) * 40_000  # 10 MB: three chunks
+@contextlib.contextmanager
+def held(data: bytes):
+    """``data`` held in this process's blob store, as a job's client holds
+    it, for the block; yields its key."""
     key = blobs.digest(data)
     blobs.store.add(key, data)
     try:
-        peers = DirectPeers(keys)
-        route = peers.route({"direct": srv.address, "direct_key": keys.public.decode()})
+        yield key
+    finally:
+        blobs.store.let_go((b"", blobs.REF + key))
+
+
+@contextlib.contextmanager
+def executor_end(srv: DirectServer, keys: Keys):
+    """An executor's end of the direct path with ``keys``; yields it and its route to ``srv``."""
+    peers = DirectPeers(keys)
+    try:
+        yield peers, peers.route({"direct": srv.address, "direct_key": srv.public.decode()})
+    finally:
+        peers.close()
+
+
+@contextlib.contextmanager
+def plain_dealer():
+    """A DEALER with no CURVE: what anyone on a host can open."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def wait_until(check, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_an_executor_with_the_cluster_key_fetches_and_pushes(server):
+    srv, keys = server
+    data = bytes(range(256)) * 40_000  # 10 MB: three chunks
+    with held(data) as key, executor_end(srv, keys) as (peers, route):
         got, missing = peers.fetch(route, key)
         assert missing is None and bytes(got) == data
         assert peers.peers[srv.address].seal is not None and len(srv.sessions) == 1  # sealed, not CURVE
@@ -92,40 +128,24 @@ def test_an_executor_with_the_cluster_key_fetches_and_pushes(server):
         assert bytes(direct.resolve(tuple(frames))[1]) == data
         assert peers.fetch(route, b"\0" * 32) == (None, "is no longer held by its client "
                                                         "(it left, or the job was already over)")
-        peers.close()
-    finally:
-        blobs.store.let_go((b"", blobs.REF + key))
 
 
 @pytest.mark.parametrize("server", [False], indirect=True)
 def test_without_a_sealed_channel_the_executor_stays_on_curve(server):
     srv, keys = server
     data = bytes(range(256)) * 20_000
-    key = blobs.digest(data)
-    blobs.store.add(key, data)
-    try:
+    with held(data) as key, executor_end(srv, keys) as (peers, route):
         assert srv.bulk is None
-        peers = DirectPeers(keys)
-        route = peers.route({"direct": srv.address, "direct_key": keys.public.decode()})
         got, missing = peers.fetch(route, key)
         assert missing is None and bytes(got) == data and peers.peers[srv.address].seal is None
-        peers.close()
-    finally:
-        blobs.store.let_go((b"", blobs.REF + key))
 
 
 def test_the_bulk_channel_drops_what_does_not_open(server):
-    """Anyone may connect to the plain bulk socket; nothing they send opens,
-    and the cluster's executors go on being served."""
+    """A connection from a host that may use the plain bulk socket: nothing
+    it sends opens, and the cluster's executors go on being served."""
     srv, keys = server
     data = b"blob" * 500_000
-    key = blobs.digest(data)
-    blobs.store.add(key, data)
-    peers = DirectPeers(keys)
-    route = peers.route({"direct": srv.address, "direct_key": keys.public.decode()})
-    stranger = zmq.Context.instance().socket(zmq.DEALER)
-    stranger.setsockopt(zmq.LINGER, 0)
-    try:
+    with held(data) as key, executor_end(srv, keys) as (peers, route), plain_dealer() as stranger:
         assert peers.fetch(route, key)[0] is not None
         link = peers.peers[srv.address]
         stranger.setsockopt(zmq.ROUTING_ID, b"\x01" + b"x" * 15)
@@ -135,17 +155,11 @@ def test_the_bulk_channel_drops_what_does_not_open(server):
         replay = link.seal.seal(Message(Kind.FETCH, {"blob": key.hex(), "offset": 0}).to_frames())
         replay[0] = (0).to_bytes(8, "big")  # an old counter: a replay
         link.bulk.send_multipart(replay)
-        deadline = time.monotonic() + 10
-        while srv.refused < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: srv.refused >= 3)
         assert srv.refused == 3
         assert not stranger.poll(200)  # it got nothing back
         got, missing = peers.fetch(route, key)
         assert missing is None and bytes(got) == data
-    finally:
-        stranger.close()
-        peers.close()
-        blobs.store.let_go((b"", blobs.REF + key))
 
 
 def test_the_bulk_port_admits_only_hosts_that_opened_a_session(server, caplog):
@@ -153,47 +167,29 @@ def test_the_bulk_port_admits_only_hosts_that_opened_a_session(server, caplog):
     over CURVE is turned away at its handshake: none of its bytes are read."""
     srv, keys = server
     data = b"blob" * 300_000
-    key = blobs.digest(data)
-    blobs.store.add(key, data)
-    peers = DirectPeers(keys)
-    route = peers.route({"direct": srv.address, "direct_key": keys.public.decode()})
-    stranger = zmq.Context.instance().socket(zmq.DEALER)
-    stranger.setsockopt(zmq.LINGER, 0)
-    try:
+    with held(data) as key, executor_end(srv, keys) as (peers, route), plain_dealer() as stranger:
         assert peers.fetch(route, key)[0] is not None  # a session, opened from 127.0.0.1
         assert "127.0.0.1" in srv.hosts and srv.refused == srv.turned_away == 0
         host_port = srv.bulk_address[len("tcp://"):]
         stranger.connect(f"tcp://127.0.0.2:0;{host_port}")  # another "host" (source address)
         stranger.send_multipart([b"garbage"])
-        deadline = time.monotonic() + 10
-        while srv.turned_away < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: srv.turned_away >= 1)
         assert srv.turned_away >= 1 and "no session was opened from there" in caplog.text
         assert peers.fetch(route, key)[0] is not None  # the executor is still served
         assert srv.refused == 0  # the stranger's message was never read
-    finally:
-        stranger.close()
-        peers.close()
-        blobs.store.let_go((b"", blobs.REF + key))
 
 
 def test_a_stranger_key_gets_nothing(server, monkeypatch):
     """Another user's key: no handshake, no blob; the executor falls back."""
     srv, keys = server
-    data = b"secret" * 300_000
-    key = blobs.digest(data)
-    blobs.store.add(key, data)
     monkeypatch.setattr(direct, "CONNECT_SECONDS", 1.0)
-    try:
-        stranger = keypair()
-        peers = DirectPeers(Keys(stranger.public, stranger.secret, keys.public))
-        route = peers.route({"direct": srv.address, "direct_key": keys.public.decode()})
+    stranger = keypair()
+    with held(b"secret" * 300_000) as key, \
+            executor_end(srv, Keys(stranger.public, stranger.secret, keys.public)) as (peers, route):
         started = time.monotonic()
         assert peers.fetch(route, key) == (None, None)
         assert time.monotonic() - started < 30
         assert peers.route({"direct": srv.address, "direct_key": keys.public.decode()}) is None
-    finally:
-        blobs.store.let_go((b"", blobs.REF + key))
 
 
 def test_a_malformed_message_is_dropped_and_the_server_goes_on(server):
