@@ -10,6 +10,13 @@ port, n = int(sys.argv[1]), int(sys.argv[2])
 sel = selectors.DefaultSelector()
 def dial():
     s = socket.socket()
+    # A connection the kernel completed by a SYN cookie while the master's
+    # accept queue was full exists only on this side: it would be held idle
+    # forever, not in the master. Keepalive probes find it (a reset) in ~2 s.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 1)
     s.setblocking(False)
     s.connect_ex(("127.0.0.1", port))
     sel.register(s, selectors.EVENT_READ)

@@ -29,6 +29,12 @@ a master restart): it is no longer pending, and never shed. A connection
 younger than ``MIN_AGE`` is not shed either: an admitted peer completes
 its handshake and speaks within a few milliseconds. What was refused or
 closed is logged once a minute at most, never once per connection.
+
+The room shed is taken again at once by the connections the kernel queued
+for the port, up to libzmq's listen backlog (``ZMQ_BACKLOG``, 100): that is
+why the master keeps libzmq's default. A deep backlog (tried: 4096) refills
+the reserve faster than it is shed, and the master's own files fail with
+EMFILE under a flood.
 """
 from __future__ import annotations
 
