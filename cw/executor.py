@@ -38,6 +38,7 @@ def _parser() -> Any:
     parser.add_argument("--prefetch", type=int, default=1)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--express", action="store_true")
     parser.add_argument("--job-fd", type=int)
     return parser
 
@@ -60,7 +61,8 @@ def main(argv: Optional[list] = None) -> None:
     except (CWError, OSError) as e:  # its keys went missing since the supervisor read them
         sys.exit(f"cw executor: {e}")
     executor = Executor(f"tcp://{opts.host}:{opts.port}", opts.executor, opts.supervisor,
-                        opts.heartbeat, opts.liveness, keys, opts.prefetch, opts.batch, opts.job_fd)
+                        opts.heartbeat, opts.liveness, keys, opts.prefetch, opts.batch, opts.job_fd,
+                        express=opts.express)
     reaper.install()  # the processes a job starts end with it
 
     def on_term(signum: int, frame: Any) -> None:

@@ -158,6 +158,7 @@ class Ready(NamedTuple):  # executor (or supervisor: procs) -> master
     lane: Optional[str] = None  # its lane's address (cw.lanes)
     shm: Optional[str] = None
     lanes_off: Optional[str] = None  # why it has no lane (for `cw status`)
+    express: bool = False  # its worker's spare: quick jobs of a client waiting on others (scheduler)
 
 
 class Died(NamedTuple):  # supervisor -> master

@@ -91,8 +91,9 @@ def render(snap: dict, address: str) -> str:
                                     "CPU%", "RSS")]
     for w in sorted(snap["workers"], key=lambda w: (str(w["host"]), w["pid"] or 0)):
         cpu = "-" if w.get("cpu") is None else f"{w['cpu']:.1f}"[-6:] if w["cpu"] < 1e5 else "99999+"
+        held = w["executors"] + w.get("express", 0)  # its spare runs jobs too: counted in both
         lines.append(WORKER_ROW.format(
-            str(w["host"]), w["pid"], f"{w['running']}/{w['executors']}", w["state"], _job(w),
+            str(w["host"]), w["pid"], f"{w['running']}/{held}", w["state"], _job(w),
             duration(w["age"]), _num(w["done"], 6), _num(w["failed"], 5), cpu, size(w.get("rss"))))
     if not snap["workers"]:
         lines.append("  (no workers registered)")

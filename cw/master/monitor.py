@@ -185,13 +185,14 @@ class Monitor:
     def snapshot(self, books: "Books", now: float) -> dict:
         """A JSON-able picture of the cluster: the STATUS reply."""
         self.throughput.sample(now, books.counts["done"] + books.counts["lost"])
-        executors = [self.executor_view(state, now) for state in books.executors.values()]
+        views = [self.executor_view(state, now) for state in books.executors.values()]
+        executors = [e for e in views if not e["express"]]  # the workers' --procs; spares apart
         on_lanes = Counter(state.lane_client for state in books.executors.values() if self.on_lane(state))
         waiting = Counter(job.client for state in books.executors.values()  # prefetched: not begun
                           for job in islice(state.running.values(), 0 if self.on_lane(state) else 1, None))
         clients = [client_view(c, on_lanes[c.identity], waiting[c.identity]) for c in books.clients.values()]
         by_worker: dict[Optional[str], list[dict]] = {}
-        for e in executors:
+        for e in views:
             by_worker.setdefault(e["worker"], []).append(e)
         workers = [self.worker_view(ident, sup, by_worker.get(ident.hex(), []))
                    for ident, sup in books.supervisors.items()]
@@ -199,7 +200,7 @@ class Monitor:
         totals = {
             "workers": len(workers), "executors": len(executors), "clients": len(clients),
             "queued": sum(c["queued"] for c in clients),
-            "running": sum(e["running"] for e in executors),
+            "running": sum(e["running"] for e in views), "express": len(views) - len(executors),
             "prefetched": sum(e["prefetched"] for e in executors),
             "submitted": counts["submitted"], "done": counts["done"] + counts["lost"],
             "failed": self.failed, "lost": counts["lost"],
@@ -209,6 +210,7 @@ class Monitor:
             "port": books.port, "uptime": time.time() - books.started_at, "time": time.time(),
             "http": self.http_url,
             "workers": workers, "executors": executors, "clients": clients,
+            "express": [e for e in views if e["express"]],
             "queued": totals["queued"], "running": totals["running"], "prefetched": totals["prefetched"],
             "totals": totals, "throughput": self.throughput.summary(now), "counts": counts,
             "lanes_off": lanes_off(books),
@@ -243,7 +245,7 @@ class Monitor:
             "running": 1 if lane or held else 0, "prefetched": held if lane else max(0, held - 1),
             "job": "lane" if lane else head, "age": None if shown is None else round(now - since, 3),
             "done": state.done, "draining": state.capacity == 0,
-            "lent": state.leased_to is not None, "lane": lane,
+            "lent": state.leased_to is not None, "lane": lane, "express": state.info.express,
             "cpu": usage[0] if usage else None, "rss": usage[1] if usage else None,
         }
 
@@ -251,9 +253,11 @@ class Monitor:
         busy = [e for e in mine if e["running"]]
         oldest = max(busy, key=lambda e: e["age"], default=None)
         usage = [e for e in mine if e["cpu"] is not None]
+        spares = sum(e["express"] for e in mine)
         return {
             "host": sup.info.host, "pid": sup.info.pid, "procs": sup.info.procs or 0,
-            "executors": len(mine), "state": worker_state(mine), "running": len(busy),
+            "executors": len(mine) - spares, "express": spares,
+            "state": worker_state([e for e in mine if not e["express"]]), "running": len(busy),
             "jobs": [e["job"] for e in busy],
             "job": oldest["job"] if oldest else None, "age": oldest["age"] if oldest else None,
             "done": self.retired.get(ident, 0) + sum(e["done"] for e in mine),

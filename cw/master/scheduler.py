@@ -12,6 +12,10 @@
               job waits on an executor behind another (prefetched) only
               when both are of clients whose jobs are known to be short
               ──TASK──► one message per executor per turn (``send_task``)
+    dispatch_express(): a worker's spare executor (``express``) takes one job
+              of a client whose jobs are short and that has none out, once
+              no other executor could: it runs now, not after another's
+              long job
     announce_started(): STARTED for the jobs still running a moment later
     expired(): running jobs past their timeout, from a heap of deadlines
 
@@ -43,6 +47,9 @@ TASK_BYTES = 1 << 20  # a TASK with several jobs stays under this
 # this long or less (``ClientState.cost``); a client's first jobs, before
 # any result, wait for an executor with nothing to do.
 PREFETCH_SECONDS = 0.02
+# A spare executor looks this far down the line of clients with nothing out
+# for one whose jobs are short: the line is short, and a dispatch never scans.
+EXPRESS_LOOK = 8
 # A job still running this long after it went to an executor is announced
 # to its client (STARTED); a quicker one names its worker in its result.
 ANNOUNCE_AFTER = 0.005
@@ -59,6 +66,7 @@ class Scheduler:
         self.fresh: deque[bytes] = deque()  # clients with queued jobs and none out: first, in turns
         self.ready: deque[bytes] = deque()  # the other clients with queued jobs, in turns
         self.free: deque[bytes] = deque()  # executors that may have room for tasks
+        self.express: deque[bytes] = deque()  # workers' spare executors with nothing to do
         self.shared: list[ExecutorState] = []  # lent executors (cw.lanes) just given others' jobs
         self.queued = 0  # jobs in clients' queues (cancelled ones included until popped)
         self.announce: deque = deque()  # (when, job, executor identity): STARTED due, in dispatch order
@@ -100,7 +108,7 @@ class Scheduler:
         """An executor may have room: it joins the line of those that take tasks."""
         if not state.offered:
             state.offered = True
-            self.free.append(state.identity)
+            (self.express if state.info.express else self.free).append(state.identity)
 
     # -- dispatch ---------------------------------------------------------
     def window(self, state: ExecutorState) -> int:
@@ -123,19 +131,59 @@ class Scheduler:
             if room <= 0 or not self.may_wait_behind(state):
                 continue  # full, or busy with a long job: a result offers it again
             jobs, more = self.take(room, behind=bool(state.running))
-            for job in jobs:
-                job.executor = state.identity
-                job.announced = False
-                self.announce.append((now + ANNOUNCE_AFTER, job, state.identity))
-                if not state.running and job.timeout is not None:
-                    self.start_clock(job, now)  # else it waits, prefetched, behind another
-                state.running[job.tid] = job
-            if jobs:
-                self.send_task(state, jobs)
-                if state.leased_to is not None and any(job.client != state.leased_to for job in jobs):
-                    self.shared.append(state)  # its lane's next jobs would wait behind these
+            self.assign(state, jobs, now)
             if more and len(state.running) < self.window(state):
                 self.offer(state)  # the queue ran dry (or the message grew big) before it was full
+        if self.express and (self.fresh or self.ready):
+            self.dispatch_express(now)
+
+    def dispatch_express(self, now: float) -> None:
+        """Spare executors take the next job of a client that has none out and
+        whose jobs are short (looking ``EXPRESS_LOOK`` deep into each line of
+        clients): every other executor is busy, maybe for long, and its
+        turn is now."""
+        for line in (self.fresh, self.ready):
+            look = 0
+            while look < min(EXPRESS_LOOK, len(line)) and (state := self.spare()) is not None:
+                client = self.clients.get(line[look])
+                if client is not None and not (self.short(client) and len(client.jobs) <= len(client.queue)):
+                    look += 1
+                    continue
+                del line[look]
+                job = None if client is None else self.next_job(client)
+                if job is None:
+                    if client is not None:
+                        client.in_ready = False
+                    continue
+                self.ready.append(client.identity)  # its next job takes its turn with the others
+                self.express.popleft()
+                state.offered = False
+                self.assign(state, [job], now)
+
+    def spare(self) -> Optional[ExecutorState]:
+        """The first spare executor free to take a job; others leave the line."""
+        while self.express:
+            state = self.executors.get(self.express[0])
+            if state is not None and state.capacity and not state.running:
+                return state
+            self.express.popleft()
+            if state is not None:
+                state.offered = False
+        return None
+
+    def assign(self, state: ExecutorState, jobs: list[Job], now: float) -> None:
+        """Send ``jobs`` to an executor, behind what it holds."""
+        for job in jobs:
+            job.executor = state.identity
+            job.announced = False
+            self.announce.append((now + ANNOUNCE_AFTER, job, state.identity))
+            if not state.running and job.timeout is not None:
+                self.start_clock(job, now)  # else it waits, prefetched, behind another
+            state.running[job.tid] = job
+        if jobs:
+            self.send_task(state, jobs)
+            if state.leased_to is not None and any(job.client != state.leased_to for job in jobs):
+                self.shared.append(state)  # its lane's next jobs would wait behind these
 
     def short(self, client: Optional[ClientState]) -> bool:
         """Whether a client's jobs are known to be short: they may wait ahead."""

@@ -36,6 +36,10 @@ from ..logfiles import role_log_file, setup_logging
 @click.option("--batch", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="Most tasks an executor holds while its jobs take about a millisecond or "
                    "less, to save messages (1: never more than --prefetch allows).")
+@click.option("--express/--no-express", default=True, show_default=True,
+              help="Also run a spare executor that takes only quick jobs (20 ms or less) of a "
+                   "client with nothing else running: its jobs need not wait behind another "
+                   "client's long ones.")
 @click.option("--master-timeout", type=click.FloatRange(0, min_open=True), default=None,
               help="Exit when the master is silent this many seconds, counted from the start "
                    "(no orphans once it is gone) [default: wait for it forever].")
@@ -45,7 +49,7 @@ from ..logfiles import role_log_file, setup_logging
 @log_option
 @friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
-                   grace: float, prefetch: int, batch: int, master_timeout: Optional[float],
+                   grace: float, prefetch: int, batch: int, express: bool, master_timeout: Optional[float],
                    cluster: Optional[str], insecure: bool, heartbeat: float, liveness: int,
                    log_level: str) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
@@ -67,7 +71,7 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
     host, port = find_master(host, port, cluster)
     sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
                      keys=keys, cluster=cluster_name(cluster), prefetch=prefetch, batch=batch,
-                     master_timeout=master_timeout)
+                     master_timeout=master_timeout, express=express)
 
     def on_signal(signum: int, frame: Any) -> None:
         sup.stopping = True

@@ -59,10 +59,10 @@ class Executor:
     def __init__(self, address: str, identity: bytes, supervisor: str,
                  heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None,
                  prefetch: int = 1, batch: int = 64, job_fd: Optional[int] = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, express: bool = False) -> None:
         # Holding ``prefetch`` tasks beyond the running one, an executor never idles for a
         # round trip to the master between short jobs; the master sends up to ``batch`` at once.
-        self.capacity = 1 + prefetch
+        self.capacity, self.express = 1 + prefetch, express  # express: a spare, with no lane (scheduler)
         self.batch = max(self.capacity, batch) if prefetch else 1
         self.clock = clock  # a test's fake clock; every timing below reads it
         self.peer = Peer(address, identity, heartbeat, liveness, keys, clock)
@@ -93,7 +93,8 @@ class Executor:
         self.poller.register(self.peer.sock, zmq.POLLIN)
 
     def register(self) -> None:
-        header = peer_header(self.capacity, supervisor=self.supervisor, batch=self.batch)
+        header = peer_header(self.capacity, supervisor=self.supervisor, batch=self.batch,
+                             express=self.express)
         if self.lane is not None:
             header["lane"], header["shm"] = self.lane_address, shm.host_key()
         elif self.lane_address:
@@ -110,7 +111,7 @@ class Executor:
     def open_lane(self) -> None:
         """Clients of this host may be lent our lane (cw.lanes): their jobs
         come straight from them, and their results go straight back."""
-        self.lane, self.lane_address = lane.bind()
+        self.lane, self.lane_address = (None, "") if self.express else lane.bind()
         if self.lane is not None:
             self.poller.register(self.lane, zmq.POLLIN)
             self.peer.beat_header = self.lane_header
@@ -248,9 +249,7 @@ class Executor:
             self.listen_at = now
         self.post(Result(tid, status, error, len(payload), round(seconds, 6)), payload, client, now)
         self._args = None
-        # Nothing could be heard while the job ran: do not take that
-        # silence for a dead master.
-        self.peer.last_heard = now
+        self.peer.last_heard = now  # the master's silence while the job ran is no death
         return now
 
     def post(self, entry: Result, payload: list, client: list, now: float) -> None:

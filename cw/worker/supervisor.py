@@ -46,7 +46,7 @@ class Supervisor:
     def __init__(self, host: str, port: int, procs: int = 1, *, heartbeat: float = 1.0,
                  liveness: int = 10, grace: float = 30.0, keys: Optional[Keys] = None,
                  cluster: str = "default", prefetch: int = 1, batch: int = 64,
-                 master_timeout: Optional[float] = None,
+                 master_timeout: Optional[float] = None, express: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock  # a test's fake clock; every timing below reads it
         self.prefetch, self.batch = prefetch, batch
@@ -62,12 +62,17 @@ class Supervisor:
         self.grace = grace
         self.identity = b"s" + os.urandom(8)
         self.peer = Peer(self.address, self.identity, heartbeat, liveness, keys, clock)
-        self.slots: list[Optional[subprocess.Popen]] = [None] * procs
-        self.ids: list[bytes] = [b""] * procs
-        self.restart_at = [0.0] * procs
-        self.failures = [0] * procs
-        self.spawned_at = [0.0] * procs
-        self.running: list[Optional[mmap.mmap]] = [None] * procs  # each executor's current task
+        # Slot ``procs``, if ``express``: a spare executor that takes one
+        # quick job at a time, of a client with nothing else out (so that
+        # it does not wait behind another client's long jobs), and no lane.
+        slots = procs + express
+        self.express = express
+        self.slots: list[Optional[subprocess.Popen]] = [None] * slots
+        self.ids: list[bytes] = [b""] * slots
+        self.restart_at = [0.0] * slots
+        self.failures = [0] * slots
+        self.spawned_at = [0.0] * slots
+        self.running: list[Optional[mmap.mmap]] = [None] * slots  # each executor's current task
         self.started = self.stopping = False
         self.usage = Usage()  # CPU % and RSS of the executors, in each HEARTBEAT
         self.lane_seen: set[int] = set()  # executors running a lane's job at the last look
@@ -79,7 +84,7 @@ class Supervisor:
         """Tell the master at once (not at the next heartbeat) when an
         executor has run a lane's job for a while, or stopped: it must not
         time out a job of its own waiting behind (cw.lanes)."""
-        now = {i for i in range(self.procs) if self.slots[i] is not None and self.on_lane(i)}
+        now = {i for i, proc in enumerate(self.slots) if proc is not None and self.on_lane(i)}
         lasting = now & self.lane_seen  # on at two looks in a row, 0.1 s apart: not a short job's
         if lasting != self.lane_told:
             self.lane_told = lasting
@@ -91,17 +96,18 @@ class Supervisor:
         word = self.running[i]
         return word is not None and int.from_bytes(word[:8], "little") == SLOT_MARK
 
-    def executor_command(self, ident: bytes) -> list[str]:
+    def executor_command(self, ident: bytes, express: bool = False) -> list[str]:
         """How executor ``ident`` is started (``python -m cw.executor``)."""
+        queue = ["--prefetch", "0", "--batch", "1", "--express"] if express else \
+            ["--prefetch", str(self.prefetch), "--batch", str(self.batch)]
         return [sys.executable, "-m", "cw.executor", self.host, "--port", str(self.port),
                 "--executor", ident.hex(), "--supervisor", self.identity.hex(),
                 "--heartbeat", str(self.peer.heartbeat), "--liveness", str(self.peer.liveness),
-                "--cluster", self.cluster, "--prefetch", str(self.prefetch), "--batch", str(self.batch),
-                *(["--insecure"] if self.peer.keys is None else [])]
+                "--cluster", self.cluster, *queue, *(["--insecure"] if self.peer.keys is None else [])]
 
     def spawn(self, i: int, now: float) -> None:
         ident = b"e" + os.urandom(8)
-        cmd = self.executor_command(ident)
+        cmd = self.executor_command(ident, express=i == self.procs)
         fd = _shared_word()
         if fd is not None:
             cmd += ["--job-fd", str(fd)]
@@ -136,7 +142,8 @@ class Supervisor:
         if not self.started:
             self.started = True
             self.register()
-            log.info("worker pid %d: %d executor(s) for %s", os.getpid(), self.procs, self.address)
+            log.info("worker pid %d: %d executor(s)%s for %s", os.getpid(), self.procs,
+                     " and an express one" if self.express else "", self.address)
         self.check_children(self.clock() if now is None else now)
         self.report_lanes()
         msg = self.peer.recv(timeout)

@@ -481,6 +481,42 @@ def test_another_clients_job_never_waits_behind_a_long_one_sent_ahead(master):
     assert bytes(task.payload[1]) == b"call100" and ex.nothing({Kind.TASK})
 
 
+def test_a_spare_runs_a_quick_clients_jobs_while_long_ones_hold_every_executor(master):
+    """Client a's 0.4 s jobs hold the one executor. Client b's jobs are known
+    to be quick: the worker's express spare runs each at once, one at a
+    time. a's jobs, long, never go to the spare."""
+    a, b = client(master), client(master)
+    ex = Peer(master, b"e")
+    ex.send(Kind.READY, {"capacity": 2, "batch": 64, "supervisor": "", **PEER})
+    spare = Peer(master, b"e")
+    spare.send(Kind.READY, {"capacity": 1, "batch": 1, "express": True, "supervisor": "", **PEER})
+    submit(b, 99)
+    (tid,) = raw_tasks(ex)  # an executor with nothing to do comes before the spare
+    ex.send(Kind.RESULT, {"results": [[tid, "ok", None, 0, 0.001]], "busy": 0.001})
+    assert b.recv({Kind.RESULT}).header["id"] == 99
+    for jid in range(1, 11):
+        submit(a, jid)
+    (tid,) = raw_tasks(ex)
+    assert spare.nothing({Kind.TASK})  # a's first job is of unknown length: not the spare's
+    ex.send(Kind.RESULT, {"results": [[tid, "ok", None, 0, 0.4]], "busy": 0.4})
+    (tid,) = raw_tasks(ex)
+    for jid in (100, 101, 102):
+        submit(b, jid)
+        task = spare.recv({Kind.TASK})
+        assert bytes(task.payload[1]) == f"call{jid}".encode()
+        spare.send(Kind.RESULT, {"results": [[task.header["id"], "ok", None, 0, 0.001]], "busy": 0.001})
+        assert b.recv({Kind.RESULT}).header["id"] == jid
+    submit(b, 103)
+    submit(b, 104)
+    first = spare.recv({Kind.TASK})
+    assert spare.nothing({Kind.TASK})  # one at a time: 104 waits for the spare to finish
+    spare.send(Kind.RESULT, {"results": [[first.header["id"], "ok", None, 0, 0.001]], "busy": 0.001})
+    assert bytes(spare.recv({Kind.TASK}).payload[1]) == b"call104"
+    assert ex.nothing({Kind.TASK})  # and the executor's a job runs on, alone
+    snap = master.monitor.snapshot(master.books, 0.0)
+    assert len(snap["executors"]) == 1 and len(snap["express"]) == 1 and snap["totals"]["express"] == 1
+
+
 class CountingPoller:
     """The master's poller, with a record of each poll's timeout (ms)."""
 

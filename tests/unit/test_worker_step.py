@@ -47,7 +47,7 @@ def supervisor(master):
 
     def make(procs: int = 1, **options) -> Supervisor:
         sup = Supervisor("127.0.0.1", master.port, procs, keys=None, clock=FakeClock(), **options)
-        sup.executor_command = lambda ident: SLEEPER
+        sup.executor_command = lambda ident, express=False: SLEEPER
         made.append(sup)
         return sup
 
@@ -70,9 +70,18 @@ def test_the_supervisor_registers_on_its_first_step(master, supervisor):
     ready = master.recv()
     assert ready.kind is Kind.READY
     assert ready.header["capacity"] == 0 and ready.header["procs"] == 2
-    assert all(proc is not None for proc in sup.slots)  # and starts its executors
+    assert len(sup.slots) == 3 and all(proc is not None for proc in sup.slots)  # and its spare
     sup.step()
     assert master.said(sup.peer) == []  # once
+
+
+def test_the_express_spare_is_started_as_one_and_can_be_left_out(supervisor):
+    sup = supervisor(procs=2, express=False)
+    assert len(sup.slots) == 2
+    command = Supervisor.executor_command(sup, b"e1", express=True)
+    assert "--express" in command
+    assert command[command.index("--prefetch") + 1] == "0" and command[command.index("--batch") + 1] == "1"
+    assert "--express" not in Supervisor.executor_command(sup, b"e2")
 
 
 def test_the_supervisor_heartbeats_when_the_clock_says_so(master, supervisor):
@@ -86,7 +95,7 @@ def test_the_supervisor_heartbeats_when_the_clock_says_so(master, supervisor):
     sup.step()
     beat = master.recv()
     assert beat.kind is Kind.HEARTBEAT
-    assert list(beat.header["stats"]) == [sup.ids[0].hex()]  # with its usage
+    assert sorted(beat.header["stats"]) == sorted(i.hex() for i in sup.ids)  # with its usage, spare too
 
 
 def test_a_silent_master_stops_the_supervisor_after_master_timeout(master, supervisor):
