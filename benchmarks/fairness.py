@@ -13,9 +13,10 @@ A's jobs on both executors start and end together). Prints each median and
 first on ``PYTHONPATH`` and is the working directory of every process), to
 compare before and after.
 
-B's wait under load is at least what is left of the job running on the
-first executor to free: prefetch only adds to it (a job of A sent ahead to
-that executor, ``cw.master.scheduler.PREFETCH_SECONDS``).
+Without the workers' express spares (``cw worker --no-express``), B's wait
+under load is at least what is left of the job running on the first
+executor to free; with them, B's quick jobs run on a spare at once
+(``cw.master.scheduler.dispatch_express``).
 """
 from __future__ import annotations
 

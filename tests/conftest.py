@@ -382,13 +382,15 @@ def cluster(procs):
     return start
 
 
-def wait_workers(port: int, n: int, executors: int | None = None) -> dict:
+def wait_workers(port: int, n: int, executors: int | None = None, spares: int = 0) -> dict:
+    """The status once ``n`` workers, ``executors`` executors (default ``n``) and
+    ``spares`` express spares (cw.master.scheduler) registered."""
     from cw.launch import query_status
 
     want = n if executors is None else executors
     return wait_for(
-        lambda: (lambda s: s if len(s["workers"]) >= n and len(s["executors"]) >= want else None)(
-            query_status("127.0.0.1", port)),
+        lambda: (lambda s: s if len(s["workers"]) >= n and len(s["executors"]) >= want
+                 and len(s["express"]) >= spares else None)(query_status("127.0.0.1", port)),
         what=f"{n} workers",
     )
 

@@ -7,7 +7,7 @@ import sys
 import jobs
 import psutil
 import pytest
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 import cw
 import cw.mp
@@ -53,8 +53,9 @@ def test_mp_py_start_stop_leaves_no_process_and_spares_a_look_alike(cw_home, for
     done = run("mp.py", "-n", "2", "--procs-per-worker", "2", "--port", "0", "start")
     assert done.returncode == 0, done.stderr
     assert "2 worker(s) started" in done.stdout
-    started = cluster_processes(cw_home)
-    assert len(started) == 1 + 2 + 4  # master, two supervisors, four executors
+    # Master, two supervisors, four executors and each worker's express spare.
+    started = wait_for(lambda: (lambda found: found if len(found) == 1 + 2 + 4 + 2 else None)(
+        cluster_processes(cw_home)), what="every process of the cluster")
     # A stale pid file naming the look-alike (another create time) must not count.
     stale = {"pid": foreign.pid, "create_time": 1.0, "role": "worker", "log": ""}
     (cw_home / "default" / "pids" / "worker-stale.json").write_text(json.dumps(stale))

@@ -8,9 +8,9 @@ from conftest import descendants, wait_for, wait_workers
 def test_worker_exits_when_its_master_is_gone(procs):
     master, port = procs.master()
     worker = procs.worker(port, "--master-timeout", "2", "--heartbeat", "0.2", procs=2)
-    wait_workers(port, 1, executors=2)
+    wait_workers(port, 1, executors=2, spares=1)
     executors = descendants(worker.pid)
-    assert len(executors) == 2
+    assert len(executors) == 3  # and the express spare
     master.kill()
     master.wait(10)
     started = time.monotonic()

@@ -75,9 +75,9 @@ def test_job_that_kills_its_executor_fails_after_retries(cluster):
 def test_worker_sigterm_exits_0_and_takes_its_executors(procs):
     _, port = procs.master()
     worker = procs.worker(port, procs=2)
-    wait_workers(port, 1, executors=2)
+    wait_workers(port, 1, executors=2, spares=1)
     children = descendants(worker.pid)
-    assert len(children) == 2
+    assert len(children) == 3  # and the express spare
     assert stop_gracefully(worker) == 0
     gone, alive = psutil.wait_procs([psutil.Process(p) for p in children if psutil.pid_exists(p)], timeout=10)
     assert not alive

@@ -158,7 +158,8 @@ def test_workers_exit_when_the_master_dies(sshbox, ssh_home, tmp_path):
     done = cw_ssh("start", machines, "--port", "0", "--no-local-workers", "--master-timeout", "2",
                   *sshbox.ssh_options)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(cw_processes()) == 4  # a supervisor and an executor on each machine
+    # A supervisor, an executor and its express spare on each machine.
+    wait_for(lambda: len(cw_processes()) == 6, what="the workers' processes")
     master = json.loads((ssh_home / "default" / "master.json").read_text())["pid"]
     os.kill(master, signal.SIGKILL)  # the head "disappears"
     wait_for(lambda: cw_processes() == [], timeout=30, interval=0.1, what="no worker left on any machine")
