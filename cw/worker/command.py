@@ -36,7 +36,7 @@ from ..logfiles import role_log_file, setup_logging
 @click.option("--batch", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="Most tasks an executor holds while its jobs take about a millisecond or "
                    "less, to save messages (1: never more than --prefetch allows).")
-@click.option("--express/--no-express", default=True, show_default=True,
+@click.option("--express/--no-express", default=True, show_default=True, envvar="CW_EXPRESS",
               help="Also run a spare executor that takes only quick jobs (20 ms or less) of a "
                    "client with nothing else running: its jobs need not wait behind another "
                    "client's long ones.")
