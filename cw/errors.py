@@ -14,6 +14,14 @@ class CWError(Exception):
     """Base class of every failure of cw itself (not of a user's job)."""
 
 
+class JournalError(CWError):
+    """A sweep's journal cannot be used: its file, or what it holds (cw.journal)."""
+
+
+class JournalMismatchError(JournalError):
+    """The journal holds results of another version of a function's code."""
+
+
 class ProtocolError(CWError):
     """A message did not follow the wire protocol (bad frames, bad header)."""
 

@@ -8,6 +8,7 @@ thread and handed to futures or callbacks.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ from ..discovery import find_master
 from ..errors import JobRejectedError, RemoteException, WorkerLostError
 from ..host import raise_fd_limit
 from ..joberrors import loads_error
+from ..journal import Journal, call_key
 from ..protocol import Status
 from ..security import client_keys, insecure_default
 from ..serialize import context_frame, dumps_call, loads_value
@@ -30,6 +32,8 @@ from .iocore import IOCore
 from .progress import Progress
 
 __all__ = ["ClusterExecutor", "SlurmExecutor", "RemoteException", "JobInfo"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PENDING = 10_000
 
@@ -117,6 +121,7 @@ class _Future(futures.Future):
         self._cw_queued: Optional[float] = None
         self._cw_worker: Optional[str] = None
         self._cw_ran: Optional[float] = None
+        self._cw_key: Optional[bytes] = None  # its call's key in the executor's journal, if any
 
     @property
     def info(self) -> JobInfo:
@@ -176,17 +181,25 @@ class ClusterExecutor(futures.Executor):
     executor is killed and its future raises ``TimeoutError`` (None: no
     limit). Both are defaults that ``submit`` can override per job.
     ``heartbeat``/``liveness``: seconds between heartbeats, and how many
-    missed ones make the master count as gone.
+    missed ones make the master count as gone. ``journal``: a file that
+    keeps each job's result once it succeeded (on the shared filesystem,
+    for a program run from any node): the same program run again gets the
+    results the journal holds at once and submits only the other jobs
+    (``cw.journal``). A function whose code changed since is refused with
+    ``JournalMismatchError``; ``journal_mismatch="ignore"`` runs its jobs
+    again instead.
     """
 
     def __init__(self, host: Optional[str] = None, port: Optional[int] = None, *,
                  connect_timeout: float = 30, max_pending: int = DEFAULT_MAX_PENDING,
                  retries: int = 2, timeout: Optional[float] = None,
                  cluster: Optional[str] = None, insecure: Optional[bool] = None,
-                 heartbeat: float = 1.0, liveness: int = 10) -> None:
+                 heartbeat: float = 1.0, liveness: int = 10,
+                 journal: Union[str, os.PathLike, None] = None, journal_mismatch: str = "refuse") -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         _options(retries, timeout)
+        self._journal = None if journal is None else Journal(journal, journal_mismatch)
         self.max_pending = max_pending
         self.retries = retries
         self.timeout = timeout
@@ -194,13 +207,24 @@ class ClusterExecutor(futures.Executor):
         self._ids = itertools.count(1)
         self._context = _Context()
         self._shutdown = False
-        self._core = _connect(host, port, cluster, insecure, connect_timeout,
-                              self._on_result, self._on_started, heartbeat, liveness)
+        try:
+            self._core = _connect(host, port, cluster, insecure, connect_timeout,
+                                  self._on_result, self._on_started, heartbeat, liveness)
+        except BaseException:
+            if self._journal is not None:
+                self._journal.close()
+            raise
         self._context.connected(self._core)
 
     @property
     def address(self) -> str:
         return self._core.address
+
+    @property
+    def journal(self) -> Optional[Journal]:
+        """The journal (``cw.journal.Journal``: ``path``, ``hits``, the results
+        taken from it, ``kept``, those added), or None."""
+        return self._journal
 
     def submit(self, fn: Callable, /, *args: Any, timeout: Optional[float] = None,  # type: ignore[override]
                retries: Optional[int] = None, **kwargs: Any) -> futures.Future:
@@ -217,6 +241,11 @@ class ClusterExecutor(futures.Executor):
             raise RuntimeError("cannot submit after shutdown")
         options = _options(self.retries if retries is None else retries,
                            self.timeout if timeout is None else timeout)
+        key = None
+        if self._journal is not None:
+            key, done = self._journaled(fn, tuple(args), kwargs or {})
+            if done is not None:
+                return done
         jid = next(self._ids)  # the job's label in the worker's log: its submit order, from 1
         call = dumps_call(fn, tuple(args), kwargs or {}, shared=self._core.shared, label=jid)
         fut = _Future(self._core, jid, self._futures)
@@ -227,7 +256,22 @@ class ClusterExecutor(futures.Executor):
             del self._futures[jid]
             blobs.store.let_go((b"", *call))  # never held: no result will let it go
             raise
+        fut._cw_key = key
         return fut
+
+    def _journaled(self, fn: Callable, args: tuple, kwargs: dict) -> tuple[bytes, Optional[futures.Future]]:
+        """The call's key in the journal, and a future done with its result
+        if the journal holds it (``cw.journal``)."""
+        assert self._journal is not None
+        code = self._journal.code_of(args[0] if fn is _run_chunk else fn)  # a map's chunk: the user's
+        key = call_key(fn, args, kwargs, code)
+        held, value = self._journal.get(key)
+        if not held:
+            return key, None
+        done: futures.Future = futures.Future()
+        done.set_running_or_notify_cancel()
+        done.set_result(value)
+        return key, done
 
     @staticmethod
     def share(obj: Any) -> Shared:
@@ -312,6 +356,10 @@ class ClusterExecutor(futures.Executor):
         if wait:
             futures.wait(list(self._futures.values()))
         self._core.close(timeout=10)
+        if self._journal is not None:
+            log.info("journal %s: %d result(s) taken from it, %d kept in it", self._journal.path,
+                     self._journal.hits, self._journal.kept)
+            self._journal.close()
 
     # -- called in the I/O thread -------------------------------------------
     def _on_started(self, ids: list, worker: Optional[str]) -> None:
@@ -327,6 +375,8 @@ class ClusterExecutor(futures.Executor):
             return  # cancelled by the user meanwhile
         fut._finished(ran, worker)
         ok, value = _outcome(status, payload, error, jid)
+        if ok and fut._cw_key is not None and self._journal is not None:
+            self._journal.put(fut._cw_key, value)  # kept before anyone can see it, and exit
         if ok:
             fut.set_result(value)
         else:
