@@ -11,6 +11,7 @@ import click
 from .cli_common import PORT, Procs, apply_options, cluster_option, friendly, insecure_option
 from .errors import CWError
 from .protocol import DEFAULT_PORT
+from .view import duration
 
 # Options every launcher's start shares.
 start_which = [
@@ -189,7 +190,8 @@ def _echo_master(st: dict, each_worker: bool = False) -> None:
         click.echo(f"  workers registered: {len(snap['workers'])}  executors: {len(snap['executors'])}  "
                    f"queued: {snap['queued']}  running: {snap['running']}")
         for w in snap["workers"] if each_worker else ():
-            click.echo(f"    worker {w['host']} pid {w['pid']}: {w['executors']} executor(s)")
+            left = "" if w.get("left") is None else f", {duration(w['left'])} left before its time limit"
+            click.echo(f"    worker {w['host']} pid {w['pid']}: {w['executors']} executor(s){left}")
     elif "master_error" in st:
         click.echo(f"  master: {st['master_error']}")
 

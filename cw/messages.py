@@ -117,6 +117,7 @@ class Submit(NamedTuple):  # client -> master; TASK (master -> executor) has its
     contexts: Optional[Ids] = None  # jobs of each run sharing a context (default: one run)
     retries: Optional[int] = None
     timeout: Optional[float] = None
+    expected: Optional[float] = None  # seconds each job should take: only to a worker with that long left
 
 
 class Task(NamedTuple):
@@ -159,6 +160,7 @@ class Ready(NamedTuple):  # executor (or supervisor: procs) -> master
     shm: Optional[str] = None
     lanes_off: Optional[str] = None  # why it has no lane (for `cw status`)
     express: bool = False  # its worker's spare: quick jobs of a client waiting on others (scheduler)
+    left: Optional[float] = None  # a supervisor's: seconds until its worker is stopped (SLURM's time limit)
 
 
 class Died(NamedTuple):  # supervisor -> master

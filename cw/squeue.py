@@ -7,10 +7,12 @@ found through ``squeue`` (this user, this cluster).
 from __future__ import annotations
 
 import getpass
+import os
+import re
 import shutil
 import subprocess
 import time
-from typing import Optional
+from typing import Mapping, Optional
 
 from .cluster import cluster_name
 from .errors import ClusterError
@@ -31,6 +33,35 @@ def available() -> bool:
             except (OSError, subprocess.TimeoutExpired):
                 pass
     return _available
+
+
+def time_left(environ: Mapping[str, str] = os.environ) -> Optional[float]:
+    """Seconds until this SLURM job's time limit; None outside a SLURM job,
+    without a limit, or when SLURM cannot say. From ``SLURM_JOB_END_TIME``
+    (SLURM 23.02 and later) where set, else one ``squeue`` call."""
+    end = environ.get("SLURM_JOB_END_TIME", "")
+    if end.isdigit():
+        return int(end) - time.time()
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%L"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_time_left(out.strip())
+
+
+def parse_time_left(text: str) -> Optional[float]:
+    """squeue's ``%L``: ``[D-][HH:]MM:SS`` in seconds; None for UNLIMITED, NOT_SET, INVALID."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text)
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 def job_name(role: str, cluster: Optional[str] = None) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 WIDTH = 80
 WORKER_ROW = "{:<13.13} {:>7} {:>5}  {:<8.8} {:>7} {:>6} {:>6} {:>5} {:>6} {:>6}"
+LIMITED_ROW = "{:<8.8} {:>7} {:>5}  {:<8.8} {:>7} {:>6} {:>6} {:>5} {:>6} {:>6} {:>4}"  # + LEFT
 CLIENT_ROW = "{:<13.13} {:>7}  {:<16.16} {:>10} {:>10} {:>10}"
 
 
@@ -30,6 +31,18 @@ def duration(seconds: Optional[float]) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _left(seconds: Optional[float]) -> str:
+    """A worker's time left, in 4 characters: 45s, 59m, 23h, 3d."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    return f"{s // 3600}h" if s < 86400 else f"{s // 86400}d"
 
 
 def size(n: Optional[int]) -> str:
@@ -85,16 +98,21 @@ def header(snap: dict, address: str) -> list[str]:
 
 
 def render(snap: dict, address: str) -> str:
-    """The whole table; every line at most ``WIDTH`` characters."""
+    """The whole table; every line at most ``WIDTH`` characters. Where a
+    worker has a time limit, a LEFT column says how long it has (the
+    worker's name gives it the room)."""
     lines = header(snap, address)
-    lines += ["", WORKER_ROW.format("WORKER", "PID", "EXEC", "STATE", "JOB", "AGE", "DONE", "FAIL",
-                                    "CPU%", "RSS")]
+    limited = any(w.get("left") is not None for w in snap["workers"])
+    row = LIMITED_ROW if limited else WORKER_ROW
+    lines += ["", row.format("WORKER", "PID", "EXEC", "STATE", "JOB", "AGE", "DONE", "FAIL", "CPU%", "RSS",
+                             "LEFT")]
     for w in sorted(snap["workers"], key=lambda w: (str(w["host"]), w["pid"] or 0)):
         cpu = "-" if w.get("cpu") is None else f"{w['cpu']:.1f}"[-6:] if w["cpu"] < 1e5 else "99999+"
         held = w["executors"] + w.get("express", 0)  # its spare runs jobs too: counted in both
-        lines.append(WORKER_ROW.format(
+        lines.append(row.format(
             str(w["host"]), w["pid"], f"{w['running']}/{held}", w["state"], _job(w),
-            duration(w["age"]), _num(w["done"], 6), _num(w["failed"], 5), cpu, size(w.get("rss"))))
+            duration(w["age"]), _num(w["done"], 6), _num(w["failed"], 5), cpu, size(w.get("rss")),
+            _left(w.get("left"))))
     if not snap["workers"]:
         lines.append("  (no workers registered)")
     for host, why in sorted((snap.get("lanes_off") or {}).items()):  # wrapped: the why matters

@@ -227,20 +227,24 @@ class ClusterExecutor(futures.Executor):
         return self._journal
 
     def submit(self, fn: Callable, /, *args: Any, timeout: Optional[float] = None,  # type: ignore[override]
-               retries: Optional[int] = None, **kwargs: Any) -> futures.Future:
+               retries: Optional[int] = None, expected: Optional[float] = None,
+               **kwargs: Any) -> futures.Future:
         """Run ``fn(*args, **kwargs)`` on a worker.
 
-        ``timeout`` and ``retries`` are cw's (see the class); to pass
+        ``timeout`` and ``retries`` are cw's (see the class); ``expected``:
+        the seconds the job should take, so that it goes only to a worker
+        with that long left before its time limit (SLURM's). To pass
         arguments of those names to ``fn``, use ``submit_call``.
         """
-        return self.submit_call(fn, args, kwargs, timeout=timeout, retries=retries)
+        return self.submit_call(fn, args, kwargs, timeout=timeout, retries=retries, expected=expected)
 
     def submit_call(self, fn: Callable, args: tuple = (), kwargs: Optional[dict] = None, *,
-                    timeout: Optional[float] = None, retries: Optional[int] = None) -> futures.Future:
+                    timeout: Optional[float] = None, retries: Optional[int] = None,
+                    expected: Optional[float] = None) -> futures.Future:
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
         options = _options(self.retries if retries is None else retries,
-                           self.timeout if timeout is None else timeout)
+                           self.timeout if timeout is None else timeout, expected)
         key = None
         if self._journal is not None:
             key, done = self._journaled(fn, tuple(args), kwargs or {})
@@ -306,27 +310,29 @@ class ClusterExecutor(futures.Executor):
         return True
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
-            chunksize: int = 1, progress: bool = False) -> Iterator:
+            chunksize: int = 1, progress: bool = False, expected: Optional[float] = None) -> Iterator:
         """Like ``Executor.map``, but lazy: at most ``max_pending`` items in flight.
 
         The first window is submitted at once; each result taken lets one more
         item in, so a map over ten million items holds a bounded number.
         ``progress=True`` shows the results taken so far on stderr, with rate
         and ETA (the total is known when every iterable has a length).
+        ``expected``: the seconds each item takes (see ``submit``).
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         if progress:
-            inner = self.map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+            inner = self.map(fn, *iterables, timeout=timeout, chunksize=chunksize, expected=expected)
             return _progress(inner, _total(iterables))  # type: ignore[arg-type]
         end = None if timeout is None else time.monotonic() + timeout
         items = zip(*iterables)
         if chunksize > 1:
             chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
-            source = (self.submit(_run_chunk, fn, chunk) for chunk in chunks)
+            each = None if expected is None else expected * chunksize
+            source = (self.submit(_run_chunk, fn, chunk, expected=each) for chunk in chunks)
             window_size = max(1, self.max_pending // chunksize)
         else:
-            source = (self.submit(fn, *args) for args in items)
+            source = (self.submit(fn, *args, expected=expected) for args in items)
             window_size = self.max_pending
         window = deque(itertools.islice(source, window_size))
         return self._results(window, source, end, chunked=chunksize > 1)
@@ -383,12 +389,16 @@ class ClusterExecutor(futures.Executor):
             fut.set_exception(value)
 
 
-def _options(retries: int, timeout: Optional[float]) -> dict:
+def _options(retries: int, timeout: Optional[float], expected: Optional[float] = None) -> dict:
     if retries < 0:
         raise ValueError("retries must be >= 0")
-    if timeout is not None and not 0 < timeout < 1e9:
-        raise ValueError("timeout must be a positive number of seconds")
-    return {"retries": retries} if timeout is None else {"retries": retries, "timeout": timeout}
+    options: dict = {"retries": retries}
+    for name, seconds in (("timeout", timeout), ("expected", expected)):
+        if seconds is not None:
+            if not 0 < seconds < 1e9:
+                raise ValueError(f"{name} must be a positive number of seconds")
+            options[name] = seconds
+    return options
 
 
 def _total(iterables: tuple) -> Optional[int]:

@@ -103,7 +103,8 @@ class IOCore(threading.Thread):
 
     # -- called from user threads ------------------------------------------
     def submit(self, jid: int, payload: tuple, options: dict) -> None:
-        """Hand a job to the I/O thread; ``options``: retries, timeout (header fields)."""
+        """Hand a job to the I/O thread; ``options``: retries, timeout, expected (header
+        fields). A job with more than retries goes through the master, never a lane."""
         size = sum(map(len, payload))
         limit = self.link.max_message_size
         if size > limit:
@@ -125,7 +126,7 @@ class IOCore(threading.Thread):
                 return False
             self.jobs.hold(jid, payload, options)
             lent = self.lanes.current()
-            if lent is not None and "timeout" not in options and not blobs.needs(payload[1:]) \
+            if lent is not None and len(options) == 1 and not blobs.needs(payload[1:]) \
                     and lent.send(jid, payload):
                 self.on_started([jid], lent.worker)
             else:

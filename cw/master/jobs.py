@@ -90,14 +90,14 @@ class Jobs:
             context = bytes(frame)  # a Frame would pin its receive buffer while jobs wait
             for jid, frames in run:
                 if jid not in client.jobs:  # else a resubmission of a job we hold: keep the first
-                    self.take(client, jid, context, frames, retries, submit.timeout)
+                    self.take(client, jid, context, frames, retries, submit.timeout, submit.expected)
         # A client with one job in flight and nothing else queued: a caller
         # that waits for each result. Its next jobs may take a lane.
         if len(client.jobs) == 1 and self.sched.queued <= 1 and self.leases.shelf:
             self.leases.lend(client)
 
     def take(self, client: ClientState, jid: int, context: bytes, frames: list, retries: int,
-             timeout: Optional[float]) -> None:
+             timeout: Optional[float], expected: Optional[float] = None) -> None:
         # Small frames are copied out of their zmq.Frame, which costs far
         # more memory than the bytes while a million jobs wait in the queue.
         payload = (context, *(f.bytes if len(f) < COPY_BELOW else f for f in frames))
@@ -107,6 +107,7 @@ class Jobs:
             self.reply_refused(client.identity, jid, refusal)
             return
         job = Job(self.next_tid, client.identity, jid, payload, retries, size, timeout)
+        job.expected = expected
         client.held_bytes += size
         self.next_tid += 1
         client.jobs[jid] = job

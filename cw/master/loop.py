@@ -112,7 +112,7 @@ class Master:
             log.warning("CURVE is OFF (--insecure): anyone who can reach port %d can run code "
                         "as this user; use only on an isolated, trusted network", self.port)
         self.books = Books(self.send, heartbeat, liveness, limits, self.port)
-        self.sched = Scheduler(self.books.clients, self.books.executors, self.send)
+        self.sched = Scheduler(self.books.clients, self.books.executors, self.send, self.books.supervisors)
         self.leases = Leases(self.send)  # executors' lanes lent to clients of their host
         self.monitor = Monitor(clock())  # throughput, job ages, worker CPU/RSS: for `cw status`
         self.peers = Peers(self.books, self.sched, self.leases, self.monitor)

@@ -194,7 +194,7 @@ class Monitor:
         by_worker: dict[Optional[str], list[dict]] = {}
         for e in views:
             by_worker.setdefault(e["worker"], []).append(e)
-        workers = [self.worker_view(ident, sup, by_worker.get(ident.hex(), []))
+        workers = [self.worker_view(ident, sup, by_worker.get(ident.hex(), []), now)
                    for ident, sup in books.supervisors.items()]
         counts = dict(books.counts)
         totals = {
@@ -249,7 +249,7 @@ class Monitor:
             "cpu": usage[0] if usage else None, "rss": usage[1] if usage else None,
         }
 
-    def worker_view(self, ident: bytes, sup: "ExecutorState", mine: list[dict]) -> dict:
+    def worker_view(self, ident: bytes, sup: "ExecutorState", mine: list[dict], now: float) -> dict:
         busy = [e for e in mine if e["running"]]
         oldest = max(busy, key=lambda e: e["age"], default=None)
         usage = [e for e in mine if e["cpu"] is not None]
@@ -264,6 +264,7 @@ class Monitor:
             "failed": self.failures.get(ident, 0),
             "cpu": round(sum(e["cpu"] for e in usage), 1) if usage else None,
             "rss": sum(e["rss"] for e in usage) if usage else None,
+            "left": None if sup.ends is None else max(0, round(sup.ends - now)),  # s to its time limit
         }
 
 

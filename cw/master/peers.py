@@ -114,7 +114,8 @@ class Peers:
         if capacity == 0:
             if identity not in self.books.supervisors:
                 log.info("worker %s:%s registered", ready.host, ready.pid)
-            self.books.supervisors[identity] = ExecutorState(identity, ready, now, 0)
+            sup = self.books.supervisors[identity] = ExecutorState(identity, ready, now, 0)
+            sup.ends = None if ready.left is None else now + ready.left
             return
         state = self.books.executors.get(identity)
         if state is not None:  # re-registered: whatever it ran is gone

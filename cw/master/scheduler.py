@@ -27,6 +27,7 @@ timeout does; the scheduler reads them and sends through the master.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 from typing import Callable, Iterator, Optional
 
@@ -50,6 +51,9 @@ PREFETCH_SECONDS = 0.02
 # A spare executor looks this far down the line of clients with nothing out
 # for one whose jobs are short: the line is short, and a dispatch never scans.
 EXPRESS_LOOK = 8
+# A worker near its time limit looks this deep into a client's queue, past a
+# job it could not finish, for one it can.
+LOOKAHEAD = 64
 # A job still running this long after it went to an executor is announced
 # to its client (STARTED); a quicker one names its worker in its result.
 ANNOUNCE_AFTER = 0.005
@@ -59,10 +63,13 @@ class Scheduler:
     """The master's queues of jobs and of executors with room; see above."""
 
     def __init__(self, clients: dict[bytes, ClientState], executors: dict[bytes, ExecutorState],
-                 send: Callable[[bytes, Message], None]) -> None:
+                 send: Callable[[bytes, Message], None],
+                 supervisors: Optional[dict[bytes, ExecutorState]] = None) -> None:
         self.clients = clients
         self.executors = executors
+        self.supervisors = {} if supervisors is None else supervisors
         self.send = send
+        self.parked: list[bytes] = []  # idle executors whose worker ends before any queued job would
         self.fresh: deque[bytes] = deque()  # clients with queued jobs and none out: first, in turns
         self.ready: deque[bytes] = deque()  # the other clients with queued jobs, in turns
         self.free: deque[bytes] = deque()  # executors that may have room for tasks
@@ -81,12 +88,23 @@ class Scheduler:
         client.queue.append(job)
         self.queued += 1
         self.mark_ready(client)
+        self.unpark()
 
     def requeue(self, client: ClientState, job: Job) -> None:
         """A job back from a gone executor: first in its client's line."""
         client.queue.appendleft(job)
         self.queued += 1
         self.mark_ready(client)
+        self.unpark()
+
+    def unpark(self) -> None:
+        """New work: executors that found nothing short enough for them look again."""
+        if self.parked:
+            for identity in self.parked:
+                state = self.executors.get(identity)
+                if state is not None:
+                    self.offer(state)
+            self.parked.clear()
 
     def drop(self, client: ClientState) -> None:
         """A client gone: its queued jobs with it."""
@@ -130,7 +148,9 @@ class Scheduler:
             room = self.window(state) - len(state.running)
             if room <= 0 or not self.may_wait_behind(state):
                 continue  # full, or busy with a long job: a result offers it again
-            jobs, more = self.take(room, behind=bool(state.running))
+            jobs, more = self.take(room, state, now)
+            if not jobs and not more and not state.running:
+                self.parked.append(state.identity)  # its worker ends before any job here would
             self.assign(state, jobs, now)
             if more and len(state.running) < self.window(state):
                 self.offer(state)  # the queue ran dry (or the message grew big) before it was full
@@ -146,7 +166,7 @@ class Scheduler:
             look = 0
             while look < min(EXPRESS_LOOK, len(line)) and (state := self.spare()) is not None:
                 client = self.clients.get(line[look])
-                if client is not None and not (self.short(client) and len(client.jobs) <= len(client.queue)):
+                if client is not None and not self.for_spare(client):
                     look += 1
                     continue
                 del line[look]
@@ -159,6 +179,12 @@ class Scheduler:
                 self.express.popleft()
                 state.offered = False
                 self.assign(state, [job], now)
+
+    def for_spare(self, client: ClientState) -> bool:
+        """Whether a spare may take a client's next job: its jobs are short, none
+        is out, and that one has no ``expected`` length (``fits`` judges those)."""
+        return (self.short(client) and len(client.jobs) <= len(client.queue)
+                and bool(client.queue) and client.queue[0].expected is None)
 
     def spare(self) -> Optional[ExecutorState]:
         """The first spare executor free to take a job; others leave the line."""
@@ -198,15 +224,17 @@ class Scheduler:
         return self.short(self.clients.get(next(iter(jobs)).client)) \
             and self.short(self.clients.get(next(reversed(jobs)).client))
 
-    def take(self, room: int, behind: bool) -> tuple[list[Job], bool]:
-        """Up to ``room`` queued jobs, one client after another (round-robin,
-        the ``fresh`` first), for an executor that holds jobs already if
-        ``behind``; a job that would wait behind another goes only if both
-        clients' jobs are short. Also says whether the executor may take more
-        now (the queue ran dry, or the message grew big), not only once a
-        result comes."""
+    def take(self, room: int, state: ExecutorState, now: float) -> tuple[list[Job], bool]:
+        """Up to ``room`` queued jobs for ``state``, one client after another
+        (round-robin, the ``fresh`` first); a job that would wait behind
+        another (the executor holds some) goes only if both clients' jobs
+        are short, and one with an ``expected`` length only if its worker
+        has that long left (``fits``). Also says whether the executor may
+        take more now (the queue ran dry, or the message grew big), not only
+        once a result comes."""
+        behind = bool(state.running)
         jobs: list[Job] = []
-        size = 0
+        size = skipped = 0
         while len(jobs) < room and size < TASK_BYTES:
             line = self.fresh or self.ready
             if not line:
@@ -224,11 +252,37 @@ class Scheduler:
                 client.in_ready = False
                 continue
             self.ready.append(client.identity)  # round-robin: back of the line
+            job = self.fitting(client, job, state, now)
+            if job is None:
+                skipped += 1
+                if skipped >= len(self.fresh) + len(self.ready):
+                    return jobs, False  # no client has a job this worker could finish
+                continue
             jobs.append(job)
             size += job.size
             if not short:
                 return jobs, False  # nothing waits behind a job not known to be short
         return jobs, True
+
+    def fits(self, state: ExecutorState, expected: float, now: float) -> bool:
+        """Whether a job of ``expected`` seconds ends before the executor's
+        worker is stopped (its time limit, as its supervisor said)."""
+        sup = self.supervisors.get(state.supervisor or b"")
+        return sup is None or sup.ends is None or now + expected <= sup.ends
+
+    def fitting(self, client: ClientState, job: Job, state: ExecutorState, now: float) -> Optional[Job]:
+        """``job`` if the executor can finish it before its worker stops; else
+        (``job`` back in front) one it can, ``LOOKAHEAD`` deep, or None."""
+        if job.expected is None or self.fits(state, job.expected, now):
+            return job
+        client.queue.appendleft(job)  # first in its line, for a worker with time enough
+        self.queued += 1
+        for i, job in enumerate(itertools.islice(client.queue, 1, LOOKAHEAD), 1):
+            if not job.cancelled and (job.expected is None or self.fits(state, job.expected, now)):
+                del client.queue[i]
+                self.queued -= 1
+                return job
+        return None
 
     def next_job(self, client: ClientState) -> Optional[Job]:
         """A client's oldest queued job; cancelled ones leave the queue here."""

@@ -50,7 +50,7 @@ class Job:
     """A job the master holds. Slotted: a million queued ones must stay small."""
 
     __slots__ = ("tid", "client", "jid", "payload", "retries", "size", "timeout", "deadline",
-                 "deaths", "cancelled", "executor", "announced")
+                 "deaths", "cancelled", "executor", "announced", "expected")
 
     def __init__(self, tid: int, client: bytes, jid: int, payload: tuple, retries: int,
                  size: int = 0, timeout: Optional[float] = None) -> None:
@@ -66,6 +66,7 @@ class Job:
         self.cancelled = False
         self.executor: Optional[bytes] = None
         self.announced = False  # its client heard where it runs (STARTED, or its result)
+        self.expected: Optional[float] = None  # seconds it should take: only to a worker with that long left
 
 
 @dataclass(eq=False)
@@ -99,6 +100,7 @@ class ExecutorState:
     cost: Optional[float] = None  # recent seconds per job, as it reports them
     offered: bool = False  # in the scheduler's ``free`` line
     died_in: Optional[int] = None  # the task it was running when it died, if known
+    ends: Optional[float] = None  # a supervisor's: when its worker is stopped (its time limit), or None
     leased_to: Optional[bytes] = None  # the client its lane is lent to (cw.lanes)
     lane_client: Optional[bytes] = None  # the last one it was lent to: whose jobs its lane runs
     name: str = field(init=False)  # host:pid, as results and STARTED name it

@@ -40,6 +40,10 @@ from ..logfiles import role_log_file, setup_logging
               help="Also run a spare executor that takes only quick jobs (20 ms or less) of a "
                    "client with nothing else running: its jobs need not wait behind another "
                    "client's long ones.")
+@click.option("--time-left", type=click.FloatRange(0), default=None,
+              help="Seconds until this worker is stopped, so that no job said to take longer "
+                   "(submit(expected=)) goes to it [default: SLURM's time limit, less 15 s, "
+                   "else none].")
 @click.option("--master-timeout", type=click.FloatRange(0, min_open=True), default=None,
               help="Exit when the master is silent this many seconds, counted from the start "
                    "(no orphans once it is gone) [default: wait for it forever].")
@@ -49,7 +53,8 @@ from ..logfiles import role_log_file, setup_logging
 @log_option
 @friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
-                   grace: float, prefetch: int, batch: int, express: bool, master_timeout: Optional[float],
+                   grace: float, prefetch: int, batch: int, express: bool, time_left: Optional[float],
+                   master_timeout: Optional[float],
                    cluster: Optional[str], insecure: bool, heartbeat: float, liveness: int,
                    log_level: str) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
@@ -71,7 +76,7 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
     host, port = find_master(host, port, cluster)
     sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
                      keys=keys, cluster=cluster_name(cluster), prefetch=prefetch, batch=batch,
-                     master_timeout=master_timeout, express=express)
+                     master_timeout=master_timeout, express=express, time_left=_time_left(time_left))
 
     def on_signal(signum: int, frame: Any) -> None:
         sup.stopping = True
@@ -80,3 +85,16 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
     signal.signal(signal.SIGINT, on_signal)
     sup.run()
     sys.exit(sup.exit_code)
+
+
+STOP_MARGIN = 15.0  # seconds: slurm.py's --signal=B:TERM@(grace + 15) drains a worker that long ahead
+
+
+def _time_left(given: Optional[float]) -> Optional[float]:
+    """What ``--time-left`` says, else SLURM's time left less ``STOP_MARGIN``."""
+    if given is not None:
+        return given
+    from ..squeue import time_left
+
+    left = time_left()
+    return None if left is None else max(0.0, left - STOP_MARGIN)

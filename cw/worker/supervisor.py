@@ -47,6 +47,7 @@ class Supervisor:
                  liveness: int = 10, grace: float = 30.0, keys: Optional[Keys] = None,
                  cluster: str = "default", prefetch: int = 1, batch: int = 64,
                  master_timeout: Optional[float] = None, express: bool = True,
+                 time_left: Optional[float] = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock  # a test's fake clock; every timing below reads it
         self.prefetch, self.batch = prefetch, batch
@@ -55,6 +56,9 @@ class Supervisor:
         # for good: the worker exits rather than outlive it (SSH launcher).
         self.master_timeout = master_timeout
         self.heard_at = clock()
+        # When it is stopped (a time limit): told to the master at each READY,
+        # which then gives it no job said to take longer than what is left.
+        self.ends = None if time_left is None else self.heard_at + time_left
         self.cluster = cluster
         self.exit_code = 0
         self.host, self.port, self.procs = host, port, procs
@@ -123,7 +127,8 @@ class Supervisor:
         self.spawned_at[i] = now
 
     def register(self) -> None:
-        self.peer.send(Message(Kind.READY, peer_header(0, procs=self.procs)))
+        left = {} if self.ends is None else {"left": max(0.0, round(self.ends - self.clock(), 1))}
+        self.peer.send(Message(Kind.READY, peer_header(0, procs=self.procs, **left)))
 
     def run(self) -> None:
         try:

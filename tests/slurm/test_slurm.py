@@ -179,3 +179,27 @@ def test_cw_start_and_stop_pick_slurm_when_it_is_there(slurm_home):
     finally:
         cw.stop()
     assert squeue_names() == []
+
+
+def slurm_job():
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def test_a_job_expected_past_a_workers_time_limit_runs_on_a_fresh_worker(slurm_home):
+    """Issue 27: a worker 1 minute from its time limit (less slurm.py's 15 s
+    margin) runs short jobs, not one expected to take 120 s; that one waits
+    for a worker with the time, and `./slurm.py status` says what each has left."""
+    assert slurm_py("-W", "start").returncode == 0
+    assert slurm_py("-M", "-n", "1", "--time", "1", "--grace", "5", "start").returncode == 0
+    status = slurm_py("status")
+    assert status.returncode == 0 and "left before its time limit" in status.stdout, status.stdout
+    with SlurmExecutor(connect_timeout=30) as ex:
+        limited = ex.submit(slurm_job, expected=5).result(60)
+        long_job = ex.submit(slurm_job, expected=120)
+        assert ex.submit(slurm_job, expected=5).result(60) == limited  # short ones still run there
+        assert not long_job.done() and not long_job.running()
+        assert slurm_py("-M", "-n", "1", "start").returncode == 0  # no time limit of its own
+        fresh = long_job.result(60)
+    assert fresh not in (None, limited)
+    assert slurm_py("stop").returncode == 0
+    assert squeue_names() == []

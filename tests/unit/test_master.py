@@ -581,3 +581,25 @@ def test_the_master_does_not_spin_while_jobs_wait_in_the_queue(master):
     ex.recv({Kind.TASK})
     assert master.sched.queued == 1
     assert _turn(master, counting) == (False, True)
+
+
+def test_a_job_expected_to_outlast_a_workers_time_limit_waits_for_one_with_time(master):
+    """A worker 60 s from its time limit gets short jobs, not one expected to
+    take 120 s: that one runs on a worker that has the time, once it comes."""
+    c = client(master)
+    limited = Peer(master, b"s")
+    limited.send(Kind.READY, {"capacity": 0, "procs": 1, "left": 60.0, **PEER})
+    ex = Peer(master, b"e")
+    ex.send(Kind.READY, {"capacity": 2, "supervisor": limited.sock.identity.hex(), **PEER})
+    c.send(Kind.SUBMIT, {"ids": [1], "expected": 120.0}, b"ctx", b"call1")
+    assert ex.nothing({Kind.TASK})  # parked: nothing it could finish
+    c.send(Kind.SUBMIT, {"ids": [2], "expected": 30.0}, b"ctx", b"call2")
+    assert bytes(ex.recv({Kind.TASK}).payload[1]) == b"call2"  # new work: it looks again
+    snap = master.monitor.snapshot(master.books, master.clock())
+    assert 55 <= snap["workers"][0]["left"] <= 60
+    fresh = Peer(master, b"s")
+    fresh.send(Kind.READY, {"capacity": 0, "procs": 1, **PEER})  # no time limit
+    ex2 = Peer(master, b"e")
+    ex2.send(Kind.READY, {"capacity": 2, "supervisor": fresh.sock.identity.hex(), **PEER})
+    assert bytes(ex2.recv({Kind.TASK}).payload[1]) == b"call1"
+    assert ex.nothing({Kind.TASK})

@@ -141,7 +141,18 @@ def big_snapshot():
 def test_status_table_fits_80_columns_whatever_the_numbers():
     text = render(big_snapshot(), "a-long-master-host-name.example.org:65535")
     assert all(len(line) <= 80 for line in text.splitlines()), text
-    assert "draining" in text and "3.0T" in text and "1d01h" in text
+    assert "draining" in text and "3.0T" in text and "1d01h" in text and "LEFT" not in text
+
+
+@pytest.mark.parametrize("left, shown", [(45.2, "45s"), (3599, "59m"), (7200, "2h"), (10**8, "1157d")])
+def test_a_worker_with_a_time_limit_shows_what_it_has_left(left, shown):
+    snap = big_snapshot()
+    snap["workers"].append({**snap["workers"][0], "pid": 7, "left": left, "express": 1})
+    text = render(snap, "a-long-master-host-name.example.org:65535")
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    header = next(line for line in text.splitlines() if line.startswith("WORKER"))
+    row = next(line for line in text.splitlines() if line.split()[1:2] == ["7"])
+    assert header.split()[-1] == "LEFT" and row.split()[-1] == shown and row.split()[2] == "64/65"
 
 
 def test_job_prints_become_tagged_log_lines(monkeypatch):

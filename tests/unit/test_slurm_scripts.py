@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from cw import squeue
 from cw.errors import ClusterError
 from cw.launch.slurm import Options, check_time, job_script, sbatch_command, worker_command
 
@@ -61,3 +62,17 @@ def test_slurm_time_formats(good):
 def test_bad_slurm_time_is_refused(bad):
     with pytest.raises(ClusterError, match="invalid --time"):
         check_time(bad)
+
+
+@pytest.mark.parametrize("text, seconds", [("45:07", 2707), ("1:00:00", 3600), ("2-03:04:05", 183845),
+                                           ("UNLIMITED", None), ("NOT_SET", None), ("", None)])
+def test_squeues_time_left_is_read_in_seconds(text, seconds):
+    assert squeue.parse_time_left(text) == seconds
+
+
+def test_time_left_comes_from_slurms_end_time_where_it_is_set_and_is_none_outside_slurm():
+    import time
+
+    assert squeue.time_left({}) is None
+    left = squeue.time_left({"SLURM_JOB_ID": "7", "SLURM_JOB_END_TIME": str(int(time.time()) + 600)})
+    assert 590 < left <= 600
