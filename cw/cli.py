@@ -57,6 +57,7 @@ def _known_cluster(cluster: Optional[str]) -> None:
 
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON snapshot (as /api/status serves it).")
+@click.option("--why", is_flag=True, help="Say why queued jobs do not run, instead of the table.")
 @click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
@@ -65,8 +66,8 @@ def _known_cluster(cluster: Optional[str]) -> None:
 @cluster_option
 @insecure_option
 @friendly
-def status_command(as_json: bool, watch: bool, interval: float, timeout: float, cluster: Optional[str],
-                   insecure: bool) -> None:
+def status_command(as_json: bool, why: bool, watch: bool, interval: float, timeout: float,
+                   cluster: Optional[str], insecure: bool) -> None:
     """Show the master, its workers, clients, queue and throughput."""
     from .discovery import find_master
     from .errors import MasterUnavailableError
@@ -78,6 +79,8 @@ def status_command(as_json: bool, watch: bool, interval: float, timeout: float, 
 
     def show() -> str:
         snap = query_status(host, port, timeout, cluster=cluster, insecure=insecure)
+        if why:
+            return "\n".join(_why(snap, cluster))
         return json.dumps(snap, indent=2) if as_json else render(snap, f"{host}:{port}")
 
     if not watch:
@@ -99,6 +102,41 @@ def status_command(as_json: bool, watch: bool, interval: float, timeout: float, 
             time.sleep(interval)
     except KeyboardInterrupt:
         pass
+
+
+def _why(snap: dict, cluster: Optional[str]) -> list[str]:
+    from . import squeue
+    from .launch.doctor import why
+
+    waiting = squeue.pending("worker", cluster) if snap["totals"]["queued"] and squeue.available() else None
+    return why(snap, waiting)
+
+
+@main.command("doctor")
+@cluster_option
+@friendly
+def doctor_command(cluster: Optional[str]) -> None:
+    """Check what most often stops jobs: the cluster directory, keys, where
+    the master is and whether it answers, workers' Python and cloudpickle
+    against this client's, ports, and on SLURM the shared filesystem, your
+    job limits and worker jobs waiting. One line per finding; exit status 1
+    if any is a PROBLEM."""
+    from . import squeue
+    from .launch import query_status
+    from .launch.doctor import PROBLEM, doctor
+
+    slurm = squeue.available()
+    found = doctor(cluster, query_status, slurm)
+    if slurm:
+        limits = squeue.user_limits()
+        found.append(("note", f"SLURM lets you run {limits}" if limits else
+                      "SLURM's accounting (sacctmgr) says no job limits of yours"))
+        found += [("note", f"worker job {job} waits in SLURM's queue: {reason}")
+                  for job, reason in squeue.pending("worker", cluster)]
+    for level, text in found:
+        click.echo(f"{level:<8}{text}")
+    if any(level == PROBLEM for level, _ in found):
+        sys.exit(1)
 
 
 @main.command("logs")

@@ -64,6 +64,32 @@ def parse_time_left(text: str) -> Optional[float]:
     return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
+def pending(role: str, cluster: Optional[str] = None) -> list[tuple[str, str]]:
+    """This user's jobs of ``role`` in ``cluster`` that wait in SLURM's queue:
+    (job id, SLURM's reason), one ``squeue`` call; [] where it fails."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-n", job_name(role, cluster), "-t",
+                              "PENDING", "-o", "%i|%r"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [tuple(line.split("|", 1)) for line in out.splitlines() if "|" in line]  # type: ignore[misc]
+
+
+def user_limits() -> Optional[str]:
+    """This user's job limits as SLURM's accounting says them (MaxJobs,
+    MaxSubmit), or None where it says nothing (no accounting)."""
+    try:
+        done = subprocess.run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={getpass.getuser()}",
+                               "format=MaxJobs,MaxSubmit"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0 or not rows:
+        return None
+    jobs, submit = (min((r[i] for r in rows if r[i]), default="") for i in (0, 1))
+    return f"at most {jobs or 'any number of'} running and {submit or 'any number of'} queued jobs"
+
+
 def job_name(role: str, cluster: Optional[str] = None) -> str:
     return f"cw-{role}-{cluster_name(cluster)}"
 

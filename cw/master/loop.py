@@ -257,4 +257,6 @@ class Master:
 
     def snapshot(self) -> dict:
         """A JSON-able picture of the cluster for STATUS requests (see ``cw.master.monitor``)."""
-        return self.monitor.snapshot(self.books, self.clock())
+        snap = self.monitor.snapshot(self.books, self.clock())
+        snap["parked"] = len(self.sched.parked)  # idle: no queued job they could finish in time
+        return snap

@@ -265,6 +265,7 @@ class Monitor:
             "cpu": round(sum(e["cpu"] for e in usage), 1) if usage else None,
             "rss": sum(e["rss"] for e in usage) if usage else None,
             "left": None if sup.ends is None else max(0, round(sup.ends - now)),  # s to its time limit
+            "python": sup.info.python, "cloudpickle": sup.info.cloudpickle,
         }
 
 
