@@ -81,6 +81,7 @@ def status_command(as_json: bool, why: bool, watch: bool, interval: float, timeo
         snap = query_status(host, port, timeout, cluster=cluster, insecure=insecure)
         if why:
             return "\n".join(_why(snap, cluster))
+        snap["adapt"] = _adapt_state(cluster)
         return json.dumps(snap, indent=2) if as_json else render(snap, f"{host}:{port}")
 
     if not watch:
@@ -102,6 +103,18 @@ def status_command(as_json: bool, why: bool, watch: bool, interval: float, timeo
             time.sleep(interval)
     except KeyboardInterrupt:
         pass
+
+
+def _adapt_state(cluster: Optional[str]) -> Optional[dict]:
+    """What the cluster's scaler (`slurm.py start --adapt`) last did, if it has one."""
+    from .cluster import cluster_dir, read_json
+    from .errors import CWError
+
+    try:
+        cdir = cluster_dir(cluster)
+    except CWError:
+        return None
+    return read_json(cdir / "adapt-state.json") if (cdir / "adapt.json").exists() else None
 
 
 def _why(snap: dict, cluster: Optional[str]) -> list[str]:

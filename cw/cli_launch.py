@@ -11,7 +11,7 @@ import click
 from .cli_common import PORT, Procs, apply_options, cluster_option, friendly, insecure_option
 from .errors import CWError
 from .protocol import DEFAULT_PORT
-from .view import duration
+from .view import adapt_line, duration
 
 # Options every launcher's start shares.
 start_which = [
@@ -116,6 +116,30 @@ def _slurm_time(ctx: Any, param: Any, value: Optional[str]) -> Optional[str]:
         raise click.BadParameter(str(e).split(": ", 1)[-1]) from e
 
 
+def _adapt(ctx: Any, param: Any, value: Optional[str]) -> Optional[tuple[int, int]]:
+    if value is None:
+        return None
+    lo, _, hi = value.partition(":")
+    if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi) or int(hi) < 1:
+        raise click.BadParameter(f"{value!r}: use MIN:MAX, whole numbers, 0 <= MIN <= MAX, MAX >= 1")
+    return int(lo), int(hi)
+
+
+adapt_options = [
+    click.option("--adapt", default=None, metavar="MIN:MAX", callback=_adapt,
+                 help="No fixed workers: a scaler beside the master submits between MIN and MAX "
+                      "as jobs queue, and lets idle ones go."),
+    click.option("--idle-timeout", type=click.FloatRange(1), default=300.0, show_default=True,
+                 help="With --adapt: seconds a worker beyond MIN stays without a job."),
+    click.option("--adapt-interval", type=click.FloatRange(1), default=20.0, show_default=True,
+                 help="With --adapt: seconds between looks (one squeue, at most one sbatch each)."),
+    click.option("--adapt-pending", type=click.IntRange(1), default=4, show_default=True,
+                 help="With --adapt: most worker jobs waiting in SLURM's queue at once."),
+    click.option("--adapt-failures", type=click.IntRange(1), default=3, show_default=True,
+                 help="With --adapt: failed sbatch calls in a row after which scaling stops."),
+]
+
+
 engine_option = click.option(
     "--container-engine", type=click.Choice(["docker", "podman"]), envvar="CW_CONTAINER_ENGINE",
     default="docker", show_default=True, help="Container engine.")
@@ -141,6 +165,7 @@ slurm_options = [
     click.option("--port", type=PORT, envvar="CW_PORT", default=0, show_default=True,
                  help="Master port on its node; 0 picks a free one (recorded in master.json)."),
     up_timeout(300.0),
+    *adapt_options,
     cluster_option,
     insecure_option,
 ]
@@ -149,7 +174,9 @@ slurm_options = [
 def _slurm(action: str, nworkers: int, no_master: bool, no_workers: bool, docker_image: Optional[str],
            docker_args: str, container_engine: str, isolated: bool, xworkers: tuple, xmaster: tuple,
            partition: Optional[str], time_limit: Optional[str], procs_per_worker: int, grace: float,
-           port: int, timeout: float, cluster: Optional[str], insecure: bool) -> None:
+           port: int, timeout: float, adapt: Optional[tuple[int, int]], idle_timeout: float,
+           adapt_interval: float, adapt_pending: int, adapt_failures: int, cluster: Optional[str],
+           insecure: bool) -> None:
     from .launch import slurm as launcher
     from .squeue import available
 
@@ -161,10 +188,13 @@ def _slurm(action: str, nworkers: int, no_master: bool, no_workers: bool, docker
             nworkers, master=not no_master, workers=not no_workers, cluster=cluster, timeout=timeout,
             partition=partition, time=time_limit, procs=procs_per_worker, grace=grace, isolated=isolated,
             port=port, insecure=insecure, xmaster=xmaster, xworkers=xworkers, docker_image=docker_image,
-            docker_args=docker_args, container_engine=container_engine)
+            docker_args=docker_args, container_engine=container_engine, adapt=adapt,
+            idle_timeout=idle_timeout, adapt_interval=adapt_interval, adapt_pending=adapt_pending,
+            adapt_failures=adapt_failures)
         click.echo(f"cluster {info['cluster']}: master at {info['host']}:{info['port']}; "
-                   f"jobs {' '.join(info['jobs']) or '-'}; {info['registered']} worker(s) registered")
-        wanted = 0 if no_workers else nworkers
+                   f"jobs {' '.join(info['jobs']) or '-'}; {info['registered']} worker(s) registered"
+                   + (f"; workers follow the queue, {adapt[0]} to {adapt[1]}" if adapt else ""))
+        wanted = 0 if no_workers or adapt else nworkers
         if info["registered"] < wanted:
             click.echo(f"warning: only {info['registered']} of {wanted} workers registered within "
                        f"{timeout:g} s; the rest may still be pending (squeue)", err=True)
@@ -180,6 +210,8 @@ def _print_slurm_status(st: dict) -> None:
         click.echo(f"  {job['id']:>10}  {job['name']:<28} {job['state']:<10} {job['nodes']}")
     if not st["jobs"]:
         click.echo("  no jobs in squeue")
+    if st.get("adapt"):
+        click.echo(f"  {adapt_line(st['adapt'])}")
     _echo_master(st, each_worker=True)
 
 

@@ -33,6 +33,17 @@ def duration(seconds: Optional[float]) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def adapt_line(state: dict) -> str:
+    """What the scaler (``--adapt``) did, from its ``adapt-state.json``."""
+    head = f"adapt {state.get('min')}:{state.get('max')}"
+    if state.get("stopped"):
+        return f"{head}: STOPPED after {state.get('failures')} failed submissions: {state.get('error')}"
+    said = (f"{head}: {state.get('running', 0)} worker job(s) running, {state.get('pending', 0)} pending; "
+            f"{state.get('submitted', 0)} asked for in {state.get('sbatch_calls', 0)} sbatch and "
+            f"{state.get('squeue_calls', 0)} squeue call(s)")
+    return said + (f"; last submission failed: {state['error']}" if state.get("error") else "")
+
+
 def _left(seconds: Optional[float]) -> str:
     """A worker's time left, in 4 characters: 45s, 59m, 23h, 3d."""
     if seconds is None:
@@ -102,6 +113,8 @@ def render(snap: dict, address: str) -> str:
     worker has a time limit, a LEFT column says how long it has (the
     worker's name gives it the room)."""
     lines = header(snap, address)
+    if snap.get("adapt"):
+        lines += textwrap.wrap(adapt_line(snap["adapt"]), WIDTH, subsequent_indent="  ")
     limited = any(w.get("left") is not None for w in snap["workers"])
     row = LIMITED_ROW if limited else WORKER_ROW
     lines += ["", row.format("WORKER", "PID", "EXEC", "STATE", "JOB", "AGE", "DONE", "FAIL", "CPU%", "RSS",

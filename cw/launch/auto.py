@@ -48,6 +48,11 @@ def start(nworkers: int = 1, master: bool = True, workers: bool = True,
     """
     chosen = _launcher(launcher)
     kind = chosen.__name__.rsplit(".", 1)[-1]
+    if options.get("adapt") is not None and kind != "slurm":
+        from ..errors import ClusterError
+
+        raise ClusterError(f"adapt= follows SLURM's queue: the {kind} launcher starts a fixed "
+                           "number of workers")
     options = _original_options(kind, master_options, worker_options, docker_image, docker_args, options)
     if master:
         _refuse_a_second_master(options.get("cluster"))

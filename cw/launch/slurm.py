@@ -22,9 +22,10 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ..cluster import cluster_dir, cluster_name, read_json
+from ..cluster import cluster_dir, cluster_name, read_json, write_json
 from ..errors import ClusterError, MasterUnavailableError
 from ..squeue import job_name
 from . import query_status, wait_until
@@ -142,16 +143,35 @@ def _sbatch(cmd: list[str], script: str) -> str:
     return done.stdout.strip().split(";")[0]
 
 
+def sbatch_job(opts: Options, worker: list[str], n: int, logs: Path) -> str:
+    """Submit ``n`` workers running ``worker`` (one job array, or one job over
+    ``n`` nodes with ``isolated``); return the job's id."""
+    cmd = sbatch_command(
+        job_name=job_name("worker", opts.cluster), output=str(logs / "worker-%A_%a.log"),
+        partition=opts.partition, time=opts.time, array=None if opts.isolated else n,
+        nodes=n if opts.isolated else None, signal=f"B:TERM@{int(opts.grace) + 15}", extra=opts.xworkers)
+    return _sbatch(cmd, job_script(worker))
+
+
 def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
-          cluster: Optional[str] = None, timeout: float = 300.0, **options) -> dict:
-    """Submit the master and ``nworkers`` workers; return once they answer."""
+          cluster: Optional[str] = None, timeout: float = 300.0, adapt: Optional[tuple[int, int]] = None,
+          idle_timeout: float = 300.0, adapt_interval: float = 20.0, adapt_pending: int = 4,
+          adapt_failures: int = 3, **options) -> dict:
+    """Submit the master and ``nworkers`` workers; return once they answer.
+    With ``adapt=(MIN, MAX)``, no workers: a scaler beside the master submits
+    and lets them go as the queue needs (``cw.launch.scaler``)."""
     opts = Options(cluster=cluster_name(cluster), **options)
-    logs = cluster_dir(opts.cluster, create=True) / "logs"
+    cdir = cluster_dir(opts.cluster, create=True)
+    logs = cdir / "logs"
     jobs: list[str] = []
+    if adapt is not None:
+        workers = False
+        _adapt_config(cdir, opts, adapt, idle_timeout=idle_timeout, interval=adapt_interval,
+                      max_pending=adapt_pending, max_failures=adapt_failures)
     if master:
         cmd = sbatch_command(job_name=job_name("master", opts.cluster), output=str(logs / "master-%j.log"),
                              partition=opts.partition, time=opts.time, extra=opts.xmaster)
-        jobid = _sbatch(cmd, job_script(master_command(opts)))
+        jobid = _sbatch(cmd, _master_script(opts, adapt is not None))
         jobs.append(jobid)
         info = wait_until(lambda: _master_of_job(opts.cluster, jobid), timeout, poll=0.5)
         if info is None:
@@ -166,17 +186,39 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
     registered = 0
     if workers and nworkers:
         before = _ready_workers(_snapshot(info, opts), opts)
-        cmd = sbatch_command(
-            job_name=job_name("worker", opts.cluster), output=str(logs / "worker-%A_%a.log"),
-            partition=opts.partition, time=opts.time, array=None if opts.isolated else nworkers,
-            nodes=nworkers if opts.isolated else None, signal=f"B:TERM@{int(opts.grace) + 15}",
-            extra=opts.xworkers)
         worker = worker_command(info["host"], info["port"], opts, os.getcwd())
-        jobs.append(_sbatch(cmd, job_script(worker)))
+        jobs.append(sbatch_job(opts, worker, nworkers, logs))
         snap = wait_until(lambda: _workers_at_least(info, opts, before + nworkers), timeout, poll=0.5)
         registered = _ready_workers(snap or _snapshot(info, opts), opts) - before
     return {"cluster": opts.cluster, "host": info["host"], "port": info["port"], "jobs": jobs,
             "registered": registered, "worker_pids": []}
+
+
+def _master_script(opts: Options, scaler: bool) -> str:
+    """The master's batch script; with ``scaler``, the scaler starts beside it,
+    in its job, and ends with it (``cw.launch.scaler``)."""
+    script = job_script(master_command(opts))
+    if scaler:
+        command = shlex.join([sys.executable, "-m", "cw.launch.scaler", "--cluster", opts.cluster])
+        script = script.replace("\nexec ", f"\n{command} &\nexec ", 1)
+    return script
+
+
+def _adapt_config(cdir: Path, opts: Options, bounds: tuple[int, int], *, idle_timeout: float,
+                  interval: float, max_pending: int, max_failures: int) -> None:
+    """``adapt.json``: what the scaler needs to submit workers like ours."""
+    lo, hi = bounds
+    if not 0 <= lo <= hi or hi < 1:
+        raise ClusterError(f"invalid --adapt {lo}:{hi}: use MIN:MAX with 0 <= MIN <= MAX and MAX >= 1")
+    if opts.isolated:
+        raise ClusterError("--adapt submits job arrays: it does not go with --isolated")
+    options = {"partition": opts.partition, "time": opts.time, "procs": opts.procs, "grace": opts.grace,
+               "insecure": opts.insecure, "xworkers": list(opts.xworkers), "docker_image": opts.docker_image,
+               "docker_args": opts.docker_args, "container_engine": opts.container_engine}
+    write_json(cdir / "adapt.json", {
+        "min": lo, "max": hi, "idle_timeout": idle_timeout, "interval": interval, "max_pending": max_pending,
+        "max_failures": max_failures, "cwd": os.getcwd(), "procs": opts.procs, "insecure": opts.insecure,
+        "options": options})
 
 
 def _master_of_job(name: str, jobid: str) -> Optional[dict]:
@@ -223,6 +265,8 @@ def stop(cluster: Optional[str] = None, timeout: float = 90.0, *, master: bool =
     them); return jobs ended."""
     name = cluster_name(cluster)
     ended = 0
+    if master:  # the scaler stops first: it would submit workers as these drain
+        (cluster_dir(name) / "adapt.json").unlink(missing_ok=True)
     for role in [r for r, wanted in (("worker", workers), ("master", master)) if wanted]:
         jname = job_name(role, name)
         mine = [j for j in squeue(name) if j["name"] == jname]
@@ -251,6 +295,8 @@ def status(cluster: Optional[str] = None) -> dict:
     """SLURM's view (jobs, nodes) and the master's (workers, queue)."""
     name = cluster_name(cluster)
     out: dict = {"cluster": name, "jobs": squeue(name)}
+    if (cluster_dir(name) / "adapt.json").exists():
+        out["adapt"] = read_json(cluster_dir(name) / "adapt-state.json")
     info = read_json(cluster_dir(name) / "master.json")
     if info is not None:
         try:

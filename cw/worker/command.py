@@ -44,6 +44,9 @@ from ..logfiles import role_log_file, setup_logging
               help="Seconds until this worker is stopped, so that no job said to take longer "
                    "(submit(expected=)) goes to it [default: SLURM's time limit, less 15 s, "
                    "else none].")
+@click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Leave once no executor has run a job for this many seconds (workers a "
+                   "scaler started: `slurm.py start --adapt`) [default: stay].")
 @click.option("--master-timeout", type=click.FloatRange(0, min_open=True), default=None,
               help="Exit when the master is silent this many seconds, counted from the start "
                    "(no orphans once it is gone) [default: wait for it forever].")
@@ -54,7 +57,7 @@ from ..logfiles import role_log_file, setup_logging
 @friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
                    grace: float, prefetch: int, batch: int, express: bool, time_left: Optional[float],
-                   master_timeout: Optional[float],
+                   idle_timeout: Optional[float], master_timeout: Optional[float],
                    cluster: Optional[str], insecure: bool, heartbeat: float, liveness: int,
                    log_level: str) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
@@ -76,7 +79,8 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
     host, port = find_master(host, port, cluster)
     sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
                      keys=keys, cluster=cluster_name(cluster), prefetch=prefetch, batch=batch,
-                     master_timeout=master_timeout, express=express, time_left=_time_left(time_left))
+                     master_timeout=master_timeout, express=express, time_left=_time_left(time_left),
+                     idle_timeout=idle_timeout)
 
     def on_signal(signum: int, frame: Any) -> None:
         sup.stopping = True

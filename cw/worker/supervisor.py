@@ -47,7 +47,7 @@ class Supervisor:
                  liveness: int = 10, grace: float = 30.0, keys: Optional[Keys] = None,
                  cluster: str = "default", prefetch: int = 1, batch: int = 64,
                  master_timeout: Optional[float] = None, express: bool = True,
-                 time_left: Optional[float] = None,
+                 time_left: Optional[float] = None, idle_timeout: Optional[float] = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock  # a test's fake clock; every timing below reads it
         self.prefetch, self.batch = prefetch, batch
@@ -56,9 +56,8 @@ class Supervisor:
         # for good: the worker exits rather than outlive it (SSH launcher).
         self.master_timeout = master_timeout
         self.heard_at = clock()
-        # When it is stopped (a time limit): told to the master at each READY,
-        # which then gives it no job said to take longer than what is left.
-        self.ends = None if time_left is None else self.heard_at + time_left
+        self.ends = None if time_left is None else self.heard_at + time_left  # its time limit, said at READY
+        self.idle_timeout, self.busy_at = idle_timeout, self.heard_at  # idle this long: leave (``idle_for``)
         self.cluster = cluster
         self.exit_code = 0
         self.host, self.port, self.procs = host, port, procs
@@ -155,6 +154,10 @@ class Supervisor:
         now = self.clock() if now is None else now
         if msg is not None:
             self.heard_at = now
+        if self.idle_timeout is not None and self.idle_for(now) > self.idle_timeout:
+            log.info("worker pid %d: no job for %g s (--idle-timeout); leaving", os.getpid(),
+                     self.idle_timeout)
+            self.stopping = True
         if self.master_lost(now):
             log.error("no word from the master at %s for %g s (--master-timeout); exiting",
                       self.address, self.master_timeout)
@@ -170,6 +173,13 @@ class Supervisor:
         if not self.peer.tick(now):
             self.peer.last_heard = now
             self.register()
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since an executor was last seen running a job (each writes
+        the job it runs into its word, and zero after it)."""
+        if any(word is not None and any(word[:8]) for word in self.running) or None in self.running:
+            self.busy_at = now  # busy, or an executor without a word: never idle for sure
+        return now - self.busy_at
 
     def master_lost(self, now: float) -> bool:
         return self.master_timeout is not None and now - self.heard_at > self.master_timeout

@@ -15,6 +15,7 @@ from docblocks import Session, run_bed_blocks
 
 from cw import slurm as cw_slurm
 from cw.client import ClientThread, SlurmExecutor
+from cw.cluster import read_json
 from cw.errors import ClusterError
 
 pytestmark = pytest.mark.slurm
@@ -203,3 +204,58 @@ def test_a_job_expected_past_a_workers_time_limit_runs_on_a_fresh_worker(slurm_h
     assert fresh not in (None, limited)
     assert slurm_py("stop").returncode == 0
     assert squeue_names() == []
+
+
+def worker_jobs(cluster="default"):
+    return [j for j in squeue_names() if j[0] == f"cw-worker-{cluster}"]
+
+
+def test_adapt_brings_workers_for_queued_jobs_and_lets_idle_ones_go(slurm_home):
+    """Issue 27 item 2, --adapt 0:3: no work, no worker job; 200 jobs bring at
+    most 3; idle for the timeout, they go; the controller calls are counted."""
+    began = time.monotonic()
+    done = slurm_py("--adapt", "0:3", "--idle-timeout", "4", "--adapt-interval", "2", "start")
+    assert done.returncode == 0, done.stderr
+    state = slurm_home / "default" / "adapt-state.json"
+    wait_for(lambda: (read_json(state) or {}).get("squeue_calls", 0) >= 2, what="the scaler's looks")
+    assert worker_jobs() == []  # nothing queued: nothing submitted
+    seen, watching = [], threading.Event()
+
+    def watch():
+        while not watching.is_set():
+            seen.append(len(worker_jobs()))
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with SlurmExecutor(connect_timeout=30) as ex:
+            assert list(ex.map(jobs.sleep, [0.05] * 200, range(200), timeout=180)) == list(range(200))
+    finally:
+        watching.set()
+        watcher.join()
+    assert 1 <= max(seen) <= 3
+    wait_for(lambda: worker_jobs() == [], timeout=90, what="idle workers to leave")
+    said = read_json(state)
+    print(f"adapt: most worker jobs at once {max(seen)}, state {said}, {time.monotonic() - began:.0f} s")
+    assert said["sbatch_calls"] >= 1 and said["submitted"] <= 3 + said["sbatch_calls"] and not said["stopped"]
+    assert said["squeue_calls"] <= (time.monotonic() - began) / 2 + 3  # one a look, never one a job
+    assert "adapt 0:3" in slurm_py("status").stdout
+    assert slurm_py("stop").returncode == 0
+    assert squeue_names() == []
+
+
+def test_adapt_stops_after_failed_submissions_and_says_why(slurm_home):
+    done = slurm_py("--cluster", "broken", "--adapt", "0:2", "--adapt-interval", "1", "--adapt-failures", "2",
+                    "--Xworkers=--no-such-option", "start")
+    assert done.returncode == 0, done.stderr
+    state = slurm_home / "broken" / "adapt-state.json"
+    with SlurmExecutor(cluster="broken", connect_timeout=30) as ex:
+        waiting = ex.submit(jobs.sleep, 0.01)
+        wait_for(lambda: (read_json(state) or {}).get("stopped"), timeout=60, what="scaling to stop")
+        status = subprocess.run([sys.executable, "-m", "cw.cli", "status", "--cluster", "broken"],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert "STOPPED after 2 failed submissions" in status.stdout and "no-such-option" in status.stdout
+        assert read_json(state)["sbatch_calls"] == 2 and worker_jobs("broken") == []
+        waiting.cancel()
+    assert slurm_py("--cluster", "broken", "stop").returncode == 0
