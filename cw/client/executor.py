@@ -7,6 +7,7 @@ thread and handed to futures or callbacks.
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -15,7 +16,7 @@ import time
 from collections import deque
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Optional, Union
 
 from .. import blobs, squeue
 from ..cluster import cluster_dir
@@ -29,7 +30,7 @@ from ..security import client_keys, insecure_default
 from ..serialize import context_frame, dumps_call, loads_value
 from ..share import Shared
 from .iocore import IOCore
-from .progress import Progress
+from .progress import total_of, with_progress
 
 __all__ = ["ClusterExecutor", "SlurmExecutor", "RemoteException", "JobInfo"]
 
@@ -323,7 +324,7 @@ class ClusterExecutor(futures.Executor):
             raise ValueError("chunksize must be >= 1")
         if progress:
             inner = self.map(fn, *iterables, timeout=timeout, chunksize=chunksize, expected=expected)
-            return _progress(inner, _total(iterables))  # type: ignore[arg-type]
+            return with_progress(inner, total_of(iterables))  # type: ignore[arg-type]
         end = None if timeout is None else time.monotonic() + timeout
         items = zip(*iterables)
         if chunksize > 1:
@@ -336,6 +337,21 @@ class ClusterExecutor(futures.Executor):
             window_size = self.max_pending
         window = deque(itertools.islice(source, window_size))
         return self._results(window, source, end, chunked=chunksize > 1)
+
+    def submit_async(self, fn: Callable, /, *args: Any, **kwargs: Any) -> "asyncio.Future":
+        """``submit`` for asyncio: ``await executor.submit_async(fn, x)``. The
+        result reaches the event loop through ``call_soon_threadsafe``: cw's
+        I/O thread never runs on the loop, nor blocks it."""
+        return asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+    def map_async(self, fn: Callable, *iterables: Iterable, chunksize: int = 1,
+                  expected: Optional[float] = None) -> AsyncIterator:
+        """``async for result in executor.map_async(fn, items)``: the results
+        in order, at most ``max_pending`` items (or chunks) in flight; leaving
+        the loop early cancels what is still queued (``cw.client.aio``)."""
+        from .aio import map_async
+
+        return map_async(self, fn, iterables, chunksize, expected, _run_chunk)
 
     @staticmethod
     def _results(window: deque, source: Iterator, end: Optional[float], chunked: bool) -> Iterator:
@@ -399,28 +415,6 @@ def _options(retries: int, timeout: Optional[float], expected: Optional[float] =
                 raise ValueError(f"{name} must be a positive number of seconds")
             options[name] = seconds
     return options
-
-
-def _total(iterables: tuple) -> Optional[int]:
-    try:
-        return min(len(it) for it in iterables)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None  # an iterator: no total, no ETA
-
-
-def _progress(results: Generator, total: Optional[int]) -> Iterator:
-    held: list = []  # the next value, never a local across the yield (see _results)
-    with Progress(total) as bar:
-        try:
-            while True:
-                try:
-                    held.append(next(results))
-                except StopIteration:
-                    return
-                bar.update()
-                yield held.pop()
-        finally:
-            results.close()  # left early: the map cancels what it still holds
 
 
 def _next_result(window: deque, source: Iterator, end: Optional[float]) -> Any:

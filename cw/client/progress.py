@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Callable, Optional, TextIO
+from typing import Callable, Generator, Iterator, Optional, TextIO
 
 BAR = 20
 
@@ -104,3 +104,27 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def total_of(iterables: tuple) -> Optional[int]:
+    """The items a map over ``iterables`` yields, if each has a length."""
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None  # an iterator: no total, no ETA
+
+
+def with_progress(results: Generator, total: Optional[int]) -> Iterator:
+    """``results`` as they come, with a Progress bar of ``total``."""
+    held: list = []  # the next value, never a local across the yield (see _results)
+    with Progress(total) as bar:
+        try:
+            while True:
+                try:
+                    held.append(next(results))
+                except StopIteration:
+                    return
+                bar.update()
+                yield held.pop()
+        finally:
+            results.close()  # left early: the map cancels what it still holds

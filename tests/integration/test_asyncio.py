@@ -1,0 +1,41 @@
+"""asyncio over ClusterExecutor (issue 28, item 4): awaitable submits, an
+async map in order, and an event loop that keeps running while jobs do."""
+import asyncio
+
+import jobs
+import pytest
+
+from cw.client import ClusterExecutor
+
+
+def test_submit_async_and_map_async_on_real_workers(cluster):
+    port = cluster(2)
+
+    async def main():
+        with ClusterExecutor("127.0.0.1", port, connect_timeout=20, max_pending=16) as ex:
+            squares = await asyncio.gather(*(ex.submit_async(pow, i, 2) for i in range(50)))
+            assert squares == [i * i for i in range(50)]
+            ordered = [x async for x in ex.map_async(pow, range(200), [3] * 200)]
+            assert ordered == [i ** 3 for i in range(200)]
+            chunked = [x async for x in ex.map_async(pow, range(100), [2] * 100, chunksize=7)]
+            assert chunked == [i * i for i in range(100)]
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            beat = asyncio.ensure_future(ticker())
+            assert await ex.submit_async(jobs.sleep, 0.5, "slept") == "slept"
+            beat.cancel()
+            assert ticks >= 10  # the loop ran all along (about 50 ticks in 0.5 s)
+            with pytest.raises(ZeroDivisionError):
+                await ex.submit_async(divmod, 1, 0)
+            async for x in ex.map_async(jobs.sleep, [0.01] * 100, range(100)):
+                if x == 3:
+                    break  # leaving early cancels what is still queued
+        return True
+
+    assert asyncio.run(main())
