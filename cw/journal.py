@@ -31,11 +31,13 @@ passed over, the new ones kept beside them).
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import stat
@@ -50,6 +52,8 @@ import cloudpickle
 
 from . import blobs
 from .errors import JournalError, JournalMismatchError
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"CWJ1"
 _HEAD = struct.Struct("<IB")  # length of kind and body, kind
@@ -171,7 +175,7 @@ class Journal:
         self.lock = threading.Lock()  # lookups in callers' threads, appends in the I/O thread's
         self.functions: dict[str, str] = {}  # name -> fingerprint, as the journal has it
         self.index = Index()
-        self.checked: dict[int, tuple[Any, str]] = {}  # id(fn) -> (fn, its checked fingerprint)
+        self.checked: dict[int, tuple[Any, str]] = {}  # id(code) -> (code, its checked fingerprint)
         self.hits = self.kept = 0
         self.fd = _open_private(self.path)
         try:
@@ -241,10 +245,15 @@ class Journal:
         under its name (and, if new there, said in it): another code is
         refused, or, with ``mismatch="ignore"``, its results passed over
         (their keys hold the old fingerprint)."""
-        seen = self.checked.get(id(fn))
-        if seen is not None and seen[0] is fn:
+        target = _target(fn)
+        mark = getattr(target, "__code__", None) or target  # one entry for every closure of one code
+        seen = self.checked.get(id(mark))
+        if seen is not None and seen[0] is mark:
             return seen[1]
         name, code = name_of(fn), fingerprint(fn)
+        if "<lambda>" in name or "<locals>" in name:  # a name many functions share: no version to check
+            self.checked[id(mark)] = (mark, code)
+            return code
         with self.lock:
             had = self.functions.get(name)
             if had is not None and had != code and self.mismatch == "refuse":
@@ -256,7 +265,7 @@ class Journal:
             if had != code:
                 self.functions[name] = code
                 self._append(_record(FUNCTION, json.dumps({"name": name, "code": code}).encode()))
-        self.checked[id(fn)] = (fn, code)
+        self.checked[id(mark)] = (mark, code)
         return code
 
     def put(self, key: bytes, value: Any) -> None:
@@ -268,7 +277,14 @@ class Journal:
         with self.lock:
             if self.fd < 0:
                 return
-            self.index.add(int.from_bytes(key[:8], "little"), self._append(record))
+            try:
+                self.index.add(int.from_bytes(key[:8], "little"), self._append(record))
+            except OSError as e:  # quota, a full disk, a stale NFS handle: the sweep goes on
+                log.warning("journal %s: cannot write (%s); results are no longer kept in it", self.path, e)
+                with contextlib.suppress(OSError):
+                    os.close(self.fd)
+                self.fd = -1
+                return
             self.kept += 1
 
     def _append(self, record: bytes) -> int:
@@ -339,6 +355,11 @@ def _open_private(path: Path) -> int:
     if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
         os.close(fd)
         raise JournalError(f"{path} is not a regular file of yours: not used as a journal")
+    if info.st_mode & 0o022:  # another user could add a record: its pickle would run here
+        os.close(fd)
+        raise JournalError(f"{path} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}): "
+                           f"not used as a journal; chmod 600 {path}")
+    os.fchmod(fd, 0o600)
     return fd
 
 

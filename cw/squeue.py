@@ -86,8 +86,10 @@ def user_limits() -> Optional[str]:
     rows = [line.split("|") for line in done.stdout.splitlines() if line.strip()]
     if done.returncode != 0 or not rows:
         return None
-    jobs, submit = (min((r[i] for r in rows if r[i]), default="") for i in (0, 1))
-    return f"at most {jobs or 'any number of'} running and {submit or 'any number of'} queued jobs"
+    jobs, submit = (min((int(r[i]) for r in rows if len(r) > i and r[i].isdigit()), default=None)
+                    for i in (0, 1))
+    return (f"at most {'any number of' if jobs is None else jobs} running and "
+            f"{'any number of' if submit is None else submit} queued jobs")
 
 
 def job_name(role: str, cluster: Optional[str] = None) -> str:

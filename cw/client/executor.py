@@ -254,6 +254,7 @@ class ClusterExecutor(futures.Executor):
         jid = next(self._ids)  # the job's label in the worker's log: its submit order, from 1
         call = dumps_call(fn, tuple(args), kwargs or {}, shared=self._core.shared, label=jid)
         fut = _Future(self._core, jid, self._futures)
+        fut._cw_key = key  # before its result can come: kept in the journal before it is seen
         self._futures[jid] = fut  # before the I/O thread can see the job
         try:
             self._core.submit(jid, (self._context(), *call), options)
@@ -261,7 +262,6 @@ class ClusterExecutor(futures.Executor):
             del self._futures[jid]
             blobs.store.let_go((b"", *call))  # never held: no result will let it go
             raise
-        fut._cw_key = key
         return fut
 
     def _journaled(self, fn: Callable, args: tuple, kwargs: dict) -> tuple[bytes, Optional[futures.Future]]:
@@ -398,7 +398,10 @@ class ClusterExecutor(futures.Executor):
         fut._finished(ran, worker)
         ok, value = _outcome(status, payload, error, jid)
         if ok and fut._cw_key is not None and self._journal is not None:
-            self._journal.put(fut._cw_key, value)  # kept before anyone can see it, and exit
+            try:
+                self._journal.put(fut._cw_key, value)  # kept before anyone can see it, and exit
+            except Exception:  # whatever the journal's trouble, the result still reaches its future
+                log.exception("journal %s: a result was not kept", self._journal.path)
         if ok:
             fut.set_result(value)
         else:

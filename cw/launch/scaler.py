@@ -98,8 +98,9 @@ class Scaler:
             want, base = cfg["min"] - coming, True
         else:
             idle = sum(1 for e in snap["executors"] if not e["running"] and not e["draining"])
+            idle -= snap.get("parked", 0)  # idle, but their time limit comes before any queued job ends
             queued = snap["totals"]["queued"]
-            want = math.ceil(queued / max(1, cfg["procs"])) if queued and not idle else 0
+            want = math.ceil(queued / max(1, cfg["procs"])) - st.pending if queued and idle <= 0 else 0
             want, base = min(want, cfg["max"] - coming), False
         want = min(want, cfg["max_pending"] - st.pending)
         if self.max_submit is not None:
@@ -121,6 +122,8 @@ class Scaler:
         from .slurm import Options, sbatch_job, worker_command  # slurm.start starts us: imported late
 
         cfg, st = self.config, self.state
+        if not (self.cdir / "adapt.json").exists():
+            return  # stopped meanwhile (slurm.stop removes it first)
         opts = Options(cluster=self.cluster, **cfg["options"])
         info = read_json(self.cdir / "master.json") or {}
         worker = worker_command(info.get("host", ""), info.get("port", 0), opts, cfg["cwd"])
@@ -168,7 +171,11 @@ def run(cluster: str) -> None:
     scaler = Scaler(cluster, config)
     log.info("scaling workers of cluster %s between %d and %d", cluster, config["min"], config["max"])
     while (cdir / "adapt.json").exists():
-        scaler.turn(time.monotonic())
+        try:
+            scaler.turn(time.monotonic())
+        except Exception as e:  # said, and tried again next turn: a scaler does not die quietly
+            log.exception("a turn of the scaler failed")
+            scaler.state.error = f"a turn failed: {e!r}"
         scaler.save()
         time.sleep(config["interval"])
     log.info("adapt.json is gone: the scaler stops")

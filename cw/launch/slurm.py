@@ -86,7 +86,7 @@ def sbatch_command(*, job_name: str, output: str, partition: Optional[str] = Non
 # Passed into worker containers when set in the job, so jobs and ``--procs
 # auto`` see the same SLURM facts inside as outside.
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID",
-              "SLURMD_NODENAME", "SLURM_CPUS_ON_NODE", "SLURM_CPUS_PER_TASK")
+              "SLURMD_NODENAME", "SLURM_CPUS_ON_NODE", "SLURM_CPUS_PER_TASK", "SLURM_JOB_END_TIME")
 
 
 def container_command(command: Sequence[str], opts: Options, cwd: str, uid: Optional[int] = None,
@@ -207,6 +207,9 @@ def _master_script(opts: Options, scaler: bool) -> str:
 def _adapt_config(cdir: Path, opts: Options, bounds: tuple[int, int], *, idle_timeout: float,
                   interval: float, max_pending: int, max_failures: int) -> None:
     """``adapt.json``: what the scaler needs to submit workers like ours."""
+    if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2
+            and all(type(b) is int for b in bounds)):
+        raise ClusterError(f"invalid adapt={bounds!r}: give (MIN, MAX), two whole numbers")
     lo, hi = bounds
     if not 0 <= lo <= hi or hi < 1:
         raise ClusterError(f"invalid --adapt {lo}:{hi}: use MIN:MAX with 0 <= MIN <= MAX and MAX >= 1")
@@ -278,6 +281,8 @@ def stop(cluster: Optional[str] = None, timeout: float = 90.0, *, master: bool =
         _scancel(["--signal=TERM", "--full", "-n", jname])
         if wait_until(_gone(name, jname), timeout, poll=0.5) is None:
             _scancel(["-n", jname])
+    if master and workers:  # what a scaler's last turn may have submitted as the master went
+        _scancel(["-n", job_name("worker", name)])
     return ended
 
 

@@ -132,6 +132,7 @@ class Jobs:
             job.cancelled = True
             self.forget(job)
             self.reply(job, Status.CANCELLED)
+            self.sched.unpark()  # what an idle executor could not finish may be gone
         elif cancel.force:
             self.stop_job(job, Status.CANCELLED, "cancelled while running (force=True)")
         else:  # dispatched: its executor drops it if it has not begun it, else it runs on

@@ -54,6 +54,7 @@ EXPRESS_LOOK = 8
 # A worker near its time limit looks this deep into a client's queue, past a
 # job it could not finish, for one it can.
 LOOKAHEAD = 64
+UNPARK_SECONDS = 1.0
 # A job still running this long after it went to an executor is announced
 # to its client (STARTED); a quicker one names its worker in its result.
 ANNOUNCE_AFTER = 0.005
@@ -69,7 +70,8 @@ class Scheduler:
         self.executors = executors
         self.supervisors = {} if supervisors is None else supervisors
         self.send = send
-        self.parked: list[bytes] = []  # idle executors whose worker ends before any queued job would
+        self.parked: set[bytes] = set()  # idle executors whose worker ends before any queued job would
+        self.unpark_at = 0.0  # they look again at least this often (UNPARK_SECONDS): fronts move
         self.fresh: deque[bytes] = deque()  # clients with queued jobs and none out: first, in turns
         self.ready: deque[bytes] = deque()  # the other clients with queued jobs, in turns
         self.free: deque[bytes] = deque()  # executors that may have room for tasks
@@ -77,10 +79,8 @@ class Scheduler:
         self.shared: list[ExecutorState] = []  # lent executors (cw.lanes) just given others' jobs
         self.queued = 0  # jobs in clients' queues (cancelled ones included until popped)
         self.announce: deque = deque()  # (when, job, executor identity): STARTED due, in dispatch order
-        # Heap of (deadline, tid, job) of running jobs with a timeout; an entry
-        # whose job's deadline has changed or gone is stale and skipped.
-        self.deadlines: list[tuple[float, int, Job]] = []
-        self.deadlines_live = 0  # entries that were not stale at the last compaction
+        self.clocks = Deadlines()  # running jobs with a timeout
+        self.start_clock, self.expired = self.clocks.start, self.clocks.expired
 
     # -- queues -----------------------------------------------------------
     def enqueue(self, client: ClientState, job: Job) -> None:
@@ -110,6 +110,7 @@ class Scheduler:
         """A client gone: its queued jobs with it."""
         self.queued -= len(client.queue)
         client.queue.clear()
+        self.unpark()
 
     def mark_ready(self, client: ClientState) -> None:
         """A client with queued jobs joins the turns, once: before the clients
@@ -140,6 +141,9 @@ class Scheduler:
 
     def dispatch(self, now: float) -> None:
         """Fill executors with room, taking the clients' jobs in turns."""
+        if self.parked and now >= self.unpark_at:
+            self.unpark_at = now + UNPARK_SECONDS
+            self.unpark()
         while self.free and (self.fresh or self.ready):
             state = self.executors.get(self.free.popleft())
             if state is None:
@@ -150,7 +154,7 @@ class Scheduler:
                 continue  # full, or busy with a long job: a result offers it again
             jobs, more = self.take(room, state, now)
             if not jobs and not more and not state.running:
-                self.parked.append(state.identity)  # its worker ends before any job here would
+                self.parked.add(state.identity)  # its worker ends before any job here would
             self.assign(state, jobs, now)
             if more and len(state.running) < self.window(state):
                 self.offer(state)  # the queue ran dry (or the message grew big) before it was full
@@ -176,6 +180,10 @@ class Scheduler:
                         client.in_ready = False
                     continue
                 self.ready.append(client.identity)  # its next job takes its turn with the others
+                if job.expected is not None:  # behind cancelled ones: for ``fits`` to judge
+                    client.queue.appendleft(job)
+                    self.queued += 1
+                    continue
                 self.express.popleft()
                 state.offered = False
                 self.assign(state, [job], now)
@@ -342,20 +350,29 @@ class Scheduler:
         """When the next STARTED may be due."""
         return self.announce[0][0] if self.announce else None
 
-    def start_clock(self, job: Job, now: float) -> None:
+
+class Deadlines:
+    """A heap of (deadline, tid, job) of running jobs with a timeout; an entry
+    whose job's deadline has changed or gone is stale and skipped."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, Job]] = []
+        self.live = 0  # entries that were not stale at the last compaction
+
+    def start(self, job: Job, now: float) -> None:
         """A job with a timeout starts running: its deadline counts from now."""
         assert job.timeout is not None
         job.deadline = now + job.timeout
-        heapq.heappush(self.deadlines, (job.deadline, job.tid, job))
+        heapq.heappush(self.heap, (job.deadline, job.tid, job))
 
     def expired(self, now: float) -> Iterator[Job]:
         """Running jobs past their deadline, one at a time: each is checked
         when its turn comes, after the caller dealt with the one before."""
-        if len(self.deadlines) > 2 * self.deadlines_live + 1000:  # mostly jobs long finished
-            self.deadlines = [e for e in self.deadlines if e[2].deadline == e[0]]
-            heapq.heapify(self.deadlines)
-            self.deadlines_live = len(self.deadlines)
-        while self.deadlines and self.deadlines[0][0] <= now:
-            deadline, _, job = heapq.heappop(self.deadlines)
+        if len(self.heap) > 2 * self.live + 1000:  # mostly jobs long finished
+            self.heap = [e for e in self.heap if e[2].deadline == e[0]]
+            heapq.heapify(self.heap)
+            self.live = len(self.heap)
+        while self.heap and self.heap[0][0] <= now:
+            deadline, _, job = heapq.heappop(self.heap)
             if job.executor is not None and job.deadline == deadline:
                 yield job

@@ -186,3 +186,29 @@ def test_one_program_at_a_time(tmp_path):
         Journal(tmp_path / "sweep.cwj")
     first.close()
     Journal(tmp_path / "sweep.cwj").close()
+
+
+def test_lambdas_share_a_name_but_not_a_version(tmp_path):
+    j = Journal(tmp_path / "sweep.cwj")
+    first, second = (lambda x: x + 1), (lambda x: x * 2)
+    assert j.code_of(first) != j.code_of(second)  # no JournalMismatchError: two functions, one name
+    j.close()
+
+
+def test_a_journal_others_may_write_is_refused(tmp_path):
+    path = tmp_path / "sweep.cwj"
+    Journal(path).close()
+    path.chmod(0o664)  # a umask of 002, or a copy
+    with pytest.raises(JournalError, match="writable by others.*chmod 600"):
+        Journal(path)
+    path.chmod(0o640)
+    Journal(path).close()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"  # tightened
+
+
+def test_a_failed_write_stops_the_journal_not_the_sweep(tmp_path, caplog):
+    j = Journal(tmp_path / "sweep.cwj")
+    os.close(j.fd)  # what a stale NFS handle does to a write
+    j.put(call_key(simulate, (1,), {}, fingerprint(simulate)), 1)
+    assert j.fd == -1 and j.kept == 0 and "cannot write" in caplog.text
+    j.close()

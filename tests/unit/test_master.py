@@ -603,3 +603,18 @@ def test_a_job_expected_to_outlast_a_workers_time_limit_waits_for_one_with_time(
     ex2.send(Kind.READY, {"capacity": 2, "supervisor": fresh.sock.identity.hex(), **PEER})
     assert bytes(ex2.recv({Kind.TASK}).payload[1]) == b"call1"
     assert ex.nothing({Kind.TASK})
+
+
+def test_a_parked_executor_looks_again_once_the_jobs_it_could_not_finish_are_cancelled(master):
+    c = client(master)
+    limited = Peer(master, b"s")
+    limited.send(Kind.READY, {"capacity": 0, "procs": 1, "left": 60.0, **PEER})
+    ex = Peer(master, b"e")
+    ex.send(Kind.READY, {"capacity": 1, "supervisor": limited.sock.identity.hex(), **PEER})
+    long_ids = list(range(1, 66))  # more than the scheduler looks past
+    c.send(Kind.SUBMIT, {"ids": long_ids, "expected": 3600.0}, b"ctx", *[b"long"] * 65)
+    c.send(Kind.SUBMIT, {"ids": [100]}, b"ctx", b"call100")
+    assert ex.nothing({Kind.TASK}) and master.sched.parked == {ex.sock.identity}
+    for jid in long_ids:
+        c.send(Kind.CANCEL, {"id": jid})
+    assert bytes(ex.recv({Kind.TASK}).payload[1]) == b"call100"

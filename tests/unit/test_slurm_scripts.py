@@ -76,3 +76,28 @@ def test_time_left_comes_from_slurms_end_time_where_it_is_set_and_is_none_outsid
     assert squeue.time_left({}) is None
     left = squeue.time_left({"SLURM_JOB_ID": "7", "SLURM_JOB_END_TIME": str(int(time.time()) + 600)})
     assert 590 < left <= 600
+
+
+def scaler_for(lo, hi, pending=0, max_submit=None):
+    from cw.launch.scaler import Scaler, State
+
+    scaler = Scaler.__new__(Scaler)  # no cluster directory, no sacctmgr: the arithmetic alone
+    scaler.config = {"min": lo, "max": hi, "procs": 2, "max_pending": 4}
+    scaler.state, scaler.max_submit = State(lo, hi, pending=pending), max_submit
+    return scaler
+
+
+def snap(queued, idle=0, busy=0, parked=0):
+    executors = [{"running": 0, "draining": False}] * idle + [{"running": 1, "draining": False}] * busy
+    return {"totals": {"queued": queued}, "executors": executors, "parked": parked}
+
+
+def test_the_scaler_asks_for_what_the_queue_needs_within_its_bounds():
+    assert scaler_for(0, 3).wanted(snap(0), 0, 0) == (0, False)  # no work, no worker
+    assert scaler_for(2, 5).wanted(snap(0), 0, 0) == (2, True)  # MIN first, kept without idle timeout
+    assert scaler_for(0, 3).wanted(snap(200, busy=2), 1, 1) == (2, False)  # capped by MAX
+    assert scaler_for(0, 10).wanted(snap(200, busy=2), 0, 0) == (4, False)  # and by the pending cap
+    assert scaler_for(0, 10).wanted(snap(5, idle=1), 0, 0) == (0, False)  # an idle executor takes them
+    assert scaler_for(0, 10).wanted(snap(5, idle=1, parked=1), 0, 0) == (3, False)  # unless it is parked
+    assert scaler_for(0, 10, pending=2).wanted(snap(5, busy=2), 2, 2)[0] == 1  # those coming count
+    assert scaler_for(0, 10, max_submit=3).wanted(snap(200, busy=2), 0, 2)[0] == 1  # MaxSubmit
