@@ -165,3 +165,10 @@ def test_headers_are_read_in_the_codec_alone():
             if isinstance(header, ast.Attribute) and header.attr == "header":
                 found.append(f"{path.relative_to(CW.parent)}:{node.lineno}")
     assert not found, "read Message.body, not its header: " + ", ".join(found)
+
+
+def test_test_modules_have_names_of_their_own():
+    """pytest imports test modules by basename (rootdir mode): two files of one
+    name in different folders stop the whole run at collection."""
+    names = [p.name for p in (CW.parent / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
