@@ -81,7 +81,9 @@ def status_command(as_json: bool, why: bool, watch: bool, interval: float, timeo
         snap = query_status(host, port, timeout, cluster=cluster, insecure=insecure)
         if why:
             return "\n".join(_why(snap, cluster))
-        snap["adapt"] = _adapt_state(cluster)
+        adapt = _adapt_state(cluster)
+        if adapt:
+            snap["adapt"] = adapt
         return json.dumps(snap, indent=2) if as_json else render(snap, f"{host}:{port}")
 
     if not watch:

@@ -30,7 +30,9 @@ SHARED = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "fu
 
 def doctor(cluster: Optional[str], query: Callable[..., dict], slurm: bool) -> list[Finding]:
     """Every finding about ``cluster``; ``query`` asks the master for its
-    status (``cw.launch.query_status``); ``slurm``: SLURM is here."""
+    status (``cw.launch.query_status``); ``slurm``: SLURM is here. What only
+    a cluster on SLURM needs (a shared filesystem, an address other nodes
+    reach) is checked where its master runs as a SLURM job, or none runs."""
     found: list[Finding] = []
     try:
         cdir = cluster_dir(cluster)
@@ -41,6 +43,8 @@ def doctor(cluster: Optional[str], query: Callable[..., dict], slurm: bool) -> l
                           "(`cw local start`, `./slurm.py start`) or name another (--cluster, CW_HOME)")]
     found.append((OK, f"cluster directory {cdir}: yours, 0700"))
     found += _keys(cdir)
+    known = read_json(cdir / "master.json") or {}
+    slurm = slurm and (not known or bool(known.get("slurm_job")))  # a local cluster needs neither
     if slurm:
         found.append(_shared(cdir))
     info, address = _master_json(cdir, cluster, found, slurm)

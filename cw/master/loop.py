@@ -112,7 +112,8 @@ class Master:
             log.warning("CURVE is OFF (--insecure): anyone who can reach port %d can run code "
                         "as this user; use only on an isolated, trusted network", self.port)
         self.books = Books(self.send, heartbeat, liveness, limits, self.port)
-        self.sched = Scheduler(self.books.clients, self.books.executors, self.send, self.books.supervisors)
+        self.sched = Scheduler(self.books.clients, self.books.executors, self.send, self.books.supervisors,
+                               self.books.parked)
         self.leases = Leases(self.send)  # executors' lanes lent to clients of their host
         self.monitor = Monitor(clock())  # throughput, job ages, worker CPU/RSS: for `cw status`
         self.peers = Peers(self.books, self.sched, self.leases, self.monitor)
@@ -257,6 +258,4 @@ class Master:
 
     def snapshot(self) -> dict:
         """A JSON-able picture of the cluster for STATUS requests (see ``cw.master.monitor``)."""
-        snap = self.monitor.snapshot(self.books, self.clock())
-        snap["parked"] = len(self.sched.parked)  # idle: no queued job they could finish in time
-        return snap
+        return self.monitor.snapshot(self.books, self.clock())

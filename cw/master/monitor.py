@@ -214,6 +214,7 @@ class Monitor:
             "queued": totals["queued"], "running": totals["running"], "prefetched": totals["prefetched"],
             "totals": totals, "throughput": self.throughput.summary(now), "counts": counts,
             "lanes_off": lanes_off(books),
+            "parked": len(books.parked),  # idle: no queued job they could finish before their time limit
         }
 
     def usage(self, state: "ExecutorState") -> Optional[tuple[float, int, bool, bool]]:

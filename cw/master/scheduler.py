@@ -65,12 +65,13 @@ class Scheduler:
 
     def __init__(self, clients: dict[bytes, ClientState], executors: dict[bytes, ExecutorState],
                  send: Callable[[bytes, Message], None],
-                 supervisors: Optional[dict[bytes, ExecutorState]] = None) -> None:
+                 supervisors: Optional[dict[bytes, ExecutorState]] = None,
+                 parked: Optional[set[bytes]] = None) -> None:
         self.clients = clients
         self.executors = executors
         self.supervisors = {} if supervisors is None else supervisors
         self.send = send
-        self.parked: set[bytes] = set()  # idle executors whose worker ends before any queued job would
+        self.parked: set[bytes] = set() if parked is None else parked  # their workers end too soon
         self.unpark_at = 0.0  # they look again at least this often (UNPARK_SECONDS): fronts move
         self.fresh: deque[bytes] = deque()  # clients with queued jobs and none out: first, in turns
         self.ready: deque[bytes] = deque()  # the other clients with queued jobs, in turns

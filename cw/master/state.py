@@ -147,6 +147,7 @@ class Books:
     # that heard from us in the last quarter beat are skipped by the round
     # (10,000 busy executors need no 10,000 beats a second).
     spoken: dict = field(default_factory=dict)
+    parked: set = field(default_factory=set)  # idle executors with no queued job they could finish in time
 
     def refuse(self, identity: bytes, reason: str, jid: Optional[int] = None,
                code: ErrorCode = ErrorCode.MALFORMED, legacy: bool = False) -> None:
