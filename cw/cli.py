@@ -22,6 +22,8 @@ from .cli_common import (
     insecure_option,
 )
 from .cli_launch import docker_group, local_group, mp_command, slurm_command, slurm_group, ssh_group
+from .cli_run import map_command as map_cli
+from .cli_run import run_command as run_cli
 from .master.command import master_command
 from .worker.command import worker_command
 
@@ -40,6 +42,8 @@ for _group in (local_group, slurm_group, ssh_group, docker_group):
 
 main.add_command(master_command)
 main.add_command(worker_command)
+main.add_command(run_cli)
+main.add_command(map_cli)
 
 
 def _known_cluster(cluster: Optional[str]) -> None:

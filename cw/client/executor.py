@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Optional, U
 
 from .. import blobs, squeue
 from ..cluster import cluster_dir
+from ..commands import Command, run_command
 from ..discovery import find_master
 from ..errors import JobRejectedError, RemoteException, WorkerLostError
 from ..host import raise_fd_limit
@@ -337,6 +338,13 @@ class ClusterExecutor(futures.Executor):
             window_size = self.max_pending
         window = deque(itertools.islice(source, window_size))
         return self._results(window, source, end, chunked=chunksize > 1)
+
+    def submit_command(self, command: Command, *, timeout: Optional[float] = None, attempts: int = 1,
+                       check: bool = False, **options: Any) -> futures.Future:
+        """Run a program on a worker (a list: program and arguments; a string: a
+        shell line): the future's result is its ``subprocess.CompletedProcess``,
+        output captured (``cw.commands``); ``options``: ``submit_call``'s."""
+        return self.submit_call(run_command, (command, timeout, attempts, check), **options)
 
     def submit_async(self, fn: Callable, /, *args: Any, **kwargs: Any) -> "asyncio.Future":
         """``submit`` for asyncio: ``await executor.submit_async(fn, x)``. The

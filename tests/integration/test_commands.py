@@ -1,0 +1,62 @@
+"""Programs as cw jobs (issue 28, item 2): submit_command, `cw run`, `cw map`."""
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from cw.client import ClusterExecutor
+from cw.commands import CommandFailed
+from cw.launch import query_status
+
+
+def cw(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "cw.cli", *args], capture_output=True, timeout=120, cwd=cwd)
+
+
+def test_submit_command_gives_what_the_program_did(cluster):
+    port = cluster(1)
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=20) as ex:
+        done = ex.submit_command(["sh", "-c", "echo out; echo err >&2; exit 3"]).result(60)
+        assert (done.returncode, done.stdout, done.stderr) == (3, b"out\n", b"err\n")
+        assert ex.submit_command("echo $((6 * 7))").result(60).stdout == b"42\n"  # a shell line
+        assert ex.submit_command(["no-such-program-here"]).result(60).returncode == 127
+        assert ex.submit_command(["sleep", "5"], timeout=0.5).result(60).returncode == 124
+        with pytest.raises(CommandFailed) as failed:
+            ex.submit_command(["sh", "-c", "echo why >&2; exit 4"], check=True).result(60)
+        assert failed.value.returncode == 4 and "why" in str(failed.value)
+        assert isinstance(failed.value, subprocess.CalledProcessError)
+
+
+def test_cw_run_passes_output_and_exit_status(cluster, monkeypatch):
+    monkeypatch.setenv("CW_PORT", str(cluster(1)))
+    done = cw("run", "--", "sh", "-c", "echo hi; echo oops >&2; exit 5")
+    assert (done.returncode, done.stdout, b"oops" in done.stderr) == (5, b"hi\n", True)
+    assert cw("run", "ls", "-d", "cw").stdout == b"cw\n"  # in this directory, flags left to the program
+
+
+def test_cw_map_runs_each_line_keeps_outputs_and_resumes(cluster, monkeypatch, tmp_path):
+    port = cluster(2)
+    monkeypatch.setenv("CW_PORT", str(port))
+    lines = [f"echo line {i}" if i % 5 else f"echo failing {i} >&2; exit {i % 7 + 1}" for i in range(1, 21)]
+    commands = tmp_path / "commands.txt"
+    commands.write_text("# a sweep\n" + "\n".join(lines) + "\n\n")
+    first = cw("map", str(commands), cwd=tmp_path)
+    assert first.returncode == 1, first.stderr
+    assert b"20 command(s): 16 succeeded (0 done by an earlier run), 4 failed" in first.stdout
+    out = tmp_path / "commands.txt.out"
+    assert (out / "3.out").read_bytes() == b"line 3\n" and (out / "5.err").read_bytes() == b"failing 5\n"
+    summary = (out / "summary.tsv").read_text().splitlines()
+    assert summary[5] == "5\t6\techo failing 5 >&2; exit 6"
+    assert oct((out / "1.out").stat().st_mode & 0o777) == "0o600"
+    before = query_status("127.0.0.1", port)["counts"]["submitted"]
+    again = cw("map", str(commands), cwd=tmp_path)
+    assert again.returncode == 1 and b"16 succeeded (16 done by an earlier run), 4 failed" in again.stdout
+    assert query_status("127.0.0.1", port)["counts"]["submitted"] - before == 4  # only the failed ones
+    assert (out / "3.out").read_bytes() == b"line 3\n"
+    names = tmp_path / "names.txt"
+    names.write_text("alpha\nbeta gamma\n")
+    each = cw("map", "--each", str(names), "--", "echo", "hello {}", cwd=tmp_path)
+    assert each.returncode == 0, each.stdout + each.stderr
+    assert (tmp_path / "names.txt.out" / "2.out").read_bytes() == b"hello beta gamma\n"
+    assert cw("map", cwd=tmp_path).returncode == 2  # a usage error, not a traceback
