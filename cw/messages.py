@@ -82,6 +82,7 @@ class ErrorCode(str, enum.Enum):
     MALFORMED = "malformed"  # the message broke the protocol and was dropped
     UNKNOWN_JOB = "unknown-job"  # no such job (finished, or never held): nothing done
     NO_BLOB = "no-blob"  # FETCH of a job whose client the master no longer holds
+    NOTICE = "notice"  # nothing refused: news a client's user must hear (cw.master.notices)
 
 # One record per message shape: its fields, their types, and which may be
 # left out (those with a default). ``Message.from_frames`` checks a header

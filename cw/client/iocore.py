@@ -302,6 +302,8 @@ class IOCore(threading.Thread):
                 self.link.send_hello()
         elif error.code == ErrorCode.UNKNOWN_JOB.value:
             log.debug("the master knew no job %s (finished meanwhile)", error.id)
+        elif error.code == ErrorCode.NOTICE.value:
+            log.warning("the master says: %s", error.error)
         else:
             log.warning("the master refused a message: %s", error.error)
 

@@ -43,6 +43,7 @@ from .blobs import BlobRoutes
 from .guard import HANDSHAKE_SECONDS, Guard
 from .leases import Leases
 from .monitor import Monitor
+from .notices import ScalerNotice
 from .peers import Peers
 from .scheduler import Scheduler
 from .state import Books, Limits
@@ -119,6 +120,7 @@ class Master:
         self.peers = Peers(self.books, self.sched, self.leases, self.monitor)
         self.jobs = self.peers.jobs
         self.blobs = BlobRoutes(self.books)  # FETCH and BLOB pass through, nothing is kept
+        self.notice = ScalerNotice(cluster_dir, self.send)  # a scaler that stopped, said to clients
         self.next_beat = 0.0
         self.stopping = False
         self.handlers = self.route()
@@ -172,6 +174,7 @@ class Master:
             self.next_beat = now + self.heartbeat
             self.peers.beat(now)
         self.monitor.tick(self.books, now)
+        self.notice.tick(self.books.clients, now)
 
     def receive(self, now: Optional[float]) -> None:
         for _ in range(RECV_BATCH):

@@ -245,7 +245,7 @@ def test_adapt_brings_workers_for_queued_jobs_and_lets_idle_ones_go(slurm_home):
     assert squeue_names() == []
 
 
-def test_adapt_stops_after_failed_submissions_and_says_why(slurm_home):
+def test_adapt_stops_after_failed_submissions_and_says_why(slurm_home, caplog):
     done = slurm_py("--cluster", "broken", "--adapt", "0:2", "--adapt-interval", "1", "--adapt-failures", "2",
                     "--Xworkers=--no-such-option", "start")
     assert done.returncode == 0, done.stderr
@@ -257,5 +257,7 @@ def test_adapt_stops_after_failed_submissions_and_says_why(slurm_home):
                                 capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert "STOPPED after 2 failed submissions" in status.stdout and "no-such-option" in status.stdout
         assert read_json(state)["sbatch_calls"] == 2 and worker_jobs("broken") == []
+        wait_for(lambda: "the master says: adaptive scaling (--adapt) stopped after 2" in caplog.text,
+                 timeout=30, what="the client's log to say so")  # the master looks every 10 s
         waiting.cancel()
     assert slurm_py("--cluster", "broken", "stop").returncode == 0

@@ -618,3 +618,20 @@ def test_a_parked_executor_looks_again_once_the_jobs_it_could_not_finish_are_can
     for jid in long_ids:
         c.send(Kind.CANCEL, {"id": jid})
     assert bytes(ex.recv({Kind.TASK}).payload[1]) == b"call100"
+
+
+def test_clients_hear_once_that_the_clusters_scaler_stopped(tmp_path):
+    (tmp_path / "adapt.json").write_text("{}")
+    (tmp_path / "adapt-state.json").write_text(
+        '{"stopped": true, "failures": 3, "error": "sbatch refused the job: no such partition"}')
+    with running_master(cluster_dir=tmp_path) as m:
+        c = client(m)
+        m.notice.next_look = 0.0  # its next look (every 10 s) is now
+        said = c.recv({Kind.ERROR}).header
+        assert said["code"] == "notice" and "3 failed worker submissions" in said["error"]
+        assert "no such partition" in said["error"]
+        m.notice.next_look = 0.0  # the next look: nothing new to say to this client
+        assert c.nothing({Kind.ERROR})
+        late = client(m)
+        m.notice.next_look = 0.0
+        assert late.recv({Kind.ERROR}).header["code"] == "notice"  # one that came later hears it too
