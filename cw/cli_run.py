@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Optional
 
 import click
 
 from .cli_common import cluster_option, friendly
+from .errors import CWError
 
 RUN_SETTINGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 
@@ -71,8 +74,24 @@ def map_command(each: Optional[str], output_dir: Optional[str], timeout: Optiona
             raise click.BadParameter(f"{source}: no such file", param_hint="FILE")
         commands = _lines(source)
     out = Path(output_dir) if output_dir else source.with_name(source.name + ".out")
-    failed = _map(commands, out, timeout, retries, cluster)
+    try:
+        failed = _map(commands, _private_dir(out), timeout, retries, cluster)
+    except OSError as e:
+        raise click.ClickException(f"cannot write the outputs in {out}: {e}") from e
     sys.exit(1 if failed else 0)
+
+
+def _private_dir(out: Path) -> Path:
+    """The output directory, made 0700, or one of ours nobody else may write
+    in (else another user could read or swap what the commands printed)."""
+    from .cluster import trusted
+
+    try:
+        trusted(out, "give another --output-dir")
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except CWError as e:
+        raise click.ClickException(str(e)) from e
+    return out
 
 
 def _lines(path: Path) -> list[str]:
@@ -84,9 +103,13 @@ def _lines(path: Path) -> list[str]:
 
 
 def _fill(template: tuple, line: str) -> str:
-    """One shell command line: the template's words quoted, {} as the line."""
-    return " ".join(shlex.quote(word).replace("{}", shlex.quote(line)) if "{}" in word else shlex.quote(word)
-                    for word in template)
+    """One shell command line: each word of the template with {} replaced by
+    the line, then quoted whole (the line is never shell syntax); without a
+    {}, the line is one more argument at the end, as GNU parallel does."""
+    words = [word.replace("{}", line) for word in template]
+    if not any("{}" in word for word in template):
+        words.append(line)
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def _map(commands: list[str], out: Path, timeout: Optional[float], retries: int,
@@ -94,25 +117,30 @@ def _map(commands: list[str], out: Path, timeout: Optional[float], retries: int,
     from .client import ClusterExecutor
     from .commands import run_command as job
 
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
     started = time.monotonic()
     failed = 0
-    with ClusterExecutor(cluster=cluster, journal=out / "journal.cwj", journal_mismatch="ignore") as ex:
-        futures = [ex.submit_call(job, (command, timeout, retries + 1, True)) for command in commands]
-        rows = []
-        for i, (command, future) in enumerate(zip(commands, futures), 1):
-            code, stdout, stderr = _outcome(future)
-            failed += code != 0
-            _write(out / f"{i}.out", stdout)
-            _write(out / f"{i}.err", stderr)
-            rows.append(f"{i}\t{code}\t{command}\n")
-            future = None  # noqa: F841  (its output is written: let it go)
-        taken = ex.journal.hits if ex.journal else 0
-    _write(out / "summary.tsv", ("index\texit\tcommand\n" + "".join(rows)).encode())
+    rows: list[str] = []
+    try:
+        with ClusterExecutor(cluster=cluster, journal=out / "journal.cwj", journal_mismatch="ignore") as ex:
+            futures = deque(ex.submit_call(job, (line, timeout, retries + 1, True)) for line in commands)
+            for i, command in enumerate(commands, 1):
+                code, stdout, stderr = _outcome(futures.popleft())  # and let go of it once written
+                failed += code != 0
+                _write(out / f"{i}.out", stdout)
+                _write(out / f"{i}.err", stderr)
+                rows.append(f"{i}\t{code}\t{_cell(command)}\n")
+            taken = ex.journal.hits if ex.journal else 0
+    finally:  # what ran is said, even if the rest could not run
+        _write(out / "summary.tsv", ("index\texit\tcommand\n" + "".join(rows)).encode())
     click.echo(f"{len(commands)} command(s): {len(commands) - failed} succeeded ({taken} done by an earlier "
                f"run), {failed} failed; in {time.monotonic() - started:.1f} s; outputs in {out}"
                + (f"; failed: see the exit column of {out / 'summary.tsv'}" if failed else ""))
     return failed
+
+
+def _cell(text: str) -> str:
+    """A command as one cell of summary.tsv: its tabs and line breaks escaped."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _outcome(future) -> tuple[int, bytes, bytes]:
@@ -128,7 +156,12 @@ def _outcome(future) -> tuple[int, bytes, bytes]:
 
 
 def _write(path: Path, data: bytes) -> None:
-    """A file of ours: 0600, never through a link."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    """A file of ours: 0600, never through a link, never one another user made."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as f:
+        info = os.fstat(fd)
+        if info.st_uid != os.getuid() or not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} is not a file of yours")
+        os.fchmod(fd, 0o600)
+        f.truncate()
         f.write(data)

@@ -13,6 +13,7 @@ keeps only the commands that succeeded.
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from typing import Optional, Sequence, Union
 
 Command = Union[str, Sequence[str]]
@@ -36,16 +37,27 @@ def run_command(command: Command, timeout: Optional[float] = None, attempts: int
     args = command if shell else list(command)
     done = subprocess.CompletedProcess(args, 0, b"", b"")
     for _ in range(max(1, attempts)):
-        try:
-            done = subprocess.run(args, shell=shell, capture_output=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as e:
-            said = f"timed out after {timeout:g} s\n".encode()
-            done = subprocess.CompletedProcess(args, TIMED_OUT, e.stdout or b"", (e.stderr or b"") + said)
-        except OSError as e:  # no such program, not executable
-            done = subprocess.CompletedProcess(args, NOT_FOUND, b"", f"{e}\n".encode())
+        done = _once(args, shell, timeout)
         if done.returncode == 0:
             break
     if check and done.returncode != 0:
         raise CommandFailed(done.returncode, args, done.stdout, done.stderr)
     return done
+
+
+def _once(args: Command, shell: bool, timeout: Optional[float]) -> subprocess.CompletedProcess:
+    """One run. Output goes to files, not pipes: a program that leaves a
+    child in the background (``sleep 60 &``) returns when it exits, and the
+    executor's reaper ends the child; pipes would wait for the child too."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            code = subprocess.run(args, shell=shell, stdout=out, stderr=err, timeout=timeout,
+                                  stdin=subprocess.DEVNULL).returncode
+            said = b""
+        except subprocess.TimeoutExpired:
+            code, said = TIMED_OUT, f"timed out after {timeout:g} s\n".encode()
+        except OSError as e:  # no such program, not executable
+            code, said = NOT_FOUND, f"{e}\n".encode()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(args, code, out.read(), err.read() + said)

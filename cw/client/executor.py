@@ -350,7 +350,8 @@ class ClusterExecutor(futures.Executor):
         """``submit`` for asyncio: ``await executor.submit_async(fn, x)``. The
         result reaches the event loop through ``call_soon_threadsafe``: cw's
         I/O thread never runs on the loop, nor blocks it."""
-        return asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+        loop = asyncio.get_running_loop()  # first: outside a running loop, nothing is sent
+        return asyncio.wrap_future(self.submit(fn, *args, **kwargs), loop=loop)
 
     def map_async(self, fn: Callable, *iterables: Iterable, chunksize: int = 1,
                   expected: Optional[float] = None) -> AsyncIterator:

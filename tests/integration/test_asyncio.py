@@ -6,6 +6,7 @@ import jobs
 import pytest
 
 from cw.client import ClusterExecutor
+from cw.launch import query_status
 
 
 def test_submit_async_and_map_async_on_real_workers(cluster):
@@ -39,3 +40,8 @@ def test_submit_async_and_map_async_on_real_workers(cluster):
         return True
 
     assert asyncio.run(main())
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=20) as ex:
+        before = query_status("127.0.0.1", port)["counts"]["submitted"]
+        with pytest.raises(RuntimeError):  # no running loop: said before anything is sent
+            ex.submit_async(pow, 2, 3)
+        assert query_status("127.0.0.1", port)["counts"]["submitted"] == before

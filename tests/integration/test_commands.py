@@ -26,6 +26,8 @@ def test_submit_command_gives_what_the_program_did(cluster):
             ex.submit_command(["sh", "-c", "echo why >&2; exit 4"], check=True).result(60)
         assert failed.value.returncode == 4 and "why" in str(failed.value)
         assert isinstance(failed.value, subprocess.CalledProcessError)
+        # A child left in the background does not hold the job (files, not pipes); it ends with it.
+        assert ex.submit_command("sleep 60 & echo started").result(30).stdout == b"started\n"
 
 
 def test_cw_run_passes_output_and_exit_status(cluster, monkeypatch):
@@ -55,8 +57,18 @@ def test_cw_map_runs_each_line_keeps_outputs_and_resumes(cluster, monkeypatch, t
     assert query_status("127.0.0.1", port)["counts"]["submitted"] - before == 4  # only the failed ones
     assert (out / "3.out").read_bytes() == b"line 3\n"
     names = tmp_path / "names.txt"
-    names.write_text("alpha\nbeta gamma\n")
-    each = cw("map", "--each", str(names), "--", "echo", "hello {}", cwd=tmp_path)
+    names.write_text("alpha\nbeta  gamma\nx; echo PWNED $(id -un)\n")
+    each = cw("map", "--each", str(names), "--", "printf", "[%s]", "hello {}", cwd=tmp_path)
     assert each.returncode == 0, each.stdout + each.stderr
-    assert (tmp_path / "names.txt.out" / "2.out").read_bytes() == b"hello beta gamma\n"
+    made = tmp_path / "names.txt.out"
+    assert (made / "2.out").read_bytes() == b"[hello beta  gamma]"  # one argument, spaces kept
+    assert (made / "3.out").read_bytes() == b"[hello x; echo PWNED $(id -un)]"  # never shell syntax
+    again = cw("map", "--each", str(names), "-o", str(made), "--", "printf", "<%s>", cwd=tmp_path)
+    assert again.returncode == 0
+    assert (made / "1.out").read_bytes() == b"<alpha>"  # no {}: the line is the last argument
+    (tmp_path / "open").mkdir(mode=0o777)
+    (tmp_path / "open").chmod(0o777)  # a directory others may write in: not trusted with outputs
+    refused = cw("map", "-o", str(tmp_path / "open"), str(commands), cwd=tmp_path)
+    assert refused.returncode == 1 and b"others may write in it" in refused.stderr
+    assert b"Traceback" not in refused.stderr and list((tmp_path / "open").iterdir()) == []
     assert cw("map", cwd=tmp_path).returncode == 2  # a usage error, not a traceback
