@@ -28,6 +28,14 @@ def pid():
     return os.getpid()
 
 
+def mark_and_sleep(path, seconds, value=None):
+    """Say it began (a file), then sleep."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return value
+
+
 class CustomError(Exception):
     def __init__(self, code):
         super().__init__(f"custom failure {code}")

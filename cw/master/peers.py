@@ -214,7 +214,7 @@ class Peers:
             self.requeue(self.books.executors.pop(state.identity), "its worker departed")
         sup = self.books.supervisors.pop(identity, None)
         if sup is not None:
-            log.info("worker %s:%s departed", sup.info["host"], sup.info["pid"])
+            log.info("worker %s:%s departed", sup.info.host, sup.info.pid)
 
     def on_bye(self, identity: bytes, msg: Message, now: float) -> None:
         b = self.books

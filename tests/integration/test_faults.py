@@ -262,13 +262,16 @@ def test_network_cut_late_result_is_dropped(cluster, procs):
     assert results["job"][1] not in {p.pid for p in stopped}
 
 
-def test_drain_longer_than_the_heartbeat_grace_is_no_death(cluster, procs):
+def test_drain_longer_than_the_heartbeat_grace_is_no_death(cluster, procs, tmp_path):
     port = cluster(0, master_args=FAST)
     worker = procs.worker(port, "--grace", "10", *FAST)
     wait_workers(port, 1)
+    began = tmp_path / "began"
     with ClusterExecutor("127.0.0.1", port, retries=0, **CLIENT_FAST) as ex:
-        job = ex.submit(jobs.sleep, 2.5, "finished")  # longer than the 1 s liveness
-        wait_for(job.running, what="the job to start")
+        job = ex.submit(jobs.mark_and_sleep, str(began), 2.5, "finished")  # longer than the 1 s liveness
+        # Begun in its executor, not only announced: a job still queued there
+        # when the drain comes goes back to the master (no worker left here).
+        wait_for(began.exists, what="the job to begin")
         assert stop_gracefully(worker) == 0
         assert job.result(30) == "finished"
     assert status(port)["counts"]["requeued"] == 0

@@ -635,3 +635,18 @@ def test_clients_hear_once_that_the_clusters_scaler_stopped(tmp_path):
         late = client(m)
         m.notice.next_look = 0.0
         assert late.recv({Kind.ERROR}).header["code"] == "notice"  # one that came later hears it too
+
+
+def test_a_departing_worker_hands_back_its_job_without_an_internal_error(master, caplog):
+    c = client(master)
+    sup = Peer(master, b"s")
+    sup.send(Kind.READY, {"capacity": 0, "procs": 1, **PEER})
+    ex = Peer(master, b"e")
+    ex.send(Kind.READY, {"capacity": 1, "supervisor": sup.sock.identity.hex(), **PEER})
+    submit(c, 1, retries=0)
+    ex.recv({Kind.TASK})
+    sup.send(Kind.DRAIN)
+    sup.send(Kind.DEPART)
+    assert sup.nothing({Kind.ERROR}) and master.supervisors == {} and master.executors == {}
+    assert "internal error" not in caplog.text and "departed" in caplog.text
+    assert next(iter(master.clients.values())).queue[0].jid == 1  # back in line, no retry counted
