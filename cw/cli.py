@@ -148,8 +148,9 @@ def doctor_command(cluster: Optional[str]) -> None:
     found = doctor(cluster, query_status, slurm)
     if slurm:
         limits = squeue.user_limits()
-        found.append(("note", f"SLURM lets you run {limits}" if limits else
-                      "SLURM's accounting (sacctmgr) says no job limits of yours"))
+        found.append(("note", "SLURM's accounting (sacctmgr) says no job limits of yours" if limits is None
+                      else "SLURM lets you run {} running and {} queued jobs".format(
+                          *("any number of" if n is None else f"at most {n}" for n in limits))))
         found += [("note", f"worker job {job} waits in SLURM's queue: {reason}")
                   for job, reason in squeue.pending("worker", cluster)]
     for level, text in found:

@@ -64,20 +64,37 @@ def parse_time_left(text: str) -> Optional[float]:
     return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
+def jobs(fields: str, *, name: Optional[str] = None, states: Optional[str] = None,
+         tasks: bool = False) -> Optional[list[list[str]]]:
+    """This user's jobs, one ``squeue`` call: each job's ``fields`` (squeue's
+    ``-o`` letters, e.g. ``"%i|%T"``), split at ``|``. ``name``: only jobs
+    of that name; ``states``: only those states (``-t``); ``tasks``: array
+    tasks one by one (``-r``). None when squeue fails."""
+    cmd = ["squeue", "-h", "-u", getpass.getuser(), "-o", fields]
+    cmd += ["-r"] if tasks else []
+    cmd += ["-n", name] if name else []
+    cmd += ["-t", states] if states else []
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    width = fields.count("|") + 1
+    return [(line.split("|", width - 1) + [""] * width)[:width] for line in done.stdout.splitlines() if line]
+
+
 def pending(role: str, cluster: Optional[str] = None) -> list[tuple[str, str]]:
     """This user's jobs of ``role`` in ``cluster`` that wait in SLURM's queue:
     (job id, SLURM's reason), one ``squeue`` call; [] where it fails."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-n", job_name(role, cluster), "-t",
-                              "PENDING", "-o", "%i|%r"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [tuple(line.split("|", 1)) for line in out.splitlines() if "|" in line]  # type: ignore[misc]
+    found = jobs("%i|%r", name=job_name(role, cluster), states="PENDING") or []
+    return [(job, reason) for job, reason in found]
 
 
-def user_limits() -> Optional[str]:
-    """This user's job limits as SLURM's accounting says them (MaxJobs,
-    MaxSubmit), or None where it says nothing (no accounting)."""
+def user_limits() -> Optional[tuple[Optional[int], Optional[int]]]:
+    """This user's job limits as SLURM's accounting says them: (MaxJobs,
+    MaxSubmit), each None where unlimited; None where accounting says
+    nothing (no sacctmgr, no association)."""
     try:
         done = subprocess.run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={getpass.getuser()}",
                                "format=MaxJobs,MaxSubmit"], capture_output=True, text=True, timeout=30)
@@ -86,10 +103,9 @@ def user_limits() -> Optional[str]:
     rows = [line.split("|") for line in done.stdout.splitlines() if line.strip()]
     if done.returncode != 0 or not rows:
         return None
-    jobs, submit = (min((int(r[i]) for r in rows if len(r) > i and r[i].isdigit()), default=None)
-                    for i in (0, 1))
-    return (f"at most {'any number of' if jobs is None else jobs} running and "
-            f"{'any number of' if submit is None else submit} queued jobs")
+    running, queued = (min((int(r[i]) for r in rows if len(r) > i and r[i].isdigit()), default=None)
+                       for i in (0, 1))
+    return running, queued
 
 
 def job_name(role: str, cluster: Optional[str] = None) -> str:
@@ -123,15 +139,10 @@ def master_host(cluster: Optional[str] = None, wait: bool = True,
 
 
 def _squeue_master(name: str) -> tuple[Optional[str], Optional[str]]:
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%T %N"],
-            capture_output=True, text=True, timeout=30,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise ClusterError(f"squeue failed: {e}") from e
-    for line in out.splitlines():
-        parts = line.split()
-        if parts:
-            return parts[0], (parts[1] if len(parts) > 1 else None)
-    return None, None
+    """(state, node) of the master job ``name``: the running one where one
+    runs (a successor waits behind it, ``cw.launch.succession``)."""
+    found = jobs("%T|%N", name=name)
+    if found is None:
+        raise ClusterError("squeue failed: is SLURM's controller up? (scontrol ping)")
+    found.sort(key=lambda job: job[0] != "RUNNING")
+    return (found[0][0], found[0][1] or None) if found else (None, None)

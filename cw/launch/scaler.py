@@ -25,14 +25,13 @@ one sbatch per interval (default 20 s), never one per job.
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
 import math
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .. import squeue
 from ..cluster import cluster_dir, read_json, write_json
 from ..errors import CWError
 from ..logfiles import role_log_file, setup_logging
@@ -110,13 +109,11 @@ class Scaler:
     def squeue(self) -> Optional[list[tuple[str, str, str]]]:
         """This user's jobs (id, name, state), array tasks one by one: one call."""
         self.state.squeue_calls += 1
-        try:
-            out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%j|%T"],
-                                 capture_output=True, text=True, timeout=60).stdout
-        except (OSError, subprocess.TimeoutExpired) as e:
-            log.warning("squeue failed: %s", e)
+        found = squeue.jobs("%i|%j|%T", tasks=True)
+        if found is None:
+            log.warning("squeue failed")
             return None
-        return [tuple(line.split("|", 2)) for line in out.splitlines() if line.count("|") == 2]  # type: ignore
+        return [(job, name, state) for job, name, state in found]
 
     def submit(self, n: int, base: bool, now: float) -> None:
         from .slurm import Options, sbatch_job, worker_command  # slurm.start starts us: imported late
@@ -154,13 +151,8 @@ class Scaler:
 
 def _max_submit() -> Optional[int]:
     """The user's MaxSubmit, if SLURM's accounting says one."""
-    said = user_limits()
-    if said is None:
-        return None
-    try:
-        return int(said.split(" and ")[1].split()[0])
-    except (IndexError, ValueError):
-        return None
+    limits = user_limits()
+    return None if limits is None else limits[1]
 
 
 def run(cluster: str) -> None:

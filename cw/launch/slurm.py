@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from .. import squeue as queue
 from ..cluster import cluster_dir, cluster_name, read_json, write_json
 from ..errors import ClusterError, MasterUnavailableError
 from ..squeue import job_name
@@ -249,17 +250,12 @@ def _ready_workers(snap: dict, opts: Options) -> int:
 def squeue(cluster: Optional[str] = None) -> list[dict]:
     """This user's jobs of this cluster: id, name, state, nodes."""
     name = cluster_name(cluster)
-    try:
-        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%j|%T|%N"],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise ClusterError(f"squeue failed: {e}") from e
-    jobs = []
-    for line in out.splitlines():
-        jobid, jname, state, nodes = (line.split("|") + ["", "", "", ""])[:4]
-        if jname in (job_name("master", name), job_name("worker", name)):
-            jobs.append({"id": jobid, "name": jname, "state": state, "nodes": nodes})
-    return jobs
+    found = queue.jobs("%i|%j|%T|%N")
+    if found is None:
+        raise ClusterError("squeue failed: is SLURM's controller up? (scontrol ping)")
+    ours = (job_name("master", name), job_name("worker", name))
+    return [{"id": jobid, "name": jname, "state": state, "nodes": nodes}
+            for jobid, jname, state, nodes in found if jname in ours]
 
 
 def stop(cluster: Optional[str] = None, timeout: float = 90.0, *, master: bool = True,
