@@ -158,6 +158,12 @@ slurm_options = [
     click.option("--partition", default=None, help="SLURM partition."),
     click.option("--time", "time_limit", default=None, callback=_slurm_time,
                  help="SLURM time limit of each job, e.g. 2:00:00 or 1-00:00:00."),
+    click.option("--master-time", default=None, callback=_slurm_time,
+                 help="The master job's own time limit [default: --time]; with succession, "
+                      "the cluster outlives it."),
+    click.option("--succession/--no-succession", default=True, show_default=True,
+                 help="A successor master job waits in the queue behind the master and takes over "
+                      "when it ends (time limit, node failure); clients and workers follow it."),
     click.option("--procs-per-worker", type=Procs(), default="1", show_default=True,
                  help="Executor processes per worker; 'auto' = the CPUs SLURM gave it."),
     click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
@@ -173,7 +179,8 @@ slurm_options = [
 
 def _slurm(action: str, nworkers: int, no_master: bool, no_workers: bool, docker_image: Optional[str],
            docker_args: str, container_engine: str, isolated: bool, xworkers: tuple, xmaster: tuple,
-           partition: Optional[str], time_limit: Optional[str], procs_per_worker: int, grace: float,
+           partition: Optional[str], time_limit: Optional[str], master_time: Optional[str],
+           succession: bool, procs_per_worker: int, grace: float,
            port: int, timeout: float, adapt: Optional[tuple[int, int]], idle_timeout: float,
            adapt_interval: float, adapt_pending: int, adapt_failures: int, cluster: Optional[str],
            insecure: bool) -> None:
@@ -186,7 +193,8 @@ def _slurm(action: str, nworkers: int, no_master: bool, no_workers: bool, docker
     if action == "start":
         info = launcher.start(
             nworkers, master=not no_master, workers=not no_workers, cluster=cluster, timeout=timeout,
-            partition=partition, time=time_limit, procs=procs_per_worker, grace=grace, isolated=isolated,
+            partition=partition, time=time_limit, master_time=master_time, succession=succession,
+            procs=procs_per_worker, grace=grace, isolated=isolated,
             port=port, insecure=insecure, xmaster=xmaster, xworkers=xworkers, docker_image=docker_image,
             docker_args=docker_args, container_engine=container_engine, adapt=adapt,
             idle_timeout=idle_timeout, adapt_interval=adapt_interval, adapt_pending=adapt_pending,

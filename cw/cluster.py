@@ -4,6 +4,7 @@
 shared filesystem and holds::
 
     master.json     host, port, pid (and its pid namespace), protocol version of the running master
+    succession.json how a master job submits its successor (cw.succession)
     pids/*.json     processes a launcher started: pid and create time
     logs/           master and worker logs
     ssh.json, ssh/  machines `cw ssh start` started workers on, and their records
@@ -156,6 +157,18 @@ def read_master(name: Optional[str] = None) -> Optional[dict]:
             and not pid_alive(info.get("pid")):
         return None  # stale: its master ran on this host and is gone
     return info
+
+
+def master_address(name: Optional[str] = None) -> Optional[str]:
+    """``tcp://host:port`` of the cluster's master as master.json says it,
+    or None (no file, a bad one, its master gone, an untrusted directory).
+    Peers that lost their master read it again to follow a successor
+    (``cw.succession``) or a master restarted on another port."""
+    try:
+        info = read_master(name)
+    except ClusterError:
+        return None
+    return None if info is None else f"tcp://{info['host']}:{info['port']}"
 
 
 def pid_namespace() -> Optional[str]:

@@ -37,6 +37,15 @@ def find_master(
     return host or "127.0.0.1", int(port or DEFAULT_PORT)
 
 
+def follows(host: Optional[str], port: Optional[int], cluster: Optional[str]) -> Optional[str]:
+    """The cluster whose master.json a client follows when its master goes
+    silent (a successor master job, a master restarted elsewhere), or None
+    where the user pinned the address: a port given, or ``CW_PORT`` or
+    ``CW_MASTER_ADDRESS`` set."""
+    pinned = port is not None or env_port() is not None or os.environ.get("CW_MASTER_ADDRESS")
+    return None if pinned else cluster_name(cluster)
+
+
 def _nowhere(cluster: Optional[str]) -> str:
     """No master found for ``cluster``: which file said so, and what to do."""
     path = cluster_dir(cluster) / "master.json"

@@ -62,7 +62,7 @@ def main(argv: Optional[list] = None) -> None:
         sys.exit(f"cw executor: {e}")
     executor = Executor(f"tcp://{opts.host}:{opts.port}", opts.executor, opts.supervisor,
                         opts.heartbeat, opts.liveness, keys, opts.prefetch, opts.batch, opts.job_fd,
-                        express=opts.express)
+                        express=opts.express, cluster=opts.cluster)
     reaper.install()  # the processes a job starts end with it
 
     def on_term(signum: int, frame: Any) -> None:

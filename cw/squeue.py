@@ -84,6 +84,18 @@ def jobs(fields: str, *, name: Optional[str] = None, states: Optional[str] = Non
     return [(line.split("|", width - 1) + [""] * width)[:width] for line in done.stdout.splitlines() if line]
 
 
+def submit(cmd: list[str], script: str) -> str:
+    """Run sbatch ``cmd`` (with ``--parsable``) on ``script``; the job's id,
+    or ClusterError with sbatch's words."""
+    try:
+        done = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ClusterError(f"sbatch failed: {e}") from e
+    if done.returncode != 0:
+        raise ClusterError(f"sbatch refused the job: {done.stderr.strip()}")
+    return done.stdout.strip().split(";")[0]
+
+
 def pending(role: str, cluster: Optional[str] = None) -> list[tuple[str, str]]:
     """This user's jobs of ``role`` in ``cluster`` that wait in SLURM's queue:
     (job id, SLURM's reason), one ``squeue`` call; [] where it fails."""
@@ -140,7 +152,7 @@ def master_host(cluster: Optional[str] = None, wait: bool = True,
 
 def _squeue_master(name: str) -> tuple[Optional[str], Optional[str]]:
     """(state, node) of the master job ``name``: the running one where one
-    runs (a successor waits behind it, ``cw.launch.succession``)."""
+    runs (a successor waits behind it, ``cw.succession``)."""
     found = jobs("%T|%N", name=name)
     if found is None:
         raise ClusterError("squeue failed: is SLURM's controller up? (scontrol ping)")

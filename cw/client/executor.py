@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Optional, U
 from .. import blobs, squeue
 from ..cluster import cluster_dir
 from ..commands import Command, run_command
-from ..discovery import find_master
+from ..discovery import find_master, follows
 from ..errors import JobRejectedError, RemoteException, WorkerLostError
 from ..host import raise_fd_limit
 from ..joberrors import loads_error
@@ -85,12 +85,13 @@ def _outcome(status: Status, payload: tuple, error: Union[str, BaseException, No
 def _connect(host: Optional[str], port: Optional[int], cluster: Optional[str],
              insecure: Optional[bool], connect_timeout: float, on_result, on_started,
              heartbeat: float, liveness: int) -> IOCore:
+    follow = follows(host, port, cluster)
     host, port = find_master(host, port, cluster)
     raise_fd_limit()  # each connection and lane is a descriptor; the soft limit is only a default
     keys = None if insecure_default(insecure) else client_keys(cluster_dir(cluster))
     core = IOCore(host, port, on_result=on_result, on_started=on_started,
                   connect_timeout=connect_timeout, keys=keys, heartbeat=heartbeat,
-                  liveness=liveness)
+                  liveness=liveness, follow=follow)
     core.start()
     if not core.settled.wait(connect_timeout) or core.fatal is not None:
         error = core.fatal or core.unavailable()

@@ -60,7 +60,7 @@ class IOCore(threading.Thread):
     def __init__(self, host: str, port: int, *, on_result: ResultHandler,
                  on_started: Callable[[list, Optional[str]], None], connect_timeout: float = 30.0,
                  heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, follow: Optional[str] = None) -> None:
         super().__init__(name=f"cw-client-{host}:{port}", daemon=True)
         direct = DirectServer.open(host, keys)  # first: a bad CW_DIRECT_PORTS leaves nothing open
         self.on_started = on_started
@@ -82,7 +82,7 @@ class IOCore(threading.Thread):
         self.poller.register(self.wake_fd, zmq.POLLIN)
         self.link = MasterLink(f"tcp://{host}:{port}", b"c" + os.urandom(8), keys, self.poller,
                                connect_timeout=connect_timeout, heartbeat=heartbeat,
-                               liveness=liveness, clock=clock)
+                               liveness=liveness, clock=clock, follow=follow)
         self.jobs = HeldJobs(self.link, on_result)
         self.lanes = Lanes(self.poller)
         self.direct = direct  # cw.direct: None where it cannot be had

@@ -20,9 +20,11 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import zmq
 
 from .. import lanes, shm
+from ..cluster import master_address
 from ..errors import CWError, MasterUnavailableError, ProtocolError, SecurityError
 from ..protocol import Kind, Message, Welcome, version_mismatch, versions
 from ..security import Keys, read_monitor, silence
+from ..succession import coming
 from ..transport import NOBLOCK, close_dealer, dealer, readable, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,10 @@ RECV_BATCH = 1000
 class MasterLink:
     def __init__(self, address: str, identity: bytes, keys: Optional[Keys], poller: zmq.Poller, *,
                  connect_timeout: float, heartbeat: float, liveness: int,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], follow: Optional[str] = None) -> None:
         self.address = address
+        self.follow = follow  # the cluster whose master.json says where a silent master went
+        self.looked_at = 0.0  # when master.json was last read for that
         self.identity = identity
         self.keys = keys
         self.poller = poller  # the I/O core's: the socket and its monitor join it while open
@@ -51,12 +55,18 @@ class MasterLink:
         self.session: Optional[str] = None  # the master's, from its WELCOME
         self.max_message_size = 1 << 62  # until the master tells its own
         self.broken: Optional[CWError] = None  # a failure no reconnect can fix
-        self.lost_since = clock()
+        self.lost_since = self.up_at = clock()  # up_at: last connected; lost_since: moves at each give-up
         self.last_sent = self.last_heard = 0.0
 
     # -- the socket ----------------------------------------------------------
     def reset(self, now: float) -> None:
-        """(Re)connect: a fresh socket, then HELLO; the caller resends on WELCOME."""
+        """(Re)connect: a fresh socket, then HELLO; the caller resends on WELCOME.
+        Following a cluster, a redial goes where its master.json says the master is."""
+        address = None if self.sock is None else self.moved(now)
+        if address is not None:
+            log.warning("the master of cluster %s is now at %s (was %s): following it",
+                        self.follow, address, self.address)
+            self.address = address
         self.close()
         self.sock, self.monitor = dealer(self.address, self.identity, self.keys)
         self.sock_fd = int(self.sock.get(zmq.FD))
@@ -169,24 +179,41 @@ class MasterLink:
         """Heartbeat or say HELLO again when due at ``now``; True when the
         master has been silent past ``heartbeat * liveness``: reconnect."""
         if self.connected.is_set():
-            self.lost_since = now
+            self.lost_since = self.up_at = now
             if now - self.last_heard > self.heartbeat * self.liveness:
                 log.warning("master at %s silent for %.0f s; reconnecting",
                             self.address, now - self.last_heard)
                 return True
             if now - self.last_sent >= self.heartbeat:
                 self.send(Message(Kind.HEARTBEAT))
+        elif now - self.up_at >= self.heartbeat * self.liveness \
+                and now - self.looked_at >= max(1.0, self.heartbeat) and self.moved(now):
+            return True  # no answer here for long, and master.json names another: go there
         elif self.hello_due or now - self.last_sent >= max(1.0, self.heartbeat):
             # Until WELCOME, say HELLO again now and then: the one sent may
             # have reached a master that died before answering.
             self.send_hello()
         return False
 
+    def moved(self, now: float) -> Optional[str]:
+        """Where the followed cluster's master.json says its master is, if not here."""
+        if self.follow is None:
+            return None
+        self.looked_at = now
+        address = master_address(self.follow)
+        return address if address is not None and address != self.address else None
+
     def gave_up(self, now: float) -> bool:
-        """True once per ``connect_timeout`` without a WELCOME: fail the jobs held."""
+        """True once per ``connect_timeout`` without a WELCOME: fail the jobs
+        held; not while a master job of the followed cluster runs or waits
+        in SLURM's queue (a successor, ``cw.succession``): they wait for it."""
         if not self.connected.is_set() and now - self.lost_since > self.connect_timeout:
             self.lost_since = now
-            return True
+            successor = None if self.follow is None else coming(self.follow)
+            if successor:
+                log.warning("no master for %.0f s; %s: keeping the jobs for it",
+                            self.connect_timeout, successor)
+            return successor is None
         return False
 
     def heartbeat_due(self, now: float) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .. import squeue as queue
+from .. import succession
 from ..cluster import cluster_dir, cluster_name, read_json, write_json
 from ..errors import ClusterError, MasterUnavailableError
 from ..squeue import job_name
@@ -48,6 +49,8 @@ class Options:
     cluster: str = "default"
     partition: Optional[str] = None
     time: Optional[str] = None
+    master_time: Optional[str] = None  # the master job's own limit [default: time]
+    succession: bool = True  # a successor master job waits behind the master (cw.succession)
     procs: int = 1
     grace: float = 30.0
     isolated: bool = False
@@ -134,14 +137,9 @@ def worker_command(host: str, port: int, opts: Options, cwd: str) -> list[str]:
     return cmd
 
 
-def _sbatch(cmd: list[str], script: str) -> str:
-    try:
-        done = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise ClusterError(f"sbatch failed: {e}") from e
-    if done.returncode != 0:
-        raise ClusterError(f"sbatch refused the job: {done.stderr.strip()}")
-    return done.stdout.strip().split(";")[0]
+def submit(cmd: list[str], script: str) -> str:
+    """Run sbatch ``cmd`` on ``script``; the job's id, or ClusterError with sbatch's words."""
+    return queue.submit(cmd, script)
 
 
 def sbatch_job(opts: Options, worker: list[str], n: int, logs: Path) -> str:
@@ -151,7 +149,7 @@ def sbatch_job(opts: Options, worker: list[str], n: int, logs: Path) -> str:
         job_name=job_name("worker", opts.cluster), output=str(logs / "worker-%A_%a.log"),
         partition=opts.partition, time=opts.time, array=None if opts.isolated else n,
         nodes=n if opts.isolated else None, signal=f"B:TERM@{int(opts.grace) + 15}", extra=opts.xworkers)
-    return _sbatch(cmd, job_script(worker))
+    return submit(cmd, job_script(worker))
 
 
 def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
@@ -170,9 +168,7 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
         _adapt_config(cdir, opts, adapt, idle_timeout=idle_timeout, interval=adapt_interval,
                       max_pending=adapt_pending, max_failures=adapt_failures)
     if master:
-        cmd = sbatch_command(job_name=job_name("master", opts.cluster), output=str(logs / "master-%j.log"),
-                             partition=opts.partition, time=opts.time, extra=opts.xmaster)
-        jobid = _sbatch(cmd, _master_script(opts, adapt is not None))
+        jobid = _submit_master(opts, cdir, adapt is not None)
         jobs.append(jobid)
         info = wait_until(lambda: _master_of_job(opts.cluster, jobid), timeout, poll=0.5)
         if info is None:
@@ -193,6 +189,21 @@ def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
         registered = _ready_workers(snap or _snapshot(info, opts), opts) - before
     return {"cluster": opts.cluster, "host": info["host"], "port": info["port"], "jobs": jobs,
             "registered": registered, "worker_pids": []}
+
+
+def _submit_master(opts: Options, cdir: Path, scaler: bool) -> str:
+    """Submit the master's job; with succession, record how, for it to
+    submit its successor (``cw.succession``)."""
+    log = str(cdir / "logs" / "master-%j.log")
+    cmd = sbatch_command(job_name=job_name("master", opts.cluster), output=log,
+                         partition=opts.partition, time=opts.master_time or opts.time,
+                         extra=[*(["--requeue"] if opts.succession else []), *opts.xmaster])
+    script = _master_script(opts, scaler)
+    if opts.succession:  # before the master starts: it submits its successor at once
+        succession.configure(cdir, cmd, script)
+    else:
+        succession.end(cdir)
+    return submit(cmd, script)
 
 
 def _master_script(opts: Options, scaler: bool) -> str:
@@ -264,19 +275,24 @@ def stop(cluster: Optional[str] = None, timeout: float = 90.0, *, master: bool =
     them); return jobs ended."""
     name = cluster_name(cluster)
     ended = 0
-    if master:  # the scaler stops first: it would submit workers as these drain
+    if master:  # the scaler stops first: it would submit workers as these drain;
         (cluster_dir(name) / "adapt.json").unlink(missing_ok=True)
+        succession.end(cluster_dir(name))  # and no master submits a successor
     for role in [r for r, wanted in (("worker", workers), ("master", master)) if wanted]:
         jname = job_name(role, name)
         mine = [j for j in squeue(name) if j["name"] == jname]
         if not mine:
             continue
         ended += len({j["id"].split("_")[0] for j in mine})
+        if any(j["state"] == "PENDING" for j in mine):  # no signal reaches them, nor need it
+            _scancel(["--state=PENDING", "-n", jname])
         # SIGTERM first: workers drain and hand back their jobs, the master
         # removes master.json; only what outlives that is cancelled outright.
         _scancel(["--signal=TERM", "--full", "-n", jname])
         if wait_until(_gone(name, jname), timeout, poll=0.5) is None:
             _scancel(["-n", jname])
+    if master:  # a successor its master submitted as stop began
+        _scancel(["-n", job_name("master", name)])
     if master and workers:  # what a scaler's last turn may have submitted as the master went
         _scancel(["-n", job_name("worker", name)])
     return ended

@@ -76,6 +76,7 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
     mjson = _record_master(cdir, advertised_host(host), master.port, keys is not None,
                            dashboard.url if dashboard else None)
     logging.getLogger("cw.master").info("master listening on %s:%d (%s)", host, master.port, mjson)
+    _successor(cdir, master)
     try:
         master.run()
     finally:
@@ -85,6 +86,15 @@ def master_command(host: str, port: int, cluster: Optional[str], insecure: bool,
         if (read_json(mjson) or {}).get("pid") == os.getpid():
             mjson.unlink(missing_ok=True)
         logging.getLogger("cw.master").info("master stopped")
+
+
+def _successor(cdir: Path, master: Any) -> None:
+    """In a SLURM job of a cluster with succession: the next master job
+    waits behind this one, and this one hands over before its time limit."""
+    from ..succession import Successor
+
+    if Successor.wanted(cdir):
+        Successor(cdir, master.handover.schedule).start()
 
 
 def _bind(host: str, port: int, **options: Any) -> Any:

@@ -41,6 +41,7 @@ from ..security import WORKER, Keys, ZapHandler, apply_server
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from .blobs import BlobRoutes
 from .guard import HANDSHAKE_SECONDS, Guard
+from .handover import Handover
 from .leases import Leases
 from .monitor import Monitor
 from .notices import ScalerNotice
@@ -121,6 +122,7 @@ class Master:
         self.jobs = self.peers.jobs
         self.blobs = BlobRoutes(self.books)  # FETCH and BLOB pass through, nothing is kept
         self.notice = ScalerNotice(cluster_dir, self.send)  # a scaler that stopped, said to clients
+        self.handover = Handover()  # to a successor master job, before the time limit (SLURM)
         self.next_beat = 0.0
         self.stopping = False
         self.handlers = self.route()
@@ -165,7 +167,10 @@ class Master:
             self.receive(now)
         now = self.clock() if now is None else now
         self.peers.bury(now)
-        self.sched.dispatch(now)
+        if not self.handover.holding(now):
+            self.sched.dispatch(now)
+        elif self.handover.over(sum(len(e.running) for e in self.books.executors.values()), now):
+            self.stopping = True
         self.lend_or_recall()
         self.jobs.expire_jobs(now)
         self.sched.announce_started(now)

@@ -59,13 +59,14 @@ class Executor:
     def __init__(self, address: str, identity: bytes, supervisor: str,
                  heartbeat: float = 1.0, liveness: int = 10, keys: Optional[Keys] = None,
                  prefetch: int = 1, batch: int = 64, job_fd: Optional[int] = None,
-                 clock: Callable[[], float] = time.monotonic, express: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, express: bool = False,
+                 cluster: Optional[str] = None) -> None:
         # Holding ``prefetch`` tasks beyond the running one, an executor never idles for a
         # round trip to the master between short jobs; the master sends up to ``batch`` at once.
         self.capacity, self.express = 1 + prefetch, express  # express: a spare, with no lane (scheduler)
         self.batch = max(self.capacity, batch) if prefetch else 1
         self.clock = clock  # a test's fake clock; every timing below reads it
-        self.peer = Peer(address, identity, heartbeat, liveness, keys, clock)
+        self.peer = Peer(address, identity, heartbeat, liveness, keys, clock, cluster)
         self.supervisor = supervisor
         self.parent = os.getppid()
         self.started = self.stopping = False
@@ -77,12 +78,8 @@ class Executor:
         # Shared with the supervisor: the task running now, so that a death
         # is charged to the right job even when earlier results were unsent.
         self.slot = mmap.mmap(job_fd, 8) if job_fd is not None else None
-        self._ctx_raw = b""
-        self._ctx_frame: Any = None
-        self._ctx: dict = {}
+        self.contexts = Contexts()  # each job's cwd and sys.path, read once per client
         self.max_message_size = 1 << 62  # until the master's WELCOME
-        self._path: list = []
-        self._path_key: tuple = ()
         self._args: Any = None  # the last job's arguments, dropped after its result left
         self.home = os.getcwd()  # where each job's chdir is undone
         self.lane: Optional[zmq.Socket] = None  # opened by run()
@@ -166,6 +163,8 @@ class Executor:
             now = self.run_next(now)
         if not self.peer.tick(now):
             self.peer.last_heard = now
+            if self.peer.follow(self.poller):  # to a successor (cw.succession)
+                self.forget_master()
             self.register()
         if self.lane_done and now - self.lane_told >= self.peer.heartbeat:
             self.peer.send(Message(Kind.HEARTBEAT, self.lane_header()))  # busy with the master's too
@@ -192,14 +191,17 @@ class Executor:
                 if error and self.tasks:
                     self.fail_first(error)
             elif unknown_peer(msg):  # the master does not know us (restarted, or purged us)
-                # Its clients send their jobs again; a lane's are no job of the master's.
-                self.tasks = deque(task for task in self.tasks if len(task) == 3)
-                self.outbox.drop()
-                self.fetcher.reset()
+                self.forget_master()
                 forgotten = True
             msg = self.peer.recv(0)
         if forgotten:  # one READY for all the refusals that piled up
             self.register()
+
+    def forget_master(self) -> None:
+        """Drop the master's tasks and results: its clients resend (a lane's stay)."""
+        self.tasks = deque(task for task in self.tasks if len(task) == 3)
+        self.outbox.drop()
+        self.fetcher.reset()
 
     def drop_task(self, tid: int) -> None:
         """The master's CANCEL of a task not begun: it never runs (one begun runs on)."""
@@ -277,30 +279,11 @@ class Executor:
         except zmq.ZMQError as e:  # the client is gone, or resent the job through the master
             log.info("a lane result for job %s not sent: %s", entry.id, e)
 
-    def job_path(self, path: list, own: list) -> list:
-        """The client's sys.path in front of ours, computed once per context."""
-        key = (self._ctx_raw, tuple(own))
-        if self._path_key != key:
-            seen = set(path)
-            self._path, self._path_key = path + [p for p in own if p not in seen], key
-        return self._path
-
-    def context(self, frame: Any) -> dict:
-        """The client's cwd and sys.path; a malformed one fails the job, not us.
-        (The jobs of a TASK's run share one frame: it is read once.)"""
-        if frame is self._ctx_frame:
-            return self._ctx
-        raw = bytes(frame)
-        if raw != self._ctx_raw:
-            self._ctx, self._ctx_raw = _parse_context(raw), raw
-        self._ctx_frame = frame
-        return self._ctx
-
     def direct_route(self, frame: Any) -> Optional[tuple]:
         """The direct path of the client whose context frame this is, if any
         (none for a malformed context: the job fails when it runs)."""
         with contextlib.suppress(ValueError):
-            return self.direct.route(self.context(frame))
+            return self.direct.route(self.contexts.read(frame))
         return None
 
     def run_task(self, tid: int, frames: tuple, mark: int) -> tuple[str, Optional[str], list]:
@@ -310,9 +293,9 @@ class Executor:
         self._enter(tid, mark)
         label = None
         try:
-            ctx = self.context(frames[0])
+            ctx = self.contexts.read(frames[0])
             _enter_directory(ctx, tid)
-            sys.path[:] = self.job_path(ctx["path"], old_path)
+            sys.path[:] = self.contexts.path(ctx["path"], old_path)
             try:
                 func, args, kwargs, label = loads_labelled_call(frames[1:])
                 joblog.set_job(tid if label is None else label)  # the client's name for it
@@ -376,6 +359,36 @@ def _result_frames(value: Any, ctx: dict, direct: DirectPeers, max_message_size:
             f"the job's result is {size} bytes, over the master's --max-message-size "
             f"{max_message_size}; write big results to files instead")
     return frames
+
+
+class Contexts:
+    """The last client context a job came with, parsed once: a TASK's run
+    of jobs shares one frame, and a client's jobs share its bytes."""
+
+    def __init__(self) -> None:
+        self.raw = b""
+        self.frame: Any = None
+        self.parsed: dict = {}
+        self.joined: list = []
+        self.joined_key: tuple = ()
+
+    def read(self, frame: Any) -> dict:
+        """The client's cwd and sys.path; a malformed one fails the job, not us."""
+        if frame is self.frame:
+            return self.parsed
+        raw = bytes(frame)
+        if raw != self.raw:
+            self.parsed, self.raw = _parse_context(raw), raw
+        self.frame = frame
+        return self.parsed
+
+    def path(self, path: list, own: list) -> list:
+        """The client's sys.path in front of ours, computed once per context."""
+        key = (self.raw, tuple(own))
+        if self.joined_key != key:
+            seen = set(path)
+            self.joined, self.joined_key = path + [p for p in own if p not in seen], key
+        return self.joined
 
 
 def _parse_context(raw: bytes) -> dict:

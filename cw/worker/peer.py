@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 import zmq
 
+from ..cluster import master_address
 from ..protocol import ErrorCode, Kind, Message, versions
 from ..security import Keys, read_monitor
 from ..transport import NOBLOCK, close_dealer, dealer, readable, recv_frames, send_frames
@@ -30,14 +31,17 @@ class Peer:
     """
 
     def __init__(self, address: str, identity: bytes, heartbeat: float, liveness: int,
-                 keys: Optional[Keys] = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 keys: Optional[Keys] = None, clock: Callable[[], float] = time.monotonic,
+                 cluster: Optional[str] = None) -> None:
         self.address = address
+        self.identity = identity
+        self.cluster = cluster  # whose master.json says where the master is, once it went silent
         self.clock = clock
         self.keys = keys
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.sock, self.monitor = dealer(address, identity, keys)
-        self.last_sent = self.last_heard = clock()
+        self.last_sent = self.last_heard = self.heard = self.looked = clock()  # heard: really, not reset
         self.beat_header: Callable[[], dict] = dict  # what a HEARTBEAT says besides "alive"
 
     def send(self, msg: Message) -> None:
@@ -48,6 +52,35 @@ class Peer:
         except zmq.Again:
             return
         self.last_sent = self.clock()
+
+    def moved(self) -> Optional[str]:
+        """Where the cluster's master.json now says the master is, if not
+        where we dial: a successor master job, or a master restarted on
+        another node or port. Asked once the master went silent."""
+        address = None if self.cluster is None else master_address(self.cluster)
+        return address if address is not None and address != self.address else None
+
+    def follow(self, poller: Optional[zmq.Poller] = None) -> bool:
+        """If master.json names another master (``moved``), dial it (the
+        socket re-registered in ``poller``); whether it did."""
+        address = self.moved()
+        if address is None:
+            return False
+        if poller is not None:
+            poller.unregister(self.sock)
+        self.redial(address)
+        if poller is not None:
+            poller.register(self.sock, zmq.POLLIN)
+        return True
+
+    def redial(self, address: str) -> None:
+        """Drop the connection to a master that went away and dial ``address``."""
+        log.warning("the master of cluster %s is now at %s (was %s): following it",
+                    self.cluster, address, self.address)
+        self.close()
+        self.address = address
+        self.sock, self.monitor = dealer(address, self.identity, self.keys)
+        self.last_heard = self.clock()
 
     def handshake_error(self) -> Optional[str]:
         """A failed handshake no retry can fix (keys refused, CURVE mismatch)."""
@@ -63,7 +96,7 @@ class Peer:
         elif not readable(self.sock):  # a poll builds a Poller: dearer
             return None
         frames = recv_frames(self.sock)
-        self.last_heard = self.clock()
+        self.last_heard = self.heard = self.clock()
         try:
             return Message.from_frames(frames)
         except Exception as e:
@@ -71,10 +104,18 @@ class Peer:
             return None
 
     def tick(self, now: float) -> bool:
-        """Heartbeat if due at ``now``; False when the master has been silent too long."""
+        """Heartbeat if due at ``now``; False when the master has been silent
+        too long (the caller says READY again, and ``follow``s master.json),
+        and, while it stays silent, as soon as master.json names another
+        (read once a heartbeat)."""
         if now - self.last_sent >= self.heartbeat:
             self.send(Message(Kind.HEARTBEAT, self.beat_header()))
-        return now - self.last_heard < self.heartbeat * self.liveness
+        limit = self.heartbeat * self.liveness
+        if now - self.heard >= limit and now - self.looked >= self.heartbeat:
+            self.looked = now
+            if self.moved() is not None:
+                return False
+        return now - self.last_heard < limit
 
 
 def unknown_peer(msg: Message) -> bool:

@@ -64,7 +64,7 @@ class Supervisor:
         self.address = f"tcp://{host}:{port}"
         self.grace = grace
         self.identity = b"s" + os.urandom(8)
-        self.peer = Peer(self.address, self.identity, heartbeat, liveness, keys, clock)
+        self.peer = Peer(self.address, self.identity, heartbeat, liveness, keys, clock, cluster)
         # Slot ``procs``, if ``express``: a spare executor that takes one
         # quick job at a time, of a client with nothing else out (so that
         # it does not wait behind another client's long jobs), and no lane.
@@ -172,7 +172,17 @@ class Supervisor:
             self.exit_code, self.stopping = 2, True
         if not self.peer.tick(now):
             self.peer.last_heard = now
+            self.follow()
             self.register()
+
+    def follow(self) -> None:
+        """The master went silent: if master.json names another, go there;
+        executors started from now on go there too (each running one
+        follows by itself)."""
+        if self.peer.follow():
+            self.address = self.peer.address
+            self.host, port = self.address[len("tcp://"):].rsplit(":", 1)
+            self.port = int(port)
 
     def idle_for(self, now: float) -> float:
         """Seconds since an executor was last seen running a job (each writes

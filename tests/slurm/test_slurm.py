@@ -26,8 +26,8 @@ def slurm_py(*args, timeout=180):
                           cwd=ROOT, timeout=timeout)
 
 
-def squeue_names():
-    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%j|%N|%k"],
+def squeue_names(fields="%j|%N|%k"):
+    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", fields],
                          capture_output=True, text=True, timeout=30).stdout
     return [line.split("|") for line in out.splitlines()]
 
@@ -110,7 +110,7 @@ def test_worker_time_limit_loses_no_client_job(slurm_home):
     with ClientThread(collect, cw_slurm.master_host(), connect_timeout=30) as ct:
         deadline = time.monotonic() + 240
         # Keep both workers busy until SLURM has ended the time-limited one.
-        while len(squeue_names()) > 2 - 0 and time.monotonic() < deadline:
+        while len(worker_jobs()) > 1 and time.monotonic() < deadline:
             for _ in range(4):
                 ct.submit(submitted, jobs.sleep, 0.5, submitted)
                 submitted += 1
@@ -118,7 +118,7 @@ def test_worker_time_limit_loses_no_client_job(slurm_home):
         for _ in range(8):
             ct.submit(submitted, jobs.sleep, 0.2, submitted)
             submitted += 1
-    assert len(squeue_names()) == 2, "the time-limited worker should have ended"
+    assert len(worker_jobs()) == 1, "the time-limited worker should have ended"
     assert {k: len(v) for k, v in got.items()} == {i: 1 for i in range(submitted)}
     assert all(v == [k] for k, v in got.items())
     assert slurm_py("stop").returncode == 0

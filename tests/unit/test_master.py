@@ -1,6 +1,7 @@
 """The master's scheduling, driven one ``step()`` at a time with real sockets on loopback."""
 import contextlib
 import os
+import time
 
 import pytest
 import zmq
@@ -650,3 +651,26 @@ def test_a_departing_worker_hands_back_its_job_without_an_internal_error(master,
     assert sup.nothing({Kind.ERROR}) and master.supervisors == {} and master.executors == {}
     assert "internal error" not in caplog.text and "departed" in caplog.text
     assert next(iter(master.clients.values())).queue[0].jid == 1  # back in line, no retry counted
+
+
+def test_a_master_handing_over_dispatches_nothing_more_and_stops_once_its_running_job_ends(master):
+    c = client(master)
+    ex = executor(master)
+    submit(c, 1)
+    submit(c, 2)
+    task = ex.recv({Kind.TASK})
+    master.handover.schedule(time.monotonic(), 0, 60)  # as cw.succession does, near the limit
+    assert ex.nothing({Kind.TASK}) and not master.stopping  # job 1 still runs: the master waits
+    ex.send(Kind.RESULT, {"id": task.header["id"], "status": "ok"}, b"v")
+    assert c.recv({Kind.RESULT}).header["id"] == 1
+    assert ex.nothing({Kind.TASK}) and master.stopping  # job 2 stays with its client, for the successor
+
+
+def test_a_master_handing_over_leaves_at_its_deadline_though_a_job_runs(master):
+    c = client(master)
+    ex = executor(master)
+    submit(c, 1)
+    ex.recv({Kind.TASK})
+    master.handover.schedule(time.monotonic(), 0, 0)
+    master.step(timeout=0.01)
+    assert master.stopping  # the job runs again under the successor
