@@ -11,7 +11,7 @@ import click
 from .cli_common import PORT, Procs, apply_options, cluster_option, friendly, insecure_option
 from .errors import CWError
 from .protocol import DEFAULT_PORT
-from .view import adapt_line, duration
+from .view import adapt_line, duration, resources_line
 
 # Options every launcher's start shares.
 start_which = [
@@ -166,6 +166,9 @@ slurm_options = [
                       "when it ends (time limit, node failure); clients and workers follow it."),
     click.option("--procs-per-worker", type=Procs(), default="1", show_default=True,
                  help="Executor processes per worker; 'auto' = the CPUs SLURM gave it."),
+    click.option("--gpus-per-worker", type=click.IntRange(1), default=None,
+                 help="GPUs for each worker job (sbatch --gres=gpu:N); jobs ask for them with "
+                      "resources={'gpus': N}."),
     click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
                  help="Seconds a worker may finish its job when SLURM warns it (time limit, scancel)."),
     click.option("--port", type=PORT, envvar="CW_PORT", default=0, show_default=True,
@@ -180,7 +183,7 @@ slurm_options = [
 def _slurm(action: str, nworkers: int, no_master: bool, no_workers: bool, docker_image: Optional[str],
            docker_args: str, container_engine: str, isolated: bool, xworkers: tuple, xmaster: tuple,
            partition: Optional[str], time_limit: Optional[str], master_time: Optional[str],
-           succession: bool, procs_per_worker: int, grace: float,
+           succession: bool, procs_per_worker: int, gpus_per_worker: Optional[int], grace: float,
            port: int, timeout: float, adapt: Optional[tuple[int, int]], idle_timeout: float,
            adapt_interval: float, adapt_pending: int, adapt_failures: int, cluster: Optional[str],
            insecure: bool) -> None:
@@ -194,7 +197,7 @@ def _slurm(action: str, nworkers: int, no_master: bool, no_workers: bool, docker
         info = launcher.start(
             nworkers, master=not no_master, workers=not no_workers, cluster=cluster, timeout=timeout,
             partition=partition, time=time_limit, master_time=master_time, succession=succession,
-            procs=procs_per_worker, grace=grace, isolated=isolated,
+            procs=procs_per_worker, gpus=gpus_per_worker, grace=grace, isolated=isolated,
             port=port, insecure=insecure, xmaster=xmaster, xworkers=xworkers, docker_image=docker_image,
             docker_args=docker_args, container_engine=container_engine, adapt=adapt,
             idle_timeout=idle_timeout, adapt_interval=adapt_interval, adapt_pending=adapt_pending,
@@ -231,7 +234,9 @@ def _echo_master(st: dict, each_worker: bool = False) -> None:
                    f"queued: {snap['queued']}  running: {snap['running']}")
         for w in snap["workers"] if each_worker else ():
             left = "" if w.get("left") is None else f", {duration(w['left'])} left before its time limit"
-            click.echo(f"    worker {w['host']} pid {w['pid']}: {w['executors']} executor(s){left}")
+            res = resources_line(w.get("resources"))
+            click.echo(f"    worker {w['host']} pid {w['pid']}: {w['executors']} executor(s){left}"
+                       + (f"; {res}" if res else ""))
     elif "master_error" in st:
         click.echo(f"  master: {st['master_error']}")
 

@@ -119,12 +119,14 @@ class Submit(NamedTuple):  # client -> master; TASK (master -> executor) has its
     retries: Optional[int] = None
     timeout: Optional[float] = None
     expected: Optional[float] = None  # seconds each job should take: only to a worker with that long left
+    resources: Optional[Ids] = None  # each job's [cpus, gpus, mem bytes] (cw.resources)
 
 
 class Task(NamedTuple):
     ids: Ids
     frames: Optional[Ids] = None
     contexts: Optional[Ids] = None
+    gpus: Optional[str] = None  # the GPU ids its one job was given: its CUDA_VISIBLE_DEVICES
 
 
 class Cancel(NamedTuple):
@@ -162,6 +164,9 @@ class Ready(NamedTuple):  # executor (or supervisor: procs) -> master
     lanes_off: Optional[str] = None  # why it has no lane (for `cw status`)
     express: bool = False  # its worker's spare: quick jobs of a client waiting on others (scheduler)
     left: Optional[float] = None  # a supervisor's: seconds until its worker is stopped (SLURM's time limit)
+    cpus: Optional[int] = None  # a supervisor's: what its worker has for jobs' resources (cw.resources)
+    mem: Optional[int] = None
+    gpus: Optional[str] = None  # GPU ids, comma-separated
 
 
 class Died(NamedTuple):  # supervisor -> master

@@ -44,6 +44,19 @@ def adapt_line(state: dict) -> str:
     return said + (f"; last submission failed: {state['error']}" if state.get("error") else "")
 
 
+def resources_line(res: Optional[dict]) -> str:
+    """What jobs with ``resources=`` hold on a worker, where it has GPUs or
+    they hold any: ``GPUs 1/4 in use (0,1,2,3), CPUs 2/8, memory 8.0G/64.0G``."""
+    if not res or not (res["gpus"] or res["cpus_used"] or res["mem_used"]):
+        return ""
+    gpus = res["gpus"].split(",") if res["gpus"] else []
+    said = [f"GPUs {res['gpus_used']}/{len(gpus)} in use ({res['gpus']})"] if gpus else []
+    said.append(f"CPUs {res['cpus_used']}/{res['cpus']}")
+    if res["mem"]:
+        said.append(f"memory {size(res['mem_used'])}/{size(res['mem'])}")
+    return ", ".join(said)
+
+
 def _left(seconds: Optional[float]) -> str:
     """A worker's time left, in 4 characters: 45s, 59m, 23h, 3d."""
     if seconds is None:
@@ -128,6 +141,11 @@ def render(snap: dict, address: str) -> str:
             _left(w.get("left"))))
     if not snap["workers"]:
         lines.append("  (no workers registered)")
+    for w in sorted(snap["workers"], key=lambda w: (str(w["host"]), w["pid"] or 0)):
+        said = resources_line(w.get("resources"))
+        if said:
+            lines += textwrap.wrap(f"{w['host']} pid {w['pid']}: {said}", WIDTH, initial_indent="  ",
+                                   subsequent_indent="    ")
     for host, why in sorted((snap.get("lanes_off") or {}).items()):  # wrapped: the why matters
         lines += textwrap.wrap(f"lanes off on {host}: {why}", WIDTH, initial_indent="  ",
                                subsequent_indent="    ", break_on_hyphens=False)

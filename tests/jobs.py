@@ -255,3 +255,10 @@ def pool_in_job(x, method="forkserver"):
 
     with multiprocessing.get_context(method).Pool(2) as pool:
         return pool.apply_async(square, (x,)).get(30)
+
+
+def devices(seconds, tag=None):
+    """The GPUs a job was given, and when it ran: (CUDA_VISIBLE_DEVICES, start, end, tag)."""
+    start = time.time()
+    time.sleep(seconds)
+    return os.environ.get("CUDA_VISIBLE_DEVICES"), start, time.time(), tag

@@ -31,6 +31,7 @@ from ..security import client_keys, insecure_default
 from ..serialize import context_frame, dumps_call, loads_value
 from ..share import Shared
 from .iocore import IOCore
+from .jobs import job_options
 from .progress import total_of, with_progress
 
 __all__ = ["ClusterExecutor", "SlurmExecutor", "RemoteException", "JobInfo"]
@@ -201,7 +202,7 @@ class ClusterExecutor(futures.Executor):
                  journal: Union[str, os.PathLike, None] = None, journal_mismatch: str = "refuse") -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
-        _options(retries, timeout)
+        job_options(retries, timeout)
         self._journal = None if journal is None else Journal(journal, journal_mismatch)
         self.max_pending = max_pending
         self.retries = retries
@@ -231,23 +232,26 @@ class ClusterExecutor(futures.Executor):
 
     def submit(self, fn: Callable, /, *args: Any, timeout: Optional[float] = None,  # type: ignore[override]
                retries: Optional[int] = None, expected: Optional[float] = None,
-               **kwargs: Any) -> futures.Future:
+               resources: Optional[dict] = None, **kwargs: Any) -> futures.Future:
         """Run ``fn(*args, **kwargs)`` on a worker.
 
         ``timeout`` and ``retries`` are cw's (see the class); ``expected``:
         the seconds the job should take, so that it goes only to a worker
-        with that long left before its time limit (SLURM's). To pass
-        arguments of those names to ``fn``, use ``submit_call``.
+        with that long left before its time limit (SLURM's); ``resources``:
+        what it needs, e.g. ``{"cpus": 4, "gpus": 1, "mem": "8G"}``
+        (``cw.resources``). To pass arguments of those names to ``fn``, use
+        ``submit_call``.
         """
-        return self.submit_call(fn, args, kwargs, timeout=timeout, retries=retries, expected=expected)
+        return self.submit_call(fn, args, kwargs, timeout=timeout, retries=retries, expected=expected,
+                                resources=resources)
 
     def submit_call(self, fn: Callable, args: tuple = (), kwargs: Optional[dict] = None, *,
                     timeout: Optional[float] = None, retries: Optional[int] = None,
-                    expected: Optional[float] = None) -> futures.Future:
+                    expected: Optional[float] = None, resources: Optional[dict] = None) -> futures.Future:
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
-        options = _options(self.retries if retries is None else retries,
-                           self.timeout if timeout is None else timeout, expected)
+        options = job_options(self.retries if retries is None else retries,
+                              self.timeout if timeout is None else timeout, expected, resources)
         key = None
         if self._journal is not None:
             key, done = self._journaled(fn, tuple(args), kwargs or {})
@@ -313,29 +317,33 @@ class ClusterExecutor(futures.Executor):
         return True
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
-            chunksize: int = 1, progress: bool = False, expected: Optional[float] = None) -> Iterator:
+            chunksize: int = 1, progress: bool = False, expected: Optional[float] = None,
+            resources: Optional[dict] = None) -> Iterator:
         """Like ``Executor.map``, but lazy: at most ``max_pending`` items in flight.
 
         The first window is submitted at once; each result taken lets one more
         item in, so a map over ten million items holds a bounded number.
         ``progress=True`` shows the results taken so far on stderr, with rate
         and ETA (the total is known when every iterable has a length).
-        ``expected``: the seconds each item takes (see ``submit``).
+        ``expected``: the seconds each item takes; ``resources``: what each
+        item (each chunk) needs (see ``submit``).
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         if progress:
-            inner = self.map(fn, *iterables, timeout=timeout, chunksize=chunksize, expected=expected)
+            inner = self.map(fn, *iterables, timeout=timeout, chunksize=chunksize, expected=expected,
+                             resources=resources)
             return with_progress(inner, total_of(iterables))  # type: ignore[arg-type]
         end = None if timeout is None else time.monotonic() + timeout
         items = zip(*iterables)
         if chunksize > 1:
             chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
             each = None if expected is None else expected * chunksize
-            source = (self.submit(_run_chunk, fn, chunk, expected=each) for chunk in chunks)
+            source = (self.submit(_run_chunk, fn, chunk, expected=each, resources=resources)
+                      for chunk in chunks)
             window_size = max(1, self.max_pending // chunksize)
         else:
-            source = (self.submit(fn, *args, expected=expected) for args in items)
+            source = (self.submit(fn, *args, expected=expected, resources=resources) for args in items)
             window_size = self.max_pending
         window = deque(itertools.islice(source, window_size))
         return self._results(window, source, end, chunked=chunksize > 1)
@@ -416,18 +424,6 @@ class ClusterExecutor(futures.Executor):
             fut.set_result(value)
         else:
             fut.set_exception(value)
-
-
-def _options(retries: int, timeout: Optional[float], expected: Optional[float] = None) -> dict:
-    if retries < 0:
-        raise ValueError("retries must be >= 0")
-    options: dict = {"retries": retries}
-    for name, seconds in (("timeout", timeout), ("expected", expected)):
-        if seconds is not None:
-            if not 0 < seconds < 1e9:
-                raise ValueError(f"{name} must be a positive number of seconds")
-            options[name] = seconds
-    return options
 
 
 def _next_result(window: deque, source: Iterator, end: Optional[float]) -> Any:

@@ -14,10 +14,11 @@ import logging
 import os
 from collections import deque
 from itertools import islice
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from .. import blobs, direct, shm
 from ..protocol import STATUSES, Message, Status
+from ..resources import request
 from .link import MasterLink
 
 _UNREACHABLE = Status.UNREACHABLE.value  # an Enum's .value is a property: dear per result
@@ -131,3 +132,20 @@ def _let_go(payload: tuple) -> None:
     """A job is over: its shared-memory files and its hold on a blob go."""
     shm.release(payload)
     blobs.store.let_go(payload)
+
+
+def job_options(retries: int, timeout: Optional[float], expected: Optional[float] = None,
+                resources: Optional[Mapping[str, Any]] = None) -> dict:
+    """A job's options as SUBMIT's header carries them, checked."""
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+    options: dict = {"retries": retries}
+    for name, seconds in (("timeout", timeout), ("expected", expected)):
+        if seconds is not None:
+            if not 0 < seconds < 1e9:
+                raise ValueError(f"{name} must be a positive number of seconds")
+            options[name] = seconds
+    need = request(resources)
+    if need is not None:
+        options["resources"] = need
+    return options

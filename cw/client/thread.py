@@ -9,10 +9,12 @@ from .. import blobs
 from ..errors import MasterUnavailableError, RemoteException, WorkerLostError, remote_twin
 from ..joberrors import error_text
 from ..protocol import Status
+from ..resources import request
 from ..serialize import dumps_call
 from ..share import Shared
-from .executor import DEFAULT_MAX_PENDING, _connect, _Context, _options, _outcome
+from .executor import DEFAULT_MAX_PENDING, _connect, _Context, _outcome
 from .iocore import IOCore
+from .jobs import job_options
 from .progress import Progress
 
 
@@ -34,7 +36,7 @@ class Client:
                  insecure: Optional[bool] = None, heartbeat: float = 1.0, liveness: int = 10,
                  progress: bool = False) -> None:
         self.progress = Progress() if progress else None
-        self.options = _options(retries, timeout)
+        self.options = job_options(retries, timeout)
         self.heartbeat, self.liveness = heartbeat, liveness
         self.insecure = insecure
         self.host, self.port, self.cluster = host, port, cluster
@@ -60,9 +62,14 @@ class Client:
     def completion(self, jobid: Hashable, success: bool, result: Any) -> None:
         """A job ended (in the I/O thread): a hook for subclasses."""
 
-    def send_job(self, jobid: Hashable, func: Callable, *args: Any, **kwargs: Any) -> None:
+    def send_job(self, jobid: Hashable, func: Callable, *args: Any, resources: Optional[dict] = None,
+                 **kwargs: Any) -> None:
+        """Send ``func(*args, **kwargs)``; ``resources``, cw's, is what it
+        needs, e.g. ``{"gpus": 1}`` (``ClusterExecutor.submit``)."""
         if self._core is None:
             raise RuntimeError("call start() (or use `with ClientThread(...)`) before submit")
+        need = request(resources)
+        options = self.options if need is None else dict(self.options, resources=need)
         label = jobid if type(jobid) in (int, str) and len(str(jobid)) <= 80 else repr(jobid)[:80]
         call = dumps_call(func, args, kwargs, jobid, shared=self._core.shared, label=label)
         with self._cond:
@@ -75,7 +82,7 @@ class Client:
         if self.progress is not None:
             self.progress.add()
         try:
-            self._core.submit(jid, (self._context(), *call), self.options)
+            self._core.submit(jid, (self._context(), *call), options)
         except BaseException:
             with self._cond:
                 del self._jobids[jid]
@@ -188,8 +195,9 @@ class ClientThread(BaseClientThread):
     finished out of those submitted on stderr, with rate and ETA.
     """
 
-    def submit(self, jobid: Hashable, func: Callable, *args: Any, **kwargs: Any) -> None:
-        self.send_job(jobid, func, *args, **kwargs)
+    def submit(self, jobid: Hashable, func: Callable, *args: Any, resources: Optional[dict] = None,
+               **kwargs: Any) -> None:
+        self.send_job(jobid, func, *args, resources=resources, **kwargs)
 
     def completion(self, jobid: Hashable, success: bool, result: Any) -> None:
         if not success:

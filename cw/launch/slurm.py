@@ -52,6 +52,7 @@ class Options:
     master_time: Optional[str] = None  # the master job's own limit [default: time]
     succession: bool = True  # a successor master job waits behind the master (cw.succession)
     procs: int = 1
+    gpus: Optional[int] = None  # GPUs per worker job: --gres=gpu:N (the worker finds them: --gpus auto)
     grace: float = 30.0
     isolated: bool = False
     port: int = 0  # a free port on the master's node, recorded in master.json
@@ -148,7 +149,8 @@ def sbatch_job(opts: Options, worker: list[str], n: int, logs: Path) -> str:
     cmd = sbatch_command(
         job_name=job_name("worker", opts.cluster), output=str(logs / "worker-%A_%a.log"),
         partition=opts.partition, time=opts.time, array=None if opts.isolated else n,
-        nodes=n if opts.isolated else None, signal=f"B:TERM@{int(opts.grace) + 15}", extra=opts.xworkers)
+        nodes=n if opts.isolated else None, signal=f"B:TERM@{int(opts.grace) + 15}",
+        extra=[*([f"--gres=gpu:{opts.gpus}"] if opts.gpus else []), *opts.xworkers])
     return submit(cmd, job_script(worker))
 
 
@@ -227,7 +229,8 @@ def _adapt_config(cdir: Path, opts: Options, bounds: tuple[int, int], *, idle_ti
         raise ClusterError(f"invalid --adapt {lo}:{hi}: use MIN:MAX with 0 <= MIN <= MAX and MAX >= 1")
     if opts.isolated:
         raise ClusterError("--adapt submits job arrays: it does not go with --isolated")
-    options = {"partition": opts.partition, "time": opts.time, "procs": opts.procs, "grace": opts.grace,
+    options = {"partition": opts.partition, "time": opts.time, "procs": opts.procs, "gpus": opts.gpus,
+               "grace": opts.grace,
                "insecure": opts.insecure, "xworkers": list(opts.xworkers), "docker_image": opts.docker_image,
                "docker_args": opts.docker_args, "container_engine": opts.container_engine}
     write_json(cdir / "adapt.json", {

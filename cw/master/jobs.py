@@ -32,6 +32,7 @@ from ..protocol import (
 from ..transport import COPY_BELOW
 from .leases import Leases
 from .monitor import Monitor
+from .resources import never_runs
 from .scheduler import Scheduler
 from .state import Books, ClientState, ExecutorState, Job
 
@@ -90,29 +91,39 @@ class Jobs:
             context = bytes(frame)  # a Frame would pin its receive buffer while jobs wait
             for jid, frames in run:
                 if jid not in client.jobs:  # else a resubmission of a job we hold: keep the first
-                    self.take(client, jid, context, frames, retries, submit.timeout, submit.expected)
+                    self.take(client, jid, context, frames, retries, submit.timeout, submit.expected,
+                              submit.resources)
         # A client with one job in flight and nothing else queued: a caller
         # that waits for each result. Its next jobs may take a lane.
         if len(client.jobs) == 1 and self.sched.queued <= 1 and self.leases.shelf:
             self.leases.lend(client)
 
     def take(self, client: ClientState, jid: int, context: bytes, frames: list, retries: int,
-             timeout: Optional[float], expected: Optional[float] = None) -> None:
+             timeout: Optional[float], expected: Optional[float] = None,
+             needs: Optional[list] = None) -> None:
         # Small frames are copied out of their zmq.Frame, which costs far
         # more memory than the bytes while a million jobs wait in the queue.
         payload = (context, *(f.bytes if len(f) < COPY_BELOW else f for f in frames))
         size = sum(map(len, payload))
-        refusal = self.books.limits.check(len(client.jobs), client.held_bytes, size)
+        refusal = self.books.limits.check(len(client.jobs), client.held_bytes, size) or self.never_runs(needs)
         if refusal:
             self.reply_refused(client.identity, jid, refusal)
             return
         job = Job(self.next_tid, client.identity, jid, payload, retries, size, timeout)
-        job.expected = expected
+        job.expected, job.needs = expected, needs
         client.held_bytes += size
         self.next_tid += 1
         client.jobs[jid] = job
         self.sched.enqueue(client, job)
         self.books.counts["submitted"] += 1
+
+    def never_runs(self, needs: Optional[list]) -> Optional[str]:
+        """Why no registered worker could ever run a job that needs these resources."""
+        if needs is None:
+            return None
+        if len(needs) != 3:
+            return f"resources {needs!r}: expected [cpus, gpus, mem]"
+        return never_runs(needs, [sup.pool for sup in self.books.supervisors.values() if sup.pool])
 
     def on_cancel(self, identity: bytes, msg: Message, now: float) -> None:
         client = self.books.clients.get(identity)
@@ -182,6 +193,8 @@ class Jobs:
         """A task left its executor: it has room; the next one there starts."""
         job = state.running.pop(tid, None)
         self.sched.offer(state)
+        if job is not None and job.needs is not None:
+            self.sched.unpark()  # its resources are free: executors that waited for them look again
         if state.running and not state.killed:
             nxt = next(iter(state.running.values()))
             if nxt.timeout is not None and nxt.deadline is None:

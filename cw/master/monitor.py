@@ -191,6 +191,9 @@ class Monitor:
         waiting = Counter(job.client for state in books.executors.values()  # prefetched: not begun
                           for job in islice(state.running.values(), 0 if self.on_lane(state) else 1, None))
         clients = [client_view(c, on_lanes[c.identity], waiting[c.identity]) for c in books.clients.values()]
+        for sup in books.supervisors.values():  # resources held by jobs that left: given back
+            if sup.pool is not None:
+                sup.pool.sweep(books.executors)
         by_worker: dict[Optional[str], list[dict]] = {}
         for e in views:
             by_worker.setdefault(e["worker"], []).append(e)
@@ -266,6 +269,7 @@ class Monitor:
             "cpu": round(sum(e["cpu"] for e in usage), 1) if usage else None,
             "rss": sum(e["rss"] for e in usage) if usage else None,
             "left": None if sup.ends is None else max(0, round(sup.ends - now)),  # s to its time limit
+            "resources": None if sup.pool is None else sup.pool.summary(),
             "python": sup.info.python, "cloudpickle": sup.info.cloudpickle,
         }
 

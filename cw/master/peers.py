@@ -55,6 +55,7 @@ from ..protocol import SLOT_MARK, Died, Heartbeat, Hello, Kind, Message, Ready, 
 from .jobs import Jobs, started
 from .leases import Leases
 from .monitor import Monitor
+from .resources import Pool
 from .scheduler import Scheduler
 from .state import Books, ClientState, ExecutorState
 
@@ -116,6 +117,8 @@ class Peers:
                 log.info("worker %s:%s registered", ready.host, ready.pid)
             sup = self.books.supervisors[identity] = ExecutorState(identity, ready, now, 0)
             sup.ends = None if ready.left is None else now + ready.left
+            sup.pool = Pool(ready.cpus or ready.procs or 1, ready.mem or 0,
+                            [g for g in (ready.gpus or "").split(",") if g])
             return
         state = self.books.executors.get(identity)
         if state is not None:  # re-registered: whatever it ran is gone

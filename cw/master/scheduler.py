@@ -32,6 +32,7 @@ from collections import deque
 from typing import Callable, Iterator, Optional
 
 from ..protocol import Kind, Message
+from .resources import Placement
 from .state import ClientState, ExecutorState, Job
 
 # An executor holds jobs beyond its capacity only while they are short: about
@@ -72,6 +73,7 @@ class Scheduler:
         self.supervisors = {} if supervisors is None else supervisors
         self.send = send
         self.parked: set[bytes] = set() if parked is None else parked  # their workers end too soon
+        self.place = Placement(executors, self.supervisors)  # whether a job suits an executor
         self.unpark_at = 0.0  # they look again at least this often (UNPARK_SECONDS): fronts move
         self.fresh: deque[bytes] = deque()  # clients with queued jobs and none out: first, in turns
         self.ready: deque[bytes] = deque()  # the other clients with queued jobs, in turns
@@ -181,7 +183,7 @@ class Scheduler:
                         client.in_ready = False
                     continue
                 self.ready.append(client.identity)  # its next job takes its turn with the others
-                if job.expected is not None:  # behind cancelled ones: for ``fits`` to judge
+                if job.expected is not None or job.needs is not None:  # behind cancelled ones: suits() judges
                     client.queue.appendleft(job)
                     self.queued += 1
                     continue
@@ -192,8 +194,8 @@ class Scheduler:
     def for_spare(self, client: ClientState) -> bool:
         """Whether a spare may take a client's next job: its jobs are short, none
         is out, and that one has no ``expected`` length (``fits`` judges those)."""
-        return (self.short(client) and len(client.jobs) <= len(client.queue)
-                and bool(client.queue) and client.queue[0].expected is None)
+        return (self.short(client) and len(client.jobs) <= len(client.queue) and bool(client.queue)
+                and client.queue[0].expected is None and client.queue[0].needs is None)
 
     def spare(self) -> Optional[ExecutorState]:
         """The first spare executor free to take a job; others leave the line."""
@@ -211,6 +213,9 @@ class Scheduler:
         for job in jobs:
             job.executor = state.identity
             job.announced = False
+            if job.needs is not None:
+                pool = self.place.pool(state)
+                job.gpus = None if pool is None else pool.take(job, state)
             self.announce.append((now + ANNOUNCE_AFTER, job, state.identity))
             if not state.running and job.timeout is not None:
                 self.start_clock(job, now)  # else it waits, prefetched, behind another
@@ -261,7 +266,7 @@ class Scheduler:
                 client.in_ready = False
                 continue
             self.ready.append(client.identity)  # round-robin: back of the line
-            job = self.fitting(client, job, state, now)
+            job = self.fitting(client, job, state, now, not behind and not jobs)
             if job is None:
                 skipped += 1
                 if skipped >= len(self.fresh) + len(self.ready):
@@ -269,25 +274,24 @@ class Scheduler:
                 continue
             jobs.append(job)
             size += job.size
-            if not short:
-                return jobs, False  # nothing waits behind a job not known to be short
+            if not short or job.needs is not None:
+                return jobs, False  # nothing waits behind a job not known to be short, or holding resources
         return jobs, True
 
-    def fits(self, state: ExecutorState, expected: float, now: float) -> bool:
-        """Whether a job of ``expected`` seconds ends before the executor's
-        worker is stopped (its time limit, as its supervisor said)."""
-        sup = self.supervisors.get(state.supervisor or b"")
-        return sup is None or sup.ends is None or now + expected <= sup.ends
-
-    def fitting(self, client: ClientState, job: Job, state: ExecutorState, now: float) -> Optional[Job]:
-        """``job`` if the executor can finish it before its worker stops; else
-        (``job`` back in front) one it can, ``LOOKAHEAD`` deep, or None."""
-        if job.expected is None or self.fits(state, job.expected, now):
+    def fitting(self, client: ClientState, job: Job, state: ExecutorState, now: float,
+                idle: bool) -> Optional[Job]:
+        """``job`` if it ``suits`` the executor; else (``job`` back in front)
+        one that does, ``LOOKAHEAD`` deep, or None. Nothing overtakes a job
+        that waits for resources this worker has but others hold."""
+        if self.place.suits(state, job, now, idle):
             return job
         client.queue.appendleft(job)  # first in its line, for a worker with time enough
         self.queued += 1
+        pool = self.place.pool(state) if job.needs is not None else None
+        if pool is not None and pool.could_ever(job.needs):  # type: ignore[arg-type]
+            return None
         for i, job in enumerate(itertools.islice(client.queue, 1, LOOKAHEAD), 1):
-            if not job.cancelled and (job.expected is None or self.fits(state, job.expected, now)):
+            if not job.cancelled and self.place.suits(state, job, now, idle):
                 del client.queue[i]
                 self.queued -= 1
                 return job
@@ -319,6 +323,8 @@ class Scheduler:
                 frames += job.payload
         if len(runs) > 1:
             header["contexts"] = runs
+        if jobs[0].gpus is not None:  # a job with resources goes alone
+            header["gpus"] = jobs[0].gpus
         if len(frames) != len(jobs) + len(runs):  # some job has out-of-band buffers
             header["frames"] = [len(job.payload) - 1 for job in jobs]
         self.send(state.identity, Message(Kind.TASK, header, tuple(frames)))

@@ -6,12 +6,13 @@ with the one way they all speak to a peer (``send``, ``refuse``).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from ..protocol import ErrorCode, Hello, Kind, Message, Ready
 
@@ -50,7 +51,7 @@ class Job:
     """A job the master holds. Slotted: a million queued ones must stay small."""
 
     __slots__ = ("tid", "client", "jid", "payload", "retries", "size", "timeout", "deadline",
-                 "deaths", "cancelled", "executor", "announced", "expected")
+                 "deaths", "cancelled", "executor", "announced", "expected", "needs", "gpus")
 
     def __init__(self, tid: int, client: bytes, jid: int, payload: tuple, retries: int,
                  size: int = 0, timeout: Optional[float] = None) -> None:
@@ -67,6 +68,8 @@ class Job:
         self.executor: Optional[bytes] = None
         self.announced = False  # its client heard where it runs (STARTED, or its result)
         self.expected: Optional[float] = None  # seconds it should take: only to a worker with that long left
+        self.needs: Optional[list] = None  # [cpus, gpus, mem] it asked for (cw.master.resources)
+        self.gpus: Optional[str] = None  # the GPU ids it was given, while it runs
 
 
 @dataclass(eq=False)
@@ -101,6 +104,7 @@ class ExecutorState:
     offered: bool = False  # in the scheduler's ``free`` line
     died_in: Optional[int] = None  # the task it was running when it died, if known
     ends: Optional[float] = None  # a supervisor's: when its worker is stopped (its time limit), or None
+    pool: Any = None  # a supervisor's: its worker's resources (cw.master.resources.Pool)
     leased_to: Optional[bytes] = None  # the client its lane is lent to (cw.lanes)
     lane_client: Optional[bytes] = None  # the last one it was lent to: whose jobs its lane runs
     name: str = field(init=False)  # host:pid, as results and STARTED name it
@@ -113,7 +117,7 @@ class ExecutorState:
         job stops the batching of tasks at once."""
         self.cost = slow_to_fall(self.cost, busy / jobs)
 
-    @property
+    @functools.cached_property
     def supervisor(self) -> Optional[bytes]:
         """The identity of the supervisor that started this executor, if known."""
         try:

@@ -21,6 +21,24 @@ from ..cli_common import (
 from ..logfiles import role_log_file, setup_logging
 
 
+def _gpus(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    from ..resources import gpu_ids
+
+    try:
+        return gpu_ids(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[-1]) from e
+
+
+def _mem(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[int]:
+    from ..resources import parse_size
+
+    try:
+        return None if value is None else parse_size(value, "--mem")
+    except ValueError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[-1]) from e
+
+
 @click.command("worker")
 @click.argument("host", required=False)
 @click.option("--port", type=PORT, envvar="CW_PORT", default=None,
@@ -50,6 +68,17 @@ from ..logfiles import role_log_file, setup_logging
 @click.option("--master-timeout", type=click.FloatRange(0, min_open=True), default=None,
               help="Exit when the master is silent this many seconds, counted from the start "
                    "(no orphans once it is gone) [default: wait for it forever].")
+@click.option("--gpus", envvar="CW_GPUS", default="auto", show_default=True, callback=_gpus,
+              help="GPUs for jobs that ask for them (resources={'gpus': N}): auto = "
+                   "CUDA_VISIBLE_DEVICES (SLURM sets it), else SLURM_JOB_GPUS, else nvidia-smi's; a count; "
+                   "none; or device ids such as 0,1,3. Each such job sees only its own "
+                   "(CUDA_VISIBLE_DEVICES).")
+@click.option("--cpus", type=click.IntRange(1), envvar="CW_CPUS", default=None,
+              help="CPUs that jobs' resources={'cpus': N} count against [default: "
+                   "SLURM_CPUS_ON_NODE, else those this worker may use].")
+@click.option("--mem", envvar="CW_MEM", default=None, callback=_mem,
+              help="Memory that jobs' resources={'mem': ...} count against, e.g. 64G "
+                   "[default: SLURM_MEM_PER_NODE, else the machine's].")
 @cluster_option
 @insecure_option
 @apply_options(heartbeat_options)
@@ -57,12 +86,13 @@ from ..logfiles import role_log_file, setup_logging
 @friendly
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
                    grace: float, prefetch: int, batch: int, express: bool, time_left: Optional[float],
-                   idle_timeout: Optional[float], master_timeout: Optional[float],
-                   cluster: Optional[str], insecure: bool, heartbeat: float, liveness: int,
-                   log_level: str) -> None:
+                   idle_timeout: Optional[float], master_timeout: Optional[float], gpus: list[str],
+                   cpus: Optional[int], mem: Optional[int], cluster: Optional[str], insecure: bool,
+                   heartbeat: float, liveness: int, log_level: str) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
     from ..cluster import cluster_dir, cluster_name
     from ..discovery import find_master
+    from ..resources import worker_has
     from ..security import worker_keys
     from .supervisor import Supervisor
 
@@ -80,7 +110,8 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
     sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
                      keys=keys, cluster=cluster_name(cluster), prefetch=prefetch, batch=batch,
                      master_timeout=master_timeout, express=express, time_left=_time_left(time_left),
-                     idle_timeout=idle_timeout)
+                     idle_timeout=idle_timeout,
+                     resources=worker_has(cpus, mem, ",".join(gpus) or "none", procs))
 
     def on_signal(signum: int, frame: Any) -> None:
         sup.stopping = True

@@ -79,6 +79,8 @@ class Executor:
         # is charged to the right job even when earlier results were unsent.
         self.slot = mmap.mmap(job_fd, 8) if job_fd is not None else None
         self.contexts = Contexts()  # each job's cwd and sys.path, read once per client
+        self.devices: dict[int, str] = {}  # task id -> the GPU ids the master gave it
+        self.devices_before: Optional[str] = _UNSET  # CUDA_VISIBLE_DEVICES outside jobs
         self.max_message_size = 1 << 62  # until the master's WELCOME
         self._args: Any = None  # the last job's arguments, dropped after its result left
         self.home = os.getcwd()  # where each job's chdir is undone
@@ -179,8 +181,7 @@ class Executor:
         forgotten = False
         while msg is not None:
             if msg.kind is Kind.TASK:
-                for context, run in job_runs(msg.body, msg.payload):
-                    self.tasks.extend((tid, (context, *frames)) for tid, frames in run)
+                self.take_tasks(msg)
             elif msg.kind is Kind.CANCEL:
                 self.drop_task(msg.body.id)
             elif msg.kind is Kind.WELCOME:
@@ -197,9 +198,17 @@ class Executor:
         if forgotten:  # one READY for all the refusals that piled up
             self.register()
 
+    def take_tasks(self, msg: Message) -> None:
+        """A TASK's jobs join the queue; one given GPUs (alone in its TASK) keeps their ids."""
+        if msg.body.gpus is not None:
+            self.devices[msg.body.ids[0]] = msg.body.gpus
+        for context, run in job_runs(msg.body, msg.payload):
+            self.tasks.extend((tid, (context, *frames)) for tid, frames in run)
+
     def forget_master(self) -> None:
         """Drop the master's tasks and results: its clients resend (a lane's stay)."""
         self.tasks = deque(task for task in self.tasks if len(task) == 3)
+        self.devices.clear()
         self.outbox.drop()
         self.fetcher.reset()
 
@@ -321,6 +330,7 @@ class Executor:
 
     def _enter(self, tid: int, mark: int) -> None:
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
+        self.devices_before = _show_devices(self.devices.pop(tid, _UNSET))
         if self.slot is not None:
             self.slot[:8] = mark.to_bytes(8, "little")
 
@@ -331,10 +341,28 @@ class Executor:
         if self.slot is not None:
             self.slot[:8] = bytes(8)
         sys.path[:] = old_path
+        _show_devices(self.devices_before)
         try:
             os.chdir(self.home)
         except OSError:
             pass
+
+
+_UNSET = "\0unset"  # no job changed CUDA_VISIBLE_DEVICES: leave it be
+
+
+def _show_devices(ids: Optional[str]) -> Optional[str]:
+    """Set CUDA_VISIBLE_DEVICES to ``ids`` (None: unset it; ``_UNSET``:
+    leave it), for a job given GPUs and the processes it starts; return
+    what it was, for ``_leave`` to put back."""
+    if ids == _UNSET:
+        return _UNSET
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if ids is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids
+    return before
 
 
 def _enter_directory(ctx: dict, tid: int) -> None:

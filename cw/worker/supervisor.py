@@ -48,7 +48,7 @@ class Supervisor:
                  cluster: str = "default", prefetch: int = 1, batch: int = 64,
                  master_timeout: Optional[float] = None, express: bool = True,
                  time_left: Optional[float] = None, idle_timeout: Optional[float] = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 resources: Optional[dict] = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock  # a test's fake clock; every timing below reads it
         self.prefetch, self.batch = prefetch, batch
         # A master silent this long (counted from our start, so a head that
@@ -59,6 +59,7 @@ class Supervisor:
         self.ends = None if time_left is None else self.heard_at + time_left  # its time limit, said at READY
         self.idle_timeout, self.busy_at = idle_timeout, self.heard_at  # idle this long: leave (``idle_for``)
         self.cluster = cluster
+        self.resources = resources or {}  # what jobs' resources count against (cw.resources)
         self.exit_code = 0
         self.host, self.port, self.procs = host, port, procs
         self.address = f"tcp://{host}:{port}"
@@ -127,7 +128,7 @@ class Supervisor:
 
     def register(self) -> None:
         left = {} if self.ends is None else {"left": max(0.0, round(self.ends - self.clock(), 1))}
-        self.peer.send(Message(Kind.READY, peer_header(0, procs=self.procs, **left)))
+        self.peer.send(Message(Kind.READY, peer_header(0, procs=self.procs, **left, **self.resources)))
 
     def run(self) -> None:
         try:

@@ -1,6 +1,7 @@
 """./slurm.py against a real 3-node SLURM cluster (tests/slurm/slurmbox.sh)."""
 import collections
 import getpass
+import itertools
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from docblocks import Session, run_bed_blocks
 from cw import slurm as cw_slurm
 from cw.client import ClientThread, SlurmExecutor
 from cw.cluster import read_json
-from cw.errors import ClusterError
+from cw.errors import ClusterError, JobRejectedError
 
 pytestmark = pytest.mark.slurm
 
@@ -261,3 +262,20 @@ def test_adapt_stops_after_failed_submissions_and_says_why(slurm_home, caplog):
                  timeout=30, what="the client's log to say so")  # the master looks every 10 s
         waiting.cancel()
     assert slurm_py("--cluster", "broken", "stop").returncode == 0
+
+
+def test_a_worker_job_given_a_gpu_count_through_xworkers_is_accounted_for(slurm_home):
+    """Issue 28 item 1 on the bed, which has no GRES: the count comes in the
+    job's environment (CW_GPUS, read by `cw worker --gpus`)."""
+    done = slurm_py("-n", "1", "--procs-per-worker", "2", "--Xworkers=--export=ALL,CW_GPUS=2", "start")
+    assert done.returncode == 0, done.stderr
+    with SlurmExecutor(connect_timeout=30) as ex:
+        got = list(ex.map(jobs.devices, [0.3] * 8, range(8), resources={"gpus": 1}))
+        with pytest.raises(JobRejectedError, match="asks for 1 CPU, 3 GPUs"):
+            ex.submit(jobs.square, 2, resources={"gpus": 3}).result(30)
+    assert {ids for ids, *_ in got} == {"0", "1"}
+    assert not [(a, b) for a, b in itertools.combinations(got, 2)
+                if a[0] == b[0] and a[1] < b[2] and b[1] < a[2]], "two jobs ran on one GPU at once"
+    assert "GPUs 0/2 in use (0,1)" in slurm_py("status").stdout
+    assert slurm_py("stop").returncode == 0
+    assert squeue_names() == []

@@ -1,0 +1,136 @@
+"""The master's books of workers' resources (``cw.resources``).
+
+Each worker (its supervisor's READY) has CPUs, memory and GPU ids; a job
+that asked for resources (``Job.needs``: ``[cpus, gpus, mem]``) goes only
+to an executor with nothing else to do whose worker has them free, runs
+there alone, and holds them until it leaves that executor, however it
+leaves (a result, a death, a kill, a cancel): ``Pool.sweep`` gives back what
+a job no longer running there held, so no path of the master has to.
+
+A job without ``resources`` holds nothing, as before: a worker's plain jobs
+are limited only by its executors. Only where a job with resources holds
+CPUs does each executor busy with plain jobs count as one CPU, so a job
+with ``cpus=2`` on a worker of 2 CPUs runs alone there.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..resources import describe
+from .state import ExecutorState, Job
+
+
+class Pool:
+    """A worker's resources, and which jobs hold them."""
+
+    def __init__(self, cpus: int, mem: int, gpus: list[str]) -> None:
+        self.cpus, self.mem, self.gpus = cpus, mem, gpus
+        self.free_gpus = list(gpus)
+        self.held: dict[int, tuple[Job, bytes, list[str]]] = {}  # tid -> (job, executor, its GPUs)
+        self.members: set[bytes] = set()  # its executors seen by the scheduler
+        self.last: dict[bytes, list[str]] = {}  # executor -> GPUs it had last: given again where free
+
+    def used(self) -> tuple[int, int, int]:
+        """CPUs, GPUs and memory held by jobs (after ``sweep``)."""
+        return (sum(job.needs[0] for job, _, _ in self.held.values()),
+                len(self.gpus) - len(self.free_gpus),
+                sum(job.needs[2] for job, _, _ in self.held.values()))
+
+    def sweep(self, executors: dict[bytes, ExecutorState]) -> None:
+        """Give back what jobs no longer running where they went held."""
+        for tid, (job, identity, gpus) in list(self.held.items()):
+            state = executors.get(identity)
+            if job.executor != identity or state is None or tid not in state.running:
+                del self.held[tid]
+                self.free_gpus += gpus
+
+    def plain_busy(self, executors: dict[bytes, ExecutorState]) -> int:
+        """Executors of this worker busy with jobs that hold nothing (one CPU each)."""
+        holders = {identity for _, identity, _ in self.held.values()}
+        return sum(1 for m in self.members if m not in holders and (s := executors.get(m)) is not None
+                   and s.running and not s.info.express)
+
+    def admits(self, job: Optional[Job], state: ExecutorState, executors: dict[bytes, ExecutorState]) -> bool:
+        """Whether ``state`` (idle, of this worker) may take ``job`` now;
+        ``job`` None: a plain job on an idle executor."""
+        self.members.add(state.identity)
+        if not self.held and (job is None or job.needs is None):
+            return True  # the common case, quick: nothing held here
+        self.sweep(executors)
+        cpus, _, mem = self.used()
+        need = job.needs if job is not None and job.needs is not None else None
+        if need is None and not cpus:
+            return True  # no job holds CPUs here: plain jobs as ever
+        busy = self.plain_busy(executors)
+        if need is None:
+            return cpus + busy + 1 <= self.cpus
+        return (cpus + busy + need[0] <= self.cpus and need[1] <= len(self.free_gpus)
+                and (not self.mem or mem + need[2] <= self.mem))
+
+    def take(self, job: Job, state: ExecutorState) -> Optional[str]:
+        """Hold ``job``'s resources for it on ``state``; its GPU ids, if any:
+        those the executor had last where they are free (a process keeps
+        the devices its CUDA started with), else the first free."""
+        assert job.needs is not None
+        want = job.needs[1]
+        last = [g for g in self.last.get(state.identity, ()) if g in self.free_gpus][:want]
+        gpus = last + [g for g in self.free_gpus if g not in last][:want - len(last)]
+        for g in gpus:
+            self.free_gpus.remove(g)
+        self.held[job.tid] = (job, state.identity, gpus)
+        if gpus:
+            self.last[state.identity] = gpus
+        return ",".join(gpus) or None
+
+    def could_ever(self, need: list[int]) -> bool:
+        return need[0] <= self.cpus and need[1] <= len(self.gpus) and (not self.mem or need[2] <= self.mem)
+
+    def summary(self) -> dict:
+        cpus, gpus, mem = self.used()
+        return {"cpus": self.cpus, "cpus_used": cpus, "mem": self.mem, "mem_used": mem,
+                "gpus": ",".join(self.gpus), "gpus_used": gpus}
+
+
+class Placement:
+    """Whether a job may go to an executor now: its worker's time limit
+    (``expected``) and resources."""
+
+    def __init__(self, executors: dict[bytes, ExecutorState],
+                 supervisors: dict[bytes, ExecutorState]) -> None:
+        self.executors, self.supervisors = executors, supervisors
+
+    def fits(self, state: ExecutorState, expected: float, now: float) -> bool:
+        """Whether a job of ``expected`` seconds ends before the executor's
+        worker is stopped (its time limit, as its supervisor said)."""
+        sup = self.supervisors.get(state.supervisor or b"")
+        return sup is None or sup.ends is None or now + expected <= sup.ends
+
+    def suits(self, state: ExecutorState, job: Job, now: float, idle: bool) -> bool:
+        """Whether ``job`` may go to the executor now: its worker has the
+        time (``expected``), and the resources it asked for are free there
+        (``cw.master.resources``: then only to an executor with nothing else)."""
+        if job.expected is not None and not self.fits(state, job.expected, now):
+            return False
+        if not idle:
+            return job.needs is None
+        pool = self.pool(state)
+        if pool is None:
+            return job.needs is None
+        return pool.admits(job, state, self.executors)
+
+    def pool(self, state: ExecutorState) -> Optional[Pool]:
+        sup = self.supervisors.get(state.supervisor or b"")
+        return None if sup is None else sup.pool
+
+
+def never_runs(need: list[int], pools: list[Pool]) -> Optional[str]:
+    """Why no worker of these could ever run a job that needs ``need``, or
+    None if one could (or none is there yet: one may come)."""
+    if not pools or any(pool.could_ever(need) for pool in pools):
+        return None
+    best = max(pools, key=lambda p: (len(p.gpus), p.cpus, p.mem))
+    has = describe([best.cpus, len(best.gpus), best.mem])
+    return (f"no worker could ever run this job: it asks for {describe(need)}, and the "
+            f"best-endowed of the {len(pools)} worker(s) has {has}"
+            + (f" (GPUs {', '.join(best.gpus)})" if best.gpus else "")
+            + "; ask for less, or start a worker with more (cw worker --gpus/--cpus/--mem)")
