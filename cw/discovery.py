@@ -40,9 +40,13 @@ def find_master(
 def follows(host: Optional[str], port: Optional[int], cluster: Optional[str]) -> Optional[str]:
     """The cluster whose master.json a client follows when its master goes
     silent (a successor master job, a master restarted elsewhere), or None
-    where the user pinned the address: a port given, or ``CW_PORT`` or
-    ``CW_MASTER_ADDRESS`` set."""
+    where the user pinned the address: a port given, ``CW_PORT`` or
+    ``CW_MASTER_ADDRESS`` set, or a host other than master.json's (an SSH
+    tunnel's, say)."""
     pinned = port is not None or env_port() is not None or os.environ.get("CW_MASTER_ADDRESS")
+    if host is not None and not pinned:
+        info = read_master(cluster)
+        pinned = info is None or info.get("host") != host
     return None if pinned else cluster_name(cluster)
 
 

@@ -39,6 +39,7 @@ def _parser() -> Any:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--express", action="store_true")
+    parser.add_argument("--follow", action="store_true")
     parser.add_argument("--job-fd", type=int)
     return parser
 
@@ -62,7 +63,7 @@ def main(argv: Optional[list] = None) -> None:
         sys.exit(f"cw executor: {e}")
     executor = Executor(f"tcp://{opts.host}:{opts.port}", opts.executor, opts.supervisor,
                         opts.heartbeat, opts.liveness, keys, opts.prefetch, opts.batch, opts.job_fd,
-                        express=opts.express, cluster=opts.cluster)
+                        express=opts.express, cluster=opts.cluster if opts.follow else None)
     reaper.install()  # the processes a job starts end with it
 
     def on_term(signum: int, frame: Any) -> None:

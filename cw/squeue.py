@@ -65,7 +65,7 @@ def parse_time_left(text: str) -> Optional[float]:
 
 
 def jobs(fields: str, *, name: Optional[str] = None, states: Optional[str] = None,
-         tasks: bool = False) -> Optional[list[list[str]]]:
+         tasks: bool = False, timeout: float = 30) -> Optional[list[list[str]]]:
     """This user's jobs, one ``squeue`` call: each job's ``fields`` (squeue's
     ``-o`` letters, e.g. ``"%i|%T"``), split at ``|``. ``name``: only jobs
     of that name; ``states``: only those states (``-t``); ``tasks``: array
@@ -75,7 +75,7 @@ def jobs(fields: str, *, name: Optional[str] = None, states: Optional[str] = Non
     cmd += ["-n", name] if name else []
     cmd += ["-t", states] if states else []
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode != 0:
@@ -94,6 +94,14 @@ def submit(cmd: list[str], script: str) -> str:
     if done.returncode != 0:
         raise ClusterError(f"sbatch refused the job: {done.stderr.strip()}")
     return done.stdout.strip().split(";")[0]
+
+
+def cancel(jobid: str) -> None:
+    """scancel one job of this user's; quietly, as a last resort."""
+    try:
+        subprocess.run(["scancel", "-u", getpass.getuser(), jobid], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def pending(role: str, cluster: Optional[str] = None) -> list[tuple[str, str]]:

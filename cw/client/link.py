@@ -55,7 +55,7 @@ class MasterLink:
         self.session: Optional[str] = None  # the master's, from its WELCOME
         self.max_message_size = 1 << 62  # until the master tells its own
         self.broken: Optional[CWError] = None  # a failure no reconnect can fix
-        self.lost_since = self.up_at = clock()  # up_at: last connected; lost_since: moves at each give-up
+        self.lost_since = self.up_at = clock()  # up_at: master last heard; lost_since: moves each give-up
         self.last_sent = self.last_heard = 0.0
 
     # -- the socket ----------------------------------------------------------
@@ -179,7 +179,7 @@ class MasterLink:
         """Heartbeat or say HELLO again when due at ``now``; True when the
         master has been silent past ``heartbeat * liveness``: reconnect."""
         if self.connected.is_set():
-            self.lost_since = self.up_at = now
+            self.lost_since, self.up_at = now, self.last_heard
             if now - self.last_heard > self.heartbeat * self.liveness:
                 log.warning("master at %s silent for %.0f s; reconnecting",
                             self.address, now - self.last_heard)

@@ -123,8 +123,9 @@ def master_command(opts: Options) -> list[str]:
 
 
 def worker_command(host: str, port: int, opts: Options, cwd: str) -> list[str]:
+    # --follow: a successor master job (cw.succession) may be elsewhere by the time it starts.
     cmd = [sys.executable, "-m", "cw.worker", host, "--port", str(port), "--cluster", opts.cluster,
-           "--procs", str(opts.procs), "--grace", f"{opts.grace:g}"]
+           "--procs", str(opts.procs), "--grace", f"{opts.grace:g}", "--follow"]
     cmd += ["--insecure"] if opts.insecure else []
     if opts.docker_image:
         # python as the entrypoint, `-m cw.worker ...` as the command: cw's image
@@ -292,7 +293,7 @@ def stop(cluster: Optional[str] = None, timeout: float = 90.0, *, master: bool =
         # SIGTERM first: workers drain and hand back their jobs, the master
         # removes master.json; only what outlives that is cancelled outright.
         _scancel(["--signal=TERM", "--full", "-n", jname])
-        if wait_until(_gone(name, jname), timeout, poll=0.5) is None:
+        if wait_until(_gone(name, jname, role == "master"), timeout, poll=0.5) is None:
             _scancel(["-n", jname])
     if master:  # a successor its master submitted as stop began
         _scancel(["-n", job_name("master", name)])
@@ -301,9 +302,14 @@ def stop(cluster: Optional[str] = None, timeout: float = 90.0, *, master: bool =
     return ended
 
 
-def _gone(cluster: str, jname: str) -> Callable[[], Optional[dict]]:
+def _gone(cluster: str, jname: str, successors: bool = False) -> Callable[[], Optional[dict]]:
+    """A check for wait_until: no job ``jname`` left; ``successors``: cancel
+    any that waits (a master submitted it as stop began)."""
     def check() -> Optional[dict]:
-        return None if any(j["name"] == jname for j in squeue(cluster)) else {}
+        mine = [j for j in squeue(cluster) if j["name"] == jname]
+        if successors and any(j["state"] == "PENDING" for j in mine):
+            _scancel(["--state=PENDING", "-n", jname])
+        return None if mine else {}
     return check
 
 

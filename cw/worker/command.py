@@ -79,6 +79,9 @@ def _mem(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Op
 @click.option("--mem", envvar="CW_MEM", default=None, callback=_mem,
               help="Memory that jobs' resources={'mem': ...} count against, e.g. 64G "
                    "[default: SLURM_MEM_PER_NODE, else the machine's].")
+@click.option("--follow/--no-follow", default=None,
+              help="When the master goes silent, go where the cluster's master.json says it is "
+                   "now (a successor master job) [default: if it named this master at the start].")
 @cluster_option
 @insecure_option
 @apply_options(heartbeat_options)
@@ -87,10 +90,11 @@ def _mem(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Op
 def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: bool,
                    grace: float, prefetch: int, batch: int, express: bool, time_left: Optional[float],
                    idle_timeout: Optional[float], master_timeout: Optional[float], gpus: list[str],
-                   cpus: Optional[int], mem: Optional[int], cluster: Optional[str], insecure: bool,
+                   cpus: Optional[int], mem: Optional[int], follow: Optional[bool],
+                   cluster: Optional[str], insecure: bool,
                    heartbeat: float, liveness: int, log_level: str) -> None:
     """Run a worker for the master at HOST [default: from the cluster directory]."""
-    from ..cluster import cluster_dir, cluster_name
+    from ..cluster import cluster_dir, cluster_name, master_address
     from ..discovery import find_master
     from ..resources import worker_has
     from ..security import worker_keys
@@ -107,11 +111,13 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
 
         host = master_host(cluster, wait=True)
     host, port = find_master(host, port, cluster)
+    if follow is None:
+        follow = master_address(cluster) == f"tcp://{host}:{port}"
     sup = Supervisor(host, port, procs, heartbeat=heartbeat, liveness=liveness, grace=grace,
                      keys=keys, cluster=cluster_name(cluster), prefetch=prefetch, batch=batch,
                      master_timeout=master_timeout, express=express, time_left=_time_left(time_left),
                      idle_timeout=idle_timeout,
-                     resources=worker_has(cpus, mem, ",".join(gpus) or "none", procs))
+                     resources=worker_has(cpus, mem, ",".join(gpus) or "none", procs), follow=follow)
 
     def on_signal(signum: int, frame: Any) -> None:
         sup.stopping = True

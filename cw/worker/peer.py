@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import time
 from typing import Callable, Optional
@@ -42,6 +43,7 @@ class Peer:
         self.liveness = liveness
         self.sock, self.monitor = dealer(address, identity, keys)
         self.last_sent = self.last_heard = self.heard = self.looked = clock()  # heard: really, not reset
+        self.looks, self.look_every = 0, heartbeat  # master.json read while the master is silent
         self.beat_header: Callable[[], dict] = dict  # what a HEARTBEAT says besides "alive"
 
     def send(self, msg: Message) -> None:
@@ -97,6 +99,7 @@ class Peer:
             return None
         frames = recv_frames(self.sock)
         self.last_heard = self.heard = self.clock()
+        self.looks, self.look_every = 0, self.heartbeat
         try:
             return Message.from_frames(frames)
         except Exception as e:
@@ -111,8 +114,11 @@ class Peer:
         if now - self.last_sent >= self.heartbeat:
             self.send(Message(Kind.HEARTBEAT, self.beat_header()))
         limit = self.heartbeat * self.liveness
-        if now - self.heard >= limit and now - self.looked >= self.heartbeat:
-            self.looked = now
+        if now - self.heard >= limit and now - self.looked >= self.look_every:
+            # Backing off to 8 beats, jittered: a cluster's executors reading
+            # one file on a shared filesystem through a long wait for a successor.
+            self.looked, self.looks = now, self.looks + 1
+            self.look_every = self.heartbeat * min(2 ** self.looks, 8) * random.uniform(0.8, 1.2)
             if self.moved() is not None:
                 return False
         return now - self.last_heard < limit

@@ -48,7 +48,8 @@ class Supervisor:
                  cluster: str = "default", prefetch: int = 1, batch: int = 64,
                  master_timeout: Optional[float] = None, express: bool = True,
                  time_left: Optional[float] = None, idle_timeout: Optional[float] = None,
-                 resources: Optional[dict] = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 resources: Optional[dict] = None, follow: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock  # a test's fake clock; every timing below reads it
         self.prefetch, self.batch = prefetch, batch
         # A master silent this long (counted from our start, so a head that
@@ -62,10 +63,11 @@ class Supervisor:
         self.resources = resources or {}  # what jobs' resources count against (cw.resources)
         self.exit_code = 0
         self.host, self.port, self.procs = host, port, procs
-        self.address = f"tcp://{host}:{port}"
-        self.grace = grace
+        self.address, self.grace = f"tcp://{host}:{port}", grace
         self.identity = b"s" + os.urandom(8)
-        self.peer = Peer(self.address, self.identity, heartbeat, liveness, keys, clock, cluster)
+        # ``follow``: when the master goes silent, to where master.json says it went.
+        self.peer = Peer(self.address, self.identity, heartbeat, liveness, keys, clock,
+                         cluster if follow else None)
         # Slot ``procs``, if ``express``: a spare executor that takes one
         # quick job at a time, of a client with nothing else out (so that
         # it does not wait behind another client's long jobs), and no lane.
@@ -73,9 +75,7 @@ class Supervisor:
         self.express = express
         self.slots: list[Optional[subprocess.Popen]] = [None] * slots
         self.ids: list[bytes] = [b""] * slots
-        self.restart_at = [0.0] * slots
-        self.failures = [0] * slots
-        self.spawned_at = [0.0] * slots
+        self.restart_at, self.failures, self.spawned_at = [0.0] * slots, [0] * slots, [0.0] * slots
         self.running: list[Optional[mmap.mmap]] = [None] * slots  # each executor's current task
         self.started = self.stopping = False
         self.usage = Usage()  # CPU % and RSS of the executors, in each HEARTBEAT
@@ -107,7 +107,8 @@ class Supervisor:
         return [sys.executable, "-m", "cw.executor", self.host, "--port", str(self.port),
                 "--executor", ident.hex(), "--supervisor", self.identity.hex(),
                 "--heartbeat", str(self.peer.heartbeat), "--liveness", str(self.peer.liveness),
-                "--cluster", self.cluster, *queue, *(["--insecure"] if self.peer.keys is None else [])]
+                "--cluster", self.cluster, *queue, *(["--insecure"] if self.peer.keys is None else []),
+                *(["--follow"] if self.peer.cluster else [])]
 
     def spawn(self, i: int, now: float) -> None:
         ident = b"e" + os.urandom(8)

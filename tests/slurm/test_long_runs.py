@@ -90,6 +90,10 @@ def test_a_three_minute_sweep_outlives_a_master_time_limit_of_one_minute(slurm_h
     stop_and_check(slurm_home)
 
 
+def scontrol(*args):
+    return subprocess.run(["scontrol", *args], capture_output=True, timeout=30).returncode
+
+
 def master_process(home):
     for proc in psutil.process_iter():
         try:
@@ -109,16 +113,17 @@ def test_a_master_killed_as_in_a_node_failure_is_replaced_by_its_successor(slurm
         for i in range(300):
             ct.submit(i, jobs.sleep, 0.1, i)
         wait_for(lambda: sweep.count() >= 20, timeout=60, what="some results")
-        # The successor is held in the queue past the client's connect_timeout:
-        # the client keeps its jobs because a master job is coming, not
-        # because the switch was quick.
+        # The successor waits in the queue past the client's connect_timeout
+        # (a begin time 10 min away, as a busy queue would keep it): the
+        # client keeps its jobs because a master job is coming, not because
+        # the switch was quick.
         successor = wait_for(lambda: [j for j, states in sweep.masters.items() if states == {"PENDING"}],
                              what="the successor in the queue")[0]
-        assert subprocess.run(["scontrol", "hold", successor], capture_output=True).returncode == 0
+        assert scontrol("update", f"JobId={successor}", "StartTime=now+600") == 0
         os.kill(master_process(slurm_home).pid, signal.SIGKILL)
         wait_for(lambda: "keeping" in caplog.text, timeout=60, what="the client to wait for the successor")
         assert sweep.count() < 300
-        assert subprocess.run(["scontrol", "release", successor], capture_output=True).returncode == 0
+        assert scontrol("update", f"JobId={successor}", "StartTime=now") == 0
     assert {k: len(v) for k, v in sweep.results.items()} == {i: 1 for i in range(300)}
     assert all(v == [k] for k, v in sweep.results.items())
     assert "RUNNING" in sweep.masters[successor]
