@@ -83,9 +83,12 @@ def _found_gpus(environ: Mapping[str, str]) -> list[str]:
     # CUDA_VISIBLE_DEVICES first: SLURM sets it to what CUDA numbers the job's
     # GPUs (0, 1, ... where it confines devices), and that is what a job is given.
     for var in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS"):
-        listed = environ.get(var, "").strip()
-        if listed and listed.lower() not in ("nodevfiles", "none", "-1"):
-            return [part.strip() for part in listed.split(",") if part.strip()]
+        if var not in environ:
+            continue
+        listed = environ[var].strip()
+        if not listed or listed.lower() in ("nodevfiles", "none", "-1"):
+            return []  # set, to say there are none
+        return list(dict.fromkeys(part.strip() for part in listed.split(",") if part.strip()))
     if shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
@@ -95,13 +98,13 @@ def _found_gpus(environ: Mapping[str, str]) -> list[str]:
     return []
 
 
-def worker_has(cpus: Optional[int], mem: Optional[int], gpus: Optional[str], procs: int = 1,
+def worker_has(cpus: Optional[int], mem: Optional[int], gpus: Optional[list[str]], procs: int = 1,
                environ: Mapping[str, str] = os.environ) -> dict:
     """What a worker declares in READY: its CPUs (``--cpus``, else SLURM's
     ``SLURM_CPUS_ON_NODE``, else those this process may use, and never fewer
     than its ``procs`` executors: so many jobs run at once), memory
     (``--mem``, else ``SLURM_MEM_PER_NODE`` in MiB, else the machine's) and
-    GPU ids (``gpu_ids``)."""
+    GPU ids (as ``gpu_ids`` read them; None: ``auto``)."""
     slurm_cpus = environ.get("SLURM_CPUS_ON_NODE", "")
     if cpus is None:
         cpus = max(int(slurm_cpus) if slurm_cpus.isdigit() else cpus_available(), procs)
@@ -113,4 +116,4 @@ def worker_has(cpus: Optional[int], mem: Optional[int], gpus: Optional[str], pro
         import psutil
 
         size = psutil.virtual_memory().total
-    return {"cpus": cpus, "mem": size, "gpus": ",".join(gpu_ids(gpus, environ))}
+    return {"cpus": cpus, "mem": size, "gpus": ",".join(gpu_ids("auto", environ) if gpus is None else gpus)}

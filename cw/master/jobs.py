@@ -87,12 +87,13 @@ class Jobs:
         self.books.moved = True
         submit: Submit = msg.body
         retries = DEFAULT_RETRIES if submit.retries is None else submit.retries
+        never = self.never_runs(submit.resources)  # the batch's jobs share their resources
         for frame, run in job_runs(submit, msg.payload):
             context = bytes(frame)  # a Frame would pin its receive buffer while jobs wait
             for jid, frames in run:
                 if jid not in client.jobs:  # else a resubmission of a job we hold: keep the first
                     self.take(client, jid, context, frames, retries, submit.timeout, submit.expected,
-                              submit.resources)
+                              submit.resources, never)
         # A client with one job in flight and nothing else queued: a caller
         # that waits for each result. Its next jobs may take a lane.
         if len(client.jobs) == 1 and self.sched.queued <= 1 and self.leases.shelf:
@@ -100,12 +101,12 @@ class Jobs:
 
     def take(self, client: ClientState, jid: int, context: bytes, frames: list, retries: int,
              timeout: Optional[float], expected: Optional[float] = None,
-             needs: Optional[list] = None) -> None:
+             needs: Optional[list] = None, never: Optional[str] = None) -> None:
         # Small frames are copied out of their zmq.Frame, which costs far
         # more memory than the bytes while a million jobs wait in the queue.
         payload = (context, *(f.bytes if len(f) < COPY_BELOW else f for f in frames))
         size = sum(map(len, payload))
-        refusal = self.books.limits.check(len(client.jobs), client.held_bytes, size) or self.never_runs(needs)
+        refusal = self.books.limits.check(len(client.jobs), client.held_bytes, size) or never
         if refusal:
             self.reply_refused(client.identity, jid, refusal)
             return

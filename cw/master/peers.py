@@ -113,12 +113,14 @@ class Peers:
         capacity = ready.capacity
         self.check_python(ready)
         if capacity == 0:
-            if identity not in self.books.supervisors:
+            old = self.books.supervisors.get(identity)
+            if old is None:
                 log.info("worker %s:%s registered", ready.host, ready.pid)
             sup = self.books.supervisors[identity] = ExecutorState(identity, ready, now, 0)
             sup.ends = None if ready.left is None else now + ready.left
-            sup.pool = Pool(ready.cpus or ready.procs or 1, ready.mem or 0,
-                            [g for g in (ready.gpus or "").split(",") if g])
+            # Said again (the master was silent): what its running jobs hold stays held.
+            sup.pool = old.pool if old is not None and old.pool is not None else \
+                Pool(ready.cpus or ready.procs or 1, ready.mem or 0, (ready.gpus or "").split(","))
             return
         state = self.books.executors.get(identity)
         if state is not None:  # re-registered: whatever it ran is gone

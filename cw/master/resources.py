@@ -19,16 +19,23 @@ from typing import Optional
 from ..resources import describe
 from .state import ExecutorState, Job
 
+# How long a worker starts no job that holds nothing after a job with
+# resources found its CPUs taken by such jobs: they end, and it fits. The
+# job asks again at every look (UNPARK_SECONDS), so it lasts while it waits.
+RESERVE_SECONDS = 2.5
+
 
 class Pool:
     """A worker's resources, and which jobs hold them."""
 
     def __init__(self, cpus: int, mem: int, gpus: list[str]) -> None:
-        self.cpus, self.mem, self.gpus = cpus, mem, gpus
-        self.free_gpus = list(gpus)
+        self.cpus, self.mem = cpus, mem
+        self.gpus = list(dict.fromkeys(g for g in gpus if g))  # each id once
+        self.free_gpus = list(self.gpus)
         self.held: dict[int, tuple[Job, bytes, list[str]]] = {}  # tid -> (job, executor, its GPUs)
         self.members: set[bytes] = set()  # its executors seen by the scheduler
-        self.last: dict[bytes, list[str]] = {}  # executor -> GPUs it had last: given again where free
+        self.pinned: dict[bytes, list[str]] = {}  # executor -> the GPUs its first GPU job had
+        self.reserved_until = 0.0  # a job waits for CPUs busy with plain jobs: none start here till then
 
     def used(self) -> tuple[int, int, int]:
         """CPUs, GPUs and memory held by jobs (after ``sweep``)."""
@@ -37,12 +44,19 @@ class Pool:
                 sum(job.needs[2] for job, _, _ in self.held.values()))
 
     def sweep(self, executors: dict[bytes, ExecutorState]) -> None:
-        """Give back what jobs no longer running where they went held."""
+        """Give back what jobs no longer running where they went held; not
+        while the executor it ran on is being killed (its process may still
+        hold the GPU), only once that executor is gone."""
         for tid, (job, identity, gpus) in list(self.held.items()):
             state = executors.get(identity)
+            if state is not None and state.killed:
+                continue
             if job.executor != identity or state is None or tid not in state.running:
                 del self.held[tid]
                 self.free_gpus += gpus
+        self.members &= executors.keys()
+        for gone in self.pinned.keys() - executors.keys():
+            del self.pinned[gone]
 
     def plain_busy(self, executors: dict[bytes, ExecutorState]) -> int:
         """Executors of this worker busy with jobs that hold nothing (one CPU each)."""
@@ -50,36 +64,47 @@ class Pool:
         return sum(1 for m in self.members if m not in holders and (s := executors.get(m)) is not None
                    and s.running and not s.info.express)
 
-    def admits(self, job: Optional[Job], state: ExecutorState, executors: dict[bytes, ExecutorState]) -> bool:
+    def admits(self, job: Optional[Job], state: ExecutorState, executors: dict[bytes, ExecutorState],
+               now: float) -> bool:
         """Whether ``state`` (idle, of this worker) may take ``job`` now;
-        ``job`` None: a plain job on an idle executor."""
+        ``job`` None or plain: a job that holds nothing."""
         self.members.add(state.identity)
-        if not self.held and (job is None or job.needs is None):
+        need = None if job is None else job.needs
+        if need is None and not self.held and now >= self.reserved_until:
             return True  # the common case, quick: nothing held here
         self.sweep(executors)
         cpus, _, mem = self.used()
-        need = job.needs if job is not None and job.needs is not None else None
-        if need is None and not cpus:
-            return True  # no job holds CPUs here: plain jobs as ever
-        busy = self.plain_busy(executors)
         if need is None:
-            return cpus + busy + 1 <= self.cpus
-        return (cpus + busy + need[0] <= self.cpus and need[1] <= len(self.free_gpus)
-                and (not self.mem or mem + need[2] <= self.mem))
+            return now >= self.reserved_until and (not cpus or cpus + self.plain_busy(executors) < self.cpus)
+        if not (self.gpus_for(state, need[1]) is not None and (not self.mem or mem + need[2] <= self.mem)):
+            return False
+        if cpus + self.plain_busy(executors) + need[0] <= self.cpus:
+            return True
+        if cpus + need[0] <= self.cpus:  # only plain jobs in the way: they end, and none starts meanwhile
+            self.reserved_until = now + RESERVE_SECONDS
+        return False
+
+    def gpus_for(self, state: ExecutorState, want: int) -> Optional[list[str]]:
+        """The GPU ids ``state`` would get for a job of ``want`` GPUs, or None
+        if not now. An executor keeps the ids its first GPU job had for later
+        jobs of as many (a process keeps the devices its CUDA started with)."""
+        pinned = self.pinned.get(state.identity)
+        if pinned is not None and len(pinned) == want:
+            return pinned if all(g in self.free_gpus for g in pinned) else None
+        if want > len(self.free_gpus):
+            return None
+        others = {g for identity, ids in self.pinned.items() if identity != state.identity for g in ids}
+        return sorted(self.free_gpus, key=lambda g: g in others)[:want]  # others' own ids last
 
     def take(self, job: Job, state: ExecutorState) -> Optional[str]:
-        """Hold ``job``'s resources for it on ``state``; its GPU ids, if any:
-        those the executor had last where they are free (a process keeps
-        the devices its CUDA started with), else the first free."""
+        """Hold ``job``'s resources for it on ``state``; its GPU ids, if any."""
         assert job.needs is not None
-        want = job.needs[1]
-        last = [g for g in self.last.get(state.identity, ()) if g in self.free_gpus][:want]
-        gpus = last + [g for g in self.free_gpus if g not in last][:want - len(last)]
+        gpus = self.gpus_for(state, job.needs[1]) or []
         for g in gpus:
             self.free_gpus.remove(g)
         self.held[job.tid] = (job, state.identity, gpus)
         if gpus:
-            self.last[state.identity] = gpus
+            self.pinned.setdefault(state.identity, gpus)
         return ",".join(gpus) or None
 
     def could_ever(self, need: list[int]) -> bool:
@@ -111,12 +136,12 @@ class Placement:
         (``cw.master.resources``: then only to an executor with nothing else)."""
         if job.expected is not None and not self.fits(state, job.expected, now):
             return False
-        if not idle:
-            return job.needs is None
         pool = self.pool(state)
+        if not idle:  # behind other jobs: only one that holds nothing, and not on a worker kept free
+            return job.needs is None and (pool is None or now >= pool.reserved_until)
         if pool is None:
             return job.needs is None
-        return pool.admits(job, state, self.executors)
+        return pool.admits(job, state, self.executors, now)
 
     def pool(self, state: ExecutorState) -> Optional[Pool]:
         sup = self.supervisors.get(state.supervisor or b"")

@@ -117,7 +117,7 @@ def worker_command(host: Optional[str], port: Optional[int], procs: int, slurm: 
                      keys=keys, cluster=cluster_name(cluster), prefetch=prefetch, batch=batch,
                      master_timeout=master_timeout, express=express, time_left=_time_left(time_left),
                      idle_timeout=idle_timeout,
-                     resources=worker_has(cpus, mem, ",".join(gpus) or "none", procs), follow=follow)
+                     resources=worker_has(cpus, mem, gpus, procs), follow=follow)
 
     def on_signal(signum: int, frame: Any) -> None:
         sup.stopping = True

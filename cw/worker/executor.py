@@ -219,6 +219,7 @@ class Executor:
                 if i == 0:
                     self.fetcher.reset()  # its blob is no longer needed
                 del self.tasks[i]
+                self.devices.pop(tid, None)
                 dropped = Result(tid, _CANCELLED, "cancelled before it started", 0)
                 self.outbox.add(dropped, [], 0.0, self.clock())
                 self.outbox.flush()
@@ -330,7 +331,7 @@ class Executor:
 
     def _enter(self, tid: int, mark: int) -> None:
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
-        self.devices_before = _show_devices(self.devices.pop(tid, _UNSET))
+        self.devices_before = _show_devices(self.devices.pop(tid, _UNSET) if mark == tid else _UNSET)
         if self.slot is not None:
             self.slot[:8] = mark.to_bytes(8, "little")
 

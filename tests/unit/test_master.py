@@ -674,3 +674,55 @@ def test_a_master_handing_over_leaves_at_its_deadline_though_a_job_runs(master):
     master.handover.schedule(time.monotonic(), 0, 0)
     master.step(timeout=0.01)
     assert master.stopping  # the job runs again under the successor
+
+
+def gpu_worker(master, gpus="0,1", executors=2):
+    """A supervisor that has ``gpus``, and its executors."""
+    sup = Peer(master, b"s")
+    ready = {"capacity": 0, "procs": executors, "cpus": 8, "mem": 0, "gpus": gpus, **PEER}
+    sup.send(Kind.READY, ready)
+    execs = []
+    for _ in range(executors):
+        ex = Peer(master, b"e")
+        ex.send(Kind.READY, {"capacity": 1, "supervisor": sup.sock.identity.hex(), **PEER})
+        execs.append(ex)
+    return sup, ready, execs
+
+
+def submit_needing(peer, jid, needs):
+    peer.send(Kind.SUBMIT, {"ids": [jid], "retries": 2, "resources": needs}, b"ctx", b"call")
+
+
+def tasks_gpus(*executors):
+    """The GPU ids of the TASKs that reached these executors (after stepping the master)."""
+    for _ in range(20):
+        executors[0].master.step(timeout=0.01)
+    got = []
+    for ex in executors:
+        while ex.sock.poll(50):
+            msg = Message.from_frames(ex.sock.recv_multipart())
+            if msg.kind is Kind.TASK:
+                got.append(msg.header.get("gpus"))
+    return got
+
+
+def test_a_gpu_held_by_a_running_job_stays_held_when_its_worker_says_ready_again(master):
+    c = client(master)
+    sup, ready, (e1, e2) = gpu_worker(master)
+    submit_needing(c, 1, [1, 1, 0])
+    assert tasks_gpus(e1, e2) == ["0"]
+    sup.send(Kind.READY, ready)  # as after a silence of the master: what runs is still held
+    submit_needing(c, 2, [1, 1, 0])
+    assert tasks_gpus(e1, e2) == ["1"]
+    submit_needing(c, 3, [1, 1, 0])  # both GPUs held: it waits
+    assert tasks_gpus(e1, e2) == []
+
+
+def test_a_job_asking_for_more_gpus_than_any_worker_has_is_refused_at_once(master):
+    c = client(master)
+    gpu_worker(master, "0,1", 1)
+    for _ in range(5):
+        master.step(timeout=0.01)
+    submit_needing(c, 1, [1, 3, 0])
+    reply = c.recv({Kind.RESULT})
+    assert reply.header["status"] == "error" and "asks for 1 CPU, 3 GPUs" in reply.header["error"]

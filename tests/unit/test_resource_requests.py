@@ -40,5 +40,8 @@ def test_a_worker_finds_its_gpus_where_slurm_and_cuda_say_them():
 def test_a_worker_declares_slurms_allocation_and_never_fewer_cpus_than_executors():
     env = {"SLURM_CPUS_ON_NODE": "8", "SLURM_MEM_PER_NODE": "4096", "CUDA_VISIBLE_DEVICES": "0,1"}
     assert worker_has(None, None, None, 1, env) == {"cpus": 8, "mem": 4 << 30, "gpus": "0,1"}
-    assert worker_has(None, None, "none", 16, env)["cpus"] == 16
-    assert worker_has(2, 1 << 30, "3", 1, env) == {"cpus": 2, "mem": 1 << 30, "gpus": "0,1,2"}
+    assert worker_has(None, None, [], 16, env)["cpus"] == 16
+    assert worker_has(2, 1 << 30, ["3"], 1, env) == {"cpus": 2, "mem": 1 << 30, "gpus": "3"}
+    # one GPU, as SLURM gives --gres=gpu:1: the id, not a count of it
+    assert worker_has(None, None, gpu_ids("auto", {"CUDA_VISIBLE_DEVICES": "0"}), 1, {})["gpus"] == "0"
+    assert gpu_ids("auto", {"CUDA_VISIBLE_DEVICES": ""}) == []  # set empty: none, nvidia-smi not asked
