@@ -118,24 +118,36 @@ def _map(commands: list[str], out: Path, timeout: Optional[float], retries: int,
     from .commands import run_command as job
 
     started = time.monotonic()
-    failed = 0
+    failed: list[tuple[int, int, str]] = []  # (index, exit status, command)
     rows: list[str] = []
     try:
         with ClusterExecutor(cluster=cluster, journal=out / "journal.cwj", journal_mismatch="ignore") as ex:
             futures = deque(ex.submit_call(job, (line, timeout, retries + 1, True)) for line in commands)
             for i, command in enumerate(commands, 1):
                 code, stdout, stderr = _outcome(futures.popleft())  # and let go of it once written
-                failed += code != 0
+                if code != 0:
+                    failed.append((i, code, command))
                 _write(out / f"{i}.out", stdout)
                 _write(out / f"{i}.err", stderr)
                 rows.append(f"{i}\t{code}\t{_cell(command)}\n")
             taken = ex.journal.hits if ex.journal else 0
     finally:  # what ran is said, even if the rest could not run
         _write(out / "summary.tsv", ("index\texit\tcommand\n" + "".join(rows)).encode())
-    click.echo(f"{len(commands)} command(s): {len(commands) - failed} succeeded ({taken} done by an earlier "
-               f"run), {failed} failed; in {time.monotonic() - started:.1f} s; outputs in {out}"
-               + (f"; failed: see the exit column of {out / 'summary.tsv'}" if failed else ""))
-    return failed
+    click.echo(f"{len(commands)} command(s): {len(commands) - len(failed)} succeeded ({taken} done by an "
+               f"earlier run), {len(failed)} failed; in {time.monotonic() - started:.1f} s; outputs in {out}")
+    _say_failed(failed, out)
+    return len(failed)
+
+
+SHOWN = 20  # failed commands named after the summary; summary.tsv has them all
+
+
+def _say_failed(failed: list[tuple[int, int, str]], out: Path) -> None:
+    for i, code, command in failed[:SHOWN]:
+        short = command if len(command) <= 60 else command[:57] + "..."
+        click.echo(f"  failed: #{i} exit {code}: {_cell(short)}  (stderr: {out / f'{i}.err'})")
+    if len(failed) > SHOWN:
+        click.echo(f"  ... and {len(failed) - SHOWN} more: see the exit column of {out / 'summary.tsv'}")
 
 
 def _cell(text: str) -> str:

@@ -20,18 +20,26 @@ def test_submit_async_and_map_async_on_real_workers(cluster):
             assert ordered == [i ** 3 for i in range(200)]
             chunked = [x async for x in ex.map_async(pow, range(100), [2] * 100, chunksize=7)]
             assert chunked == [i * i for i in range(100)]
-            ticks = 0
+            ticks = []
 
             async def ticker():
-                nonlocal ticks
                 while True:
                     await asyncio.sleep(0.01)
-                    ticks += 1
+                    ticks.append(loop.time())
 
+            loop = asyncio.get_running_loop()
             beat = asyncio.ensure_future(ticker())
-            assert await ex.submit_async(jobs.sleep, 0.5, "slept") == "slept"
+            began = loop.time()
+            thousand = await asyncio.gather(*(ex.submit_async(jobs.sleep, 0.002, i) for i in range(1000)))
+            ended = loop.time()
             beat.cancel()
-            assert ticks >= 10  # the loop ran all along (about 50 ticks in 0.5 s)
+            assert thousand == list(range(1000))
+            # The loop ran all along: ticks through the gather, no gap much past their 10 ms.
+            marks = [began, *(t for t in ticks if t <= ended), ended]
+            gap = max(b - a for a, b in zip(marks, marks[1:]))
+            print(f"asyncio: 1,000 jobs in {ended - began:.2f} s, {len(marks) - 2} ticks, "
+                  f"longest gap {gap * 1000:.0f} ms")
+            assert len(marks) >= 10 and gap < 0.5, marks
             with pytest.raises(ZeroDivisionError):
                 await ex.submit_async(divmod, 1, 0)
             async for x in ex.map_async(jobs.sleep, [0.01] * 100, range(100)):

@@ -40,21 +40,26 @@ def test_cw_run_passes_output_and_exit_status(cluster, monkeypatch):
 def test_cw_map_runs_each_line_keeps_outputs_and_resumes(cluster, monkeypatch, tmp_path):
     port = cluster(2)
     monkeypatch.setenv("CW_PORT", str(port))
-    lines = [f"echo line {i}" if i % 5 else f"echo failing {i} >&2; exit {i % 7 + 1}" for i in range(1, 21)]
+    lines = [f"echo line {i}" if i % 40 else f"echo failing {i} >&2; exit {i % 7 + 1}" for i in range(1, 201)]
     commands = tmp_path / "commands.txt"
     commands.write_text("# a sweep\n" + "\n".join(lines) + "\n\n")
     first = cw("map", str(commands), cwd=tmp_path)
     assert first.returncode == 1, first.stderr
-    assert b"20 command(s): 16 succeeded (0 done by an earlier run), 4 failed" in first.stdout
+    assert b"200 command(s): 195 succeeded (0 done by an earlier run), 5 failed" in first.stdout
     out = tmp_path / "commands.txt.out"
-    assert (out / "3.out").read_bytes() == b"line 3\n" and (out / "5.err").read_bytes() == b"failing 5\n"
+    for i in (40, 80, 120, 160, 200):  # each failed one named, with its exit status and its stderr
+        code = i % 7 + 1
+        said = f"failed: #{i} exit {code}: echo failing {i} >&2; exit {code}  (stderr: {out}/{i}.err)"
+        assert said.encode() in first.stdout
+    assert first.stdout.count(b"failed: #") == 5
+    assert (out / "3.out").read_bytes() == b"line 3\n" and (out / "40.err").read_bytes() == b"failing 40\n"
     summary = (out / "summary.tsv").read_text().splitlines()
-    assert summary[5] == "5\t6\techo failing 5 >&2; exit 6"
+    assert summary[40] == "40\t6\techo failing 40 >&2; exit 6"
     assert oct((out / "1.out").stat().st_mode & 0o777) == "0o600"
     before = query_status("127.0.0.1", port)["counts"]["submitted"]
     again = cw("map", str(commands), cwd=tmp_path)
-    assert again.returncode == 1 and b"16 succeeded (16 done by an earlier run), 4 failed" in again.stdout
-    assert query_status("127.0.0.1", port)["counts"]["submitted"] - before == 4  # only the failed ones
+    assert again.returncode == 1 and b"195 succeeded (195 done by an earlier run), 5 failed" in again.stdout
+    assert query_status("127.0.0.1", port)["counts"]["submitted"] - before == 5  # only the failed ones
     assert (out / "3.out").read_bytes() == b"line 3\n"
     names = tmp_path / "names.txt"
     names.write_text("alpha\nbeta  gamma\nx; echo PWNED $(id -un)\n")
