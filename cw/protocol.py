@@ -345,16 +345,22 @@ def _check_value(kind: Kind, name: str, value: Any, typ: type) -> None:
 
 
 def versions() -> dict:
-    """The version fields every HELLO/READY/WELCOME carries."""
-    import platform
+    """The version fields every HELLO/READY/WELCOME carries. Worked out
+    once: the master's first call is at its start (``Master.__init__``),
+    since an import later, at a file-descriptor limit another user's idle
+    connections filled (``cw.master.guard``), could not open its files."""
+    global _VERSIONS
+    if _VERSIONS is None:
+        import platform
 
-    import cloudpickle
+        import cloudpickle
 
-    return {
-        "v": PROTOCOL_VERSION,
-        "python": platform.python_version(),
-        "cloudpickle": cloudpickle.__version__,
-    }
+        _VERSIONS = {"v": PROTOCOL_VERSION, "python": platform.python_version(),
+                     "cloudpickle": cloudpickle.__version__}
+    return dict(_VERSIONS)
+
+
+_VERSIONS: Optional[dict] = None
 
 
 def salvage_ids(frames: list) -> tuple[Optional[Kind], list[int]]:

@@ -36,7 +36,7 @@ from typing import Callable, Optional
 import zmq
 
 from ..errors import ProtocolError
-from ..protocol import Kind, Message, legacy_layout, salvage_ids
+from ..protocol import Kind, Message, legacy_layout, salvage_ids, versions
 from ..security import WORKER, Keys, ZapHandler, apply_server
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from .blobs import BlobRoutes
@@ -99,6 +99,7 @@ class Master:
                  limits: Limits = Limits(), spin: float = SPIN_SECONDS) -> None:
         self.clock = clock
         self.spin = spin
+        versions()  # its imports now: at the descriptor limit no file opens (cw.master.guard)
         self.host = host
         self.sock, self.port = _router(host, port, keys, limits.max_message_size)
         self.poller = zmq.Poller()

@@ -3,6 +3,8 @@ still be unauthenticated: never one open past the handshake window (it
 authenticated, though it may not have spoken), never one just accepted."""
 import os
 import socket
+import subprocess
+import sys
 
 import zmq
 
@@ -34,3 +36,14 @@ def test_only_connections_inside_the_handshake_window_and_past_min_age_are_shed(
             b.close()
         guard.mon.close()
         sock.close()
+
+
+def test_a_master_imports_at_its_start_what_its_welcome_needs():
+    """At the descriptor limit another user's connections filled, no import
+    can open its files: cloudpickle (whose version every WELCOME carries)
+    must be in by the time the master listens. A fresh process, so that no
+    earlier test imported it."""
+    probe = ("import sys\nfrom cw.master.loop import Master\nassert 'cloudpickle' not in sys.modules\n"
+             "m = Master('127.0.0.1', 0)\nprint('cloudpickle' in sys.modules)\nm.close()\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "True", done.stderr
