@@ -127,6 +127,7 @@ class Task(NamedTuple):
     frames: Optional[Ids] = None
     contexts: Optional[Ids] = None
     gpus: Optional[str] = None  # the GPU ids its one job was given: its CUDA_VISIBLE_DEVICES
+    cpus: Optional[str] = None  # the CPU ids it was given, where it asked to bind: its affinity
 
 
 class Cancel(NamedTuple):
@@ -167,6 +168,7 @@ class Ready(NamedTuple):  # executor (or supervisor: procs) -> master
     cpus: Optional[int] = None  # a supervisor's: what its worker has for jobs' resources (cw.resources)
     mem: Optional[int] = None
     gpus: Optional[str] = None  # GPU ids, comma-separated
+    cpu_ids: Optional[str] = None  # the CPUs it may use, for jobs that bind
 
 
 class Died(NamedTuple):  # supervisor -> master

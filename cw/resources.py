@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional
 
 from .host import cpus_available
 
-KEYS = ("cpus", "gpus", "mem")
+KEYS = ("cpus", "gpus", "mem", "bind")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -34,7 +34,8 @@ def parse_size(value: Any, what: str = "mem") -> int:
 
 
 def request(resources: Optional[Mapping[str, Any]]) -> Optional[list[int]]:
-    """A job's ``resources=`` as ``[cpus, gpus, mem]``, checked; None for
+    """A job's ``resources=`` as ``[cpus, gpus, mem]`` (and a 1 after them
+    with ``bind``: its process kept to CPUs of its own), checked; None for
     none (or what every job gets anyway: one CPU)."""
     if resources is None:
         return None
@@ -48,13 +49,16 @@ def request(resources: Optional[Mapping[str, Any]]) -> Optional[list[int]]:
         if type(value) is not int or not least <= value <= 4096:
             raise ValueError(f"resources {name}={value!r}: a whole number from {least} to 4096")
     need = [cpus, gpus, parse_size(resources.get("mem", 0))]
-    return None if need == [1, 0, 0] else need
+    bind = resources.get("bind", False)
+    if type(bind) is not bool:
+        raise ValueError(f"resources bind={bind!r}: True or False")
+    return need + [1] if bind else None if need == [1, 0, 0] else need
 
 
 def describe(need: list[int]) -> str:
     """``[2, 1, 8 GiB]`` as ``2 CPUs, 1 GPU, 8.0 GiB of memory``."""
-    cpus, gpus, mem = need
-    words = [f"{cpus} CPU{'s' * (cpus != 1)}"]
+    cpus, gpus, mem = need[:3]
+    words = [f"{cpus} CPU{'s' * (cpus != 1)}{' of its own' if need[3:] == [1] else ''}"]
     words += [f"{gpus} GPU{'s' * (gpus != 1)}"] if gpus else []
     words += [f"{mem / (1 << 30):.1f} GiB of memory"] if mem else []
     return ", ".join(words)
@@ -104,7 +108,8 @@ def worker_has(cpus: Optional[int], mem: Optional[int], gpus: Optional[list[str]
     ``SLURM_CPUS_ON_NODE``, else those this process may use, and never fewer
     than its ``procs`` executors: so many jobs run at once), memory
     (``--mem``, else ``SLURM_MEM_PER_NODE`` in MiB, else the machine's) and
-    GPU ids (as ``gpu_ids`` read them; None: ``auto``)."""
+    GPU ids (as ``gpu_ids`` read them; None: ``auto``), and the ids of the
+    CPUs it may use, for jobs that ask to ``bind`` (Linux)."""
     slurm_cpus = environ.get("SLURM_CPUS_ON_NODE", "")
     if cpus is None:
         cpus = max(int(slurm_cpus) if slurm_cpus.isdigit() else cpus_available(), procs)
@@ -116,4 +121,6 @@ def worker_has(cpus: Optional[int], mem: Optional[int], gpus: Optional[list[str]
         import psutil
 
         size = psutil.virtual_memory().total
-    return {"cpus": cpus, "mem": size, "gpus": ",".join(gpu_ids("auto", environ) if gpus is None else gpus)}
+    ids = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return {"cpus": cpus, "mem": size, "gpus": ",".join(gpu_ids("auto", environ) if gpus is None else gpus),
+            "cpu_ids": ",".join(map(str, ids[:cpus]))}

@@ -262,3 +262,10 @@ def devices(seconds, tag=None):
     start = time.time()
     time.sleep(seconds)
     return os.environ.get("CUDA_VISIBLE_DEVICES"), start, time.time(), tag
+
+
+def affinity(seconds, tag=None):
+    """The CPUs a job may run on, and when it ran: (sorted CPU ids, start, end, tag)."""
+    start = time.time()
+    time.sleep(seconds)
+    return sorted(os.sched_getaffinity(0)), start, time.time(), tag

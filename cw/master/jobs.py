@@ -122,8 +122,8 @@ class Jobs:
         """Why no registered worker could ever run a job that needs these resources."""
         if needs is None:
             return None
-        if len(needs) != 3:
-            return f"resources {needs!r}: expected [cpus, gpus, mem]"
+        if len(needs) not in (3, 4) or needs[3:] not in ([], [1]):
+            return f"resources {needs!r}: expected [cpus, gpus, mem] or [cpus, gpus, mem, 1]"
         return never_runs(needs, [sup.pool for sup in self.books.supervisors.values() if sup.pool])
 
     def on_cancel(self, identity: bytes, msg: Message, now: float) -> None:

@@ -120,7 +120,8 @@ class Peers:
             sup.ends = None if ready.left is None else now + ready.left
             # Said again (the master was silent): what its running jobs hold stays held.
             sup.pool = old.pool if old is not None and old.pool is not None else \
-                Pool(ready.cpus or ready.procs or 1, ready.mem or 0, (ready.gpus or "").split(","))
+                Pool(ready.cpus or ready.procs or 1, ready.mem or 0, (ready.gpus or "").split(","),
+                     (ready.cpu_ids or "").split(","))
             return
         state = self.books.executors.get(identity)
         if state is not None:  # re-registered: whatever it ran is gone

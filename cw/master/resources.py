@@ -14,7 +14,7 @@ with ``cpus=2`` on a worker of 2 CPUs runs alone there.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..resources import describe
 from .state import ExecutorState, Job
@@ -28,39 +28,43 @@ RESERVE_SECONDS = 2.5
 class Pool:
     """A worker's resources, and which jobs hold them."""
 
-    def __init__(self, cpus: int, mem: int, gpus: list[str]) -> None:
+    def __init__(self, cpus: int, mem: int, gpus: list[str], cpu_ids: Sequence[str] = ()) -> None:
         self.cpus, self.mem = cpus, mem
         self.gpus = list(dict.fromkeys(g for g in gpus if g))  # each id once
         self.free_gpus = list(self.gpus)
-        self.held: dict[int, tuple[Job, bytes, list[str]]] = {}  # tid -> (job, executor, its GPUs)
+        self.cpu_ids = list(dict.fromkeys(c for c in cpu_ids if c))  # for jobs that bind
+        self.free_cpu_ids = list(self.cpu_ids)
+        # tid -> (job, executor, its GPUs, its CPUs where it binds)
+        self.held: dict[int, tuple[Job, bytes, list[str], list[str]]] = {}
         self.members: set[bytes] = set()  # its executors seen by the scheduler
         self.pinned: dict[bytes, list[str]] = {}  # executor -> the GPUs its first GPU job had
         self.reserved_until = 0.0  # a job waits for CPUs busy with plain jobs: none start here till then
 
     def used(self) -> tuple[int, int, int]:
         """CPUs, GPUs and memory held by jobs (after ``sweep``)."""
-        return (sum(job.needs[0] for job, _, _ in self.held.values()),
+        return (sum(job.needs[0] for job, *_ in self.held.values()),
                 len(self.gpus) - len(self.free_gpus),
-                sum(job.needs[2] for job, _, _ in self.held.values()))
+                sum(job.needs[2] for job, *_ in self.held.values()))
 
     def sweep(self, executors: dict[bytes, ExecutorState]) -> None:
         """Give back what jobs no longer running where they went held; not
         while the executor it ran on is being killed (its process may still
         hold the GPU), only once that executor is gone."""
-        for tid, (job, identity, gpus) in list(self.held.items()):
+        for tid, (job, identity, gpus, cpu_ids) in list(self.held.items()):
             state = executors.get(identity)
             if state is not None and state.killed:
                 continue
             if job.executor != identity or state is None or tid not in state.running:
                 del self.held[tid]
                 self.free_gpus += gpus
+                self.free_cpu_ids += cpu_ids
         self.members &= executors.keys()
         for gone in self.pinned.keys() - executors.keys():
             del self.pinned[gone]
 
     def plain_busy(self, executors: dict[bytes, ExecutorState]) -> int:
         """Executors of this worker busy with jobs that hold nothing (one CPU each)."""
-        holders = {identity for _, identity, _ in self.held.values()}
+        holders = {held[1] for held in self.held.values()}
         return sum(1 for m in self.members if m not in holders and (s := executors.get(m)) is not None
                    and s.running and not s.info.express)
 
@@ -76,7 +80,8 @@ class Pool:
         cpus, _, mem = self.used()
         if need is None:
             return now >= self.reserved_until and (not cpus or cpus + self.plain_busy(executors) < self.cpus)
-        if not (self.gpus_for(state, need[1]) is not None and (not self.mem or mem + need[2] <= self.mem)):
+        if not (self.gpus_for(state, need[1]) is not None and (not self.mem or mem + need[2] <= self.mem)
+                and (need[3:] != [1] or need[0] <= len(self.free_cpu_ids))):
             return False
         if cpus + self.plain_busy(executors) + need[0] <= self.cpus:
             return True
@@ -102,18 +107,22 @@ class Pool:
         gpus = self.gpus_for(state, job.needs[1]) or []
         for g in gpus:
             self.free_gpus.remove(g)
-        self.held[job.tid] = (job, state.identity, gpus)
+        cpu_ids = self.free_cpu_ids[:job.needs[0]] if job.needs[3:] == [1] else []
+        del self.free_cpu_ids[:len(cpu_ids)]
+        self.held[job.tid] = (job, state.identity, gpus, cpu_ids)
         if gpus:
             self.pinned.setdefault(state.identity, gpus)
+        job.cpu_ids = ",".join(cpu_ids) or None
         return ",".join(gpus) or None
 
     def could_ever(self, need: list[int]) -> bool:
-        return need[0] <= self.cpus and need[1] <= len(self.gpus) and (not self.mem or need[2] <= self.mem)
+        return (need[0] <= (len(self.cpu_ids) if need[3:] == [1] else self.cpus) and need[1] <= len(self.gpus)
+                and (not self.mem or need[2] <= self.mem))
 
     def summary(self) -> dict:
         cpus, gpus, mem = self.used()
         return {"cpus": self.cpus, "cpus_used": cpus, "mem": self.mem, "mem_used": mem,
-                "gpus": ",".join(self.gpus), "gpus_used": gpus}
+                "gpus": ",".join(self.gpus), "gpus_used": gpus, "cpu_ids": ",".join(self.cpu_ids)}
 
 
 class Placement:

@@ -325,6 +325,8 @@ class Scheduler:
             header["contexts"] = runs
         if jobs[0].gpus is not None:  # a job with resources goes alone
             header["gpus"] = jobs[0].gpus
+        if jobs[0].cpu_ids is not None:
+            header["cpus"] = jobs[0].cpu_ids
         if len(frames) != len(jobs) + len(runs):  # some job has out-of-band buffers
             header["frames"] = [len(job.payload) - 1 for job in jobs]
         self.send(state.identity, Message(Kind.TASK, header, tuple(frames)))

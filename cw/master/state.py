@@ -51,7 +51,7 @@ class Job:
     """A job the master holds. Slotted: a million queued ones must stay small."""
 
     __slots__ = ("tid", "client", "jid", "payload", "retries", "size", "timeout", "deadline",
-                 "deaths", "cancelled", "executor", "announced", "expected", "needs", "gpus")
+                 "deaths", "cancelled", "executor", "announced", "expected", "needs", "gpus", "cpu_ids")
 
     def __init__(self, tid: int, client: bytes, jid: int, payload: tuple, retries: int,
                  size: int = 0, timeout: Optional[float] = None) -> None:
@@ -70,6 +70,7 @@ class Job:
         self.expected: Optional[float] = None  # seconds it should take: only to a worker with that long left
         self.needs: Optional[list] = None  # [cpus, gpus, mem] it asked for (cw.master.resources)
         self.gpus: Optional[str] = None  # the GPU ids it was given, while it runs
+        self.cpu_ids: Optional[str] = None  # the CPU ids it was given, where it asked to bind
 
 
 @dataclass(eq=False)

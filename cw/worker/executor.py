@@ -36,6 +36,7 @@ from ..security import Keys
 from ..serialize import dumps_value, loads_labelled_call
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
 from . import joblog, lane, reaper
+from .devices import place, place_back
 from .direct import DirectPeers
 from .fetch import Fetcher
 from .hostcache import HostCache
@@ -79,8 +80,8 @@ class Executor:
         # is charged to the right job even when earlier results were unsent.
         self.slot = mmap.mmap(job_fd, 8) if job_fd is not None else None
         self.contexts = Contexts()  # each job's cwd and sys.path, read once per client
-        self.devices: dict[int, str] = {}  # task id -> the GPU ids the master gave it
-        self.devices_before: Optional[str] = _UNSET  # CUDA_VISIBLE_DEVICES outside jobs
+        self.devices: dict[int, tuple] = {}  # task id -> (GPU ids, CPU ids) the master gave it
+        self.placed: Optional[tuple] = None  # what a job's devices replaced, for _leave
         self.max_message_size = 1 << 62  # until the master's WELCOME
         self._args: Any = None  # the last job's arguments, dropped after its result left
         self.home = os.getcwd()  # where each job's chdir is undone
@@ -200,8 +201,8 @@ class Executor:
 
     def take_tasks(self, msg: Message) -> None:
         """A TASK's jobs join the queue; one given GPUs (alone in its TASK) keeps their ids."""
-        if msg.body.gpus is not None:
-            self.devices[msg.body.ids[0]] = msg.body.gpus
+        if msg.body.gpus is not None or msg.body.cpus is not None:
+            self.devices[msg.body.ids[0]] = (msg.body.gpus, msg.body.cpus)
         for context, run in job_runs(msg.body, msg.payload):
             self.tasks.extend((tid, (context, *frames)) for tid, frames in run)
 
@@ -331,7 +332,7 @@ class Executor:
 
     def _enter(self, tid: int, mark: int) -> None:
         joblog.set_job(tid)  # the job's prints go to the worker's log, tagged with its id
-        self.devices_before = _show_devices(self.devices.pop(tid, _UNSET) if mark == tid else _UNSET)
+        self.placed = place(self.devices.pop(tid, None) if mark == tid else None)
         if self.slot is not None:
             self.slot[:8] = mark.to_bytes(8, "little")
 
@@ -342,28 +343,11 @@ class Executor:
         if self.slot is not None:
             self.slot[:8] = bytes(8)
         sys.path[:] = old_path
-        _show_devices(self.devices_before)
+        place_back(self.placed)
         try:
             os.chdir(self.home)
         except OSError:
             pass
-
-
-_UNSET = "\0unset"  # no job changed CUDA_VISIBLE_DEVICES: leave it be
-
-
-def _show_devices(ids: Optional[str]) -> Optional[str]:
-    """Set CUDA_VISIBLE_DEVICES to ``ids`` (None: unset it; ``_UNSET``:
-    leave it), for a job given GPUs and the processes it starts; return
-    what it was, for ``_leave`` to put back."""
-    if ids == _UNSET:
-        return _UNSET
-    before = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if ids is None:
-        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ids
-    return before
 
 
 def _enter_directory(ctx: dict, tid: int) -> None:

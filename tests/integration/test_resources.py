@@ -3,6 +3,7 @@ memory goes only where they are free, holds them while it runs, and sees
 only its own GPUs (CUDA_VISIBLE_DEVICES). The GPU ids are made up: the
 bookkeeping needs no GPU."""
 import itertools
+import os
 
 import jobs
 import pytest
@@ -74,3 +75,19 @@ def test_a_two_cpu_job_on_a_worker_of_two_cpus_runs_alone(procs):
     beside = [tag for tag, value in results.items() if overlapping([wide, value])]
     assert beside == [], f"plain jobs {beside} ran beside the job that holds both CPUs"
     assert any(value[1] > wide[2] for value in results.values())  # later ones did run after it
+
+
+@pytest.mark.timeout(60)
+def test_jobs_that_bind_run_on_cpus_of_their_own_and_the_next_job_gets_all_back(procs):
+    _, port = procs.master()
+    procs.worker(port, "--procs", "2", "--cpus", "2", "--gpus", "none")
+    wait_workers(port, 1, executors=2)
+    ids = [int(c) for c in status(port)["workers"][0]["resources"]["cpu_ids"].split(",")]
+    assert len(ids) == 2  # this machine's first two CPUs: the worker's
+    with ClusterExecutor(port=port) as ex:
+        bound = [ex.submit(jobs.affinity, 0.5, i, resources={"cpus": 1, "bind": True}) for i in range(2)]
+        got = [f.result(30) for f in bound]
+        after = [ex.submit(jobs.affinity, 0, i).result(30) for i in range(4)]  # plain: as the worker has
+    assert overlapping(got), "the two should have run at once"
+    assert sorted(cpus for cpus, *_ in got) == [[ids[0]], [ids[1]]]  # one each, not the same
+    assert all(cpus == sorted(os.sched_getaffinity(0)) for cpus, *_ in after)

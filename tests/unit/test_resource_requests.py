@@ -1,4 +1,6 @@
 """cw.resources: what a job asks for, what a worker says it has."""
+import os
+
 import pytest
 
 from cw.resources import describe, gpu_ids, parse_size, request, worker_has
@@ -9,9 +11,12 @@ def test_a_request_is_checked_and_put_on_the_wire_as_three_numbers():
     assert request({"gpus": 1}) == [1, 1, 0]
     assert request({"cpus": 4, "gpus": 2, "mem": "8G"}) == [4, 2, 8 << 30]
     assert request({"mem": 1536}) == [1, 0, 1536]
+    assert request({"cpus": 2, "bind": True}) == [2, 0, 0, 1] and request({"bind": True}) == [1, 0, 0, 1]
+    assert request({"cpus": 2, "bind": False}) == [2, 0, 0]
+    assert describe([2, 0, 0, 1]) == "2 CPUs of its own"
     for bad, said in (({"gpu": 1}, "unknown resource"), ({"cpus": 0}, "cpus=0"),
                       ({"gpus": 1.5}, "gpus=1.5"), ({"cpus": True}, "cpus=True"),
-                      ({"mem": "lots"}, "mem='lots'"), ({"mem": -1}, "mem=-1")):
+                      ({"mem": "lots"}, "mem='lots'"), ({"mem": -1}, "mem=-1"), ({"bind": 1}, "bind=1")):
         with pytest.raises(ValueError, match=said):
             request(bad)
     with pytest.raises(TypeError, match="dict"):
@@ -39,9 +44,12 @@ def test_a_worker_finds_its_gpus_where_slurm_and_cuda_say_them():
 
 def test_a_worker_declares_slurms_allocation_and_never_fewer_cpus_than_executors():
     env = {"SLURM_CPUS_ON_NODE": "8", "SLURM_MEM_PER_NODE": "4096", "CUDA_VISIBLE_DEVICES": "0,1"}
-    assert worker_has(None, None, None, 1, env) == {"cpus": 8, "mem": 4 << 30, "gpus": "0,1"}
+    assert {k: v for k, v in worker_has(None, None, None, 1, env).items() if k != "cpu_ids"} == \
+        {"cpus": 8, "mem": 4 << 30, "gpus": "0,1"}
     assert worker_has(None, None, [], 16, env)["cpus"] == 16
-    assert worker_has(2, 1 << 30, ["3"], 1, env) == {"cpus": 2, "mem": 1 << 30, "gpus": "3"}
+    has = worker_has(2, 1 << 30, ["3"], 1, env)
+    assert has["gpus"] == "3" and has["cpus"] == 2 and has["mem"] == 1 << 30
+    assert has["cpu_ids"].split(",") == [str(c) for c in sorted(os.sched_getaffinity(0))][:2]
     # one GPU, as SLURM gives --gres=gpu:1: the id, not a count of it
     assert worker_has(None, None, gpu_ids("auto", {"CUDA_VISIBLE_DEVICES": "0"}), 1, {})["gpus"] == "0"
     assert gpu_ids("auto", {"CUDA_VISIBLE_DEVICES": ""}) == []  # set empty: none, nvidia-smi not asked
