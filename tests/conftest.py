@@ -1,6 +1,7 @@
 """Fixtures that start real cw processes on 127.0.0.1 and always clean them up."""
 from __future__ import annotations
 
+import collections
 import gc
 import json
 import os
@@ -18,6 +19,26 @@ from beds import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/jobs.py for clients
+
+
+class Collector:
+    """A ClientThread callback that counts deliveries per job id."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.results = collections.defaultdict(list)
+
+    def __call__(self, jobid, result):
+        with self.lock:
+            self.results[jobid].append(result)
+
+    def count(self):
+        with self.lock:
+            return len(self.results)
+
+    def exactly_once(self, expected):
+        assert {k: len(v) for k, v in self.results.items()} == {k: 1 for k in expected}
+        return {k: v[0] for k, v in self.results.items()}
 
 
 def wait_for(check, timeout=20.0, interval=0.02, what="condition"):

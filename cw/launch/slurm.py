@@ -139,11 +139,6 @@ def worker_command(host: str, port: int, opts: Options, cwd: str) -> list[str]:
     return cmd
 
 
-def submit(cmd: list[str], script: str) -> str:
-    """Run sbatch ``cmd`` on ``script``; the job's id, or ClusterError with sbatch's words."""
-    return queue.submit(cmd, script)
-
-
 def sbatch_job(opts: Options, worker: list[str], n: int, logs: Path) -> str:
     """Submit ``n`` workers running ``worker`` (one job array, or one job over
     ``n`` nodes with ``isolated``); return the job's id."""
@@ -152,7 +147,7 @@ def sbatch_job(opts: Options, worker: list[str], n: int, logs: Path) -> str:
         partition=opts.partition, time=opts.time, array=None if opts.isolated else n,
         nodes=n if opts.isolated else None, signal=f"B:TERM@{int(opts.grace) + 15}",
         extra=[*([f"--gres=gpu:{opts.gpus}"] if opts.gpus else []), *opts.xworkers])
-    return submit(cmd, job_script(worker))
+    return queue.submit(cmd, job_script(worker))
 
 
 def start(nworkers: int = 1, *, master: bool = True, workers: bool = True,
@@ -206,7 +201,7 @@ def _submit_master(opts: Options, cdir: Path, scaler: bool) -> str:
         succession.configure(cdir, cmd, script)
     else:
         succession.end(cdir)
-    return submit(cmd, script)
+    return queue.submit(cmd, script)
 
 
 def _master_script(opts: Options, scaler: bool) -> str:

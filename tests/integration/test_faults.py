@@ -1,17 +1,15 @@
 """Fault tolerance: every result arrives exactly once, whatever dies."""
-import collections
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import CancelledError
 
 import jobs
 import psutil
 import pytest
-from conftest import ROOT, stop_gracefully, wait_for, wait_workers
+from conftest import ROOT, Collector, stop_gracefully, wait_for, wait_workers
 
 from cw import MasterUnavailableError, WorkerLostError
 from cw.client import ClientThread, ClusterExecutor
@@ -29,26 +27,6 @@ def free_port():
 
 def status(port):
     return query_status("127.0.0.1", port)
-
-
-class Collector:
-    """A ClientThread callback that counts deliveries per job id."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.results = collections.defaultdict(list)
-
-    def __call__(self, jobid, result):
-        with self.lock:
-            self.results[jobid].append(result)
-
-    def count(self):
-        with self.lock:
-            return len(self.results)
-
-    def exactly_once(self, expected):
-        assert {k: len(v) for k, v in self.results.items()} == {k: 1 for k in expected}
-        return {k: v[0] for k, v in self.results.items()}
 
 
 def busy_worker(port, workers):

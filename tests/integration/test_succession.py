@@ -6,8 +6,8 @@ the same path is tested on the test bed (tests/slurm/test_long_runs.py).
 """
 import jobs
 import pytest
-from conftest import wait_for, wait_workers
-from test_faults import CLIENT_FAST, FAST, Collector, status
+from conftest import Collector, wait_for, wait_workers
+from test_faults import CLIENT_FAST, FAST, status
 
 from cw import MasterUnavailableError
 from cw.client import ClientThread, ClusterExecutor

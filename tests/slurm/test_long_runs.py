@@ -14,7 +14,7 @@ import time
 import jobs
 import psutil
 import pytest
-from conftest import wait_for
+from conftest import Collector, wait_for
 from test_slurm import cw_processes, slurm_py, squeue_names
 
 from cw.client import ClientThread
@@ -22,24 +22,15 @@ from cw.client import ClientThread
 pytestmark = pytest.mark.slurm
 
 
-class Sweep:
+class Sweep(Collector):
     """A ClientThread callback counting deliveries, and a watch on the
     cluster's master jobs: each id, with every state squeue showed it in."""
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.results = collections.defaultdict(list)
+        super().__init__()
         self.masters = collections.defaultdict(set)
         self.watching = threading.Event()
         self.watcher = threading.Thread(target=self.watch)
-
-    def __call__(self, jobid, result):
-        with self.lock:
-            self.results[jobid].append(result)
-
-    def count(self):
-        with self.lock:
-            return len(self.results)
 
     def watch(self):
         while not self.watching.is_set():
