@@ -41,6 +41,12 @@ from .state import ClientState, ExecutorState, Job
 # 2 ms) and the round trip of the TASK that refills it: at 2 ms an executor of
 # 1 ms jobs waited for work 5% of its time (85% efficiency, 93% at 5 ms).
 BATCH_SECONDS = 0.005
+# Jobs that together run in less than a message costs the master to send
+# go in one TASK, past the executor's window: sent one or two to a message,
+# to idle executors, they would take longer to leave than to run. So a
+# thousand idle executors do not split a stream of no-op jobs into a
+# message each (issue 26's scale suite: 10,000 executors).
+MESSAGE_SECONDS = 0.0002
 TASK_BYTES = 1 << 20  # a TASK with several jobs stays under this
 # Prefetch pays for short jobs only: it saves a job one round trip to the
 # master, and costs a job of another client that comes meanwhile the whole
@@ -239,7 +245,8 @@ class Scheduler:
             and self.short(self.clients.get(next(reversed(jobs)).client))
 
     def take(self, room: int, state: ExecutorState, now: float) -> tuple[list[Job], bool]:
-        """Up to ``room`` queued jobs for ``state``, one client after another
+        """Up to ``room`` queued jobs for ``state`` (more while their clients'
+        costs add up to less than ``MESSAGE_SECONDS``), one client after another
         (round-robin, the ``fresh`` first); a job that would wait behind
         another (the executor holds some) goes only if both clients' jobs
         are short, and one with an ``expected`` length only if its worker
@@ -249,7 +256,9 @@ class Scheduler:
         behind = bool(state.running)
         jobs: list[Job] = []
         size = skipped = 0
-        while len(jobs) < room and size < TASK_BYTES:
+        cheap = 0.0  # the known cost of the jobs taken so far, while they are tiny
+        most = max(room, state.batch - len(state.running))
+        while (len(jobs) < room or len(jobs) < most and cheap < MESSAGE_SECONDS) and size < TASK_BYTES:
             line = self.fresh or self.ready
             if not line:
                 return jobs, True
@@ -274,6 +283,7 @@ class Scheduler:
                 continue
             jobs.append(job)
             size += job.size
+            cheap += client.cost if short else MESSAGE_SECONDS  # type: ignore[operator]
             if not short or job.needs is not None:
                 return jobs, False  # nothing waits behind a job not known to be short, or holding resources
         return jobs, True

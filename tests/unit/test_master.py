@@ -449,7 +449,7 @@ def test_short_jobs_travel_in_batches_long_ones_one_by_one(master):
 
 
 def test_batches_leave_work_for_every_executor(master):
-    """An executor's batch is at most its share of the queue."""
+    """An executor's batch of 0.1 ms jobs is at most its share of the queue."""
     c = client(master)
     executors = [Peer(master, b"e") for _ in range(4)]
     for ex in executors:
@@ -457,8 +457,31 @@ def test_batches_leave_work_for_every_executor(master):
     c.send(Kind.SUBMIT, {"ids": list(range(1, 41))}, b"ctx", *[b"call"] * 40)
     firsts = [raw_tasks(ex) for ex in executors]
     assert all(len(ids) == 1 for ids in firsts)
-    executors[0].send(Kind.RESULT, {"results": [[firsts[0][0], "ok", None, 0, 1e-5]], "busy": 1e-5})
+    executors[0].send(Kind.RESULT, {"results": [[firsts[0][0], "ok", None, 0, 1e-4]], "busy": 1e-4})
     assert len(raw_tasks(executors[0])) == 2 + 36 // 4  # 36 queued, 4 executors
+
+
+@pytest.mark.parametrize("seconds, expected", [(1e-6, 64), (1e-5, 20), (1e-3, 2)])
+def test_jobs_shorter_than_a_message_go_many_to_a_task_though_executors_idle(master, seconds, expected):
+    """Idle executors do not split tiny jobs into a message each: a fresh
+    executor's TASK carries jobs until their cost adds up to
+    MESSAGE_SECONDS (at most its batch); 1 ms jobs still go two at a time."""
+    c = client(master)
+    first = Peer(master, b"e")
+    first.send(Kind.READY, {"capacity": 2, "batch": 64, "supervisor": "", **PEER})
+    submit(c, 1)
+    (tid,) = raw_tasks(first)
+    first.send(Kind.RESULT, {"results": [[tid, "ok", None, 0, seconds]], "busy": seconds})
+    finished(master, master.executors[first.sock.identity], 1)  # the client's cost is known now
+    idle = [Peer(master, b"e") for _ in range(100)]
+    for ex in idle:
+        ex.send(Kind.READY, {"capacity": 2, "batch": 64, "supervisor": "", **PEER})
+    for _ in range(100):
+        master.step(timeout=0.01)
+        if len(master.executors) == 101:
+            break
+    c.send(Kind.SUBMIT, {"ids": list(range(2, 202))}, b"ctx", *[b"call"] * 200)
+    assert max(len(raw_tasks(ex)) for ex in idle[:3]) == expected
 
 
 def test_another_clients_job_never_waits_behind_a_long_one_sent_ahead(master):
