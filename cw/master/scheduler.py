@@ -245,19 +245,16 @@ class Scheduler:
             and self.short(self.clients.get(next(reversed(jobs)).client))
 
     def take(self, room: int, state: ExecutorState, now: float) -> tuple[list[Job], bool]:
-        """Up to ``room`` queued jobs for ``state`` (more while their clients'
-        costs add up to less than ``MESSAGE_SECONDS``), one client after another
-        (round-robin, the ``fresh`` first); a job that would wait behind
-        another (the executor holds some) goes only if both clients' jobs
-        are short, and one with an ``expected`` length only if its worker
-        has that long left (``fits``). Also says whether the executor may
-        take more now (the queue ran dry, or the message grew big), not only
-        once a result comes."""
-        behind = bool(state.running)
+        """Up to ``room`` queued jobs for ``state`` (to its batch while their
+        costs add up to under ``MESSAGE_SECONDS``), clients in turns (the
+        ``fresh`` first); a job that would wait behind another goes only if
+        both clients' jobs are short, and one with an ``expected`` length only
+        if its worker has that long left (``fits``). Also says whether the
+        executor may take more now (the queue ran dry, or the message grew
+        big), not only once a result comes."""
+        behind, most = bool(state.running), max(room, state.batch - len(state.running))
         jobs: list[Job] = []
-        size = skipped = 0
-        cheap = 0.0  # the known cost of the jobs taken so far, while they are tiny
-        most = max(room, state.batch - len(state.running))
+        size = skipped = cheap = 0
         while (len(jobs) < room or len(jobs) < most and cheap < MESSAGE_SECONDS) and size < TASK_BYTES:
             line = self.fresh or self.ready
             if not line:
@@ -283,9 +280,9 @@ class Scheduler:
                 continue
             jobs.append(job)
             size += job.size
-            cheap += client.cost if short else MESSAGE_SECONDS  # type: ignore[operator]
             if not short or job.needs is not None:
                 return jobs, False  # nothing waits behind a job not known to be short, or holding resources
+            cheap += client.cost  # type: ignore[operator]
         return jobs, True
 
     def fitting(self, client: ClientState, job: Job, state: ExecutorState, now: float,
