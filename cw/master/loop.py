@@ -39,6 +39,7 @@ from ..errors import ProtocolError
 from ..protocol import Kind, Message, legacy_layout, salvage_ids, versions
 from ..security import WORKER, Keys, ZapHandler, apply_server
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
+from .beats import Beats
 from .blobs import BlobRoutes
 from .guard import HANDSHAKE_SECONDS, Guard
 from .handover import Handover
@@ -52,6 +53,7 @@ from .state import Books, Limits
 log = logging.getLogger(__name__)
 
 RECV_BATCH = 1000  # messages handled per step before dispatching
+BEAT_SLACK = 0.05  # beats due are sent up to this part of a beat late, together
 # After a turn that moved jobs, with none waiting in the queue, poll this long
 # before sleeping: the next message (the result of the task just sent, a
 # waiting client's next submit) is likely that close, and a thread that sleeps
@@ -124,6 +126,7 @@ class Master:
         self.blobs = BlobRoutes(self.books)  # FETCH and BLOB pass through, nothing is kept
         self.notice = ScalerNotice(cluster_dir, self.send)  # a scaler that stopped, said to clients
         self.handover = Handover()  # to a successor master job, before the time limit (SLURM)
+        self.beats = Beats(self.books)  # to every peer, each at a time of its own
         self.next_beat = 0.0
         self.stopping = False
         self.handlers = self.route()
@@ -154,6 +157,9 @@ class Master:
             due = self.sched.next_announcement()
             if due is not None:  # wake up to say STARTED in time
                 timeout = min(timeout, max(0.0, due - self.clock()))
+            due = self.beats.next_due()
+            if due is not None:  # and for the next beats due, a few at a time
+                timeout = min(timeout, max(self.heartbeat * BEAT_SLACK, due - self.clock()))
             self.step(timeout)
 
     def step(self, timeout: float = 0.0, now: Optional[float] = None) -> None:
@@ -179,6 +185,8 @@ class Master:
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat
             self.peers.beat(now)
+            self.beats.enrol(now)
+        self.beats.send_due(now)
         self.monitor.tick(self.books, now)
         self.notice.tick(self.books.clients, now)
 

@@ -174,7 +174,8 @@ class Peers:
                 self.requeue(state, reason, count=True)
 
     def beat(self, now: float) -> None:
-        """Silence: drop every peer not heard for ``heartbeat * liveness``; beat to the rest."""
+        """Silence: drop every peer not heard for ``heartbeat * liveness``
+        (the master's own beats to the rest: ``cw.master.beats``)."""
         b = self.books
         limit = now - b.heartbeat * b.liveness
         for ident, client in list(b.clients.items()):
@@ -192,16 +193,6 @@ class Peers:
             vouched = sup.last_seen if sup and (since is None or since > limit) else 0.0
             if max(state.last_seen, vouched) < limit:
                 self.requeue(b.executors.pop(ident), "missed its heartbeats", count=True)
-        beat = Message(Kind.HEARTBEAT)
-        # Any message does for a beat: a peer that heard from us in the last
-        # quarter beat is skipped (it hears nothing for 1.25 beats at most),
-        # except where a peer may give up after two.
-        spoken = b.spoken if b.liveness > 2 else {}
-        recent = now - b.heartbeat / 4
-        for ident in [*b.clients, *b.executors, *b.supervisors]:
-            if spoken.get(ident, -1.0) < recent:
-                b.send(ident, beat)
-        b.spoken = {}  # (the beats themselves count for nothing)
 
     def executors_of(self, supervisor: bytes) -> list[ExecutorState]:
         return [e for e in self.books.executors.values() if e.supervisor == supervisor]

@@ -148,9 +148,8 @@ class Books:
     session: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: float = field(default_factory=time.time)
     moved: bool = False  # a submit or a result came since the last blocking wait
-    # Peers sent anything since the last heartbeat round, and when: those
-    # that heard from us in the last quarter beat are skipped by the round
-    # (10,000 busy executors need no 10,000 beats a second).
+    # When each peer was last sent anything: a beat is due a beat after that
+    # (cw.master.beats; 10,000 busy executors need no 10,000 beats a second).
     spoken: dict = field(default_factory=dict)
     parked: set = field(default_factory=set)  # idle executors with no queued job they could finish in time
 

@@ -261,43 +261,59 @@ def test_an_executor_its_supervisor_says_is_stopped_loses_its_voucher_after_the_
         assert (res["id"], res["status"]) == (1, "lost")
 
 
-def test_a_heartbeat_round_skips_peers_that_heard_from_the_master_since_the_last(master):
-    master.next_beat = float("inf")  # the rounds are this test's alone
-    c = client(master)
-    first, second = executor(master), executor(master)
-    for _ in range(500):
-        if len(master.executors) == 2:
-            break
-        master.step(timeout=0.01)
-    sent = []  # (identity, kind) of what the master sends, as it sends it
-    send = master.books.send
-    master.books.send = lambda identity, msg, **kw: (sent.append((identity, msg.kind)),
-                                                     send(identity, msg, **kw))
-    ids = {c.sock.identity, first.sock.identity, second.sock.identity}
+def test_each_peer_hears_from_the_master_a_beat_after_what_it_heard_last():
+    """Beats are due per peer, a beat after the last message it was sent:
+    none goes to an executor a TASK reached since; peers that came together
+    are due at different times (no round over all of them at once); a peer
+    gone is beaten no more."""
+    now = [1000.0]  # the master's clock: moved by the test alone
+    with running_master(clock=lambda: now[0]) as master:
+        hb = master.heartbeat
+        master.next_beat = float("inf")  # enrolment is this test's alone
+        c = client(master)
+        execs = [executor(master) for _ in range(20)]
+        for _ in range(500):
+            if len(master.executors) == 20:
+                break
+            master.step(timeout=0.01)
+        master.beats.enrol(now[0])
+        dues = sorted(when for when, _, _ in master.beats.due)
+        assert len(dues) == 21 and 1000 + hb / 2 <= dues[0] and dues[-1] <= 1000 + hb
+        assert dues[-1] - dues[0] > hb / 10  # spread over the beat, not one burst
+        sent = []  # (identity, kind) of what the master sends, as it sends it
+        send = master.books.send
+        master.books.send = lambda identity, msg, **kw: (sent.append((identity, msg.kind)),
+                                                         send(identity, msg, **kw))
 
-    def beats(later=0.0):
-        sent.clear()
-        master.peers.beat(master.clock() + later)
-        return {identity for identity, kind in sent if kind is Kind.HEARTBEAT}
+        def beats(at):
+            now[0] = at
+            sent.clear()
+            master.beats.send_due(at)
+            return {identity for identity, kind in sent if kind is Kind.HEARTBEAT}
 
-    assert beats() == set()  # all three were just welcomed: that did for a beat
-    assert beats() == ids  # nothing since: a beat each
-    assert beats() == ids  # and again: a beat is no message that does for the next
-    submit(c, 1)
-    for _ in range(500):
-        takers = [e for e in (first, second) if master.executors[e.sock.identity].running]
-        if takers:
-            break
-        master.step(timeout=0.01)
-    taker, = takers
-    assert beats() == ids - {taker.sock.identity}  # its TASK did for a beat
-    submit(c, 2)
-    for _ in range(500):
-        if len(master.executors[taker.sock.identity].running) + len(
-                master.executors[({first, second} - {taker}).pop().sock.identity].running) == 2:
-            break
-        master.step(timeout=0.01)
-    assert beats(later=master.heartbeat / 2) == ids  # heard from us, but not in the last quarter beat
+        ids = {c.sock.identity, *(e.sock.identity for e in execs)}
+        assert beats(1000 + hb * 0.49) == set()  # the WELCOME does for a beat
+        assert beats(1000 + hb) == ids  # nothing since: a beat each
+        assert beats(1000 + hb * 1.5) == set()
+        now[0] = 1000 + hb * 1.6
+        submit(c, 1)
+        for _ in range(500):
+            takers = [e for e in execs if master.executors[e.sock.identity].running]
+            if takers:
+                break
+            master.step(timeout=0.01)
+        (taker,) = takers
+        assert beats(1000 + hb * 2) == ids - {taker.sock.identity}  # its TASK did for a beat
+        assert beats(1000 + hb * 2.6 + 1) == {taker.sock.identity}  # a beat after its TASK
+        gone = execs[-1]
+        gone.send(Kind.BYE)
+        for _ in range(500):
+            if gone.sock.identity not in master.executors:
+                break
+            master.step(timeout=0.01)
+        # The client heard its job's STARTED at 2.6 beats (the master's turns since).
+        assert beats(1000 + hb * 3) == ids - {taker.sock.identity, gone.sock.identity, c.sock.identity}
+        assert gone.sock.identity not in master.beats.enrolled
 
 
 def test_submit_from_unknown_peer_asks_for_hello(master):

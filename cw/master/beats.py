@@ -1,0 +1,71 @@
+"""The master's heartbeats to its peers, each at a time of its own.
+
+A peer gives the master up after ``heartbeat * liveness`` seconds without a
+message from it, so each must hear from the master at least once a beat.
+Any message does for a beat (``Books.spoken``: when each peer was last sent
+anything), so an executor kept busy gets none. The beats are spread: each
+peer is due a beat after the last thing it heard, and peers that came
+together start at random points of their first beat. So 10,000 idle
+executors cost 10,000 sends a second in small turns of the master's loop,
+not one round over every peer that held the loop 50 to 150 ms each second.
+
+``enrol`` (once a beat, with the purge in ``Peers.beat``) adds the peers new
+since; ``send_due`` (every turn) beats those whose time has come; a peer
+gone is dropped when its time comes. Where a peer may give up after two
+beats (``--liveness 2``), each is beaten once a beat whatever it heard.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from typing import Optional
+
+from ..protocol import Kind, Message
+from .state import Books
+
+
+class Beats:
+    def __init__(self, books: Books) -> None:
+        self.books = books
+        self.due: list = []  # heap of (when, n, identity): n breaks ties, never identities
+        self.enrolled: set[bytes] = set()
+        self.seq = itertools.count()
+        self.message = Message(Kind.HEARTBEAT)
+
+    def known(self, identity: bytes) -> bool:
+        b = self.books
+        return identity in b.executors or identity in b.clients or identity in b.supervisors
+
+    def enrol(self, now: float) -> None:
+        """Peers new since the last call join, each due within a beat of what
+        it last heard; the send times of peers gone are forgotten."""
+        b = self.books
+        for table in (b.clients, b.executors, b.supervisors):
+            for identity in table:
+                if identity not in self.enrolled:
+                    self.enrolled.add(identity)
+                    first = b.spoken.get(identity, now) + b.heartbeat * random.uniform(0.5, 1.0)
+                    heapq.heappush(self.due, (first, next(self.seq), identity))
+        b.spoken = {identity: at for identity, at in b.spoken.items() if self.known(identity)}
+
+    def send_due(self, now: float) -> None:
+        """Beat each peer whose time has come and that heard nothing since
+        (with ``liveness`` 2: whatever it heard)."""
+        b = self.books
+        heard_since = now - b.heartbeat if b.liveness > 2 else float("inf")
+        while self.due and self.due[0][0] <= now:
+            _, _, identity = heapq.heappop(self.due)
+            if not self.known(identity):
+                self.enrolled.discard(identity)
+                b.spoken.pop(identity, None)
+                continue
+            last = b.spoken.get(identity, -1.0)
+            if last > heard_since:  # it heard something within the beat: due a beat after that
+                heapq.heappush(self.due, (last + b.heartbeat, next(self.seq), identity))
+                continue
+            b.send(identity, self.message)
+            heapq.heappush(self.due, (now + b.heartbeat, next(self.seq), identity))
+
+    def next_due(self) -> Optional[float]:
+        return self.due[0][0] if self.due else None
