@@ -53,7 +53,6 @@ from .state import Books, Limits
 log = logging.getLogger(__name__)
 
 RECV_BATCH = 1000  # messages handled per step before dispatching
-BEAT_SLACK = 0.05  # beats due are sent up to this part of a beat late, together
 # After a turn that moved jobs, with none waiting in the queue, poll this long
 # before sleeping: the next message (the result of the task just sent, a
 # waiting client's next submit) is likely that close, and a thread that sleeps
@@ -158,8 +157,8 @@ class Master:
             if due is not None:  # wake up to say STARTED in time
                 timeout = min(timeout, max(0.0, due - self.clock()))
             due = self.beats.next_due()
-            if due is not None:  # and for the next beats due, a few at a time
-                timeout = min(timeout, max(self.heartbeat * BEAT_SLACK, due - self.clock()))
+            if due is not None:  # and for the next beats due
+                timeout = min(timeout, max(0.0, due - self.clock()))
             self.step(timeout)
 
     def step(self, timeout: float = 0.0, now: Optional[float] = None) -> None:

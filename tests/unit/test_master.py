@@ -303,16 +303,17 @@ def test_each_peer_hears_from_the_master_a_beat_after_what_it_heard_last():
                 break
             master.step(timeout=0.01)
         (taker,) = takers
-        assert beats(1000 + hb * 2) == ids - {taker.sock.identity}  # its TASK did for a beat
-        assert beats(1000 + hb * 2.6 + 1) == {taker.sock.identity}  # a beat after its TASK
+        assert beats(1000 + hb * 2.01) == set()  # due at 2 beats: together, once the first is 5% late
+        assert beats(1000 + hb * 2.06) == ids - {taker.sock.identity}  # its TASK did for a beat
+        assert beats(1000 + hb * 2.7) == {taker.sock.identity}  # a beat after its TASK
         gone = execs[-1]
         gone.send(Kind.BYE)
         for _ in range(500):
             if gone.sock.identity not in master.executors:
                 break
             master.step(timeout=0.01)
-        # The client heard its job's STARTED at 2.6 beats (the master's turns since).
-        assert beats(1000 + hb * 3) == ids - {taker.sock.identity, gone.sock.identity, c.sock.identity}
+        # The client heard its job's STARTED at 2.7 beats (the master's turns since).
+        assert beats(1000 + hb * 3.2) == ids - {taker.sock.identity, gone.sock.identity, c.sock.identity}
         assert gone.sock.identity not in master.beats.enrolled
 
 
@@ -497,7 +498,16 @@ def test_jobs_shorter_than_a_message_go_many_to_a_task_though_executors_idle(mas
         if len(master.executors) == 101:
             break
     c.send(Kind.SUBMIT, {"ids": list(range(2, 202))}, b"ctx", *[b"call"] * 200)
-    assert max(len(raw_tasks(ex)) for ex in idle[:3]) == expected
+    sizes: list = []  # of each TASK to the idle executors (which of them get one is the master's choice)
+    for _ in range(100):
+        master.step(timeout=0.01)
+        for ex in idle:
+            while ex.sock.poll(0):
+                msg = Message.from_frames(ex.sock.recv_multipart())
+                sizes += [len(msg.header["ids"])] if msg.kind is Kind.TASK else []
+        if sum(sizes) + len(master.executors[first.sock.identity].running) == 200:
+            break
+    assert max(sizes) == expected
 
 
 def test_another_clients_job_never_waits_behind_a_long_one_sent_ahead(master):
