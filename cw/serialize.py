@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 
 from . import blobs, shm
 from .errors import UnpicklableError
-from .pickling import PROTOCOL, cloudpickle_dumps
+from .pickling import PROTOCOL, cloudpickle_dumps, pack, unpack
 
 OUT_OF_BAND = 64 * 1024  # buffers from this size travel as frames of their own
 MAX_BUFFERS = 1000  # beyond this many, buffers go inside the pickle (frame limit)
@@ -106,14 +106,14 @@ def _pickled_function(func: Callable) -> list:
     plain function, fresh for any other callable. The digest is filled in
     once the pickle turns out big enough to travel as a blob (``_digest``)."""
     if not isinstance(func, types.FunctionType):
-        return [None, (), cloudpickle_dumps(func), None]
+        return [None, (), pack(func), None]
     hit = _pickled_functions.get(id(func))
     # The names a code holds are fixed: kept with the pickle, not walked
     # again per call (a new code fails the identity check all the same).
     if hit is not None and _same(_identity(func, hit[1]), hit[0]):
         return hit
     names = _global_names(func.__code__)
-    entry = [_identity(func, names), names, cloudpickle_dumps(func), None]
+    entry = [_identity(func, names), names, pack(func), None]
     _pickled_functions.put(id(func), entry)
     return entry
 
@@ -371,8 +371,8 @@ def loads_labelled_call(frames: Any) -> tuple[Callable, tuple, dict, Any]:
         pickled = fetched.get(key, now) if by_reference else key
         if pickled is None:
             raise BlobMissing(key.hex())
-        fetched.discard(key)  # the function is what is kept
-        func = pickle.loads(pickled)
+        fetched.discard(key)  # the function is what is kept (its big buffers: views of the blob)
+        func = unpack(pickled)
         functions.put(key, func, len(pickled), now)
     args, kwargs, *label = _loads(raw[end:], frames[1:])
     return func, args, kwargs, label[0] if label else None

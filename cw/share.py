@@ -18,9 +18,8 @@ import pickle
 import weakref
 from typing import Any, Generic, TypeVar
 
-import cloudpickle
-
 from . import blobs, serialize
+from .pickling import pack, unpack
 
 T = TypeVar("T")
 
@@ -29,7 +28,7 @@ class Shared(Generic[T]):
     """A handle to an object placed once (``ClusterExecutor.share``)."""
 
     def __init__(self, obj: T) -> None:
-        self._data = cloudpickle.dumps(obj, protocol=serialize.PROTOCOL)
+        self._data = pack(obj)  # its big buffers after the pickle: views of the blob where unpacked
         self.key = blobs.digest(self._data)
         self.nbytes = len(self._data)
         blobs.register_shared(self._data, self.key)
@@ -50,7 +49,7 @@ def _resolve(key: bytes, data: Any) -> Any:
     now = time.monotonic()
     obj = serialize.objects.get(key, now)
     if obj is None:
-        obj = pickle.loads(data)
+        obj = unpack(data)
         serialize.objects.put(key, obj, len(data), now)
         serialize.fetched.discard(key)  # the object is what is kept
     return obj

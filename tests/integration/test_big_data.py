@@ -85,3 +85,50 @@ def test_on_one_host_an_argument_takes_shared_memory_not_the_master(procs):
     counts = wait_for(lambda: (lambda c: c if c["done"] == 500 else None)(
         query_status("127.0.0.1", port)["counts"]), what="every job counted")
     assert counts["blobs_routed"] == 0 and counts["blob_bytes"] == 0
+
+
+def _where(table):
+    """A closure over ``table`` that says which process runs it and what
+    its copy of the array lives in (the file mapped there, or "" for memory
+    of its own)."""
+    def job(p):
+        import os
+
+        addr = table.__array_interface__["data"][0]
+        for line in open("/proc/self/maps"):
+            fields = line.split(maxsplit=5)
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if low <= addr < high:
+                return os.getpid(), fields[5].strip() if len(fields) > 5 else "", float(table[p])
+        return os.getpid(), "", float(table[p])
+
+    return job
+
+
+@pytest.mark.timeout(300)
+def test_the_executors_of_a_host_map_one_copy_of_a_big_closure(procs):
+    """Two executors of one host run a function closing over a 20 MB array:
+    both find the array in the same file, the host's copy of the blob
+    (cw.worker.hostcache), mapped, not each in memory of its own."""
+    import numpy
+
+    from cw.client import ClusterExecutor
+
+    master, port = procs.master()
+    for _ in range(2):
+        procs.worker(port)
+    wait_workers(port, 2)
+    table = numpy.arange(20 * 2**20 // 8, dtype=numpy.float64)
+    job = _where(table)
+    seen: dict = {}
+    with ClusterExecutor("127.0.0.1", port, connect_timeout=30) as ex:
+        for _ in range(50):  # until both executors have run one (each TASK goes to an idle one)
+            points = range(0, 2000, 100)
+            for p, (pid, path, value) in zip(points, ex.map(job, points)):
+                seen[pid] = path
+                assert value == p
+            if len(seen) == 2:
+                break
+    assert len(seen) == 2, seen
+    (path,) = set(seen.values())
+    assert "/blobs/" in path, seen

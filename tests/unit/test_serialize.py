@@ -184,3 +184,57 @@ def test_an_exception_the_client_cannot_unpickle_is_a_remote_exception_naming_it
     exc = loads_error(frame, 3)
     assert type(exc) is RemoteException and exc.type_name == "lab.Odd"
     assert exc.error.endswith("lab.Odd: odd\n")
+
+
+def _closure_over(table):
+    def look(p):
+        return float(table[p])
+
+    return look
+
+
+def test_a_packed_closure_keeps_its_array_in_the_blob_not_a_copy():
+    """``pack`` puts a closure's big array after its pickle; ``unpack`` gives
+    it back as a writable view of the packed bytes (no copy); a read-only
+    blob is copied once; small objects stay plain pickles."""
+    numpy = pytest.importorskip("numpy")
+    from cw.pickling import PACKED, pack, unpack
+
+    table = numpy.arange(1 << 20, dtype=numpy.float64)
+    blob = bytearray(pack(_closure_over(table)))
+    assert blob[:4] == PACKED
+    look = unpack(blob)
+    inside = look.__closure__[0].cell_contents
+    assert look(12345) == 12345.0 and inside.flags.writeable
+    assert numpy.shares_memory(inside, numpy.frombuffer(blob, dtype=numpy.uint8))
+    assert not numpy.shares_memory(unpack(bytes(blob)).__closure__[0].cell_contents,
+                                   numpy.frombuffer(blob, dtype=numpy.uint8))
+    assert pack({"a": 1})[:1] == b"\x80" and unpack(pack({"a": 1})) == {"a": 1}
+
+
+def test_a_packed_blob_mapped_copy_on_write_is_changed_only_in_the_mapping(tmp_path):
+    """An executor maps the host's copy copy-on-write: a job that writes to
+    the array changes its own pages, never the file the others map."""
+    numpy = pytest.importorskip("numpy")
+    import mmap
+
+    from cw.pickling import pack, unpack
+
+    path = tmp_path / "blob"
+    path.write_bytes(pack(_closure_over(numpy.zeros(1 << 17))))
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    look = unpack(mapped)
+    look.__closure__[0].cell_contents[:] = 7.0
+    assert look(5) == 7.0
+    assert unpack(path.read_bytes())(5) == 0.0
+
+
+@pytest.mark.parametrize("cut", [3, 20, 100, -1])
+def test_a_damaged_packed_blob_is_a_clear_error(cut):
+    numpy = pytest.importorskip("numpy")
+    from cw.pickling import pack, unpack
+
+    blob = pack(_closure_over(numpy.zeros(1 << 17)))
+    with pytest.raises((ValueError, pickle.UnpicklingError)):
+        unpack(blob[:cut])
