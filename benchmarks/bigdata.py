@@ -33,7 +33,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+# This checkout's cw, in the workers too, whatever cw pip installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), str(HERE.parent),
+                                                         os.environ.get("PYTHONPATH")]))
 WORKERS = 2
 SYSTEMS = {"cw (closure)": "cw", "cw (share)": "cw", "ProcessPoolExecutor": "concurrent",
            "Dask (scatter)": "distributed", "Ray (put)": "ray"}
