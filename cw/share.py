@@ -14,6 +14,7 @@ the next jobs on that executor.
 """
 from __future__ import annotations
 
+import mmap
 import pickle
 import weakref
 from typing import Any, Generic, TypeVar
@@ -49,6 +50,11 @@ def _resolve(key: bytes, data: Any) -> Any:
     now = time.monotonic()
     obj = serialize.objects.get(key, now)
     if obj is None:
+        if isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap):
+            # Read-only as the client's bytes were (pickle's READONLY_BUFFER);
+            # the mapping under it is this executor's, copy-on-write: its
+            # arrays may be views of it, writable, as they were copies before.
+            data = data.obj
         obj = unpack(data)
         serialize.objects.put(key, obj, len(data), now)
         serialize.fetched.discard(key)  # the object is what is kept

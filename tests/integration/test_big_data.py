@@ -87,29 +87,42 @@ def test_on_one_host_an_argument_takes_shared_memory_not_the_master(procs):
     assert counts["blobs_routed"] == 0 and counts["blob_bytes"] == 0
 
 
+def _mapping_of(table) -> str:
+    """The file the array's memory is mapped from in this process, or "" for
+    memory of its own."""
+    addr = table.__array_interface__["data"][0]
+    for line in open("/proc/self/maps"):
+        fields = line.split(maxsplit=5)
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if low <= addr < high:
+            return fields[5].strip() if len(fields) > 5 else ""
+    return ""
+
+
 def _where(table):
-    """A closure over ``table`` that says which process runs it and what
-    its copy of the array lives in (the file mapped there, or "" for memory
-    of its own)."""
+    """A closure over ``table`` that says which process runs it and where its
+    copy of the array lives."""
     def job(p):
         import os
 
-        addr = table.__array_interface__["data"][0]
-        for line in open("/proc/self/maps"):
-            fields = line.split(maxsplit=5)
-            low, high = (int(x, 16) for x in fields[0].split("-"))
-            if low <= addr < high:
-                return os.getpid(), fields[5].strip() if len(fields) > 5 else "", float(table[p])
-        return os.getpid(), "", float(table[p])
+        return os.getpid(), _mapping_of(table), float(table[p])
 
     return job
 
 
+def _where_shared(table, p):
+    import os
+
+    return os.getpid(), _mapping_of(table), float(table[p])
+
+
 @pytest.mark.timeout(300)
-def test_the_executors_of_a_host_map_one_copy_of_a_big_closure(procs):
-    """Two executors of one host run a function closing over a 20 MB array:
-    both find the array in the same file, the host's copy of the blob
-    (cw.worker.hostcache), mapped, not each in memory of its own."""
+@pytest.mark.parametrize("how", ["closure", "share"])
+def test_the_executors_of_a_host_map_one_copy_of_a_big_array(procs, how):
+    """Two executors of one host run jobs that need a 20 MB array, closed
+    over or ``share``d: both find the array in the same file, the host's
+    copy of the blob (cw.worker.hostcache), mapped, not each in memory of
+    its own."""
     import numpy
 
     from cw.client import ClusterExecutor
@@ -119,12 +132,16 @@ def test_the_executors_of_a_host_map_one_copy_of_a_big_closure(procs):
         procs.worker(port)
     wait_workers(port, 2)
     table = numpy.arange(20 * 2**20 // 8, dtype=numpy.float64)
-    job = _where(table)
     seen: dict = {}
     with ClusterExecutor("127.0.0.1", port, connect_timeout=30) as ex:
+        if how == "closure":
+            job, head = _where(table), []
+        else:
+            job, head = _where_shared, [ex.share(table)]
         for _ in range(50):  # until both executors have run one (each TASK goes to an idle one)
             points = range(0, 2000, 100)
-            for p, (pid, path, value) in zip(points, ex.map(job, points)):
+            results = ex.map(job, *([h] * len(points) for h in head), points)
+            for p, (pid, path, value) in zip(points, results):
                 seen[pid] = path
                 assert value == p
             if len(seen) == 2:
