@@ -16,8 +16,11 @@ How each system is told about the array, as its documentation advises:
 
 Each system runs in a fresh process, the rounds interleaved, so drift on a
 shared machine hits all alike. Prints the median wall time of the sweep
-(after start-up) with its spread (min-max), and the client process's peak
-RSS. Systems whose package is missing are skipped, saying so.
+(after start-up) with its spread (min-max), the client process's peak
+RSS, and the most memory of its own (USS) any worker process holds at the
+end (each job reads one element: a worker that copied the array holds all
+of it; cw's executors map the host's one copy, and hold the pages they
+read). Systems whose package is missing are skipped, saying so.
 """
 from __future__ import annotations
 
@@ -72,7 +75,41 @@ def pooled(p):
     return lookup(_table, p)
 
 
-def run_cw(name: str, table, jobs: int) -> float:
+def largest_uss(procs) -> float:
+    """The most memory of its own (USS, MiB) any of ``procs`` holds: a worker
+    with its private copy of the array holds at least the array."""
+    import psutil
+
+    sizes = [0]
+    for proc in procs:
+        try:
+            sizes.append(proc.memory_full_info().uss)
+        except psutil.Error:
+            pass
+    return max(sizes) / 2**20
+
+
+def descendants():
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def cw_executors():
+    import psutil
+
+    from cw.cluster import cluster_dir, read_json
+
+    port = str(read_json(cluster_dir() / "master.json")["port"])
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "cw.executor" in cmd and port in cmd:
+            found.append(proc)
+    return found
+
+
+def run_cw(name: str, table, jobs: int) -> tuple:
     import cw
     from cw.client import ClusterExecutor
 
@@ -88,7 +125,7 @@ def run_cw(name: str, table, jobs: int) -> float:
                 shared = ex.share(table)
                 futures = [ex.submit(lookup, shared, p) for p in range(jobs)]
             sum(f.result() for f in futures)
-            return time.perf_counter() - start
+            return time.perf_counter() - start, largest_uss(cw_executors())
     finally:
         cw.stop(launcher="local")
         from workloads import forget_home
@@ -96,17 +133,18 @@ def run_cw(name: str, table, jobs: int) -> float:
         forget_home(os.environ["CW_HOME"])
 
 
-def run_pool(table, jobs: int) -> float:
+def run_pool(table, jobs: int) -> tuple:
     from concurrent.futures import ProcessPoolExecutor
 
     start = time.perf_counter()  # the array goes to the workers as they start: counted
     with ProcessPoolExecutor(WORKERS, initializer=_install, initargs=(table,)) as ex:
         futures = [ex.submit(pooled, p) for p in range(jobs)]
         sum(f.result() for f in futures)
-    return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        return seconds, largest_uss(descendants())
 
 
-def run_dask(table, jobs: int) -> float:
+def run_dask(table, jobs: int) -> tuple:
     import logging
 
     from distributed import Client, LocalCluster
@@ -119,10 +157,10 @@ def run_dask(table, jobs: int) -> float:
         shared = client.scatter(table, broadcast=True)
         futures = [client.submit(lookup, shared, p, pure=False) for p in range(jobs)]
         sum(client.gather(futures))
-        return time.perf_counter() - start
+        return time.perf_counter() - start, largest_uss(descendants())
 
 
-def run_ray(table, jobs: int) -> float:
+def run_ray(table, jobs: int) -> tuple:
     import logging
 
     import ray
@@ -134,7 +172,7 @@ def run_ray(table, jobs: int) -> float:
         start = time.perf_counter()
         ref = ray.put(table)
         sum(ray.get([remote.remote(ref, p) for p in range(jobs)]))
-        return time.perf_counter() - start
+        return time.perf_counter() - start, largest_uss(descendants())
     finally:
         ray.shutdown()
 
@@ -144,15 +182,15 @@ def child(name: str, jobs: int, mb: int) -> None:
 
     table = numpy.arange(mb * 1024 * 1024 // 8, dtype=numpy.float64)
     if name.startswith("cw"):
-        seconds = run_cw(name, table, jobs)
+        seconds, worker = run_cw(name, table, jobs)
     elif name == "ProcessPoolExecutor":
-        seconds = run_pool(table, jobs)
+        seconds, worker = run_pool(table, jobs)
     elif name.startswith("Dask"):
-        seconds = run_dask(table, jobs)
+        seconds, worker = run_dask(table, jobs)
     else:
-        seconds = run_ray(table, jobs)
+        seconds, worker = run_ray(table, jobs)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_mib": peak}))
+    print(json.dumps({"seconds": seconds, "peak_mib": peak, "worker_uss_mib": worker}))
 
 
 def installed(module: str) -> bool:
@@ -190,7 +228,7 @@ def main() -> None:
                 runs[name].append({"error": f"timed out after {args.timeout:g} s"})
     print(f"big closure sweep: {args.jobs} jobs of 1 ms, one {args.mb} MB array, "
           f"{WORKERS} workers, {args.repeat} rounds")
-    print(f"{'system':<22}{'wall s, median (min-max)':>28}{'client peak MiB':>18}")
+    print(f"{'system':<22}{'wall s, median (min-max)':>28}{'client peak MiB':>18}{'worker USS MiB':>17}")
     for name, got in runs.items():
         ok = [r for r in got if "error" not in r]
         if not ok:
@@ -198,7 +236,8 @@ def main() -> None:
             continue
         secs = [r["seconds"] for r in ok]
         wall = f"{statistics.median(secs):.2f} ({min(secs):.2f}-{max(secs):.2f})"
-        print(f"{name:<22}{wall:>28}{max(r['peak_mib'] for r in ok):>18.0f}")
+        print(f"{name:<22}{wall:>28}{max(r['peak_mib'] for r in ok):>18.0f}"
+              f"{max(r['worker_uss_mib'] for r in ok):>17.0f}")
 
 
 if __name__ == "__main__":
