@@ -184,7 +184,7 @@ class Jobs:
             state.done += result.status != _CANCELLED  # one dropped before it began never ran
             client = self.forget(job)
             if client is not None and result.ran is not None:
-                client.observe(result.ran)  # how long its jobs take: may they wait ahead? (Scheduler.take)
+                client.observe(result.ran, job.payload[1:2])  # how long its jobs take (Scheduler.take)
             if not job.cancelled:
                 self.reply(job, STATUSES[result.status], payload, result.error, result.ran, state.name)
             else:

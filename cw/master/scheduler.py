@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Optional
 
 from ..protocol import Kind, Message
 from .resources import Placement
-from .state import ClientState, ExecutorState, Job
+from .state import ClientState, ExecutorState, Job, function_key
 
 # An executor holds jobs beyond its capacity only while they are short: about
 # this many seconds of work, and no more than its share of the queue. It must
@@ -246,12 +246,12 @@ class Scheduler:
 
     def take(self, room: int, state: ExecutorState, now: float) -> tuple[list[Job], bool]:
         """Up to ``room`` queued jobs for ``state`` (to its batch while their
-        costs add up to under ``MESSAGE_SECONDS``), clients in turns (the
-        ``fresh`` first); a job that would wait behind another goes only if
-        both clients' jobs are short, and one with an ``expected`` length only
-        if its worker has that long left (``fits``). Also says whether the
-        executor may take more now (the queue ran dry, or the message grew
-        big), not only once a result comes."""
+        costs add up to under ``MESSAGE_SECONDS``: jobs of the very function
+        whose cost is known), clients in turns (the ``fresh`` first); a job
+        that would wait behind another goes only if both clients' jobs are
+        short, one with an ``expected`` length only if its worker has that
+        long left (``fits``). Also says whether the executor may take more now
+        (the queue ran dry, or the message grew big), not only once a result comes."""
         behind, most = bool(state.running), max(room, state.batch - len(state.running))
         jobs: list[Job] = []
         size = skipped = cheap = 0
@@ -264,7 +264,7 @@ class Scheduler:
                 line.popleft()
                 continue  # dropped since it queued
             short = self.short(client)
-            if (behind or jobs) and not short:
+            if (behind or jobs) and not short or len(jobs) >= room and not _costed(client):
                 return jobs, False  # it waits for an executor with nothing ahead of it
             line.popleft()
             job = self.next_job(client)
@@ -365,6 +365,13 @@ class Scheduler:
     def next_announcement(self) -> Optional[float]:
         """When the next STARTED may be due."""
         return self.announce[0][0] if self.announce else None
+
+
+def _costed(client: ClientState) -> bool:
+    """Whether a client's next job calls the function its cost was learnt
+    from (so may go past the window): a sweep of no-op jobs, then one of
+    long ones, is not taken for more no-ops before a result says so."""
+    return bool(client.queue) and function_key(client.queue[0].payload[1]) == function_key(client.costed)
 
 
 class Deadlines:

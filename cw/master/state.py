@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from ..blobs import DIGEST_BYTES, REF
 from ..protocol import ErrorCode, Hello, Kind, Message, Ready
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,26 @@ class ClientState:
     held_bytes: int = 0
     done: int = 0
     cost: Optional[float] = None  # recent seconds per job, from its results: may its jobs wait ahead?
+    costed: Any = None  # the call frame of the job that last set ``cost`` (see ``function_key``)
 
-    def observe(self, ran: float) -> None:
+    def observe(self, ran: float, call: tuple = ()) -> None:
+        """A result: how long its job ran; ``call``: its call frame, if any (a 1-tuple)."""
         self.cost = slow_to_fall(self.cost, ran)
+        self.costed = call[0] if call else None
+
+
+def function_key(call: Any) -> Optional[tuple]:
+    """Which function a job's call frame calls, to compare: a blob's digest
+    (``cw.blobs``), or the length and the first and last 64 bytes of the
+    function's pickle (not all of it: that may be 1 MiB); None for a frame
+    too short to say. Nothing is unpickled."""
+    if call is None or len(call) < 4:
+        return None
+    view = memoryview(call)
+    if view[:4] == REF:
+        return (bytes(view[4:4 + DIGEST_BYTES]),)
+    end = 4 + int.from_bytes(view[:4], "little")
+    return end, bytes(view[4:min(end, 68)]), bytes(view[max(4, end - 64):end])
 
 
 @dataclass(eq=False)

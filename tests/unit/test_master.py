@@ -478,15 +478,22 @@ def test_batches_leave_work_for_every_executor(master):
     assert len(raw_tasks(executors[0])) == 2 + 36 // 4  # 36 queued, 4 executors
 
 
-@pytest.mark.parametrize("seconds, expected", [(1e-6, 64), (1e-5, 20), (1e-3, 2)])
-def test_jobs_shorter_than_a_message_go_many_to_a_task_though_executors_idle(master, seconds, expected):
+def call_frame(function: bytes) -> bytes:
+    """A call frame as a client makes it: the function's pickle, its length first, then the arguments'."""
+    return len(function).to_bytes(4, "little") + function + b"args"
+
+
+@pytest.mark.parametrize("seconds, then, expected", [(1e-6, b"noop", 64), (1e-5, b"noop", 20),
+                                                     (1e-3, b"noop", 2), (1e-6, b"simulate", 2)])
+def test_jobs_shorter_than_a_message_go_many_to_a_task_though_executors_idle(master, seconds, then, expected):
     """Idle executors do not split tiny jobs into a message each: a fresh
     executor's TASK carries jobs until their cost adds up to
-    MESSAGE_SECONDS (at most its batch); 1 ms jobs still go two at a time."""
+    MESSAGE_SECONDS (at most its batch); 1 ms jobs still go two at a time,
+    and so do jobs of a function other than the one whose cost is known."""
     c = client(master)
     first = Peer(master, b"e")
     first.send(Kind.READY, {"capacity": 2, "batch": 64, "supervisor": "", **PEER})
-    submit(c, 1)
+    c.send(Kind.SUBMIT, {"ids": [1]}, b"ctx", call_frame(b"noop"))
     (tid,) = raw_tasks(first)
     first.send(Kind.RESULT, {"results": [[tid, "ok", None, 0, seconds]], "busy": seconds})
     finished(master, master.executors[first.sock.identity], 1)  # the client's cost is known now
@@ -497,7 +504,7 @@ def test_jobs_shorter_than_a_message_go_many_to_a_task_though_executors_idle(mas
         master.step(timeout=0.01)
         if len(master.executors) == 101:
             break
-    c.send(Kind.SUBMIT, {"ids": list(range(2, 202))}, b"ctx", *[b"call"] * 200)
+    c.send(Kind.SUBMIT, {"ids": list(range(2, 202))}, b"ctx", *[call_frame(then)] * 200)
     sizes: list = []  # of each TASK to the idle executors (which of them get one is the master's choice)
     for _ in range(100):
         master.step(timeout=0.01)
