@@ -50,10 +50,12 @@ def _resolve(key: bytes, data: Any) -> Any:
     now = time.monotonic()
     obj = serialize.objects.get(key, now)
     if obj is None:
-        if isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap):
+        if isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap) and data.nbytes == len(data.obj):
             # Read-only as the client's bytes were (pickle's READONLY_BUFFER);
             # the mapping under it is this executor's, copy-on-write: its
             # arrays may be views of it, writable, as they were copies before.
+            # (Only the whole mapping: a handle inside a packed function's
+            # blob is a slice of it, and is copied.)
             data = data.obj
         obj = unpack(data)
         serialize.objects.put(key, obj, len(data), now)

@@ -238,3 +238,24 @@ def test_a_damaged_packed_blob_is_a_clear_error(cut):
     blob = pack(_closure_over(numpy.zeros(1 << 17)))
     with pytest.raises((ValueError, pickle.UnpicklingError)):
         unpack(blob[:cut])
+
+
+def test_a_shared_handle_inside_a_big_closure_unpacks_from_a_mapped_blob(tmp_path):
+    """A ``share()`` handle captured in a function travels inside the
+    function's packed blob; unpacked from the host's mapped copy it
+    resolves to its object (once, not the whole function again)."""
+    import mmap
+
+    from cw.pickling import pack, unpack
+    from cw.share import Shared
+
+    handle = Shared(b"x" * 200_000)
+
+    def job(p):
+        return len(handle), p  # on the executor, the handle is its object
+
+    path = tmp_path / "blob"
+    path.write_bytes(pack(job))
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    assert unpack(mapped)(3) == (200_000, 3)
