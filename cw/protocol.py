@@ -60,7 +60,9 @@ from .messages import (  # noqa: F401  (the message kinds and records, re-export
 # "unreachable" (4 said so in its error text); result entries may carry null
 # for the seconds it ran and the worker.
 # 6: FETCH and BLOB: a big function travels once per executor, by reference.
-PROTOCOL_VERSION = 6
+# 7: a function's or share()d object's pickle may be packed, its big buffers
+# after it (cw.pickling.pack): an executor of 6 could not unpickle it.
+PROTOCOL_VERSION = 7
 MAGIC = b"CW" + bytes([PROTOCOL_VERSION])
 DEFAULT_PORT = 5494
 MAX_HEADER_BYTES = 64 * 1024
