@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 from cw.client import ClusterExecutor
 from cw.commands import CommandFailed
@@ -56,10 +56,13 @@ def test_cw_map_runs_each_line_keeps_outputs_and_resumes(cluster, monkeypatch, t
     summary = (out / "summary.tsv").read_text().splitlines()
     assert summary[40] == "40\t6\techo failing 40 >&2; exit 6"
     assert oct((out / "1.out").stat().st_mode & 0o777) == "0o600"
-    before = query_status("127.0.0.1", port)["counts"]["submitted"]
+    # A job that took a lane is counted at its executor's next heartbeat: waited for.
+    submitted = lambda: query_status("127.0.0.1", port)["counts"]["submitted"]  # noqa: E731
+    before = wait_for(lambda: (lambda n: n if n >= 200 else None)(submitted()), what="200 jobs counted")
     again = cw("map", str(commands), cwd=tmp_path)
     assert again.returncode == 1 and b"195 succeeded (195 done by an earlier run), 5 failed" in again.stdout
-    assert query_status("127.0.0.1", port)["counts"]["submitted"] - before == 5  # only the failed ones
+    wait_for(lambda: submitted() - before >= 5, what="the rerun's jobs counted")
+    assert submitted() - before == 5  # only the failed ones
     assert (out / "3.out").read_bytes() == b"line 3\n"
     names = tmp_path / "names.txt"
     names.write_text("alpha\nbeta  gamma\nx; echo PWNED $(id -un)\n")
