@@ -371,7 +371,7 @@ def _costed(client: ClientState) -> bool:
     """Whether a client's next job calls the function its cost was learnt
     from (so may go past the window): a sweep of no-op jobs, then one of
     long ones, is not taken for more no-ops before a result says so."""
-    return bool(client.queue) and function_key(client.queue[0].payload[1]) == function_key(client.costed)
+    return bool(client.queue) and function_key(client.queue[0].payload[1]) == client.function()
 
 
 class Deadlines:

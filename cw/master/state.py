@@ -88,11 +88,19 @@ class ClientState:
     done: int = 0
     cost: Optional[float] = None  # recent seconds per job, from its results: may its jobs wait ahead?
     costed: Any = None  # the call frame of the job that last set ``cost`` (see ``function_key``)
+    costed_key: Optional[tuple] = None  # its function_key, once asked (``function``)
 
     def observe(self, ran: float, call: tuple = ()) -> None:
         """A result: how long its job ran; ``call``: its call frame, if any (a 1-tuple)."""
         self.cost = slow_to_fall(self.cost, ran)
-        self.costed = call[0] if call else None
+        self.costed, self.costed_key = (call[0] if call else None), None
+
+    def function(self) -> Optional[tuple]:
+        """``function_key`` of ``costed``: worked out once per result, not
+        for each job a TASK takes past the window."""
+        if self.costed_key is None:
+            self.costed_key = function_key(self.costed)
+        return self.costed_key
 
 
 def function_key(call: Any) -> Optional[tuple]:

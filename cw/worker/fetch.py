@@ -10,7 +10,6 @@ job then fails with an error that says which, never waits for ever.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import time
 from typing import Any, Callable, Optional
@@ -22,17 +21,6 @@ from .hostcache import HostCache
 
 log = logging.getLogger(__name__)
 
-
-
-def _mapped(fd: int) -> Any:
-    """A blob's file mapped copy-on-write (the descriptor is closed): a
-    function unpacked from it keeps its big buffers there (``pickling.unpack``),
-    in pages it shares with every executor that maps the same file."""
-    try:
-        size = os.fstat(fd).st_size
-        return mmap.mmap(fd, size, access=mmap.ACCESS_COPY) if size else b""
-    finally:
-        os.close(fd)
 
 
 class Fetcher:
@@ -88,8 +76,8 @@ class Fetcher:
         if self.host_wait == key:
             self.host_wait = None
         self.from_host += 1
-        if is_function:
-            mapped = _mapped(fd)
+        if is_function:  # mapped copy-on-write: its big buffers stay in the host's pages (pickling.unpack)
+            mapped = serialize.Pages(fd=fd).map()
             serialize.fetched.put(key, mapped, len(mapped), time.monotonic())
         else:
             serialize.keep_fetched(key, None, fd=fd)
@@ -226,7 +214,8 @@ class Fetcher:
             fd = landed
         size = len(data)
         if is_function:  # the host's copy, where there is one: its pages are all the host's executors'
-            serialize.fetched.put(key, data if fd is None else _mapped(fd), size, time.monotonic())
+            serialize.fetched.put(key, data if fd is None else serialize.Pages(fd=fd).map(), size,
+                                  time.monotonic())
         else:
             serialize.keep_fetched(key, None if fd is not None else data, fd=fd)
         self.fetched += 1
