@@ -160,7 +160,10 @@ def stop(req: dict) -> dict:
                 folder.rmdir()  # only once empty: another machine's records may share it
             except OSError:
                 pass
-    removed = [str(home) for home in map(Path, req["homes"]) if _remove_private(home, req["token"])]
+    # ``keep_homes``: other machines' workers may still write to a home this
+    # one shares (an NFS home): the head asks again once all are stopped.
+    removed = [] if req.get("keep_homes") else \
+        [str(home) for home in map(Path, req["homes"]) if _remove_private(home, req["token"])]
     return {"stopped": len(procs), "removed": removed}
 
 

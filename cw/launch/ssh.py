@@ -9,6 +9,10 @@
       │      its pid + create time on that machine; where the cluster dir is not shared, writes
       │      the workers' key pair, which can only serve, and the master's public key)
       └─ <cluster>/ssh.json: the machines, where their records are; used by stop and status
+    cw ssh stop
+      ├─ on every machine, in parallel: remote stop (its workers end; homes kept)
+      └─ then, where the key was copied: remote stop again, which removes that private
+         home (one home may serve several machines: none goes while any worker runs)
 
 One machine failing (unreachable, key refused, no python there) is reported
 and does not stop the others. Remote workers exit by themselves once their
@@ -229,11 +233,19 @@ def stop(cluster: Optional[str] = None, timeout: float = 60.0) -> dict:
     if state is not None:
         targets = [m for m in machines if state["started"].get(m.label, {}).get("spawned", True)]
 
-        def stop_one(m: Machine) -> dict:
-            answer, error = call(m, opts, "stop", {**_query(state, m), "timeout": timeout}, timeout + 30)
+        def stop_one(m: Machine, **extra) -> dict:
+            answer, error = call(m, opts, "stop", {**_query(state, m), "timeout": timeout, **extra},
+                                 timeout + 30)
             return {"machine": m.label, **(answer or {}), "error": error}
 
-        results = each(targets, stop_one)
+        # Two rounds: a machine's private home may be another's too (an NFS
+        # home), so none is removed while a worker anywhere may still write to it.
+        results = each(targets, lambda m: stop_one(m, keep_homes=True))
+        copied = [m for m, r in zip(targets, results)
+                  if not r["error"] and state["started"].get(m.label, {}).get("shared") is False]
+        removed = {r["machine"]: r for r in each(copied, stop_one)}
+        for r in results:
+            r["removed"] = r.get("removed") or removed.get(r["machine"], {}).get("removed", [])
     stopped_local = local.stop(name)
     failed = {r["machine"] for r in results if r["error"]}
     if state is not None and failed:
