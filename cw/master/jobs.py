@@ -197,9 +197,7 @@ class Jobs:
         if job is not None and job.needs is not None:
             self.sched.unpark()  # its resources are free: executors that waited for them look again
         if state.running and not state.killed:
-            nxt = next(iter(state.running.values()))
-            if nxt.timeout is not None and nxt.deadline is None:
-                self.sched.start_clock(nxt, now)
+            self.sched.started(state, now)
         return job
 
     # -- answering clients ---------------------------------------------------

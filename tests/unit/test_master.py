@@ -404,6 +404,23 @@ def test_force_cancel_of_a_prefetched_job_spares_the_running_one(master):
     assert (res["id"], res["status"]) == (1, "ok")
 
 
+def test_a_prefetched_job_is_announced_a_moment_after_the_one_before_it_ended():
+    """Counted from when it went out, a stream of 1 ms jobs had a STARTED
+    for one job in four: those that waited their turn behind another."""
+    now = [1000.0]
+    with running_master(clock=lambda: now[0]) as m:
+        c, sup, ex, first, second = two_tasks(m)
+        now[0] += ANNOUNCE_AFTER * 0.8
+        ex.send(Kind.RESULT, {"id": first.header["id"], "status": "ok", "ran": 0.004}, b"v")
+        assert c.recv({Kind.RESULT}).header == {"id": 1, "status": "ok", "worker": "test:1"}
+        now[0] += ANNOUNCE_AFTER * 0.8  # job 2 went out 1.6 moments ago, and started 0.8 ago
+        assert c.nothing({Kind.STARTED})
+        now[0] += ANNOUNCE_AFTER * 0.4
+        assert c.recv({Kind.STARTED}).header == {"ids": [2], "worker": "test:1"}
+        ex.send(Kind.RESULT, {"id": second.header["id"], "status": "ok"}, b"v")
+        assert c.recv({Kind.RESULT}).header == {"id": 2, "status": "ok"}  # named already
+
+
 def test_death_is_charged_to_the_job_the_executor_ran_not_the_one_it_finished(master):
     c, sup, ex, first, second = two_tasks(master)
     # The supervisor's DIED overtakes the result the executor sent just before.
