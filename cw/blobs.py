@@ -22,18 +22,28 @@ fetches it again. An executor fetches a blob it lacks before it runs the job
 (``cw.worker.fetch``), checks the digest, and keeps the function in its
 cache (``cw.serialize``, bounded in bytes). A blob the client no longer holds
 fails the job with a clear error; no answer within ``FETCH_SECONDS`` too.
+A client that may share memory with its executors also writes its copy
+into the host's cache (``Store.place``), where the executors of its own
+host find it and fetch nothing (``cw.worker.hostcache``).
 The master only routes: it holds no blob and counts what it routed
 (``blobs_routed``, ``blob_bytes`` in ``cw status --json``).
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
+import logging
 import mmap
 import os
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Optional
+
+from . import shm, shmdir
+
+log = logging.getLogger(__name__)
 
 REF = b"\xff\xff\xff\xff"  # no function pickle is 4 GiB long: this length means "by reference"
 DIGEST_BYTES = 32
@@ -190,12 +200,67 @@ def buffer_frame(raw: memoryview, shared_memory: bool) -> Optional[bytes]:
     shared = _shared.get(id(owner))
     if shared is not None and shared[0] is owner:  # a share()d object's pickle: hashed once
         store.add(shared[1], owner)
+        if shared_memory:
+            store.place(shared[1])
         return SHARED + shared[1]
     if shared_memory or raw.nbytes < threshold():
         return None
     key = digest(raw)
     store.add(key, raw)
     return REF + key
+
+
+def host_directory() -> Optional[Path]:
+    """Where this host's copies of blobs are (``cw.worker.hostcache``): in
+    this user's private directory (made 0700); None where that is not safe
+    or not wanted (``CW_SHM=0``)."""
+    if shm.host_key() is None:
+        return None
+    where, why = shmdir.subdirectory("blobs")
+    if where is None:
+        log.warning("no host blob cache: %s", why)
+    return where
+
+
+def place_copy(key: bytes, data: Any) -> Optional[Path]:
+    """A client's own copy of its blob for the executors of its host, which
+    then need not fetch it: written as an executor writes one it fetched
+    (``.part``, then renamed after this process, which removes it). Its
+    path; None where there is no host cache, a copy is there or on its way
+    already, or no room."""
+    where = host_directory()
+    if where is None:
+        return None
+    prefix = key.hex()
+    with os.scandir(where) as entries:
+        if any(e.name.startswith(prefix) for e in entries):
+            return None
+    part = where / f"{prefix}.part"
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        write_all(fd, data)
+        final = where / f"{prefix}-{shm.pid_namespace()}-{os.getpid()}"
+        os.rename(part, final)
+        return final
+    except OSError as e:
+        log.info("cannot put blob %s in this host's cache: %s", prefix, e)
+        part.unlink(missing_ok=True)
+        return None
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: Any) -> None:
+    view = memoryview(data).cast("B")
+    try:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+    finally:
+        view.release()
 
 
 class Store:
@@ -216,6 +281,35 @@ class Store:
         self.blobs: dict[bytes, list] = {}  # digest -> [bytes, jobs that need it]
         self.recent: OrderedDict = OrderedDict()  # digest -> (bytes, when let go)
         self.recent_bytes = 0
+        self.placed: dict[bytes, Any] = {}  # digest -> this host's copy we wrote (or None: tried)
+
+    def place(self, key: bytes) -> None:
+        """Put a held blob in this host's cache, where the executors of this
+        host look before they fetch (``place_copy``),
+        once; it goes when this store lets the blob go, or at exit."""
+        with self.lock:
+            entry = self.blobs.get(key)
+            if entry is None or key in self.placed:
+                return
+            self.placed[key] = None
+        path = place_copy(key, entry[0])
+        with self.lock:
+            if key in self.blobs or key in self.recent:
+                self.placed[key] = path
+            elif path is not None:
+                path.unlink(missing_ok=True)
+
+    def _unplace(self, key: bytes) -> None:
+        path = self.placed.pop(key, None)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """A client closes, or this process exits: the host's copies it wrote
+        go (executors keep what they mapped; any other fetches)."""
+        with self.lock:
+            for key in list(self.placed):
+                self._unplace(key)
 
     def add(self, key: bytes, data: Any) -> None:
         with self.lock:
@@ -253,8 +347,9 @@ class Store:
         self.recent_bytes += len(data)
         while self.recent and (self.recent_bytes > self.RECENT_BYTES
                                or now - next(iter(self.recent.values()))[1] > self.RECENT_SECONDS):
-            _, (old, _) = self.recent.popitem(last=False)
+            gone, (old, _) = self.recent.popitem(last=False)
             self.recent_bytes -= len(old)
+            self._unplace(gone)
 
     def get(self, key: bytes) -> Optional[bytes]:
         with self.lock:
@@ -266,6 +361,7 @@ class Store:
 
 
 store = Store()  # this process's, shared by its clients
+atexit.register(store.close)
 
 
 def answer(fetch: Any, limit: int = 1 << 62) -> Any:

@@ -252,6 +252,8 @@ def dumps_call(func: Callable, args: tuple, kwargs: dict, jobid: object = None,
     if len(func_data) >= blobs.threshold():  # by reference: see cw.blobs
         key = _digest(pickled)
         blobs.store.add(key, func_data)  # the job's claim, let go when it is over
+        if shared:  # this host's executors map it, not fetch it
+            blobs.store.place(key)
         frames[0] = blobs.REF + key + frames[0]
     else:
         frames[0] = len(func_data).to_bytes(4, "little") + func_data + frames[0]

@@ -123,9 +123,11 @@ class HeldJobs:
             self.on_result(jid, Status.LOST, (), error)
 
     def release(self) -> None:
-        """At shutdown: free the files of the jobs still held."""
+        """At shutdown: free the files of the jobs still held, and the host's
+        copies of blobs this process wrote (another client of it may fetch)."""
         for payload, _ in self.pending.values():
             _let_go(payload)
+        blobs.store.close()
 
 
 def _let_go(payload: tuple) -> None:

@@ -19,7 +19,9 @@ that died, those no executor loaded for ``IDLE_SECONDS``, and the oldest
 past ``max_bytes``. An executor that maps one keeps its pages however the
 file goes.
 ``CW_SHM=0`` (no shared memory) turns it off: each executor fetches for
-itself, as when the directory is not this user's alone.
+itself, as when the directory is not this user's alone. A client of the
+host writes its own blobs there the same way (``blobs.place_copy``, named after
+the client, which removes them), and its executors need not fetch at all.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .. import blobs, shm, shmdir
+from .. import blobs, shm
 from ..cluster import pid_alive
 
 log = logging.getLogger(__name__)
@@ -40,16 +42,6 @@ log = logging.getLogger(__name__)
 IDLE_SECONDS = 60.0
 STALE_SECONDS = blobs.FETCH_SECONDS
 TIDY_SECONDS = 5.0
-
-
-def directory() -> Optional[Path]:
-    """This user's blob directory (made 0700), or None where it is not safe or not wanted."""
-    if shm.host_key() is None:
-        return None
-    where, why = shmdir.subdirectory("blobs")
-    if where is None:
-        log.warning("no host blob cache: %s", why)
-    return where
 
 
 class HostCache:
@@ -65,7 +57,7 @@ class HostCache:
         """This host's, bounded as an executor's cache of fetched blobs."""
         from .. import serialize
 
-        return cls(serialize.fetched.max_bytes, directory())
+        return cls(serialize.fetched.max_bytes, blobs.host_directory())
 
     def open(self, key: bytes) -> Optional[int]:
         """A descriptor of the host's copy of a blob, or None."""
@@ -116,10 +108,8 @@ class HostCache:
         part = self.dir / f"{key.hex()}.part"
         final = self.dir / f"{key.hex()}-{shm.pid_namespace()}-{os.getpid()}"
         try:
-            view = memoryview(data).cast("B")  # type: ignore[arg-type]
-            done = len(view) if written else 0
-            while done < len(view):
-                done += os.write(fd, view[done:])
+            if not written:
+                blobs.write_all(fd, data)
             os.rename(part, final)
             self.published.append(final)
             return fd
@@ -174,7 +164,7 @@ class HostCache:
             total -= size
 
 
-_NAME = re.compile(r"([0-9a-f]{64})-(\d+)-(\d+)")  # digest, pid namespace, the executor that keeps it
+_NAME = re.compile(r"([0-9a-f]{64})-(\d+)-(\d+)")  # digest, pid namespace, the process that keeps it
 
 
 def _unlink(path: str) -> None:

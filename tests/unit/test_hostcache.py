@@ -94,3 +94,49 @@ def test_the_second_executor_of_a_host_runs_the_job_without_a_fetch(where, small
     first.close()
     second.close()
     assert os.listdir(where) == []
+
+
+def test_a_client_of_the_host_puts_its_own_copy_there_and_takes_it_away(where, small_threshold,  # noqa: F811
+                                                                         monkeypatch):
+    """A client whose executors share its host: none of them fetches its blob."""
+    monkeypatch.setattr(blobs, "host_directory", lambda: where)
+    f = make_closure(b"y" * 50_000)
+    call = dumps_call(f, (1,), {}, shared=True)
+    key = blobs.reference(call[0])
+    [placed] = os.listdir(where)
+    assert placed == f"{key.hex()}-{shm.pid_namespace()}-{os.getpid()}"  # after the client
+    assert (where / placed).stat().st_mode & 0o777 == 0o600
+    dumps_call(f, (2,), {}, shared=True)
+    assert os.listdir(where) == [placed]  # once
+    executor = Fetcher(Sent(), host=HostCache(1 << 30, where))
+    serialize.functions.entries.clear()  # as if the executor were another process
+    assert executor.ready(1, (b"{}", *call), 0.0)
+    assert executor.send.sent == [] and executor.from_host == 1 and executor.fetched == 0
+    assert loads_call(call)[0](1) == 50_001
+    blobs.store.close()  # the client closes
+    assert os.listdir(where) == []
+    assert loads_call(call)[0](3) == 50_003  # what the executor mapped stays
+    executor.close()
+
+
+def test_no_copy_from_a_client_without_shared_memory_or_while_an_executor_fetches_one(
+        where, small_threshold, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(blobs, "host_directory", lambda: where)
+    dumps_call(make_closure(b"y" * 50_000), (1,), {})  # shared=False: a stranger to the host
+    assert os.listdir(where) == []
+    f = make_closure(b"z" * 50_000)
+    key = blobs.digest(serialize.dumps_function(f))
+    fetching = HostCache(1 << 30, where)
+    assert fetching.claim(key)  # an executor of the host fetches it now
+    dumps_call(f, (1,), {}, shared=True)
+    assert os.listdir(where) == [f"{key.hex()}.part"]
+    fetching.abandon(key)
+
+
+def test_the_copy_goes_when_the_client_lets_the_blob_go(where, small_threshold, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(blobs, "host_directory", lambda: where)
+    monkeypatch.setattr(blobs.Store, "RECENT_BYTES", 0)  # nothing kept once no job needs it
+    call = dumps_call(make_closure(b"y" * 50_000), (1,), {}, shared=True)
+    assert len(os.listdir(where)) == 1
+    blobs.store.let_go((b"ctx", *call))
+    assert os.listdir(where) == []

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from test_master import PEER, Peer, client, run, running_master, submit
 
-from cw import lanes, shm, shmdir
+from cw import blobs, lanes, shm, shmdir
 from cw.protocol import Kind
-from cw.worker import hostcache, lane
+from cw.worker import lane
 
 LANE = f"ipc://{shm.root()}/lanes/lane-1" if shm.host_key() else "ipc:///none"
 
@@ -219,7 +219,7 @@ def test_a_private_directory_taken_by_another_user_is_refused_and_said(private):
         assert sock is None
         assert why == (f"no shared memory: {private}/cw-{os.getuid()}-<secret> is owned by uid 65534, "
                        f"not {os.getuid()}")
-        assert shm.off_reason() in why and hostcache.directory() is None
+        assert shm.off_reason() in why and blobs.host_directory() is None
     finally:
         os.chown(root, os.getuid(), os.getgid())
 
