@@ -8,6 +8,9 @@ Each is a real DEALER connection speaking cw's protocol to the master at
 it registers (again whenever the master says it does not know it),
 heartbeats, and answers every TASK at once with results that
 say "done" (a pickled None), so the master's own cost is what is measured.
+As a real worker's, they have a supervisor, one per process (a node of
+COUNT cores), which beats every heartbeat and vouches for them: they beat
+as often as their WELCOME says (``beats``), as real executors do.
 With ``--delay MS`` each runs its jobs one after another, each taking MS
 milliseconds of doing nothing (a job that sleeps): a result leaves MS after
 its job started, as from a real executor, however many there are.
@@ -47,14 +50,16 @@ class Light:
         self.epoll = select.epoll()
         self.by_fd: dict = {}
         self.socks = []
-        self.ready = Message(Kind.READY, {"capacity": 2, "batch": 64, "supervisor": "", "host": "light",
-                                          "pid": os.getpid(), **versions()}).to_frames()
+        self.supervisor = self.dealer(ctx, b"s", port, keys)
+        self.sup_ready = Message(Kind.READY, {"capacity": 0, "procs": count, "host": "light",
+                                              "pid": os.getpid(), **versions()}).to_frames()
+        send_frames(self.supervisor, self.sup_ready)
+        self.ready = Message(Kind.READY, {"capacity": 2, "batch": 64, "host": "light", "pid": os.getpid(),
+                                          "supervisor": self.supervisor.identity.hex(), "liveness": 10,
+                                          **versions()}).to_frames()
+        self.beats: dict = {}  # socket -> seconds between its beats (its WELCOME's ``beats``)
         for _ in range(count):
-            sock = ctx.socket(zmq.DEALER)
-            sock.linger = 0
-            sock.identity = b"e" + os.urandom(8)
-            apply_client(sock, keys)
-            sock.connect(f"tcp://127.0.0.1:{port}")
+            sock = self.dealer(ctx, b"e", port, keys)
             send_frames(sock, self.ready)
             self.by_fd[sock.FD] = sock
             self.epoll.register(sock.FD, select.EPOLLIN | select.EPOLLET)
@@ -64,6 +69,14 @@ class Light:
         self.queues = {sock: deque() for sock in self.socks}  # with a delay: jobs not yet run
         self.due: list = []  # heap of (when the running job ends, n, socket)
         self.seq = itertools.count()  # ties in the heap: never compare sockets
+
+    def dealer(self, ctx: zmq.Context, prefix: bytes, port: int, keys: object) -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.identity = prefix + os.urandom(8)
+        apply_client(sock, keys)
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        return sock
 
     def drain(self, sock: zmq.Socket) -> None:
         """Every message the socket holds. Its descriptor signals a change,
@@ -76,6 +89,8 @@ class Light:
         msg = Message.from_frames(recv_frames(sock))
         if unknown_peer(msg):  # its READY was lost (a handshake shed under load): again
             send_frames(sock, self.ready)
+        elif msg.kind is Kind.WELCOME:
+            self.beats[sock] = msg.header.get("beats") or 1
         elif msg.kind is Kind.TASK and self.delay is None:
             ids = msg.header["ids"]
             results = {"results": [[tid, "ok", None, 1, 1e-6] for tid in ids], "busy": 1e-6 * len(ids)}
@@ -109,12 +124,21 @@ class Light:
                 self.drain(self.by_fd[fd])
             now = time.monotonic()
             self.finish(now)
-            if now >= next_beat:  # as a real executor: one that sent nothing for a while
+            if now >= next_beat:  # as a real worker: its supervisor, and executors silent a while
                 next_beat = now + 1
+                send_frames(self.supervisor, beat)
+                self.drain_supervisor()
                 for sock in self.socks:
-                    if self.sent.get(sock, 0.0) < now - 1:
+                    if self.sent.get(sock, 0.0) < now - self.beats.get(sock, 1):
                         send_frames(sock, beat)
+                        self.sent[sock] = now
                         self.drain(sock)
+
+    def drain_supervisor(self) -> None:
+        """What the master told the supervisor (beats, mostly): read, so it does not pile up."""
+        while self.supervisor.get(_EVENTS) & _POLLIN:
+            if unknown_peer(Message.from_frames(recv_frames(self.supervisor))):
+                send_frames(self.supervisor, self.sup_ready)
 
 
 def main() -> None:

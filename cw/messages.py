@@ -110,6 +110,7 @@ class Welcome(NamedTuple):  # master -> client or executor
     python: str
     cloudpickle: str
     max_message_size: Optional[int] = None
+    beats: Optional[int] = None  # an executor's: heartbeats between beats, both ways (beats_apart)
 
 
 class Submit(NamedTuple):  # client -> master; TASK (master -> executor) has its first three
@@ -169,6 +170,7 @@ class Ready(NamedTuple):  # executor (or supervisor: procs) -> master
     mem: Optional[int] = None
     gpus: Optional[str] = None  # GPU ids, comma-separated
     cpu_ids: Optional[str] = None  # the CPUs it may use, for jobs that bind
+    liveness: Optional[int] = None  # an executor's: it gives the master up after this many silent beats
 
 
 class Died(NamedTuple):  # supervisor -> master

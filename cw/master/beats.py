@@ -14,6 +14,9 @@ since; ``send_due`` (every turn) beats those whose time has come, together
 once the first is ``SLACK`` of a beat late; a peer
 gone is dropped when its time comes. Where a peer may give up after two
 beats (``--liveness 2``), each is beaten once a beat whatever it heard.
+An executor its supervisor vouches for hears a beat every few heartbeats
+only, as many as WELCOME told it to send its own (``beats_apart``): a third
+of the silence after which it gives the master up.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ class Beats:
             for identity in table:
                 if identity not in self.enrolled:
                     self.enrolled.add(identity)
-                    first = b.spoken.get(identity, now) + b.heartbeat * random.uniform(0.5, 1.0)
+                    first = b.spoken.get(identity, now) + self.period(identity) * random.uniform(0.5, 1.0)
                     heapq.heappush(self.due, (first, next(self.seq), identity))
         b.spoken = {identity: at for identity, at in b.spoken.items() if self.known(identity)}
 
@@ -60,19 +63,26 @@ class Beats:
         b = self.books
         if not self.due or self.due[0][0] > now - b.heartbeat * SLACK:
             return
-        heard_since = now - b.heartbeat if b.liveness > 2 else float("inf")
+        any_since = b.liveness > 2  # else each is beaten once a beat whatever it heard
         while self.due and self.due[0][0] <= now:
             _, _, identity = heapq.heappop(self.due)
             if not self.known(identity):
                 self.enrolled.discard(identity)
                 b.spoken.pop(identity, None)
                 continue
+            period = self.period(identity)
             last = b.spoken.get(identity, -1.0)
-            if last > heard_since:  # it heard something within the beat: due a beat after that
-                heapq.heappush(self.due, (last + b.heartbeat, next(self.seq), identity))
+            if any_since and last > now - period:  # it heard something within the beat: due a beat after that
+                heapq.heappush(self.due, (last + period, next(self.seq), identity))
                 continue
             b.send(identity, self.message)
-            heapq.heappush(self.due, (now + b.heartbeat, next(self.seq), identity))
+            heapq.heappush(self.due, (now + period, next(self.seq), identity))
+
+    def period(self, identity: bytes) -> float:
+        """Seconds between a peer's beats: an executor its supervisor vouches
+        for is beaten every ``beats`` heartbeats (``protocol.beats_apart``)."""
+        state = self.books.executors.get(identity)
+        return self.books.heartbeat * (state.beats if state is not None else 1)
 
     def next_due(self) -> Optional[float]:
         """When ``send_due`` next has beats to send."""

@@ -51,7 +51,7 @@ from collections import deque
 from typing import Union
 
 from ..errors import ProtocolError
-from ..protocol import SLOT_MARK, Died, Heartbeat, Hello, Kind, Message, Ready, Status, versions
+from ..protocol import SLOT_MARK, Died, Heartbeat, Hello, Kind, Message, Ready, Status, beats_apart, versions
 from .jobs import Jobs, started
 from .leases import Leases
 from .monitor import Monitor
@@ -83,10 +83,12 @@ class Peers:
         peer.last_seen = now
         return True
 
-    def welcome(self, identity: bytes) -> None:
+    def welcome(self, identity: bytes, beats: int = 1) -> None:
         b = self.books
         welcome = {"session": b.session, "heartbeat": float(b.heartbeat),
                    "max_message_size": b.limits.max_message_size, **versions()}
+        if beats > 1:
+            welcome["beats"] = beats
         b.send(identity, Message(Kind.WELCOME, welcome))
 
     def on_hello(self, identity: bytes, msg: Message, now: float) -> None:
@@ -128,9 +130,11 @@ class Peers:
             self.requeue(state, "executor re-registered")
         state = self.books.executors[identity] = ExecutorState(
             identity, ready, now, capacity, batch=capacity if ready.batch is None else ready.batch)
+        if ready.liveness and state.supervisor:  # vouched for by its supervisor: sparser beats
+            state.beats = min(beats_apart(ready.liveness), beats_apart(self.books.liveness))
         self.sched.offer(state)
         self.leases.add(state)
-        self.welcome(identity)  # tells the executor the message size limit
+        self.welcome(identity, state.beats)  # the message size limit, how often to beat
 
     def on_heartbeat(self, identity: bytes, msg: Message, now: float) -> None:
         if not self.touch(identity, now):

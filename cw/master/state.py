@@ -134,6 +134,7 @@ class ExecutorState:
     pool: Any = None  # a supervisor's: its worker's resources (cw.master.resources.Pool)
     leased_to: Optional[bytes] = None  # the client its lane is lent to (cw.lanes)
     lane_client: Optional[bytes] = None  # the last one it was lent to: whose jobs its lane runs
+    beats: int = 1  # heartbeats between beats, both ways (protocol.beats_apart)
     name: str = field(init=False)  # host:pid, as results and STARTED name it
 
     def __post_init__(self) -> None:

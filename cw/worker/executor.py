@@ -31,7 +31,7 @@ import zmq
 from .. import lanes, shm
 from ..errors import BlobUnavailableError, JobRejectedError
 from ..joberrors import dumps_error
-from ..protocol import SLOT_MARK, ErrorCode, Kind, Message, Result, Status, job_runs
+from ..protocol import SLOT_MARK, ErrorCode, Kind, Message, Result, Status, beats_apart, job_runs
 from ..security import Keys
 from ..serialize import dumps_value, loads_labelled_call
 from ..transport import NOBLOCK, readable, recv_frames, send_frames
@@ -95,6 +95,9 @@ class Executor:
     def register(self) -> None:
         header = peer_header(self.capacity, supervisor=self.supervisor, batch=self.batch,
                              express=self.express)
+        if self.supervisor:  # vouched for by it: WELCOME may space our beats (beats_apart)
+            header["liveness"] = self.peer.liveness
+        self.peer.beat_every = self.peer.heartbeat  # until WELCOME says otherwise
         if self.lane is not None:
             header["lane"], header["shm"] = self.lane_address, shm.host_key()
         elif self.lane_address:
@@ -187,6 +190,8 @@ class Executor:
                 self.drop_task(msg.body.id)
             elif msg.kind is Kind.WELCOME:
                 self.max_message_size = msg.body.max_message_size or self.max_message_size
+                beats = min(max(1, msg.body.beats or 1), beats_apart(self.peer.liveness))
+                self.peer.beat_every = self.peer.heartbeat * beats
             elif msg.kind is Kind.BLOB or msg.kind is Kind.ERROR and msg.body.code == ErrorCode.NO_BLOB.value:
                 error = self.fetcher.arrived(msg, self.clock()) if msg.kind is Kind.BLOB \
                     else self.fetcher.refused()

@@ -44,6 +44,7 @@ class Peer:
         self.sock, self.monitor = dealer(address, identity, keys)
         self.last_sent = self.last_heard = self.heard = self.looked = clock()  # heard: really, not reset
         self.looks, self.look_every = 0, heartbeat  # master.json read while the master is silent
+        self.beat_every = heartbeat  # seconds between our HEARTBEATs (WELCOME may space them)
         self.beat_header: Callable[[], dict] = dict  # what a HEARTBEAT says besides "alive"
 
     def send(self, msg: Message) -> None:
@@ -111,7 +112,7 @@ class Peer:
         too long (the caller says READY again, and ``follow``s master.json),
         and, while it stays silent, as soon as master.json names another
         (read once a heartbeat)."""
-        if now - self.last_sent >= self.heartbeat:
+        if now - self.last_sent >= self.beat_every:
             self.send(Message(Kind.HEARTBEAT, self.beat_header()))
         limit = self.heartbeat * self.liveness
         if now - self.heard >= limit and now - self.looked >= self.look_every:

@@ -6,7 +6,7 @@ import time
 import pytest
 from fakes import FakeMaster
 
-from cw.protocol import ErrorCode, Kind, Message
+from cw.protocol import ErrorCode, Kind, Message, versions
 from cw.serialize import context_frame, dumps_call
 from cw.transport import recv_frames
 from cw.worker.executor import Executor
@@ -83,3 +83,28 @@ def test_a_refusal_is_heard_between_queued_tasks(scripted):
         master.send(Message(Kind.HEARTBEAT))  # wakes it from its wait for work
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_a_vouched_executor_beats_as_often_as_its_welcome_says(scripted):
+    """With a supervisor, READY says when the executor gives the master up;
+    WELCOME's ``beats`` then spaces its HEARTBEATs (never past a third of
+    that silence); a READY again beats every heartbeat until told anew."""
+    master, executor = scripted
+    executor.register()
+    ready = master.recv()
+    assert ready.kind is Kind.READY and ready.header["liveness"] == executor.peer.liveness == 10
+    assert executor.peer.beat_every == 30.0
+    master.send(Message(Kind.WELCOME, {"session": "s", "heartbeat": 30.0, "beats": 3,
+                                       **versions()}))
+    executor.receive(5.0)
+    assert executor.peer.beat_every == 90.0
+    sent = executor.peer.last_sent
+    assert executor.peer.tick(sent + 89.0) and master.messages(0.2) == []
+    executor.peer.tick(sent + 91.0)
+    assert [m.kind for m in master.messages(0.5)] == [Kind.HEARTBEAT]
+    master.send(Message(Kind.WELCOME, {"session": "s", "heartbeat": 30.0, "beats": 1000,
+                                       **versions()}))
+    executor.receive(5.0)
+    assert executor.peer.beat_every == 90.0  # a third of its 10 beats at most
+    executor.register()
+    assert executor.peer.beat_every == 30.0

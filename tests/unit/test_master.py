@@ -8,7 +8,7 @@ import zmq
 
 from cw.master import Master
 from cw.master.scheduler import ANNOUNCE_AFTER
-from cw.protocol import MAGIC, ErrorCode, Kind, Message, Status, job_runs, versions
+from cw.protocol import MAGIC, ErrorCode, Kind, Message, Status, beats_apart, job_runs, versions
 
 PEER = {"host": "test", "pid": 1, **versions()}
 
@@ -315,6 +315,47 @@ def test_each_peer_hears_from_the_master_a_beat_after_what_it_heard_last():
         # The client heard its job's STARTED at 2.7 beats (the master's turns since).
         assert beats(1000 + hb * 3.2) == ids - {taker.sock.identity, gone.sock.identity, c.sock.identity}
         assert gone.sock.identity not in master.beats.enrolled
+
+
+def test_an_executor_its_supervisor_vouches_for_beats_every_few_heartbeats_both_ways():
+    """10,000 idle executors beating once a heartbeat each way cost the
+    master as many messages as its dispatch. One that its supervisor vouches
+    for (and says when it gives the master up) is told to beat, and is
+    beaten, a third of that silence apart; it is not taken for dead."""
+    now = [1000.0]
+    with running_master(clock=lambda: now[0], liveness=10) as master:
+        hb = master.heartbeat
+        master.next_beat = float("inf")  # beats and purges are this test's alone
+        sup = Peer(master, b"s")
+        sup.send(Kind.READY, {"capacity": 0, **PEER})
+        vouched = Peer(master, b"e")
+        vouched.send(Kind.READY, {"capacity": 1, "supervisor": sup.sock.identity.hex(), "liveness": 9,
+                                  **PEER})
+        alone = executor(master)  # without a supervisor (or an older executor): every heartbeat
+        assert vouched.recv({Kind.WELCOME}).header["beats"] == beats_apart(9) == 3
+        assert "beats" not in alone.recv({Kind.WELCOME}).header
+        master.beats.enrol(now[0])
+        sent = []
+        send = master.books.send
+        master.books.send = lambda identity, msg, **kw: (sent.append((identity, msg.kind)),
+                                                         send(identity, msg, **kw))
+        heard = {vouched.sock.identity: 0, alone.sock.identity: 0}
+        sup_beat = 1000 + hb
+        while now[0] < 1000 + 12 * hb:  # the clock jumps to what is due next, as the loop's wait does
+            now[0] = min(master.beats.next_due(), sup_beat)
+            if now[0] == sup_beat:
+                sup.send(Kind.HEARTBEAT)  # the supervisor beats; its executor says nothing
+                alone.send(Kind.HEARTBEAT)  # as one without a supervisor must
+                sup_beat += hb
+            master.step(timeout=0.01)
+            master.peers.beat(now[0])
+            master.beats.send_due(now[0])
+            for identity, kind in sent:
+                if kind is Kind.HEARTBEAT and identity in heard:
+                    heard[identity] += 1
+            sent.clear()
+        assert 11 <= heard[alone.sock.identity] <= 12 and 3 <= heard[vouched.sock.identity] <= 4
+        assert vouched.sock.identity in master.executors  # 12 beats silent, vouched for
 
 
 def test_submit_from_unknown_peer_asks_for_hello(master):
