@@ -11,8 +11,9 @@
       └─ <cluster>/ssh.json: the machines, where their records are; used by stop and status
     cw ssh stop
       ├─ on every machine, in parallel: remote stop (its workers end; homes kept)
-      └─ then, where the key was copied: remote stop again, which removes that private
-         home (one home may serve several machines: none goes while any worker runs)
+      └─ then, where the key was copied, once all were reached: remote stop again, which
+         removes that private home (one home may serve several machines: none goes
+         while any worker may run); machines to reach again stay in ssh.json
 
 One machine failing (unreachable, key refused, no python there) is reported
 and does not stop the others. Remote workers exit by themselves once their
@@ -230,26 +231,12 @@ def stop(cluster: Optional[str] = None, timeout: float = 60.0) -> dict:
     name = cluster_name(cluster)
     state, machines, opts = _load(name)
     results: list[dict] = []
+    again: set = set()  # machines a later `cw ssh stop` must reach
     if state is not None:
-        targets = [m for m in machines if state["started"].get(m.label, {}).get("spawned", True)]
-
-        def stop_one(m: Machine, **extra) -> dict:
-            answer, error = call(m, opts, "stop", {**_query(state, m), "timeout": timeout, **extra},
-                                 timeout + 30)
-            return {"machine": m.label, **(answer or {}), "error": error}
-
-        # Two rounds: a machine's private home may be another's too (an NFS
-        # home), so none is removed while a worker anywhere may still write to it.
-        results = each(targets, lambda m: stop_one(m, keep_homes=True))
-        copied = [m for m, r in zip(targets, results)
-                  if not r["error"] and state["started"].get(m.label, {}).get("shared") is False]
-        removed = {r["machine"]: r for r in each(copied, stop_one)}
-        for r in results:
-            r["removed"] = r.get("removed") or removed.get(r["machine"], {}).get("removed", [])
+        results, again = _stop_machines(state, machines, opts, timeout)
     stopped_local = local.stop(name)
-    failed = {r["machine"] for r in results if r["error"]}
-    if state is not None and failed:
-        state["machines"] = [asdict(m) for m in machines if m.label in failed]
+    if state is not None and again:
+        state["machines"] = [asdict(m) for m in machines if m.label in again]
         write_json(_state_path(name), state)  # `cw ssh stop` again retries just these
     else:
         _state_path(name).unlink(missing_ok=True)
@@ -259,6 +246,34 @@ def stop(cluster: Optional[str] = None, timeout: float = 60.0) -> dict:
         except OSError:
             pass  # absent, or a machine's records are still in it
     return {"cluster": name, "local": stopped_local, "machines": results}
+
+
+def _stop_machines(state: dict, machines: list[Machine], opts: Options,
+                   timeout: float) -> tuple[list[dict], set]:
+    """Each machine's report, and those to reach again. Two rounds: a
+    machine's private home may be another's too (an NFS home), so none is
+    removed while a worker anywhere may still write to it: first every
+    machine's workers end, then the homes go where the key was copied (or
+    where start did not say). A machine not reached in the first round
+    holds the second back everywhere, for a later `cw ssh stop`."""
+    targets = [m for m in machines if state["started"].get(m.label, {}).get("spawned", True)]
+
+    def stop_one(m: Machine, **extra) -> dict:
+        answer, error = call(m, opts, "stop", {**_query(state, m), "timeout": timeout, **extra},
+                             timeout + 30)
+        return {"machine": m.label, **(answer or {}), "error": error}
+
+    results = each(targets, lambda m: stop_one(m, keep_homes=True))
+    failed = {r["machine"] for r in results if r["error"]}
+    homes = [m for m, r in zip(targets, results)
+             if not r["error"] and state["started"].get(m.label, {}).get("shared") is not True]
+    if failed:
+        return results, failed | {m.label for m in homes}
+    second = {r["machine"]: r for r in each(homes, stop_one)}
+    for r in results:
+        if r["machine"] in second:
+            r["removed"], r["error"] = second[r["machine"]].get("removed", []), second[r["machine"]]["error"]
+    return results, {r["machine"] for r in results if r["error"]}
 
 
 def status(cluster: Optional[str] = None, insecure: Optional[bool] = None) -> dict:
