@@ -171,6 +171,7 @@ class Ready(NamedTuple):  # executor (or supervisor: procs) -> master
     gpus: Optional[str] = None  # GPU ids, comma-separated
     cpu_ids: Optional[str] = None  # the CPUs it may use, for jobs that bind
     liveness: Optional[int] = None  # an executor's: it gives the master up after this many silent beats
+    heartbeat: Optional[float] = None  # an executor's: its beat, seconds (protocol.beats_apart)
 
 
 class Died(NamedTuple):  # supervisor -> master

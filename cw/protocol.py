@@ -83,13 +83,15 @@ _KINDS = {k.value: k for k in Kind}  # faster than Kind(value) on the hot path
 _PREFIXES = {k: MAGIC + k.value for k in Kind}  # a header frame's start (.value is a property)
 
 
-def beats_apart(liveness: int) -> int:
-    """How many heartbeats apart the master and an executor that its
-    supervisor vouches for (``cw.master.peers``) beat each other: a third of
-    the silence after which either gives the other up, so three beats fall
-    in it. One a heartbeat, 10,000 idle executors and their master sent each
-    other 20,000 messages a second, as many as the master's whole dispatch."""
-    return max(1, liveness // 3)
+def beats_apart(silence: float, heartbeat: float) -> int:
+    """How many heartbeats (of ``heartbeat`` seconds, the longer of the two
+    sides') apart the master and an executor that its supervisor vouches
+    for (``cw.master.peers``) beat each other: three beats fall within
+    ``silence``, the shorter of the two sides' heartbeat * liveness, after
+    which either gives the other up (3 at the defaults). One a heartbeat,
+    10,000 idle executors and their master sent each other 20,000 messages
+    a second, as many as the master's whole dispatch."""
+    return max(1, int(silence / (3 * heartbeat) + 1e-9))
 
 
 def _bytes(frame: Frame) -> bytes:

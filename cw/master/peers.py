@@ -130,8 +130,10 @@ class Peers:
             self.requeue(state, "executor re-registered")
         state = self.books.executors[identity] = ExecutorState(
             identity, ready, now, capacity, batch=capacity if ready.batch is None else ready.batch)
-        if ready.liveness and state.supervisor:  # vouched for by its supervisor: sparser beats
-            state.beats = min(beats_apart(ready.liveness), beats_apart(self.books.liveness))
+        if ready.liveness and ready.heartbeat and state.supervisor:  # vouched for: sparser beats
+            b = self.books
+            state.beats = beats_apart(min(ready.heartbeat * ready.liveness, b.heartbeat * b.liveness),
+                                      max(ready.heartbeat, b.heartbeat))
         self.sched.offer(state)
         self.leases.add(state)
         self.welcome(identity, state.beats)  # the message size limit, how often to beat

@@ -62,7 +62,7 @@ EXPRESS_LOOK = 8
 # job it could not finish, for one it can.
 LOOKAHEAD = 64
 UNPARK_SECONDS = 1.0
-# A job still running this long after it went to an executor is announced
+# A job still running this long after it started (``Starts``) is announced
 # to its client (STARTED); a quicker one names its worker in its result.
 ANNOUNCE_AFTER = 0.005
 

@@ -96,7 +96,7 @@ class Executor:
         header = peer_header(self.capacity, supervisor=self.supervisor, batch=self.batch,
                              express=self.express)
         if self.supervisor:  # vouched for by it: WELCOME may space our beats (beats_apart)
-            header["liveness"] = self.peer.liveness
+            header["liveness"], header["heartbeat"] = self.peer.liveness, self.peer.heartbeat
         self.peer.beat_every = self.peer.heartbeat  # until WELCOME says otherwise
         if self.lane is not None:
             header["lane"], header["shm"] = self.lane_address, shm.host_key()
@@ -190,7 +190,8 @@ class Executor:
                 self.drop_task(msg.body.id)
             elif msg.kind is Kind.WELCOME:
                 self.max_message_size = msg.body.max_message_size or self.max_message_size
-                beats = min(max(1, msg.body.beats or 1), beats_apart(self.peer.liveness))
+                most = beats_apart(self.peer.heartbeat * self.peer.liveness, self.peer.heartbeat)
+                beats = min(max(1, msg.body.beats or 1), most)
                 self.peer.beat_every = self.peer.heartbeat * beats
             elif msg.kind is Kind.BLOB or msg.kind is Kind.ERROR and msg.body.code == ErrorCode.NO_BLOB.value:
                 error = self.fetcher.arrived(msg, self.clock()) if msg.kind is Kind.BLOB \

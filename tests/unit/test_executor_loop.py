@@ -93,6 +93,7 @@ def test_a_vouched_executor_beats_as_often_as_its_welcome_says(scripted):
     executor.register()
     ready = master.recv()
     assert ready.kind is Kind.READY and ready.header["liveness"] == executor.peer.liveness == 10
+    assert ready.header["heartbeat"] == 30.0
     assert executor.peer.beat_every == 30.0
     master.send(Message(Kind.WELCOME, {"session": "s", "heartbeat": 30.0, "beats": 3,
                                        **versions()}))

@@ -330,9 +330,14 @@ def test_an_executor_its_supervisor_vouches_for_beats_every_few_heartbeats_both_
         sup.send(Kind.READY, {"capacity": 0, **PEER})
         vouched = Peer(master, b"e")
         vouched.send(Kind.READY, {"capacity": 1, "supervisor": sup.sock.identity.hex(), "liveness": 9,
-                                  **PEER})
+                                  "heartbeat": hb, **PEER})
+        # One that gives the master up 4 times sooner (its own shorter beat) keeps every beat.
+        hasty = Peer(master, b"e")
+        hasty.send(Kind.READY, {"capacity": 1, "supervisor": sup.sock.identity.hex(), "liveness": 9,
+                                "heartbeat": hb / 4, **PEER})
         alone = executor(master)  # without a supervisor (or an older executor): every heartbeat
-        assert vouched.recv({Kind.WELCOME}).header["beats"] == beats_apart(9) == 3
+        assert vouched.recv({Kind.WELCOME}).header["beats"] == beats_apart(9 * hb, hb) == 3
+        assert "beats" not in hasty.recv({Kind.WELCOME}).header
         assert "beats" not in alone.recv({Kind.WELCOME}).header
         master.beats.enrol(now[0])
         sent = []
