@@ -55,8 +55,8 @@ class Light:
                                               "pid": os.getpid(), **versions()}).to_frames()
         send_frames(self.supervisor, self.sup_ready)
         self.ready = Message(Kind.READY, {"capacity": 2, "batch": 64, "host": "light", "pid": os.getpid(),
-                                          "supervisor": self.supervisor.identity.hex(), "liveness": 10, "heartbeat": 1.0,
-                                          **versions()}).to_frames()
+                                          "supervisor": self.supervisor.identity.hex(), "liveness": 10,
+                                          "heartbeat": 1.0, **versions()}).to_frames()
         self.beats: dict = {}  # socket -> seconds between its beats (its WELCOME's ``beats``)
         for _ in range(count):
             sock = self.dealer(ctx, b"e", port, keys)
