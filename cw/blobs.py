@@ -22,9 +22,9 @@ fetches it again. An executor fetches a blob it lacks before it runs the job
 (``cw.worker.fetch``), checks the digest, and keeps the function in its
 cache (``cw.serialize``, bounded in bytes). A blob the client no longer holds
 fails the job with a clear error; no answer within ``FETCH_SECONDS`` too.
-A client that may share memory with its executors also writes its copy
-into the host's cache (``Store.place``), where the executors of its own
-host find it and fetch nothing (``cw.worker.hostcache``).
+A client that may share memory with its executors, and has some on its
+host, also writes its copy into the host's cache (``Store.place``), where
+they find it and fetch nothing (``cw.worker.hostcache``).
 The master only routes: it holds no blob and counts what it routed
 (``blobs_routed``, ``blob_bytes`` in ``cw status --json``).
 """
@@ -41,7 +41,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
 
-from . import shm, shmdir
+from . import lanes, shm, shmdir
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +253,18 @@ def place_copy(key: bytes, data: Any) -> Optional[Path]:
         os.close(fd)
 
 
+def executors_here() -> bool:
+    """Whether an executor of this ``CW_HOME`` runs on this host (its lane
+    socket, ``cw.lanes``): only for them does a client put its blobs in the
+    host's cache; a client on a login node would fill its ``/dev/shm`` for
+    none. (Executors whose lanes are off fetch instead.)"""
+    where, _ = shmdir.subdirectory("lanes") if shm.host_key() is not None else (None, "")
+    try:
+        return where is not None and lanes.any_alive(where, shm.pid_namespace())
+    except OSError:
+        return False
+
+
 def write_all(fd: int, data: Any) -> None:
     view = memoryview(data).cast("B")
     try:
@@ -282,14 +294,20 @@ class Store:
         self.recent: OrderedDict = OrderedDict()  # digest -> (bytes, when let go)
         self.recent_bytes = 0
         self.placed: dict[bytes, Any] = {}  # digest -> this host's copy we wrote (or None: tried)
+        self.none_here_until = 0.0  # no executor on this host: looked again after this
 
     def place(self, key: bytes) -> None:
         """Put a held blob in this host's cache, where the executors of this
-        host look before they fetch (``place_copy``),
-        once; it goes when this store lets the blob go, or at exit."""
+        host look before they fetch (``place_copy``), once, if any runs here.
+        It goes when this process's clients close or it exits; the executors
+        of the host remove it once none has opened it for a minute
+        (``cw.worker.hostcache``)."""
         with self.lock:
             entry = self.blobs.get(key)
-            if entry is None or key in self.placed:
+            if entry is None or key in self.placed or time.monotonic() < self.none_here_until:
+                return
+            if not executors_here():
+                self.none_here_until = time.monotonic() + 1.0
                 return
             self.placed[key] = None
         path = place_copy(key, entry[0])
@@ -310,6 +328,11 @@ class Store:
         with self.lock:
             for key in list(self.placed):
                 self._unplace(key)
+
+    def forked(self) -> None:
+        """In a forked child: the copies are the parent's to remove."""
+        self.lock = threading.Lock()
+        self.placed = {}
 
     def add(self, key: bytes, data: Any) -> None:
         with self.lock:
@@ -347,9 +370,8 @@ class Store:
         self.recent_bytes += len(data)
         while self.recent and (self.recent_bytes > self.RECENT_BYTES
                                or now - next(iter(self.recent.values()))[1] > self.RECENT_SECONDS):
-            gone, (old, _) = self.recent.popitem(last=False)
+            _, (old, _) = self.recent.popitem(last=False)
             self.recent_bytes -= len(old)
-            self._unplace(gone)
 
     def get(self, key: bytes) -> Optional[bytes]:
         with self.lock:
@@ -361,7 +383,18 @@ class Store:
 
 
 store = Store()  # this process's, shared by its clients
-atexit.register(store.close)
+
+
+def _exiting() -> None:
+    store.close()
+
+
+def _forked() -> None:
+    store.forked()
+
+
+atexit.register(_exiting)
+os.register_at_fork(after_in_child=_forked)
 
 
 def answer(fetch: Any, limit: int = 1 << 62) -> Any:

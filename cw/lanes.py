@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import shm, shmdir
+from .cluster import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,16 @@ def sweep(directory: Path, pidns: int) -> None:
             entry.unlink(missing_ok=True)
         except OSError:
             pass  # alive
+
+
+def any_alive(directory: Path, pidns: int) -> bool:
+    """Whether the lane of an executor that runs is in ``directory`` (one of
+    another pid namespace counts: its pids mean nothing here)."""
+    for entry in directory.iterdir():
+        m = _SOCKET.fullmatch(entry.name)
+        if m is not None and (int(m.group(1)) != pidns or pid_alive(int(m.group(2)))):
+            return True
+    return False
 
 
 def remove(pid: int) -> None:

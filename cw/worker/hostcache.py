@@ -135,8 +135,9 @@ class HostCache:
         self.published.clear()
 
     def tidy(self, now: float) -> None:
-        """Remove the copies of executors that died, those idle for
-        ``IDLE_SECONDS``, then the oldest past ``max_bytes``."""
+        """Remove the copies of processes that died, those idle for
+        ``IDLE_SECONDS``, then the oldest past ``max_bytes``; and the
+        ``.part`` of a fetcher or client that died writing it."""
         if self.dir is None or now - self.tidied < TIDY_SECONDS:
             return
         self.tidied = now
@@ -149,7 +150,11 @@ class HostCache:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if m is None or not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            if m is None:
+                if _PART.fullmatch(entry.name) and wall - st.st_mtime >= STALE_SECONDS:
+                    _unlink(entry.path)
                 continue
             if int(m.group(2)) == ns and not pid_alive(int(m.group(3))) or wall - st.st_mtime >= IDLE_SECONDS:
                 _unlink(entry.path)
@@ -165,6 +170,7 @@ class HostCache:
 
 
 _NAME = re.compile(r"([0-9a-f]{64})-(\d+)-(\d+)")  # digest, pid namespace, the process that keeps it
+_PART = re.compile(r"[0-9a-f]{64}\.part")  # one being written
 
 
 def _unlink(path: str) -> None:

@@ -100,6 +100,7 @@ def test_a_client_of_the_host_puts_its_own_copy_there_and_takes_it_away(where, s
                                                                          monkeypatch):
     """A client whose executors share its host: none of them fetches its blob."""
     monkeypatch.setattr(blobs, "host_directory", lambda: where)
+    monkeypatch.setattr(blobs, "executors_here", lambda: True)
     f = make_closure(b"y" * 50_000)
     call = dumps_call(f, (1,), {}, shared=True)
     key = blobs.reference(call[0])
@@ -122,6 +123,7 @@ def test_a_client_of_the_host_puts_its_own_copy_there_and_takes_it_away(where, s
 def test_no_copy_from_a_client_without_shared_memory_or_while_an_executor_fetches_one(
         where, small_threshold, monkeypatch):  # noqa: F811
     monkeypatch.setattr(blobs, "host_directory", lambda: where)
+    monkeypatch.setattr(blobs, "executors_here", lambda: True)
     dumps_call(make_closure(b"y" * 50_000), (1,), {})  # shared=False: a stranger to the host
     assert os.listdir(where) == []
     f = make_closure(b"z" * 50_000)
@@ -133,10 +135,60 @@ def test_no_copy_from_a_client_without_shared_memory_or_while_an_executor_fetche
     fetching.abandon(key)
 
 
-def test_the_copy_goes_when_the_client_lets_the_blob_go(where, small_threshold, monkeypatch):  # noqa: F811
+def test_the_copy_stays_for_the_next_sweep_and_goes_with_the_client(where, small_threshold,  # noqa: F811
+                                                                     monkeypatch):
+    """A blob bigger than the store keeps once no job needs it: written once,
+    not again for each job of a loop of submit-then-wait."""
     monkeypatch.setattr(blobs, "host_directory", lambda: where)
+    monkeypatch.setattr(blobs, "executors_here", lambda: True)
     monkeypatch.setattr(blobs.Store, "RECENT_BYTES", 0)  # nothing kept once no job needs it
-    call = dumps_call(make_closure(b"y" * 50_000), (1,), {}, shared=True)
-    assert len(os.listdir(where)) == 1
+    f = make_closure(b"y" * 50_000)
+    call = dumps_call(f, (1,), {}, shared=True)
+    [placed] = os.listdir(where)
+    written = os.stat(where / placed).st_mtime_ns
     blobs.store.let_go((b"ctx", *call))
+    call = dumps_call(f, (2,), {}, shared=True)
+    assert os.listdir(where) == [placed] and os.stat(where / placed).st_mtime_ns == written
+    blobs.store.close()
     assert os.listdir(where) == []
+
+
+def test_no_copy_where_no_executor_of_the_host_runs(where, small_threshold, monkeypatch):  # noqa: F811
+    """A client on a login node: its executors are elsewhere, and its own
+    /dev/shm is not filled for them."""
+    monkeypatch.setattr(blobs, "host_directory", lambda: where)
+    lanes_dir = where.parent / "lanes"
+    lanes_dir.mkdir(mode=0o700)
+    monkeypatch.setattr(blobs.shmdir, "subdirectory", lambda name: (lanes_dir, ""))
+    ns = shm.pid_namespace()
+    (lanes_dir / f"lane-{ns}-999999999").write_bytes(b"")  # an executor that died
+    assert not blobs.executors_here()
+    dumps_call(make_closure(b"y" * 50_000), (1,), {}, shared=True)
+    assert os.listdir(where) == []
+    (lanes_dir / f"lane-{ns}-{os.getpid()}").write_bytes(b"")  # one that runs
+    assert blobs.executors_here()
+
+
+def test_a_part_whose_writer_died_is_tidied(where):
+    part = where / f"{'e' * 64}.part"
+    part.write_bytes(b"half")
+    fresh = where / f"{'f' * 64}.part"
+    fresh.write_bytes(b"being written")
+    old = time.time() - hostcache.STALE_SECONDS - 1
+    os.utime(part, (old, old))
+    HostCache(1 << 30, where).tidy(time.monotonic())
+    assert os.listdir(where) == [fresh.name]
+
+
+def test_a_forked_child_leaves_its_parents_copies(where, small_threshold, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(blobs, "host_directory", lambda: where)
+    monkeypatch.setattr(blobs, "executors_here", lambda: True)
+    dumps_call(make_closure(b"y" * 50_000), (1,), {}, shared=True)
+    [placed] = os.listdir(where)
+    pid = os.fork()
+    if pid == 0:  # the child: exits as a normal process would, closing its store
+        blobs.store.close()
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert os.listdir(where) == [placed]
+    blobs.store.close()
