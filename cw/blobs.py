@@ -222,6 +222,13 @@ def host_directory() -> Optional[Path]:
     return where
 
 
+def copy_paths(where: Path, key: bytes) -> tuple[Path, Path]:
+    """A host copy's names in ``where``: while one process writes it
+    (``<digest>.part``, made with ``O_EXCL``: one writer), and once this
+    process keeps it (``<digest>-<pid namespace>-<pid>``)."""
+    return where / f"{key.hex()}.part", where / f"{key.hex()}-{shm.pid_namespace()}-{os.getpid()}"
+
+
 def place_copy(key: bytes, data: Any) -> Optional[Path]:
     """A client's own copy of its blob for the executors of its host, which
     then need not fetch it: written as an executor writes one it fetched
@@ -235,14 +242,13 @@ def place_copy(key: bytes, data: Any) -> Optional[Path]:
     with os.scandir(where) as entries:
         if any(e.name.startswith(prefix) for e in entries):
             return None
-    part = where / f"{prefix}.part"
+    part, final = copy_paths(where, key)
     try:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
         return None
     try:
         write_all(fd, data)
-        final = where / f"{prefix}-{shm.pid_namespace()}-{os.getpid()}"
         os.rename(part, final)
         return final
     except OSError as e:
@@ -258,7 +264,7 @@ def executors_here() -> bool:
     socket, ``cw.lanes``): only for them does a client put its blobs in the
     host's cache; a client on a login node would fill its ``/dev/shm`` for
     none. (Executors whose lanes are off fetch instead.)"""
-    where, _ = shmdir.subdirectory("lanes") if shm.host_key() is not None else (None, "")
+    where, _ = lanes.directory() if shm.host_key() is not None else (None, "")
     try:
         return where is not None and lanes.any_alive(where, shm.pid_namespace())
     except OSError:

@@ -79,7 +79,7 @@ class HostCache:
         is, or the one who was died); False while another one fetches it."""
         if self.dir is None:
             return True
-        part = self.dir / f"{key.hex()}.part"
+        part, _ = blobs.copy_paths(self.dir, key)
         for _ in range(2):
             try:
                 self.claims[key] = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -105,8 +105,7 @@ class HostCache:
         fd = self.claims.pop(key, None)
         if fd is None or self.dir is None:
             return None
-        part = self.dir / f"{key.hex()}.part"
-        final = self.dir / f"{key.hex()}-{shm.pid_namespace()}-{os.getpid()}"
+        part, final = blobs.copy_paths(self.dir, key)
         try:
             if not written:
                 blobs.write_all(fd, data)
@@ -124,7 +123,7 @@ class HostCache:
         fd = self.claims.pop(key, None)
         if fd is not None and self.dir is not None:
             os.close(fd)
-            (self.dir / f"{key.hex()}.part").unlink(missing_ok=True)
+            blobs.copy_paths(self.dir, key)[0].unlink(missing_ok=True)
 
     def close(self) -> None:
         """This executor exits: the copies it kept go (those mapping them keep their pages)."""
