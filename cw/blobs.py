@@ -318,10 +318,7 @@ class Store:
             self.placed[key] = None
         path = place_copy(key, entry[0])
         with self.lock:
-            if key in self.blobs or key in self.recent:
-                self.placed[key] = path
-            elif path is not None:
-                path.unlink(missing_ok=True)
+            self.placed[key] = path  # kept until close, whether jobs still need it or not
 
     def _unplace(self, key: bytes) -> None:
         path = self.placed.pop(key, None)
